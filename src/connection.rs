@@ -1,0 +1,498 @@
+//! The connection supervisor: one lapin connection at a time, replaced after
+//! every loss with exponential backoff + jitter, until `max_reconnects`
+//! consecutive failures (then failed for good; the process lives on).
+//!
+//! Each connection is a *generation*. On connect, every queue gets a session
+//! task for that generation: it opens the queue's channel, declares the
+//! topology, restarts its consumers and runs its publisher. When the
+//! generation ends, sessions end and keep their unconfirmed messages for the
+//! next one.
+
+use crate::backoff;
+use crate::consumer;
+use crate::error::{classify, Error, ErrorKind, LapinFailure, Result};
+use crate::options::{BrokerAddress, ConnectionOptions, QueueOptions};
+use crate::queue::{declare_error, LinkState, PublisherEnd, Queue};
+use crate::runtime;
+use futures_util::StreamExt;
+use lapin::ConnectionProperties;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnectionState {
+    Connecting = 0,
+    Connected = 1,
+    Reconnecting = 2,
+    Failed = 3,
+    Closed = 4,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionStatsSnapshot {
+    pub connects: u64,
+    pub failed_attempts: u64,
+    pub consecutive_failures: u64,
+    pub queues: u64,
+}
+
+/// How long `open_queue` waits for the broker to answer the declares.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long close waits for the broker's close-ok.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+struct Shared {
+    state: ConnectionState,
+    /// The live lapin connection and its generation.
+    current: Option<(u64, Arc<lapin::Connection>)>,
+    queues: Vec<Arc<Queue>>,
+    last_error: Option<String>,
+}
+
+pub struct Connection {
+    pub address: BrokerAddress,
+    pub options: ConnectionOptions,
+    shared: Mutex<Shared>,
+    state_changed: Condvar,
+    link: watch::Sender<LinkState>,
+    shutdown: watch::Sender<bool>,
+    connects: AtomicU64,
+    failed_attempts: AtomicU64,
+    consecutive_failures: AtomicU64,
+    next_queue_id: AtomicU64,
+}
+
+impl Connection {
+    /// Starts connecting in the background and returns at once.
+    pub fn connect(address: BrokerAddress, options: ConnectionOptions) -> Result<Arc<Connection>> {
+        let handle = runtime::handle()?;
+        let conn = Arc::new(Connection {
+            address,
+            options,
+            shared: Mutex::new(Shared {
+                state: ConnectionState::Connecting,
+                current: None,
+                queues: Vec::new(),
+                last_error: None,
+            }),
+            state_changed: Condvar::new(),
+            link: watch::channel(LinkState {
+                generation: 0,
+                up: false,
+            })
+            .0,
+            shutdown: watch::channel(false).0,
+            connects: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            next_queue_id: AtomicU64::new(1),
+        });
+        handle.spawn(conn.clone().supervise());
+        Ok(conn)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        self.lock().state
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.lock().last_error.clone()
+    }
+
+    pub fn stats(&self) -> ConnectionStatsSnapshot {
+        ConnectionStatsSnapshot {
+            connects: self.connects.load(Ordering::Relaxed),
+            failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            queues: self.lock().queues.len() as u64,
+        }
+    }
+
+    fn set_state(&self, state: ConnectionState) {
+        let mut s = self.lock();
+        // Closed and Failed are final; only close may move Failed to Closed.
+        if s.state == ConnectionState::Closed
+            || (s.state == ConnectionState::Failed && state != ConnectionState::Closed)
+        {
+            return;
+        }
+        s.state = state;
+        drop(s);
+        self.state_changed.notify_all();
+    }
+
+    /// `amqp_wait_connected`.
+    pub fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        loop {
+            match s.state {
+                ConnectionState::Connected => return Ok(()),
+                ConnectionState::Failed => {
+                    let why = s.last_error.clone().unwrap_or_default();
+                    return Err(Error::closed(format!(
+                        "the connection to {} failed for good: {why}",
+                        self.address.display
+                    )));
+                }
+                ConnectionState::Closed => return Err(Error::closed("the connection is closed")),
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let why = s
+                    .last_error
+                    .clone()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default();
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("not connected to {} after {timeout:?}{why}", self.address.display),
+                ));
+            }
+            s = self
+                .state_changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn closing(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    async fn supervise(self: Arc<Self>) {
+        let mut shutdown = self.shutdown.subscribe();
+        let mut failures: u32 = 0;
+        let mut generation: u64 = 0;
+        loop {
+            if self.closing() {
+                break;
+            }
+            let attempt = tokio::time::timeout(
+                self.address.connect_timeout,
+                lapin::Connection::connect_uri(
+                    self.address.uri.clone(),
+                    ConnectionProperties::default()
+                        .with_connection_name("resilient-amqp".into())
+                        .with_client_property("product".into(), "resilient-amqp".into())
+                        .with_client_property(
+                            "version".into(),
+                            env!("CARGO_PKG_VERSION").into(),
+                        ),
+                ),
+            )
+            .await;
+            let failure = match attempt {
+                Ok(Ok(conn)) => {
+                    let conn = Arc::new(conn);
+                    failures = 0;
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                    self.connects.fetch_add(1, Ordering::Relaxed);
+                    generation += 1;
+                    let events = conn.events_listener();
+                    self.install(generation, conn.clone());
+                    info!("connected to {} (generation {generation})", self.address.display);
+                    let why = tokio::select! {
+                        why = wait_lost(&conn, events) => Some(why),
+                        _ = shutdown.wait_for(|s| *s) => None,
+                    };
+                    self.uninstall(generation);
+                    match why {
+                        None => {
+                            // Closing: say goodbye properly, briefly.
+                            let _ = tokio::time::timeout(
+                                CLOSE_WAIT,
+                                conn.close(200, "closing".into()),
+                            )
+                            .await;
+                            break;
+                        }
+                        Some(why) => {
+                            warn!("connection to {} lost: {why}", self.address.display);
+                            self.lock().last_error = Some(why);
+                            self.set_state(ConnectionState::Reconnecting);
+                            // Let the old lapin connection go in the background.
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(
+                                    CLOSE_WAIT,
+                                    conn.close(320, "lost".into()),
+                                )
+                                .await;
+                            });
+                            None
+                        }
+                    }
+                }
+                Ok(Err(e)) => Some(classify(&e)),
+                Err(_) => Some(LapinFailure::Link(format!(
+                    "connect timed out after {:?}",
+                    self.address.connect_timeout
+                ))),
+            };
+            if let Some(failure) = failure {
+                failures = failures.saturating_add(1);
+                self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                let (text, permanent) = match failure {
+                    // The broker said no to this login or vhost: retrying
+                    // with the same credentials cannot succeed.
+                    LapinFailure::ConnectionRefused { text, .. } => (text, true),
+                    LapinFailure::Refused { text, .. } => (text, false),
+                    LapinFailure::Link(text) => (text, false),
+                };
+                let msg = format!("connect to {} failed: {text}", self.address.display);
+                self.lock().last_error = Some(msg.clone());
+                let exhausted =
+                    self.options.max_reconnects > 0 && failures >= self.options.max_reconnects;
+                if permanent || exhausted {
+                    error!("{msg}; giving up after {failures} attempt(s)");
+                    self.fail();
+                    return;
+                }
+                warn!("{msg} (attempt {failures})");
+                if self.lock().state == ConnectionState::Connected {
+                    self.set_state(ConnectionState::Reconnecting);
+                }
+            }
+            let delay = backoff::delay(
+                self.options.reconnect_delay,
+                self.options.reconnect_delay_max,
+                failures.saturating_sub(1),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+    }
+
+    fn install(self: &Arc<Self>, generation: u64, conn: Arc<lapin::Connection>) {
+        let mut s = self.lock();
+        s.current = Some((generation, conn.clone()));
+        for q in &s.queues {
+            tokio::spawn(session(self.clone(), q.clone(), generation, conn.clone(), None));
+        }
+        drop(s);
+        self.link.send_replace(LinkState {
+            generation,
+            up: true,
+        });
+        self.set_state(ConnectionState::Connected);
+    }
+
+    fn uninstall(&self, generation: u64) {
+        let mut s = self.lock();
+        if matches!(s.current, Some((g, _)) if g == generation) {
+            s.current = None;
+        }
+        drop(s);
+        self.link.send_replace(LinkState {
+            generation,
+            up: false,
+        });
+    }
+
+    /// Gave up for good: publishes are refused, what is buffered stays for
+    /// `close_graceful` to report.
+    fn fail(&self) {
+        for q in self.lock().queues.iter() {
+            q.close_for_publishing();
+        }
+        self.set_state(ConnectionState::Failed);
+    }
+
+    /// `amqp_queue_open`: while connected, declares now and reports a broker
+    /// refusal; otherwise registers the queue to be declared on connect.
+    pub fn open_queue(
+        self: &Arc<Self>,
+        name: &str,
+        exchange: &str,
+        routing_key: &str,
+        options: QueueOptions,
+    ) -> Result<Arc<Queue>> {
+        let id = self.next_queue_id.fetch_add(1, Ordering::Relaxed);
+        let q = Arc::new(Queue::new(
+            id,
+            name,
+            exchange,
+            routing_key,
+            options,
+            self.options.max_message_bytes,
+        ));
+        let current = {
+            let s = self.lock();
+            match s.state {
+                ConnectionState::Closed => return Err(Error::closed("the connection is closed")),
+                ConnectionState::Failed => {
+                    return Err(Error::closed("the connection has failed for good"))
+                }
+                _ => s.current.clone(),
+            }
+        };
+        let mut prepared = None;
+        if let Some((generation, conn)) = current {
+            let q2 = q.clone();
+            let opened = runtime::block_on(
+                async move { q2.open_channel(&conn).await },
+                DECLARE_TIMEOUT,
+            );
+            match opened {
+                Ok(Ok(ch)) => prepared = Some((generation, ch)),
+                Ok(Err(e)) => {
+                    if let Some(err) = declare_error(name, &e) {
+                        return Err(err);
+                    }
+                    debug!("queue '{name}': declare deferred, link failed: {e}");
+                }
+                Err(e) if e.kind == ErrorKind::Timeout => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("queue '{name}': the broker did not answer the declares in {DECLARE_TIMEOUT:?}"),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut s = self.lock();
+        if matches!(s.state, ConnectionState::Closed | ConnectionState::Failed) {
+            return Err(Error::closed("the connection closed while the queue was opening"));
+        }
+        s.queues.push(q.clone());
+        if let Some((generation, conn)) = s.current.clone() {
+            // Use the prepared channel only if it belongs to the live generation.
+            let ch = prepared.filter(|(g, _)| *g == generation).map(|(_, ch)| ch);
+            runtime::spawn(session(self.clone(), q.clone(), generation, conn, ch));
+        }
+        Ok(q)
+    }
+
+    /// `amqp_close_graceful`: refuse publishes, stop consumers, wait up to
+    /// `timeout` for every buffered and in-flight message to be confirmed,
+    /// close. Returns the number of messages not confirmed.
+    pub fn close(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let queues = {
+            let s = self.lock();
+            s.queues.clone()
+        };
+        for q in &queues {
+            q.close_for_publishing();
+        }
+        for q in &queues {
+            consumer::shutdown(q);
+        }
+        let unsent = |qs: &[Arc<Queue>]| qs.iter().map(|q| q.unconfirmed()).sum::<u64>();
+        while unsent(&queues) > 0 && Instant::now() < deadline {
+            if self.state() == ConnectionState::Failed {
+                break; // nothing can drain any more
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let left = unsent(&queues);
+        self.set_state(ConnectionState::Closed);
+        self.shutdown.send_replace(true);
+        self.link.send_modify(|l| l.up = false);
+        left
+    }
+}
+
+/// Resolves when the connection is gone, with the reason.
+async fn wait_lost(
+    conn: &lapin::Connection,
+    events: impl futures_util::Stream<Item = lapin::Event> + Send,
+) -> String {
+    let mut events = std::pin::pin!(events);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(lapin::Event::Error(e)) => return describe(&e),
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    warn!("the broker blocked publishing: {reason}");
+                }
+                Some(lapin::Event::ConnectionUnblocked) => info!("the broker unblocked publishing"),
+                Some(_) => {}
+                None => return "connection closed".into(),
+            },
+            _ = tick.tick() => {
+                if !conn.status().connected() {
+                    return format!("connection is {:?}", conn.status());
+                }
+            }
+        }
+    }
+}
+
+fn describe(e: &lapin::Error) -> String {
+    match classify(e) {
+        LapinFailure::Refused { text, .. } | LapinFailure::ConnectionRefused { text, .. } => text,
+        LapinFailure::Link(text) => text,
+    }
+}
+
+/// One queue on one connection generation: open the channel (retrying while
+/// the broker refuses, e.g. a 406 after someone redeclared the queue), attach
+/// consumers, publish until the channel or the generation ends.
+async fn session(
+    conn_shared: Arc<Connection>,
+    q: Arc<Queue>,
+    generation: u64,
+    conn: Arc<lapin::Connection>,
+    mut prepared: Option<lapin::Channel>,
+) {
+    let mut link = conn_shared.link.subscribe();
+    let mut refusals: u32 = 0;
+    loop {
+        if !link.borrow().is(generation) {
+            break;
+        }
+        let ch = match prepared.take() {
+            Some(ch) => ch,
+            None => match q.open_channel(&conn).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    if let Some(err) = declare_error(&q.name, &e) {
+                        // The connection is fine but the broker refuses our
+                        // topology: say so loudly and retry with backoff.
+                        error!("{err}; retrying");
+                        conn_shared.lock().last_error = Some(err.message);
+                        let delay = backoff::delay(
+                            conn_shared.options.reconnect_delay,
+                            conn_shared.options.reconnect_delay_max,
+                            refusals,
+                        );
+                        refusals = refusals.saturating_add(1);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = link.wait_for(|l| !l.is(generation)) => break,
+                        }
+                    }
+                    break; // the link is going; the supervisor reconnects
+                }
+            },
+        };
+        refusals = 0;
+        consumer::attach(&q, generation, ch.clone()).await;
+        let end = q.run_publisher(&ch, &mut link, generation).await;
+        consumer::detach(&q, generation).await;
+        match end {
+            PublisherEnd::LinkDown => break,
+            PublisherEnd::ChannelLost(e) => {
+                if !conn.status().connected() {
+                    break;
+                }
+                warn!("queue '{}': channel lost ({e}); reopening", q.name);
+                let _ = ch.close(200, "reopening".into()).await;
+            }
+        }
+    }
+}

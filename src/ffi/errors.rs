@@ -1,0 +1,118 @@
+//! Result codes, their names, and the per-thread last error message.
+
+use crate::error::{ErrorKind, Result};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int};
+
+/// The result of every call that can fail.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum amqp_result {
+    AMQP_OK = 0,
+    /// NULL pointer, bad URI/option, bad UTF-8, name too long.
+    AMQP_ERR_INVALID_ARGUMENT = 1,
+    /// 0, never issued, or already freed.
+    AMQP_ERR_INVALID_HANDLE = 2,
+    /// Publish buffer at max_buffered / max_buffered_bytes; nothing was stored.
+    AMQP_ERR_BUFFER_FULL = 3,
+    /// Body longer than max_message_bytes.
+    AMQP_ERR_MESSAGE_TOO_LARGE = 4,
+    /// Closing, or failed for good after max_reconnects.
+    AMQP_ERR_CLOSED = 5,
+    AMQP_ERR_TIMEOUT = 6,
+    AMQP_ERR_NOT_CONNECTED = 7,
+    /// The broker refused: 403/404/406 ... (see amqp_last_error).
+    AMQP_ERR_BROKER = 8,
+    /// A bug, including a caught panic.
+    AMQP_ERR_INTERNAL = 9,
+}
+
+/// An `amqp_result` as received from C, where any int may arrive.
+pub type amqp_result_raw = c_int;
+
+pub(crate) fn code_of(kind: ErrorKind) -> amqp_result {
+    use amqp_result::*;
+    match kind {
+        ErrorKind::InvalidArgument => AMQP_ERR_INVALID_ARGUMENT,
+        ErrorKind::InvalidHandle => AMQP_ERR_INVALID_HANDLE,
+        ErrorKind::BufferFull => AMQP_ERR_BUFFER_FULL,
+        ErrorKind::MessageTooLarge => AMQP_ERR_MESSAGE_TOO_LARGE,
+        ErrorKind::Closed => AMQP_ERR_CLOSED,
+        ErrorKind::Timeout => AMQP_ERR_TIMEOUT,
+        ErrorKind::NotConnected => AMQP_ERR_NOT_CONNECTED,
+        ErrorKind::Broker => AMQP_ERR_BROKER,
+        ErrorKind::Internal => AMQP_ERR_INTERNAL,
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn set_last_error(message: String) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = message);
+}
+
+pub(crate) fn run_boundary(body: impl FnOnce() -> Result<()>) -> amqp_result {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            LAST_ERROR.with(|e| e.borrow_mut().clear());
+            amqp_result::AMQP_OK
+        }
+        Ok(Err(e)) => {
+            let code = code_of(e.kind);
+            set_last_error(e.message);
+            code
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            set_last_error(format!("internal error (a bug in resilient-amqp): {what}"));
+            amqp_result::AMQP_ERR_INTERNAL
+        }
+    }
+}
+
+/// A static, NUL-terminated name for any value, including unknown ones.
+#[no_mangle]
+pub extern "C" fn amqp_result_str(code: amqp_result_raw) -> *const c_char {
+    ffi_boundary!(value c"AMQP_ERR_UNKNOWN".as_ptr(), {
+        let s: &'static std::ffi::CStr = match code {
+            0 => c"AMQP_OK",
+            1 => c"AMQP_ERR_INVALID_ARGUMENT",
+            2 => c"AMQP_ERR_INVALID_HANDLE",
+            3 => c"AMQP_ERR_BUFFER_FULL",
+            4 => c"AMQP_ERR_MESSAGE_TOO_LARGE",
+            5 => c"AMQP_ERR_CLOSED",
+            6 => c"AMQP_ERR_TIMEOUT",
+            7 => c"AMQP_ERR_NOT_CONNECTED",
+            8 => c"AMQP_ERR_BROKER",
+            9 => c"AMQP_ERR_INTERNAL",
+            _ => c"AMQP_ERR_UNKNOWN",
+        };
+        s.as_ptr()
+    })
+}
+
+/// Copies the message of the last failed call on this thread into `buf`
+/// like snprintf (always NUL-terminated when `cap` > 0; `buf` may be NULL
+/// when `cap` is 0) and returns its full length. 0 when the last call on
+/// this thread succeeded. Does not itself change the last error.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_last_error(buf: *mut c_char, cap: usize) -> usize {
+    ffi_boundary!(value 0, {
+        LAST_ERROR.with(|e| {
+            let e = e.borrow();
+            let bytes = e.as_bytes();
+            if cap > 0 && !buf.is_null() {
+                let n = bytes.len().min(cap - 1);
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, n);
+                *buf.add(n) = 0;
+            }
+            bytes.len()
+        })
+    })
+}

@@ -1,0 +1,59 @@
+//! Logs to an application callback.
+
+use super::{amqp_result};
+use crate::log::{set_sink, Level, Sink};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::Arc;
+
+/// Log levels, most severe first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum amqp_log_level {
+    AMQP_LOG_OFF = 0,
+    AMQP_LOG_ERROR = 1,
+    AMQP_LOG_WARN = 2,
+    AMQP_LOG_INFO = 3,
+    AMQP_LOG_DEBUG = 4,
+}
+
+/// An `amqp_log_level` as received from C.
+pub type amqp_log_level_raw = c_int;
+
+/// The log callback: called on the library's "resilient-amqp-log" thread,
+/// one message at a time, in order. `message` is valid during the call.
+/// It may call any function of the library (none waits for the log thread).
+pub type amqp_log_fn =
+    Option<unsafe extern "C" fn(level: amqp_log_level_raw, message: *const c_char, userdata: *mut c_void)>;
+
+struct UserData(*mut c_void);
+// SAFETY: only handed back to the application's callback, as documented.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}
+
+/// Sends log messages at `level` and more severe to `cb` (NULL turns callback
+/// logging off). Independent of RESILIENT_AMQP_LOG, which logs to stderr.
+/// Messages never contain passwords.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_set_log_callback(
+    cb: amqp_log_fn,
+    level: amqp_log_level_raw,
+    userdata: *mut c_void,
+) -> amqp_result {
+    ffi_boundary!({
+        if !(0..=4).contains(&level) {
+            return Err(crate::Error::invalid(format!(
+                "level {level} is not an amqp_log_level (0..4)"
+            )));
+        }
+        let level = Level::from_u8(level as u8);
+        let sink: Option<Sink> = cb.map(|cb| {
+            let user = UserData(userdata);
+            Arc::new(move |level: Level, msg: &str| {
+                let user = &user;
+                let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+                cb(level as c_int, msg.as_ptr(), user.0);
+            }) as Sink
+        });
+        set_sink(sink, level).map_err(|e| crate::Error::internal(format!("cannot start the log thread: {e}")))
+    })
+}

@@ -1,0 +1,109 @@
+//! The C API. Thin: every export checks its arguments, turns C strings and
+//! handles into core values, and calls the core inside `ffi_boundary!`,
+//! which catches panics (AMQP_ERR_INTERNAL) and records `amqp_last_error`.
+//!
+//! One file per API area: `errors` (codes, last error), `connection`,
+//! `queue`, `publish`, `consume`, `log`. Handles come from the two
+//! generation-checked registries below.
+
+#![allow(non_camel_case_types, clippy::missing_safety_doc)]
+
+/// Runs an export's body: panics become AMQP_ERR_INTERNAL, errors set the
+/// thread's last error, success clears it.
+macro_rules! ffi_boundary {
+    ($body:block) => {
+        $crate::ffi::errors::run_boundary(move || -> $crate::error::Result<()> { $body })
+    };
+    // For the few exports that return a value rather than a code.
+    (value $fallback:expr, $body:block) => {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || $body))
+            .unwrap_or($fallback)
+    };
+}
+
+
+pub mod connection;
+pub mod consume;
+pub mod errors;
+pub mod log;
+pub mod publish;
+pub mod queue;
+
+pub use connection::*;
+pub use consume::*;
+pub use errors::*;
+pub use log::*;
+pub use publish::*;
+pub use queue::*;
+
+use crate::connection::Connection;
+use crate::error::{Error, Result};
+use crate::queue::Queue;
+use crate::registry::Registry;
+use std::ffi::{c_char, CStr};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+/// A connection handle: never 0, below 2^53, never valid as a queue handle.
+pub type amqp_connection_handle = u64;
+/// A queue handle: never 0, below 2^53, never valid as a connection handle.
+pub type amqp_queue_handle = u64;
+
+pub(crate) struct ConnectionEntry {
+    pub conn: Arc<Connection>,
+    pub queue_handles: Mutex<Vec<amqp_queue_handle>>,
+    pub closing: AtomicBool,
+}
+
+pub(crate) struct QueueEntry {
+    pub queue: Arc<Queue>,
+    pub handle: amqp_queue_handle,
+    pub conn: Arc<ConnectionEntry>,
+}
+
+pub(crate) static CONNECTIONS: Registry<ConnectionEntry> = Registry::new(0);
+pub(crate) static QUEUES: Registry<QueueEntry> = Registry::new(1);
+
+
+/// A required C string argument.
+pub(crate) unsafe fn required_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    CStr::from_ptr(p)
+        .to_str()
+        .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+}
+
+/// An optional C string argument: NULL is `None`.
+pub(crate) unsafe fn optional_str<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        required_str(p, what).map(Some)
+    }
+}
+
+/// An out-parameter: checked for NULL before anything happens.
+pub(crate) unsafe fn out_param<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T> {
+    p.as_mut()
+        .ok_or_else(|| Error::invalid(format!("{what} (out-parameter) is NULL")))
+}
+
+pub(crate) fn lookup_connection(handle: amqp_connection_handle) -> Result<Arc<ConnectionEntry>> {
+    CONNECTIONS.get(handle).ok_or_else(|| {
+        Error::new(
+            crate::ErrorKind::InvalidHandle,
+            format!("{handle} is not a valid connection handle (0, never issued, or closed)"),
+        )
+    })
+}
+
+pub(crate) fn lookup_queue(handle: amqp_queue_handle) -> Result<Arc<QueueEntry>> {
+    QUEUES.get(handle).ok_or_else(|| {
+        Error::new(
+            crate::ErrorKind::InvalidHandle,
+            format!("{handle} is not a valid queue handle (0, never issued, or closed)"),
+        )
+    })
+}

@@ -1,0 +1,117 @@
+//! Logging: silent unless the application asks. Two sinks:
+//! - `RESILIENT_AMQP_LOG=debug|info|warn|error` writes to stderr (never stdout);
+//! - a callback set by the application, always called on the dedicated
+//!   "resilient-amqp-log" thread, one record at a time and in order, so a
+//!   slow or re-entrant callback never stalls the network or a caller.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Level {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+}
+
+impl Level {
+    pub fn from_u8(v: u8) -> Level {
+        match v {
+            1 => Level::Error,
+            2 => Level::Warn,
+            3 => Level::Info,
+            4 => Level::Debug,
+            _ => Level::Off,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Off => "off",
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+pub type Sink = Arc<dyn Fn(Level, &str) + Send + Sync>;
+
+/// 255 = not read from the environment yet.
+static STDERR_LEVEL: AtomicU8 = AtomicU8::new(255);
+static SINK_LEVEL: AtomicU8 = AtomicU8::new(0);
+static SINK: Mutex<Option<(Sink, Sender<(Level, String)>)>> = Mutex::new(None);
+
+fn stderr_level() -> u8 {
+    let l = STDERR_LEVEL.load(Ordering::Relaxed);
+    if l != 255 {
+        return l;
+    }
+    let l = match std::env::var("RESILIENT_AMQP_LOG").as_deref() {
+        Ok("debug") => Level::Debug,
+        Ok("info") => Level::Info,
+        Ok("warn") => Level::Warn,
+        Ok("error") => Level::Error,
+        _ => Level::Off,
+    } as u8;
+    STDERR_LEVEL.store(l, Ordering::Relaxed);
+    l
+}
+
+pub fn enabled(level: Level) -> bool {
+    let l = level as u8;
+    l <= SINK_LEVEL.load(Ordering::Relaxed) || l <= stderr_level()
+}
+
+pub fn emit(level: Level, message: String) {
+    let l = level as u8;
+    if l <= stderr_level() {
+        eprintln!("resilient-amqp {}: {}", level.name(), message);
+    }
+    if l <= SINK_LEVEL.load(Ordering::Relaxed) {
+        if let Some((_, tx)) = SINK.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send((level, message));
+        }
+    }
+}
+
+/// Installs (or with `None` removes) the application's sink.
+pub fn set_sink(sink: Option<Sink>, level: Level) -> std::io::Result<()> {
+    let mut guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    match sink {
+        None => {
+            SINK_LEVEL.store(0, Ordering::Relaxed);
+            *guard = None; // the log thread ends once its queue is drained
+        }
+        Some(sink) => {
+            let (tx, rx) = channel::<(Level, String)>();
+            let thread_sink = sink.clone();
+            std::thread::Builder::new()
+                .name("resilient-amqp-log".into())
+                .spawn(move || {
+                    for (level, msg) in rx {
+                        thread_sink(level, &msg);
+                    }
+                })?;
+            *guard = Some((sink, tx));
+            SINK_LEVEL.store(level as u8, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+macro_rules! log {
+    ($level:expr, $($arg:tt)*) => {
+        if $crate::log::enabled($level) {
+            $crate::log::emit($level, format!($($arg)*));
+        }
+    };
+}
+macro_rules! error { ($($arg:tt)*) => { log!($crate::log::Level::Error, $($arg)*) }; }
+macro_rules! warn { ($($arg:tt)*) => { log!($crate::log::Level::Warn, $($arg)*) }; }
+macro_rules! info { ($($arg:tt)*) => { log!($crate::log::Level::Info, $($arg)*) }; }
+macro_rules! debug { ($($arg:tt)*) => { log!($crate::log::Level::Debug, $($arg)*) }; }
