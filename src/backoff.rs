@@ -48,7 +48,10 @@ mod tests {
             let scheduled = (100u64 << attempt.min(16)).min(5000);
             for _ in 0..50 {
                 let d = delay(base, max, attempt).as_millis() as u64;
-                assert!(d >= scheduled / 2 && d <= scheduled, "attempt {attempt}: {d}");
+                assert!(
+                    d >= scheduled / 2 && d <= scheduled,
+                    "attempt {attempt}: {d}"
+                );
             }
         }
         assert!(delay(base, max, u32::MAX) <= max);

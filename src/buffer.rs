@@ -42,7 +42,10 @@ impl PublishBuffer {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::new(
                 ErrorKind::BufferFull,
-                format!("publish buffer full: {} messages (max_buffered)", self.max_count),
+                format!(
+                    "publish buffer full: {} messages (max_buffered)",
+                    self.max_count
+                ),
             ));
         }
         let before = self.bytes.fetch_add(len, Ordering::AcqRel);

@@ -154,7 +154,10 @@ impl Connection {
                     .unwrap_or_default();
                 return Err(Error::new(
                     ErrorKind::Timeout,
-                    format!("not connected to {} after {timeout:?}{why}", self.address.display),
+                    format!(
+                        "not connected to {} after {timeout:?}{why}",
+                        self.address.display
+                    ),
                 ));
             }
             s = self
@@ -184,10 +187,7 @@ impl Connection {
                     ConnectionProperties::default()
                         .with_connection_name("resilient-amqp".into())
                         .with_client_property("product".into(), "resilient-amqp".into())
-                        .with_client_property(
-                            "version".into(),
-                            env!("CARGO_PKG_VERSION").into(),
-                        ),
+                        .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into()),
                 ),
             )
             .await;
@@ -200,7 +200,10 @@ impl Connection {
                     generation += 1;
                     let events = conn.events_listener();
                     self.install(generation, conn.clone());
-                    info!("connected to {} (generation {generation})", self.address.display);
+                    info!(
+                        "connected to {} (generation {generation})",
+                        self.address.display
+                    );
                     let why = tokio::select! {
                         why = wait_lost(&conn, events) => Some(why),
                         _ = shutdown.wait_for(|s| *s) => None,
@@ -209,11 +212,9 @@ impl Connection {
                     match why {
                         None => {
                             // Closing: say goodbye properly, briefly.
-                            let _ = tokio::time::timeout(
-                                CLOSE_WAIT,
-                                conn.close(200, "closing".into()),
-                            )
-                            .await;
+                            let _ =
+                                tokio::time::timeout(CLOSE_WAIT, conn.close(200, "closing".into()))
+                                    .await;
                             break;
                         }
                         Some(why) => {
@@ -279,7 +280,13 @@ impl Connection {
         let mut s = self.lock();
         s.current = Some((generation, conn.clone()));
         for q in &s.queues {
-            tokio::spawn(session(self.clone(), q.clone(), generation, conn.clone(), None));
+            tokio::spawn(session(
+                self.clone(),
+                q.clone(),
+                generation,
+                conn.clone(),
+                None,
+            ));
         }
         drop(s);
         self.link.send_replace(LinkState {
@@ -341,10 +348,8 @@ impl Connection {
         let mut prepared = None;
         if let Some((generation, conn)) = current {
             let q2 = q.clone();
-            let opened = runtime::block_on(
-                async move { q2.open_channel(&conn).await },
-                DECLARE_TIMEOUT,
-            );
+            let opened =
+                runtime::block_on(async move { q2.open_channel(&conn).await }, DECLARE_TIMEOUT);
             match opened {
                 Ok(Ok(ch)) => prepared = Some((generation, ch)),
                 Ok(Err(e)) => {
@@ -364,7 +369,9 @@ impl Connection {
         }
         let mut s = self.lock();
         if matches!(s.state, ConnectionState::Closed | ConnectionState::Failed) {
-            return Err(Error::closed("the connection closed while the queue was opening"));
+            return Err(Error::closed(
+                "the connection closed while the queue was opening",
+            ));
         }
         s.queues.push(q.clone());
         if let Some((generation, conn)) = s.current.clone() {

@@ -11,7 +11,9 @@
 use crate::queue::Queue;
 use crate::runtime;
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::Channel;
 use std::cell::Cell;
@@ -105,7 +107,12 @@ impl ConsumerSet {
                 return false;
             }
             let slice = (deadline - now).min(Duration::from_millis(20));
-            g = self.idle.1.wait_timeout(g, slice).unwrap_or_else(|p| p.into_inner()).0;
+            g = self
+                .idle
+                .1
+                .wait_timeout(g, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         true
     }
@@ -254,7 +261,13 @@ async fn forward(q: Arc<Queue>, mut consumer: lapin::Consumer, tx: Sender<Job>, 
     let cs = &q.consumers;
     while let Some(Ok(delivery)) = consumer.next().await {
         cs.queued.fetch_add(1, Ordering::SeqCst);
-        if tx.send(Job { delivery, generation }).is_err() {
+        if tx
+            .send(Job {
+                delivery,
+                generation,
+            })
+            .is_err()
+        {
             cs.queued.fetch_sub(1, Ordering::SeqCst);
             break;
         }

@@ -44,7 +44,8 @@ pub type Sink = Arc<dyn Fn(Level, &str) + Send + Sync>;
 /// 255 = not read from the environment yet.
 static STDERR_LEVEL: AtomicU8 = AtomicU8::new(255);
 static SINK_LEVEL: AtomicU8 = AtomicU8::new(0);
-static SINK: Mutex<Option<(Sink, Sender<(Level, String)>)>> = Mutex::new(None);
+/// Feeds the log thread, which owns the application's sink.
+static SINK: Mutex<Option<Sender<(Level, String)>>> = Mutex::new(None);
 
 fn stderr_level() -> u8 {
     let l = STDERR_LEVEL.load(Ordering::Relaxed);
@@ -73,7 +74,7 @@ pub fn emit(level: Level, message: String) {
         eprintln!("resilient-amqp {}: {}", level.name(), message);
     }
     if l <= SINK_LEVEL.load(Ordering::Relaxed) {
-        if let Some((_, tx)) = SINK.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(tx) = SINK.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = tx.send((level, message));
         }
     }
@@ -89,15 +90,14 @@ pub fn set_sink(sink: Option<Sink>, level: Level) -> std::io::Result<()> {
         }
         Some(sink) => {
             let (tx, rx) = channel::<(Level, String)>();
-            let thread_sink = sink.clone();
             std::thread::Builder::new()
                 .name("resilient-amqp-log".into())
                 .spawn(move || {
                     for (level, msg) in rx {
-                        thread_sink(level, &msg);
+                        sink(level, &msg);
                     }
                 })?;
-            *guard = Some((sink, tx));
+            *guard = Some(tx);
             SINK_LEVEL.store(level as u8, Ordering::Relaxed);
         }
     }

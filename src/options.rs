@@ -249,7 +249,10 @@ pub fn parse_uri(s: &str) -> Result<BrokerAddress> {
     debug_assert!(matches!(uri.scheme, AMQPScheme::AMQP));
     // amq-protocol-uri keeps only DNS names; IP literals would become "localhost".
     let host = url.host_str().unwrap_or_default();
-    uri.authority.host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    uri.authority.host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_S);
     }

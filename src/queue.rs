@@ -120,7 +120,9 @@ impl Queue {
     /// Copies `body` into the buffer; never touches the network.
     pub fn publish(&self, body: &[u8]) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(Error::closed("the connection is closing or has failed for good"));
+            return Err(Error::closed(
+                "the connection is closing or has failed for good",
+            ));
         }
         if body.len() as u64 > self.max_message_bytes {
             return Err(Error::new(
@@ -167,7 +169,10 @@ impl Queue {
 
     /// Opens the queue's channel and declares its topology: confirm mode,
     /// QoS, exchange, queue, binding. Run on open and after every reconnect.
-    pub async fn open_channel(&self, conn: &lapin::Connection) -> std::result::Result<Channel, lapin::Error> {
+    pub async fn open_channel(
+        &self,
+        conn: &lapin::Connection,
+    ) -> std::result::Result<Channel, lapin::Error> {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         ch.basic_qos(self.options.prefetch, BasicQosOptions { global: false })
@@ -193,7 +198,10 @@ impl Queue {
         }
         let mut args = FieldTable::default();
         if self.options.queue_type == QueueType::Quorum {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         ch.queue_declare(
             self.name.as_str().into(),
@@ -219,7 +227,12 @@ impl Queue {
 
     /// Drains the buffer over `ch` until the channel fails or `link` says
     /// this channel's generation is over. Unconfirmed messages are kept.
-    pub async fn run_publisher(&self, ch: &Channel, link: &mut watch::Receiver<LinkState>, generation: u64) -> PublisherEnd {
+    pub async fn run_publisher(
+        &self,
+        ch: &Channel,
+        link: &mut watch::Receiver<LinkState>,
+        generation: u64,
+    ) -> PublisherEnd {
         let mut window: VecDeque<(Body, Slot)> = VecDeque::new();
         let mut base_seq: u64 = 0;
         let mut futs: FuturesUnordered<ConfirmFuture> = FuturesUnordered::new();
@@ -254,7 +267,9 @@ impl Queue {
                 Poll::Ready(())
             });
             filled.await;
-            self.stats.in_flight.store(window.len() as u64, Ordering::Relaxed);
+            self.stats
+                .in_flight
+                .store(window.len() as u64, Ordering::Relaxed);
 
             let idle = window.is_empty();
             let next = if idle {
@@ -295,7 +310,9 @@ impl Queue {
             // Settle from the front so order is kept for anything resent.
             let mut nacked = Vec::new();
             while matches!(window.front(), Some((_, slot)) if *slot != Slot::Pending) {
-                let Some((b, slot)) = window.pop_front() else { break };
+                let Some((b, slot)) = window.pop_front() else {
+                    break;
+                };
                 if slot == Slot::Acked {
                     self.buffer.release(b.len());
                     self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
@@ -383,9 +400,12 @@ impl LinkState {
 /// Maps a failed declare to what `amqp_queue_open` returns.
 pub fn declare_error(queue: &str, e: &lapin::Error) -> Option<Error> {
     match classify(e) {
-        LapinFailure::Refused { text, .. } | LapinFailure::ConnectionRefused { text, .. } => Some(
-            Error::new(ErrorKind::Broker, format!("broker refused queue '{queue}': {text}")),
-        ),
+        LapinFailure::Refused { text, .. } | LapinFailure::ConnectionRefused { text, .. } => {
+            Some(Error::new(
+                ErrorKind::Broker,
+                format!("broker refused queue '{queue}': {text}"),
+            ))
+        }
         LapinFailure::Link(_) => None,
     }
 }

@@ -1,7 +1,7 @@
 //! Connections: connect, wait, close, stats.
 
-use super::{lookup_connection, optional_str, out_param, required_str};
 use super::{amqp_connection_handle, amqp_result, ConnectionEntry, CONNECTIONS, QUEUES};
+use super::{lookup_connection, optional_str, out_param, required_str};
 use crate::connection::{Connection, ConnectionState};
 use crate::error::{Error, ErrorKind};
 use crate::options::{parse_connection_options, parse_uri};
@@ -92,7 +92,10 @@ pub unsafe extern "C" fn amqp_connect(
 /// AMQP_ERR_TIMEOUT after `timeout_ms`, AMQP_ERR_CLOSED once it gave up for
 /// good (amqp_last_error says why, e.g. the broker's 403 ACCESS_REFUSED).
 #[no_mangle]
-pub extern "C" fn amqp_wait_connected(conn: amqp_connection_handle, timeout_ms: u32) -> amqp_result {
+pub extern "C" fn amqp_wait_connected(
+    conn: amqp_connection_handle,
+    timeout_ms: u32,
+) -> amqp_result {
     ffi_boundary!({
         let entry = lookup_connection(conn)?;
         entry
@@ -122,7 +125,12 @@ pub unsafe extern "C" fn amqp_close_graceful(
             ));
         }
         let left = entry.conn.close(Duration::from_millis(timeout_ms as u64));
-        let handles = std::mem::take(&mut *entry.queue_handles.lock().unwrap_or_else(|p| p.into_inner()));
+        let handles = std::mem::take(
+            &mut *entry
+                .queue_handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for h in handles {
             QUEUES.remove(h);
         }

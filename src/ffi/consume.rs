@@ -47,7 +47,10 @@ pub struct amqp_delivery {
 /// amqp_consume_stop and amqp_close_graceful. An unknown return value is
 /// treated as AMQP_REQUEUE (nothing is lost).
 pub type amqp_consume_fn = Option<
-    unsafe extern "C" fn(delivery: *const amqp_delivery, userdata: *mut c_void) -> amqp_disposition_raw,
+    unsafe extern "C" fn(
+        delivery: *const amqp_delivery,
+        userdata: *mut c_void,
+    ) -> amqp_disposition_raw,
 >;
 
 /// The application's pointer, handed back to its callback on our threads.
@@ -98,7 +101,9 @@ pub unsafe extern "C" fn amqp_consume(
                 1 => Disposition::Reject,
                 2 => Disposition::Requeue,
                 other => {
-                    error!("consume callback returned {other}, not an amqp_disposition; requeueing");
+                    error!(
+                        "consume callback returned {other}, not an amqp_disposition; requeueing"
+                    );
                     Disposition::Requeue
                 }
             }

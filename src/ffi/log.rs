@@ -1,6 +1,6 @@
 //! Logs to an application callback.
 
-use super::{amqp_result};
+use super::amqp_result;
 use crate::log::{set_sink, Level, Sink};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;
@@ -22,8 +22,9 @@ pub type amqp_log_level_raw = c_int;
 /// The log callback: called on the library's "resilient-amqp-log" thread,
 /// one message at a time, in order. `message` is valid during the call.
 /// It may call any function of the library (none waits for the log thread).
-pub type amqp_log_fn =
-    Option<unsafe extern "C" fn(level: amqp_log_level_raw, message: *const c_char, userdata: *mut c_void)>;
+pub type amqp_log_fn = Option<
+    unsafe extern "C" fn(level: amqp_log_level_raw, message: *const c_char, userdata: *mut c_void),
+>;
 
 struct UserData(*mut c_void);
 // SAFETY: only handed back to the application's callback, as documented.
@@ -54,6 +55,7 @@ pub unsafe extern "C" fn amqp_set_log_callback(
                 cb(level as c_int, msg.as_ptr(), user.0);
             }) as Sink
         });
-        set_sink(sink, level).map_err(|e| crate::Error::internal(format!("cannot start the log thread: {e}")))
+        set_sink(sink, level)
+            .map_err(|e| crate::Error::internal(format!("cannot start the log thread: {e}")))
     })
 }

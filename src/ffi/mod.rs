@@ -16,11 +16,9 @@ macro_rules! ffi_boundary {
     };
     // For the few exports that return a value rather than a code.
     (value $fallback:expr, $body:block) => {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || $body))
-            .unwrap_or($fallback)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || $body)).unwrap_or($fallback)
     };
 }
-
 
 pub mod connection;
 pub mod consume;
@@ -63,7 +61,6 @@ pub(crate) struct QueueEntry {
 
 pub(crate) static CONNECTIONS: Registry<ConnectionEntry> = Registry::new(0);
 pub(crate) static QUEUES: Registry<QueueEntry> = Registry::new(1);
-
 
 /// A required C string argument.
 pub(crate) unsafe fn required_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {

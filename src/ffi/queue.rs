@@ -1,7 +1,7 @@
 //! Queues: open (declare + bind) and stats.
 
-use super::{lookup_connection, optional_str, out_param, lookup_queue, required_str};
 use super::{amqp_connection_handle, amqp_queue_handle, amqp_result, QueueEntry, QUEUES};
+use super::{lookup_connection, lookup_queue, optional_str, out_param, required_str};
 use crate::error::Error;
 use crate::options::{check_name, parse_queue_options};
 use std::ffi::c_char;
@@ -74,8 +74,13 @@ pub unsafe extern "C" fn amqp_queue_open(
             return Err(Error::closed("the connection is closing"));
         }
         let options = parse_queue_options(options, &entry.conn.options)?;
-        let q = entry.conn.open_queue(name, exchange, routing_key, options)?;
-        let mut handles = entry.queue_handles.lock().unwrap_or_else(|p| p.into_inner());
+        let q = entry
+            .conn
+            .open_queue(name, exchange, routing_key, options)?;
+        let mut handles = entry
+            .queue_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let handle = QUEUES
             .insert_with(|handle| {
                 Arc::new(QueueEntry {
