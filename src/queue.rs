@@ -74,6 +74,9 @@ pub struct Queue {
     max_message_bytes: u64,
     /// Unconfirmed messages from an earlier channel, to be sent first.
     retry: Mutex<VecDeque<Body>>,
+    /// Held by the one running publisher: a new session's publisher waits
+    /// until the previous one has put its unconfirmed messages back.
+    publisher: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     publish_exchange: ShortString,
     publish_routing_key: ShortString,
@@ -110,6 +113,7 @@ impl Queue {
             consumers: ConsumerSet::default(),
             max_message_bytes,
             retry: Mutex::new(VecDeque::new()),
+            publisher: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             publish_exchange: exchange.into(),
             publish_routing_key: publish_routing_key.into(),
@@ -233,6 +237,7 @@ impl Queue {
         link: &mut watch::Receiver<LinkState>,
         generation: u64,
     ) -> PublisherEnd {
+        let _running = self.publisher.lock().await;
         let mut window: VecDeque<(Body, Slot)> = VecDeque::new();
         let mut base_seq: u64 = 0;
         let mut futs: FuturesUnordered<ConfirmFuture> = FuturesUnordered::new();
