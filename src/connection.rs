@@ -244,10 +244,12 @@ impl Connection {
                 self.failed_attempts.fetch_add(1, Ordering::Relaxed);
                 self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
                 let (text, permanent) = match failure {
-                    // The broker said no to this login or vhost: retrying
-                    // with the same credentials cannot succeed.
-                    LapinFailure::ConnectionRefused { text, .. } => (text, true),
-                    LapinFailure::Refused { text, .. } => (text, false),
+                    // The broker said no to this login (403) or vhost (530):
+                    // retrying with the same credentials cannot succeed.
+                    // Others (e.g. 320 CONNECTION_FORCED while it shuts
+                    // down) are transient.
+                    LapinFailure::ConnectionRefused { code, text }
+                    | LapinFailure::Refused { code, text } => (text, matches!(code, 403 | 530)),
                     LapinFailure::Link(text) => (text, false),
                 };
                 let msg = format!("connect to {} failed: {text}", self.address.display);
@@ -422,7 +424,14 @@ async fn wait_lost(
     loop {
         tokio::select! {
             ev = events.next() => match ev {
-                Some(lapin::Event::Error(e)) => return describe(&e),
+                // lapin reports channel errors here too; only a dead
+                // connection ends the generation.
+                Some(lapin::Event::Error(e)) => {
+                    if !conn.status().connected() {
+                        return describe(&e);
+                    }
+                    debug!("channel error: {}", describe(&e));
+                }
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
                     warn!("the broker blocked publishing: {reason}");
                 }

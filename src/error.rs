@@ -71,7 +71,13 @@ pub fn classify(err: &lapin::Error) -> LapinFailure {
     match err.kind() {
         lapin::ErrorKind::ProtocolError(e) => {
             let code = e.get_id();
-            let text = format!("{} - {}", code_name(code), e.get_message());
+            let name = code_name(code);
+            let message = e.get_message().as_str();
+            // RabbitMQ's texts usually start with the code's name already.
+            let text = match name.split_once(' ') {
+                Some((_, short)) if message.starts_with(short) => format!("{code} {message}"),
+                _ => format!("{name} - {message}"),
+            };
             match e.kind() {
                 AMQPErrorKind::Soft(_) => LapinFailure::Refused { code, text },
                 AMQPErrorKind::Hard(_) => LapinFailure::ConnectionRefused { code, text },

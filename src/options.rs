@@ -261,7 +261,7 @@ pub fn parse_uri(s: &str) -> Result<BrokerAddress> {
         .connection_timeout
         .filter(|ms| *ms > 0)
         .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis);
-    let vhost = if uri.vhost.is_empty() { "" } else { &uri.vhost };
+    let vhost = if uri.vhost == "/" { "%2f" } else { &uri.vhost };
     let display = format!(
         "amqp://{}@{}:{}/{}",
         uri.authority.userinfo.username, host, uri.authority.port, vhost
