@@ -178,20 +178,26 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
     let disposition = catch_unwind(AssertUnwindSafe(|| cb(&view))).unwrap_or(Disposition::Requeue);
     IN_CALLBACK.with(|c| c.set(0));
     // The acker is bound to the channel the delivery came from: after that
-    // channel died it does nothing, so a stale tag never reaches a new channel.
-    match disposition {
-        Disposition::Ack => {
-            poll_once(d.acker.ack(BasicAckOptions::default()));
-            q.stats.acked.fetch_add(1, Ordering::Relaxed);
-        }
-        Disposition::Reject => {
-            poll_once(d.acker.reject(BasicRejectOptions { requeue: false }));
-            q.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        }
-        Disposition::Requeue => {
-            poll_once(d.acker.reject(BasicRejectOptions { requeue: true }));
-            q.stats.requeued.fetch_add(1, Ordering::Relaxed);
-        }
+    // channel died it sends nothing, so a stale tag never reaches a new
+    // channel; such a delivery counts as released (the broker redelivers it).
+    let (sent, counter) = match disposition {
+        Disposition::Ack => (
+            poll_once(d.acker.ack(BasicAckOptions::default())),
+            &q.stats.acked,
+        ),
+        Disposition::Reject => (
+            poll_once(d.acker.reject(BasicRejectOptions { requeue: false })),
+            &q.stats.rejected,
+        ),
+        Disposition::Requeue => (
+            poll_once(d.acker.reject(BasicRejectOptions { requeue: true })),
+            &q.stats.requeued,
+        ),
+    };
+    if sent {
+        counter.fetch_add(1, Ordering::Relaxed);
+    } else {
+        q.stats.released.fetch_add(1, Ordering::Relaxed);
     }
     cs.running.fetch_sub(1, Ordering::SeqCst);
     if cs.paused.load(Ordering::SeqCst) {
@@ -201,11 +207,15 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
 
 /// lapin queues an ack's frame on the first poll and then only waits for the
 /// write; polling once from the worker thread sends it without a hop through
-/// the runtime, and in the order the worker decided.
-fn poll_once<F: Future>(fut: F) {
+/// the runtime, and in the order the worker decided. Returns whether the
+/// frame was queued (false: the channel is gone or the acker was used).
+fn poll_once<F: Future<Output = lapin::Result<bool>>>(fut: F) -> bool {
     let mut fut = std::pin::pin!(fut);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    let _ = fut.as_mut().poll(&mut cx);
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Pending | std::task::Poll::Ready(Ok(true)) => true,
+        std::task::Poll::Ready(_) => false,
+    }
 }
 
 /// Brings the broker consumers in line with `paused` and the groups: starts
