@@ -3,6 +3,7 @@
 #
 # Starts a private RabbitMQ node (scripts/broker.sh; never the default one) and
 # stops it again when this script ends -- passed, failed or interrupted -- then:
+#   deps     bash scripts/deps.sh (installs what is missing; apt-get update once)
 #   fmt      cargo fmt --check
 #   clippy   cargo clippy --all-targets -- -D warnings
 #   build    cargo build --release
@@ -162,6 +163,11 @@ run_cargo_tests() {
     broker_app_up
     limited "$TEST_TIMEOUT" cargo test --release --no-fail-fast -- --test-threads=2
 }
+
+# Install what is missing (rabbitmq-server, gcc, ...): a no-op when all is there.
+CURRENT=deps
+bash scripts/deps.sh
+CURRENT=""
 
 command -v cargo >/dev/null || {
     CURRENT=setup

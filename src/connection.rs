@@ -63,6 +63,8 @@ pub struct Connection {
     failed_attempts: AtomicU64,
     consecutive_failures: AtomicU64,
     next_queue_id: AtomicU64,
+    /// Gave up for good (the state may since have moved on to Closed).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Connection {
@@ -89,6 +91,7 @@ impl Connection {
             failed_attempts: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             next_queue_id: AtomicU64::new(1),
+            failed: std::sync::atomic::AtomicBool::new(false),
         });
         handle.spawn(conn.clone().supervise());
         Ok(conn)
@@ -313,6 +316,7 @@ impl Connection {
     /// Gave up for good: publishes are refused, what is buffered stays for
     /// `close_graceful` to report.
     fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
         for q in self.lock().queues.iter() {
             q.close_for_publishing();
         }
@@ -396,18 +400,20 @@ impl Connection {
         for q in &queues {
             q.close_for_publishing();
         }
+        // Closed from now on (publishes refused, state reported); the link
+        // stays up until the buffers drained.
+        self.set_state(ConnectionState::Closed);
         for q in &queues {
             consumer::shutdown(q);
         }
         let unsent = |qs: &[Arc<Queue>]| qs.iter().map(|q| q.unconfirmed()).sum::<u64>();
         while unsent(&queues) > 0 && Instant::now() < deadline {
-            if self.state() == ConnectionState::Failed {
+            if self.failed.load(Ordering::SeqCst) {
                 break; // nothing can drain any more
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         let left = unsent(&queues);
-        self.set_state(ConnectionState::Closed);
         self.shutdown.send_replace(true);
         self.link.send_modify(|l| l.up = false);
         left

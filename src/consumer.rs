@@ -1,5 +1,5 @@
 //! Consumer dispatch: `repeat` broker consumers per `amqp_consume` call, each
-//! feeding its own library-owned OS thread ("resilient-amqp-consumer") that
+//! feeding its own library-owned OS thread ("ramqp-consumer") that
 //! runs the callback and applies its disposition on the channel the delivery
 //! came from. Callbacks never run on the runtime thread.
 //!
@@ -85,6 +85,9 @@ pub struct ConsumerSet {
     /// Generation of the live channel; deliveries from another are stale.
     channel_generation: AtomicU64,
     running: AtomicUsize,
+    /// Callbacks of this queue that are themselves waiting in `stop`: they
+    /// must not wait for each other.
+    stopping_inside: AtomicUsize,
     queued: AtomicUsize,
     forwarders: AtomicUsize,
     next_tag: AtomicU64,
@@ -131,7 +134,7 @@ pub fn add(q: &Arc<Queue>, cb: Callback, repeat: u32) -> crate::Result<()> {
         let (tx, rx) = channel::<Job>();
         let (q2, cb2) = (q.clone(), cb.clone());
         std::thread::Builder::new()
-            .name("resilient-amqp-consumer".into())
+            .name("ramqp-consumer".into())
             .spawn(move || {
                 for job in rx {
                     handle_job(&q2, &cb2, job);
@@ -324,16 +327,26 @@ pub fn stop(q: &Arc<Queue>) -> crate::Result<()> {
     // Cancel at the broker first so nothing new is prefetched.
     let _ = runtime::block_on(async move { reconcile(&q2).await }, STOP_WAIT);
     let inside = in_callback_of(q.id);
-    let own = usize::from(inside);
+    if inside {
+        cs.stopping_inside.fetch_add(1, Ordering::SeqCst);
+        cs.notify();
+    }
+    // Every callback still running must be one that is stopping from inside.
+    let callbacks_done =
+        || cs.running.load(Ordering::SeqCst) <= cs.stopping_inside.load(Ordering::SeqCst);
     let done = cs.wait_until(STOP_WAIT, || {
-        cs.running.load(Ordering::SeqCst) <= own
+        callbacks_done()
             // From inside a callback, deliveries queued behind us on our own
             // worker cannot be given back until we return.
             && (inside
                 || (cs.queued.load(Ordering::SeqCst) == 0
                     && cs.forwarders.load(Ordering::SeqCst) == 0))
     });
-    if !done && cs.running.load(Ordering::SeqCst) > own {
+    let callbacks_stopped = callbacks_done();
+    if inside {
+        cs.stopping_inside.fetch_sub(1, Ordering::SeqCst);
+    }
+    if !done && !callbacks_stopped {
         return Err(crate::Error::new(
             crate::ErrorKind::Timeout,
             "consume_stop: a callback is still running after 30 s",

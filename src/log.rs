@@ -1,7 +1,7 @@
 //! Logging: silent unless the application asks. Two sinks:
 //! - `RESILIENT_AMQP_LOG=debug|info|warn|error` writes to stderr (never stdout);
 //! - a callback set by the application, always called on the dedicated
-//!   "resilient-amqp-log" thread, one record at a time and in order, so a
+//!   "ramqp-log" thread, one record at a time and in order, so a
 //!   slow or re-entrant callback never stalls the network or a caller.
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -91,7 +91,7 @@ pub fn set_sink(sink: Option<Sink>, level: Level) -> std::io::Result<()> {
         Some(sink) => {
             let (tx, rx) = channel::<(Level, String)>();
             std::thread::Builder::new()
-                .name("resilient-amqp-log".into())
+                .name("ramqp-log".into())
                 .spawn(move || {
                     for (level, msg) in rx {
                         sink(level, &msg);

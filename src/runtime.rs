@@ -1,7 +1,7 @@
 //! The one tokio runtime of the library.
 //!
 //! A current-thread runtime driven by one library-owned thread
-//! ("resilient-amqp-rt"): lapin's publish path is fastest without cross-core
+//! ("ramqp-runtime"): lapin's publish path is fastest without cross-core
 //! task hand-offs (see LAPIN-NOTES). The runtime lives in a static and its
 //! thread is never joined, so nothing is dropped at process exit and exit
 //! cannot hang on it. No user callback ever runs on it.
@@ -22,7 +22,7 @@ pub fn handle() -> Result<&'static Handle> {
             .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
         let handle = rt.handle().clone();
         std::thread::Builder::new()
-            .name("resilient-amqp-rt".into())
+            .name("ramqp-runtime".into())
             .spawn(move || rt.block_on(std::future::pending::<()>()))
             .map_err(|e| Error::internal(format!("cannot start the runtime thread: {e}")))?;
         Ok(handle)

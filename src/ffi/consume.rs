@@ -42,7 +42,7 @@ pub struct amqp_delivery {
 }
 
 /// The consume callback. Runs on a library-owned thread named
-/// "resilient-amqp-consumer" (never the caller's, never the network thread);
+/// "ramqp-consumer" (never the caller's, never the network thread);
 /// up to `repeat` run at once per amqp_consume call. It may call amqp_publish,
 /// amqp_consume_stop and amqp_close_graceful. An unknown return value is
 /// treated as AMQP_REQUEUE (nothing is lost).

@@ -19,7 +19,7 @@ pub enum amqp_log_level {
 /// An `amqp_log_level` as received from C.
 pub type amqp_log_level_raw = c_int;
 
-/// The log callback: called on the library's "resilient-amqp-log" thread,
+/// The log callback: called on the library's "ramqp-log" thread,
 /// one message at a time, in order. `message` is valid during the call.
 /// It may call any function of the library (none waits for the log thread).
 pub type amqp_log_fn = Option<
