@@ -172,7 +172,7 @@ typedef struct amqp_delivery {
 
 /*
  The consume callback. Runs on a library-owned thread named
- "resilient-amqp-consumer" (never the caller's, never the network thread);
+ "ramqp-consumer" (never the caller's, never the network thread);
  up to `repeat` run at once per amqp_consume call. It may call amqp_publish,
  amqp_consume_stop and amqp_close_graceful. An unknown return value is
  treated as AMQP_REQUEUE (nothing is lost).
@@ -180,7 +180,7 @@ typedef struct amqp_delivery {
 typedef amqp_disposition (*amqp_consume_fn)(const struct amqp_delivery *delivery, void *userdata);
 
 /*
- The log callback: called on the library's "resilient-amqp-log" thread,
+ The log callback: called on the library's "ramqp-log" thread,
  one message at a time, in order. `message` is valid during the call.
  It may call any function of the library (none waits for the log thread).
  */

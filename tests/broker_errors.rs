@@ -587,7 +587,7 @@ fn log_callback_receives_messages_on_the_log_thread() {
     let lines = sink.lines.lock().unwrap().clone();
     for (level, m, thread) in &lines {
         assert!((1..=4).contains(level), "level {level} for {m:?}");
-        assert_eq!(thread.as_deref(), Some("resilient-amqp-log"), "{m:?}");
+        assert_eq!(thread.as_deref(), Some("ramqp-log"), "{m:?}");
         assert!(!m.contains("guest:guest"), "a password in the log: {m:?}");
     }
     assert!(

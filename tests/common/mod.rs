@@ -23,7 +23,7 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 /// Prefix of the names of the threads on which the library runs consume callbacks.
-pub const LIB_THREAD_PREFIX: &str = "resilient-amqp-consumer";
+pub const LIB_THREAD_PREFIX: &str = "ramqp-consumer";
 
 /// A URI where nothing listens: connecting is refused at once, forever.
 pub const DEAD_URI: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
