@@ -9,7 +9,8 @@
 #   build    cargo build --release
 #   header   the generated include/resilient_amqp.h equals the committed one
 #   test     cargo test --release --no-fail-fast -- --test-threads=2
-#   c-tests  bash scripts/c-tests.sh (when that script exists)
+#            (unit tests, tests/broker_*.rs, and tests/c_programs.rs, which
+#            compiles and runs the C tests in tests/c and the C examples)
 # and prints one summary line at the end.
 #
 # Tests find the broker through:
@@ -20,7 +21,7 @@
 #
 # Settings: RA_BROKER_PORT (default 56720), RA_TEST_SKIP="fmt clippy ..." (steps
 # to skip), RA_TEST_TIMEOUT (seconds for the test step, default 1200),
-# RA_C_TESTS_TIMEOUT (default 600).
+# 
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -35,7 +36,6 @@ export RA_BROKER_PORT=${RA_BROKER_PORT:-56720}
 export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
 export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
 TEST_TIMEOUT=${RA_TEST_TIMEOUT:-1200}
-C_TESTS_TIMEOUT=${RA_C_TESTS_TIMEOUT:-600}
 SKIP_LIST=${RA_TEST_SKIP:-}
 SKIP=" ${SKIP_LIST//,/ } "
 
@@ -150,15 +150,6 @@ broker_app_up() {
     bash scripts/broker.sh ctl -q await_startup --timeout 60 >/dev/null
 }
 
-run_c_tests() {
-    if [[ -f scripts/c-tests.sh ]]; then
-        broker_app_up
-        limited "$C_TESTS_TIMEOUT" bash scripts/c-tests.sh
-    else
-        echo "scripts/c-tests.sh does not exist; nothing to do"
-    fi
-}
-
 run_cargo_tests() {
     broker_app_up
     limited "$TEST_TIMEOUT" cargo test --release --no-fail-fast -- --test-threads=2
@@ -188,4 +179,3 @@ step clippy limited 1800 cargo clippy --all-targets -- -D warnings
 step build limited 1800 cargo build --release
 step header header_unchanged
 step test run_cargo_tests
-step c-tests run_c_tests
