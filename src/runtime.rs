@@ -9,13 +9,39 @@
 use crate::error::{Error, Result};
 use once_cell::sync::OnceCell;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::runtime::Handle;
 
 static HANDLE: OnceCell<Handle> = OnceCell::new();
+/// Set in a child process forked after the runtime started: the child has
+/// none of our threads, so nothing would ever run; calls must fail instead
+/// of waiting forever.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn mark_forked_child() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+/// True in a child forked from a process that had started the library.
+pub fn forked() -> bool {
+    FORKED.load(Ordering::Relaxed)
+}
+
+pub fn forked_error() -> Error {
+    Error::closed(
+        "resilient-amqp cannot be used in a child created by fork() after the parent used it \
+         (the child has none of the library's threads); connect from the parent, or exec",
+    )
+}
 
 pub fn handle() -> Result<&'static Handle> {
+    if forked() {
+        return Err(forked_error());
+    }
     HANDLE.get_or_try_init(|| {
+        // SAFETY: registers a handler that only stores to an atomic.
+        unsafe { libc::pthread_atfork(None, None, Some(mark_forked_child)) };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

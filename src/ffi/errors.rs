@@ -54,7 +54,13 @@ fn set_last_error(message: String) {
 }
 
 pub(crate) fn run_boundary(body: impl FnOnce() -> Result<()>) -> amqp_result {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+    let guarded = move || {
+        if crate::runtime::forked() {
+            return Err(crate::runtime::forked_error());
+        }
+        body()
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(guarded)) {
         Ok(Ok(())) => {
             LAST_ERROR.with(|e| e.borrow_mut().clear());
             amqp_result::AMQP_OK
