@@ -2,6 +2,7 @@
 //! The header is committed; CI checks that a build leaves it unchanged.
 
 fn main() {
+    write_pkg_config();
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
@@ -20,4 +21,30 @@ fn main() {
             println!("cargo:warning=cbindgen could not generate the header: {e}");
         }
     }
+}
+
+/// Writes `resilient_amqp.pc` next to the built libraries
+/// (target/<profile>/), so `PKG_CONFIG_PATH=target/release pkg-config
+/// --cflags --libs resilient_amqp` gives the flags to build against this tree.
+fn write_pkg_config() {
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let Ok(out_dir) = std::env::var("OUT_DIR") else {
+        return;
+    };
+    // OUT_DIR is target/<profile>/build/<pkg>-<hash>/out.
+    let Some(profile_dir) = std::path::Path::new(&out_dir).ancestors().nth(3) else {
+        return;
+    };
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let pc = format!(
+        "prefix={crate_dir}\nincludedir=${{prefix}}/include\nlibdir={}\n\n\
+         Name: resilient_amqp\n\
+         Description: RabbitMQ client that does not lose messages when the broker goes away\n\
+         Version: {version}\n\
+         Cflags: -I${{includedir}}\n\
+         Libs: -L${{libdir}} -lresilient_amqp -Wl,-rpath,${{libdir}}\n\
+         Libs.private: -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc\n",
+        profile_dir.display()
+    );
+    let _ = std::fs::write(profile_dir.join("resilient_amqp.pc"), pc);
 }

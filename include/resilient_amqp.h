@@ -22,6 +22,9 @@
  The result of every call that can fail.
  */
 typedef enum amqp_result {
+  /*
+   Success.
+   */
   AMQP_OK = 0,
   /*
    NULL pointer, bad URI/option, bad UTF-8, name too long.
@@ -43,7 +46,13 @@ typedef enum amqp_result {
    Closing, or failed for good after max_reconnects.
    */
   AMQP_ERR_CLOSED = 5,
+  /*
+   A wait ran out (wait_connected, close_graceful, a declare the broker did not answer).
+   */
   AMQP_ERR_TIMEOUT = 6,
+  /*
+   The operation needs a live connection.
+   */
   AMQP_ERR_NOT_CONNECTED = 7,
   /*
    The broker refused: 403/404/406 ... (see amqp_last_error).
@@ -63,6 +72,9 @@ typedef enum amqp_connection_state {
    The first connect has not succeeded yet.
    */
   AMQP_STATE_CONNECTING = 0,
+  /*
+   Connected; queues are declared and publishing.
+   */
   AMQP_STATE_CONNECTED = 1,
   /*
    Lost; reconnecting in the background.
@@ -100,10 +112,25 @@ typedef enum amqp_disposition {
  Log levels, most severe first.
  */
 typedef enum amqp_log_level {
+  /*
+   Nothing.
+   */
   AMQP_LOG_OFF = 0,
+  /*
+   Gave up: failed for good, a queue the broker keeps refusing.
+   */
   AMQP_LOG_ERROR = 1,
+  /*
+   Trouble that is being handled: a lost connection, a failed attempt.
+   */
   AMQP_LOG_WARN = 2,
+  /*
+   Connected, reconnected, blocked/unblocked by the broker.
+   */
   AMQP_LOG_INFO = 3,
+  /*
+   Details for debugging.
+   */
   AMQP_LOG_DEBUG = 4,
 } amqp_log_level;
 
@@ -116,6 +143,9 @@ typedef uint64_t amqp_connection_handle;
  A snapshot of a connection's state and counters.
  */
 typedef struct amqp_connection_stats {
+  /*
+   The current state.
+   */
   enum amqp_connection_state state;
   /*
    Successful connects, the first one included.
@@ -144,7 +174,13 @@ typedef uint64_t amqp_queue_handle;
  One delivery. Every pointer is valid only during the callback.
  */
 typedef struct amqp_delivery {
+  /*
+   The message body (NULL or dangling when body_len is 0).
+   */
   const uint8_t *body;
+  /*
+   Its length in bytes.
+   */
   size_t body_len;
   /*
    The broker's tag on the channel the delivery came from.
@@ -158,11 +194,17 @@ typedef struct amqp_delivery {
    Not NUL-terminated: use exchange_len.
    */
   const char *exchange;
+  /*
+   Length of exchange in bytes (0: the default exchange).
+   */
   size_t exchange_len;
   /*
    Not NUL-terminated: use routing_key_len.
    */
   const char *routing_key;
+  /*
+   Length of routing_key in bytes.
+   */
   size_t routing_key_len;
   /*
    The queue it was consumed from.

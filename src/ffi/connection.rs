@@ -16,6 +16,7 @@ use std::time::Duration;
 pub enum amqp_connection_state {
     /// The first connect has not succeeded yet.
     AMQP_STATE_CONNECTING = 0,
+    /// Connected; queues are declared and publishing.
     AMQP_STATE_CONNECTED = 1,
     /// Lost; reconnecting in the background.
     AMQP_STATE_RECONNECTING = 2,
@@ -44,6 +45,7 @@ impl From<ConnectionState> for amqp_connection_state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct amqp_connection_stats {
+    /// The current state.
     pub state: amqp_connection_state,
     /// Successful connects, the first one included.
     pub connects: u64,

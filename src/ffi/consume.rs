@@ -25,7 +25,9 @@ pub type amqp_disposition_raw = c_int;
 /// One delivery. Every pointer is valid only during the callback.
 #[repr(C)]
 pub struct amqp_delivery {
+    /// The message body (NULL or dangling when body_len is 0).
     pub body: *const u8,
+    /// Its length in bytes.
     pub body_len: usize,
     /// The broker's tag on the channel the delivery came from.
     pub delivery_tag: u64,
@@ -33,9 +35,11 @@ pub struct amqp_delivery {
     pub redelivered: bool,
     /// Not NUL-terminated: use exchange_len.
     pub exchange: *const c_char,
+    /// Length of exchange in bytes (0: the default exchange).
     pub exchange_len: usize,
     /// Not NUL-terminated: use routing_key_len.
     pub routing_key: *const c_char,
+    /// Length of routing_key in bytes.
     pub routing_key_len: usize,
     /// The queue it was consumed from.
     pub queue: amqp_queue_handle,

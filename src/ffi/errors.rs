@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_int};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum amqp_result {
+    /// Success.
     AMQP_OK = 0,
     /// NULL pointer, bad URI/option, bad UTF-8, name too long.
     AMQP_ERR_INVALID_ARGUMENT = 1,
@@ -19,7 +20,9 @@ pub enum amqp_result {
     AMQP_ERR_MESSAGE_TOO_LARGE = 4,
     /// Closing, or failed for good after max_reconnects.
     AMQP_ERR_CLOSED = 5,
+    /// A wait ran out (wait_connected, close_graceful, a declare the broker did not answer).
     AMQP_ERR_TIMEOUT = 6,
+    /// The operation needs a live connection.
     AMQP_ERR_NOT_CONNECTED = 7,
     /// The broker refused: 403/404/406 ... (see amqp_last_error).
     AMQP_ERR_BROKER = 8,

@@ -9,10 +9,15 @@ use std::sync::Arc;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum amqp_log_level {
+    /// Nothing.
     AMQP_LOG_OFF = 0,
+    /// Gave up: failed for good, a queue the broker keeps refusing.
     AMQP_LOG_ERROR = 1,
+    /// Trouble that is being handled: a lost connection, a failed attempt.
     AMQP_LOG_WARN = 2,
+    /// Connected, reconnected, blocked/unblocked by the broker.
     AMQP_LOG_INFO = 3,
+    /// Details for debugging.
     AMQP_LOG_DEBUG = 4,
 }
 
