@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# Benchmark resilient-amqp against rabbitmq-c (librabbitmq), same broker, same work:
+#
+#   bash scripts/bench.sh            full: 3 runs of each (medians, min/max), 200,000 messages
+#   bash scripts/bench.sh --quick    1 run of each with small counts (a build + correctness check)
+#   bash scripts/bench.sh --runs=5   more runs per case
+#
+# What it does:
+#   1. installs what is missing (scripts/deps.sh: rabbitmq-server, librabbitmq-dev, gcc),
+#      cargo build --release, builds the C drivers bench/ours.c and bench/rmqc.c with gcc -O2
+#   2. starts a private RabbitMQ node (scripts/broker.sh, port $RA_BROKER_PORT, default 56730)
+#      and stops it at the end if it started it
+#   3. runs every case ALTERNATING ours, rabbitmq-c, ours, rabbitmq-c, ... each run on a fresh
+#      queue; after each run the broker's count (rabbitmqctl list_queues) is checked against
+#      what the driver says it did, and the queue is deleted
+#        pub_transient_64   confirmed publish, N x 64 B, non-durable queue, transient messages
+#        pub_durable_64     the same, durable queue + persistent messages
+#        pub_transient_4k   the same as the first with 4 KiB bodies
+#        consume_64         consume + ack (prefetch 500) a queue pre-filled with N x 64 B
+#        latency_1t/_8t     the time of each publish call from 1 and from 8 threads
+#        e2e_10k            publish -> consume latency at 10,000 msg/s, same process
+#        memory_1m          (ours only) RSS growth with 1,000,000 buffered 64 B messages
+#                           while the broker is unreachable
+#   4. bench/aggregate.py writes target/bench/results.md, results.json and results.svg
+#      from target/bench/raw.jsonl (one JSON line per run)
+#
+# It never fails on a speed; it fails (exit 1) when a run did not do all its work
+# (a message not confirmed, not consumed, or a broker count that does not match).
+#
+# Settings (environment):
+#   RA_BROKER_PORT        broker port (default 56730; the node also uses PORT+1 and PORT+2)
+#   RA_BENCH_RUNS         runs per case (default 3; --quick: 1)
+#   RA_BENCH_N            messages for the publish/consume/latency cases (default 200000)
+#   RA_BENCH_N_4K         messages for the 4 KiB case (default 200000 = 800 MiB of bodies)
+#   RA_BENCH_E2E_SECONDS  length of the end-to-end run (default 5)
+#   RA_BENCH_SETTLE       seconds of pause between runs (default 1; --quick: 0)
+#   RA_BENCH_ONLY         space-separated case names to run (default: all)
+#   RA_BENCH_NOTE         a sentence copied into the results (e.g. "machine busy")
+#   RA_BENCH_SKIP_BUILD=1 do not run cargo build / deps (use what is built)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
+    # shellcheck source=/dev/null
+    . "$HOME/.cargo/env"
+fi
+
+QUICK=0
+RUNS=${RA_BENCH_RUNS:-3}
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        --runs=*) RUNS=${arg#--runs=} ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "bench.sh: unknown argument '$arg' (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+if ((QUICK)); then
+    RUNS=1
+    N=${RA_BENCH_N:-20000}
+    N_4K=${RA_BENCH_N_4K:-5000}
+    E2E_SECONDS=${RA_BENCH_E2E_SECONDS:-2}
+    SETTLE=${RA_BENCH_SETTLE:-0}
+else
+    N=${RA_BENCH_N:-200000}
+    N_4K=${RA_BENCH_N_4K:-200000}
+    E2E_SECONDS=${RA_BENCH_E2E_SECONDS:-5}
+    SETTLE=${RA_BENCH_SETTLE:-1}
+fi
+N_MEM=1000000
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || {
+    echo "bench.sh: runs must be a positive number (got '$RUNS')" >&2
+    exit 2
+}
+ONLY=" ${RA_BENCH_ONLY:-} "
+wanted() { [[ $ONLY == "  " || $ONLY == *" $1 "* ]]; }
+
+export RA_BROKER_PORT=${RA_BROKER_PORT:-56730}
+URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
+OUT=$ROOT/target/bench
+BIN=$OUT/bin
+RAW=$OUT/raw.jsonl
+LOG=$OUT/bench.log
+mkdir -p "$BIN"
+: >"$RAW"
+: >"$LOG"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+BROKER_STARTED=0
+CHILD=""
+finish() {
+    local rc=$?
+    trap - EXIT
+    trap "" INT TERM HUP
+    set +e
+    if ((BROKER_STARTED)); then
+        say "stopping the private RabbitMQ node (port $RA_BROKER_PORT)"
+        bash "$ROOT/scripts/broker.sh" stop >>"$LOG" 2>&1 || echo "bench.sh: WARNING: could not stop the broker" >&2
+    fi
+    exit "$rc"
+}
+on_signal() {
+    trap '' INT TERM HUP
+    echo "bench.sh: interrupted" >&2
+    if [[ -n $CHILD ]]; then
+        kill -TERM "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
+    exit "$1"
+}
+trap finish EXIT
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+trap 'on_signal 129' HUP
+
+# ---- build --------------------------------------------------------------------------------
+
+if [[ ${RA_BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    if [[ ! -f /usr/include/amqp.h || ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || ! command -v gcc >/dev/null; then
+        say "installing dependencies (scripts/deps.sh)"
+        bash scripts/deps.sh
+    fi
+    say "cargo build --release"
+    cargo build --release
+fi
+say "building the C drivers (gcc -O2) into $BIN"
+CFLAGS=(-std=c11 -O2 -Wall -Wextra -Werror)
+gcc "${CFLAGS[@]}" -Iinclude bench/ours.c -Ltarget/release -lresilient_amqp \
+    -Wl,-rpath,"$ROOT/target/release" -lpthread -o "$BIN/ours"
+gcc "${CFLAGS[@]}" bench/rmqc.c -lrabbitmq -lpthread -o "$BIN/rmqc"
+
+# ---- broker --------------------------------------------------------------------------------
+
+if bash scripts/broker.sh status >/dev/null 2>&1; then
+    say "using the private RabbitMQ node already running on port $RA_BROKER_PORT"
+else
+    say "starting a private RabbitMQ node on port $RA_BROKER_PORT"
+    BROKER_STARTED=1
+    bash scripts/broker.sh start >>"$LOG" 2>&1 || {
+        tail -20 "$LOG" >&2
+        exit 1
+    }
+fi
+
+# ---- runs ------------------------------------------------------------------------------------
+
+FAILS=0
+MODE_NAME=full
+((QUICK)) && MODE_NAME=quick
+python3 bench/aggregate.py meta --mode "$MODE_NAME" --runs "$RUNS" --n "$N" --n-4k "$N_4K" \
+    --e2e-seconds "$E2E_SECONDS" --port "$RA_BROKER_PORT" --rmqc "$BIN/rmqc" \
+    --note "${RA_BENCH_NOTE:-}" >>"$RAW"
+
+# limited SECONDS CMD...: in the background so signals reach our traps
+limited() {
+    local secs=$1 rc=0
+    shift
+    timeout -k 10 "$secs" "$@" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    return "$rc"
+}
+
+# run CLIENT TEST RUN MODE key=value...: one driver run, its JSON line appended to $RAW
+run() {
+    local client=$1 test=$2 run=$3 mode=$4 bin rc=0 line
+    shift 4
+    bin=$BIN/ours
+    [[ $client == rabbitmq-c ]] && bin=$BIN/rmqc
+    limited 900 "$bin" "$mode" "uri=$URI" "test=$test" "run=$run" "$@" >"$OUT/line.json" 2>>"$LOG" || rc=$?
+    line=$(tail -n 1 "$OUT/line.json")
+    if [[ -z $line ]]; then
+        line="{\"kind\":\"run\",\"client\":\"$client\",\"mode\":\"$mode\",\"test\":\"$test\",\"run\":$run,\"ok\":false,\"error\":\"driver exited with $rc and no output (see $LOG)\"}"
+    fi
+    echo "$line" >>"$RAW"
+    python3 bench/aggregate.py line "$line"
+    if ((rc != 0)); then
+        FAILS=$((FAILS + 1))
+    fi
+    return 0
+}
+
+# verify CLIENT TEST RUN QUEUE EXPECTED: the broker's own count (rabbitmqctl list_queues) must
+# reach EXPECTED ready messages and 0 unacknowledged within 20 s; then the queue is deleted
+verify() {
+    local client=$1 test=$2 run=$3 queue=$4 expected=$5 row="" messages=-1 unacked=-1 ok=false
+    local deadline=$((SECONDS + 20))
+    while :; do
+        row=$(bash scripts/broker.sh ctl -q list_queues --no-table-headers name messages messages_unacknowledged 2>>"$LOG" |
+            awk -v q="$queue" '$1 == q {print $2, $3}') || true
+        if [[ -n $row ]]; then
+            read -r messages unacked <<<"$row"
+            if [[ $messages == "$expected" && $unacked == 0 ]]; then
+                ok=true
+                break
+            fi
+        fi
+        ((SECONDS >= deadline)) && break
+        sleep 1
+    done
+    echo "{\"kind\":\"verify\",\"client\":\"$client\",\"test\":\"$test\",\"run\":$run,\"queue\":\"$queue\",\"method\":\"rabbitmqctl list_queues\",\"expected_messages\":$expected,\"messages\":$messages,\"unacked\":$unacked,\"ok\":$ok}" >>"$RAW"
+    if [[ $ok == true ]]; then
+        printf '    broker check: %s has %s messages, %s unacked (expected %s): ok\n' "$queue" "$messages" "$unacked" "$expected"
+    else
+        printf '    broker check: FAILED: %s has %s messages, %s unacked (expected %s)\n' "$queue" "$messages" "$unacked" "$expected"
+        FAILS=$((FAILS + 1))
+    fi
+    "$BIN/rmqc" delete "uri=$URI" "queue=$queue" >/dev/null 2>>"$LOG" || true
+}
+
+settle() { if [[ $SETTLE != 0 ]]; then sleep "$SETTLE"; fi; }
+
+qname() { echo "bench.$1.$2.r$3"; } # qname TEST CLIENT RUN
+
+# publish_case TEST N SIZE DURABLE
+publish_case() {
+    local test=$1 n=$2 size=$3 durable=$4 r client q
+    wanted "$test" || return 0
+    say "$test: confirmed publish, $n x $size B, durable=$durable ($RUNS runs each, alternating)"
+    for ((r = 1; r <= RUNS; r++)); do
+        for client in ours rabbitmq-c; do
+            q=$(qname "$test" "$client" "$r")
+            "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
+            settle
+            run "$client" "$test" "$r" publish "queue=$q" "n=$n" "size=$size" "durable=$durable"
+            verify "$client" "$test" "$r" "$q" "$n"
+        done
+    done
+}
+
+consume_case() {
+    local test=consume_64 n=$N r client q fill
+    wanted "$test" || return 0
+    say "$test: consume + ack, $n x 64 B pre-filled, prefetch 500 ($RUNS runs each, alternating)"
+    for ((r = 1; r <= RUNS; r++)); do
+        for client in ours rabbitmq-c; do
+            q=$(qname "$test" "$client" "$r")
+            "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
+            # pre-fill (untimed): rabbitmq-c, every message confirmed or the fill fails
+            fill=$("$BIN/rmqc" fill "uri=$URI" "queue=$q" "n=$n" size=64 durable=0 "test=$test" "run=$r" 2>>"$LOG") || true
+            [[ -n $fill ]] || fill='{"kind":"run","mode":"fill","ok":false,"error":"no output"}'
+            echo "$fill" >>"$RAW"
+            if [[ $fill != *'"ok":true'* ]]; then
+                echo "    pre-fill of $q FAILED: $fill"
+                FAILS=$((FAILS + 1))
+                continue
+            fi
+            settle
+            run "$client" "$test" "$r" consume "queue=$q" "n=$n" size=64 prefetch=500
+            verify "$client" "$test" "$r" "$q" 0
+        done
+    done
+}
+
+latency_case() {
+    local test=$1 threads=$2 n=$N r client q
+    wanted "$test" || return 0
+    say "$test: publish call latency, $n calls from $threads thread(s) ($RUNS runs each, alternating)"
+    for ((r = 1; r <= RUNS; r++)); do
+        for client in ours rabbitmq-c; do
+            q=$(qname "$test" "$client" "$r")
+            "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
+            settle
+            run "$client" "$test" "$r" latency "queue=$q" "n=$n" "threads=$threads" size=64
+            verify "$client" "$test" "$r" "$q" $((n / threads * threads))
+        done
+    done
+}
+
+e2e_case() {
+    local test=e2e_10k r client q
+    wanted "$test" || return 0
+    say "$test: end-to-end latency at 10,000 msg/s for $E2E_SECONDS s ($RUNS runs each, alternating)"
+    for ((r = 1; r <= RUNS; r++)); do
+        for client in ours rabbitmq-c; do
+            q=$(qname "$test" "$client" "$r")
+            "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
+            settle
+            run "$client" "$test" "$r" e2e "queue=$q" rate=10000 "seconds=$E2E_SECONDS" size=64 prefetch=500
+            verify "$client" "$test" "$r" "$q" 0
+        done
+    done
+}
+
+memory_case() {
+    local test=memory_1m r
+    wanted "$test" || return 0
+    say "$test: RSS with $N_MEM buffered 64 B messages, broker unreachable (ours only; rabbitmq-c has no buffer)"
+    for ((r = 1; r <= RUNS; r++)); do
+        settle
+        run ours "$test" "$r" memory "n=$N_MEM" size=64
+    done
+}
+
+T0=$SECONDS
+publish_case pub_transient_64 "$N" 64 0
+publish_case pub_durable_64 "$N" 64 1
+publish_case pub_transient_4k "$N_4K" 4096 0
+consume_case
+latency_case latency_1t 1
+latency_case latency_8t 8
+e2e_case
+memory_case
+
+rm -f "$OUT/line.json"
+python3 bench/aggregate.py meta-end >>"$RAW"
+say "aggregating ($((SECONDS - T0)) s of runs)"
+python3 bench/aggregate.py report "$RAW" "$OUT"
+echo
+cat "$OUT/results.md"
+echo
+echo "bench.sh: results in $OUT/results.md, results.json, results.svg (raw: $RAW, log: $LOG)"
+if ((FAILS)); then
+    echo "bench.sh: FAILED: $FAILS run(s) or broker check(s) did not do all their work (see above)" >&2
+    exit 1
+fi
+echo "bench.sh: every run confirmed/consumed all its messages and the broker counts matched"
