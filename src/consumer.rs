@@ -62,6 +62,8 @@ pub fn in_any_callback() -> bool {
 
 struct Job {
     delivery: lapin::message::Delivery,
+    /// The channel the delivery came from, where its disposition must go.
+    channel: Arc<Channel>,
     generation: u64,
 }
 
@@ -163,7 +165,11 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
         cs.running.fetch_sub(1, Ordering::SeqCst);
         // Give it back now; on a dead channel this is a no-op and the broker
         // requeues it by itself.
-        poll_once(d.acker.reject(BasicRejectOptions { requeue: true }));
+        let tag = d.delivery_tag;
+        poll_once(
+            job.channel
+                .basic_reject(tag, BasicRejectOptions { requeue: true }),
+        );
         q.stats.released.fetch_add(1, Ordering::Relaxed);
         cs.notify();
         return;
@@ -180,20 +186,22 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
     // A panicking Rust callback must not kill the thread: treat as requeue.
     let disposition = catch_unwind(AssertUnwindSafe(|| cb(&view))).unwrap_or(Disposition::Requeue);
     IN_CALLBACK.with(|c| c.set(0));
-    // The acker is bound to the channel the delivery came from: after that
-    // channel died it sends nothing, so a stale tag never reaches a new
-    // channel; such a delivery counts as released (the broker redelivers it).
+    // Settled on the channel the delivery came from, which refuses once it
+    // is closed: a stale tag never reaches a new channel, and such a
+    // delivery counts as released (the broker redelivers it). Calling the
+    // channel directly (not the Acker) keeps the runtime thread out of it.
+    let (tag, ch) = (d.delivery_tag, &job.channel);
     let (sent, counter) = match disposition {
         Disposition::Ack => (
-            poll_once(d.acker.ack(BasicAckOptions::default())),
+            poll_once(ch.basic_ack(tag, BasicAckOptions::default())),
             &q.stats.acked,
         ),
         Disposition::Reject => (
-            poll_once(d.acker.reject(BasicRejectOptions { requeue: false })),
+            poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: false })),
             &q.stats.rejected,
         ),
         Disposition::Requeue => (
-            poll_once(d.acker.reject(BasicRejectOptions { requeue: true })),
+            poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: true })),
             &q.stats.requeued,
         ),
     };
@@ -211,14 +219,11 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
 /// lapin queues an ack's frame on the first poll and then only waits for the
 /// write; polling once from the worker thread sends it without a hop through
 /// the runtime, and in the order the worker decided. Returns whether the
-/// frame was queued (false: the channel is gone or the acker was used).
-fn poll_once<F: Future<Output = lapin::Result<bool>>>(fut: F) -> bool {
+/// frame was queued (false: the channel is closed).
+fn poll_once<F: Future<Output = lapin::Result<()>>>(fut: F) -> bool {
     let mut fut = std::pin::pin!(fut);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match fut.as_mut().poll(&mut cx) {
-        std::task::Poll::Pending | std::task::Poll::Ready(Ok(true)) => true,
-        std::task::Poll::Ready(_) => false,
-    }
+    !matches!(fut.as_mut().poll(&mut cx), std::task::Poll::Ready(Err(_)))
 }
 
 /// Brings the broker consumers in line with `paused` and the groups: starts
@@ -242,6 +247,7 @@ pub async fn reconcile(q: &Arc<Queue>) {
         return;
     }
     let State { groups, tags, .. } = &mut *st;
+    let shared_channel = Arc::new(ch.clone());
     for g in groups.iter_mut().filter(|g| g.started_on != generation) {
         for tx in &g.workers {
             let n = cs.next_tag.fetch_add(1, Ordering::Relaxed);
@@ -263,24 +269,29 @@ pub async fn reconcile(q: &Arc<Queue>) {
             };
             tags.push(tag);
             cs.forwarders.fetch_add(1, Ordering::SeqCst);
-            let (q2, tx2) = (q.clone(), tx.clone());
-            tokio::spawn(forward(q2, consumer, tx2, generation));
+            let (q2, tx2, ch2) = (q.clone(), tx.clone(), shared_channel.clone());
+            tokio::spawn(forward(q2, consumer, tx2, ch2, generation));
         }
         g.started_on = generation;
     }
 }
 
-async fn forward(q: Arc<Queue>, mut consumer: lapin::Consumer, tx: Sender<Job>, generation: u64) {
+async fn forward(
+    q: Arc<Queue>,
+    mut consumer: lapin::Consumer,
+    tx: Sender<Job>,
+    channel: Arc<Channel>,
+    generation: u64,
+) {
     let cs = &q.consumers;
     while let Some(Ok(delivery)) = consumer.next().await {
         cs.queued.fetch_add(1, Ordering::SeqCst);
-        if tx
-            .send(Job {
-                delivery,
-                generation,
-            })
-            .is_err()
-        {
+        let job = Job {
+            delivery,
+            channel: channel.clone(),
+            generation,
+        };
+        if tx.send(job).is_err() {
             cs.queued.fetch_sub(1, Ordering::SeqCst);
             break;
         }
