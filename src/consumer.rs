@@ -145,10 +145,18 @@ pub fn add(q: &Arc<Queue>, cb: Callback, repeat: u32) -> crate::Result<()> {
             .map_err(|e| crate::Error::internal(format!("cannot start a consumer thread: {e}")))?;
         workers.push(tx);
     }
-    q.consumers.state.blocking_lock().groups.push(Group {
-        workers,
-        started_on: 0,
-    });
+    // Through the runtime rather than tokio's blocking_lock, which needs
+    // thread-locals that are gone when called from an atexit handler.
+    let q2 = q.clone();
+    runtime::block_on(
+        async move {
+            q2.consumers.state.lock().await.groups.push(Group {
+                workers,
+                started_on: 0,
+            });
+        },
+        STOP_WAIT,
+    )?;
     let q2 = q.clone();
     runtime::spawn(async move { reconcile(&q2).await });
     Ok(())
@@ -332,11 +340,16 @@ pub async fn detach(q: &Arc<Queue>, generation: u64) {
 /// `amqp_consume_stop`: no callback runs or starts once this returns (a
 /// caller inside a callback of this queue only excludes itself).
 pub fn stop(q: &Arc<Queue>) -> crate::Result<()> {
+    stop_until(q, Instant::now() + STOP_WAIT)
+}
+
+fn stop_until(q: &Arc<Queue>, deadline: Instant) -> crate::Result<()> {
     let cs = &q.consumers;
     cs.paused.store(true, Ordering::SeqCst);
     let q2 = q.clone();
+    let left = || deadline.saturating_duration_since(Instant::now());
     // Cancel at the broker first so nothing new is prefetched.
-    let _ = runtime::block_on(async move { reconcile(&q2).await }, STOP_WAIT);
+    let _ = runtime::block_on(async move { reconcile(&q2).await }, left());
     let inside = in_callback_of(q.id);
     if inside {
         cs.stopping_inside.fetch_add(1, Ordering::SeqCst);
@@ -345,7 +358,7 @@ pub fn stop(q: &Arc<Queue>) -> crate::Result<()> {
     // Every callback still running must be one that is stopping from inside.
     let callbacks_done =
         || cs.running.load(Ordering::SeqCst) <= cs.stopping_inside.load(Ordering::SeqCst);
-    let done = cs.wait_until(STOP_WAIT, || {
+    let done = cs.wait_until(left(), || {
         callbacks_done()
             // From inside a callback, deliveries queued behind us on our own
             // worker cannot be given back until we return.
@@ -360,7 +373,7 @@ pub fn stop(q: &Arc<Queue>) -> crate::Result<()> {
     if !done && !callbacks_stopped {
         return Err(crate::Error::new(
             crate::ErrorKind::Timeout,
-            "consume_stop: a callback is still running after 30 s",
+            "consume_stop: a callback is still running",
         ));
     }
     Ok(())
@@ -373,9 +386,16 @@ pub fn start(q: &Arc<Queue>) {
     runtime::spawn(async move { reconcile(&q2).await });
 }
 
-/// For close: stop, then let the worker threads end once drained.
-pub fn shutdown(q: &Arc<Queue>) {
-    let _ = stop(q);
-    let groups = std::mem::take(&mut q.consumers.state.blocking_lock().groups);
-    drop(groups);
+/// For close: stop (waiting for running callbacks only until `deadline`),
+/// then let the worker threads end once drained.
+pub fn shutdown(q: &Arc<Queue>, deadline: Instant) {
+    let _ = stop_until(q, deadline);
+    let q2 = q.clone();
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let _ = runtime::block_on(
+        async move { drop(std::mem::take(&mut q2.consumers.state.lock().await.groups)) },
+        left,
+    );
 }

@@ -80,8 +80,19 @@ pub fn emit(level: Level, message: String) {
     }
 }
 
+/// A forked child has no log thread: stop feeding it (the child may set a
+/// callback again).
+extern "C" fn silence_in_forked_child() {
+    SINK_LEVEL.store(0, Ordering::Relaxed);
+}
+
 /// Installs (or with `None` removes) the application's sink.
 pub fn set_sink(sink: Option<Sink>, level: Level) -> std::io::Result<()> {
+    static ATFORK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: the handler only stores to an atomic.
+    ATFORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(silence_in_forked_child));
+    });
     let mut guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
     match sink {
         None => {

@@ -13,7 +13,25 @@
 //!   `RESILIENT_AMQP_TEST_CTL`); without it they fail with a message telling
 //!   to run `bash scripts/test.sh`. They run one at a time (one broker; the
 //!   outage demo stops it).
-//! - `RA_C_SANITIZE=1` builds the C side with `-fsanitize=address,undefined`.
+//! - `RA_C_LIB_DIR` (optional): link and run against the
+//!   `libresilient_amqp.so` in that directory instead of this build's.
+//! - Memory checking (`bash scripts/memcheck.sh` sets these):
+//!   - `RA_C_SANITIZE=1` builds the C side with `-fsanitize=address,undefined`
+//!     and runs it with LeakSanitizer on (`detect_leaks=1`, suppressions from
+//!     `tests/lsan.supp`). The Rust library is not instrumented, but ASan's
+//!     malloc/free interceptors cover its allocations too, so LSan sees leaks
+//!     on both sides.
+//!   - `RA_C_VALGRIND=1` runs every program (not the compiler) under valgrind
+//!     memcheck (`--leak-check=full --errors-for-leak-kinds=definite
+//!     --error-exitcode=99`, suppressions from `tests/valgrind.supp`).
+//!
+//!   In both modes the time limits are multiplied by `RA_C_TIME_SCALE`
+//!   (default 2 for ASan, 8 for valgrind), which is also passed to the
+//!   programs as `RA_TEST_TIME_SCALE` (ra_test.h scales its alarm() and
+//!   waits with it); a sanitizer or valgrind report anywhere in stderr
+//!   (forked children included) fails the program; and one summary line per
+//!   program is printed to stderr and appended to the file
+//!   `RA_C_MEMCHECK_REPORT` when it is set.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -36,6 +54,18 @@ const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 fn lib_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // scripts/memcheck.sh: a private copy, safe from concurrent rebuilds
+        if let Ok(dir) = std::env::var("RA_C_LIB_DIR") {
+            if !dir.is_empty() {
+                let dir = PathBuf::from(dir);
+                assert!(
+                    dir.join("libresilient_amqp.so").is_file(),
+                    "RA_C_LIB_DIR={} holds no libresilient_amqp.so",
+                    dir.display()
+                );
+                return dir;
+            }
+        }
         let exe = std::env::current_exe().expect("current_exe");
         let deps = exe.parent().expect("deps dir").to_path_buf();
         let profile_dir = deps.parent().expect("profile dir").to_path_buf();
@@ -132,7 +162,7 @@ fn compile(b: &Build, out: &Path) {
     if b.pedantic {
         cmd.arg("-pedantic");
     }
-    if std::env::var("RA_C_SANITIZE").as_deref() == Ok("1") {
+    if mode() == Mode::Sanitize {
         cmd.args(["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]);
     }
     cmd.arg("-I").arg(include_dir());
@@ -157,6 +187,207 @@ fn compile(b: &Build, out: &Path) {
         cmd,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// ------------------------------------------------------------------ memcheck --
+
+/// How the C programs are checked: plain, ASan + UBSan, or valgrind memcheck.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Mode {
+    Plain,
+    Sanitize,
+    Valgrind,
+}
+
+fn mode() -> Mode {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    *MODE.get_or_init(|| {
+        let on = |v: &str| std::env::var(v).as_deref() == Ok("1");
+        match (on("RA_C_SANITIZE"), on("RA_C_VALGRIND")) {
+            (false, false) => Mode::Plain,
+            (true, false) => Mode::Sanitize,
+            (false, true) => Mode::Valgrind,
+            (true, true) => panic!("RA_C_SANITIZE=1 and RA_C_VALGRIND=1 exclude each other"),
+        }
+    })
+}
+
+/// The factor for every time limit of this mode (`RA_C_TIME_SCALE`).
+fn time_scale() -> u64 {
+    let default = match mode() {
+        Mode::Plain => 1,
+        Mode::Sanitize => 2,
+        Mode::Valgrind => 8,
+    };
+    match std::env::var("RA_C_TIME_SCALE") {
+        Ok(v) if !v.is_empty() => match v.parse::<u64>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => panic!("RA_C_TIME_SCALE must be an integer in 1..=100 (got {v:?})"),
+        },
+        _ => default,
+    }
+}
+
+fn limit(secs: u64) -> Duration {
+    Duration::from_secs(secs * time_scale())
+}
+
+/// A suppression file of tests/, when it exists.
+fn supp_file(name: &str) -> Option<PathBuf> {
+    let p = Path::new(MANIFEST_DIR).join("tests").join(name);
+    p.is_file().then_some(p)
+}
+
+/// The command that runs the program `exe` in this mode.
+fn program(exe: &Path) -> Command {
+    let scale = time_scale().to_string();
+    let mut cmd = match mode() {
+        Mode::Plain | Mode::Sanitize => Command::new(exe),
+        Mode::Valgrind => {
+            let mut c = Command::new("valgrind");
+            c.args([
+                "--tool=memcheck",
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite",
+                "--show-leak-kinds=definite",
+                "--num-callers=40",
+                // tokio and crossbeam spin briefly; without fair scheduling a
+                // spinning thread can hold valgrind's big lock for long
+                "--fair-sched=yes",
+            ]);
+            if let Some(s) = supp_file("valgrind.supp") {
+                c.arg(format!("--suppressions={}", s.display()));
+            }
+            c.arg(exe);
+            c
+        }
+    };
+    cmd.env("RA_TEST_TIME_SCALE", &scale);
+    if mode() == Mode::Sanitize {
+        // print_suppressions=1: a used suppression shows (and is counted)
+        let mut lsan = "print_suppressions=1".to_string();
+        if let Some(s) = supp_file("lsan.supp") {
+            lsan = format!("suppressions={}:{lsan}", s.display());
+        }
+        // the caller's settings come last and win
+        let join = |ours: String, var: &str| match std::env::var(var) {
+            Ok(theirs) if !theirs.is_empty() => format!("{ours}:{theirs}"),
+            _ => ours,
+        };
+        cmd.env(
+            "ASAN_OPTIONS",
+            join(
+                "detect_leaks=1:detect_stack_use_after_return=1".into(),
+                "ASAN_OPTIONS",
+            ),
+        );
+        cmd.env("LSAN_OPTIONS", join(lsan, "LSAN_OPTIONS"));
+        cmd.env(
+            "UBSAN_OPTIONS",
+            join("print_stacktrace=1:halt_on_error=1".into(), "UBSAN_OPTIONS"),
+        );
+    }
+    cmd
+}
+
+/// What the sanitizers or valgrind reported in a program's stderr (every
+/// process of it: forked children report there too).
+#[derive(Default, Debug)]
+struct MemReport {
+    processes: u64,        // valgrind: processes that printed an ERROR SUMMARY
+    errors: u64,           // valgrind: the sum of their error counts; ASan/UBSan/LSan: reports
+    definitely_lost: u64,  // bytes (valgrind "definitely lost", LSan "Direct leak")
+    suppressed_leaks: u64, // LSan: processes that used a suppression; valgrind: suppressed errors
+}
+
+fn first_number(s: &str) -> u64 {
+    let digits: String = s
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(|c| *c != ',')
+        .collect();
+    digits.parse().unwrap_or(0)
+}
+
+fn mem_report(stderr: &str) -> MemReport {
+    let mut r = MemReport::default();
+    for line in stderr.lines() {
+        match mode() {
+            Mode::Plain => {}
+            Mode::Valgrind => {
+                if let Some(i) = line.find("ERROR SUMMARY: ") {
+                    r.processes += 1;
+                    let rest = &line[i + "ERROR SUMMARY: ".len()..];
+                    r.errors += first_number(rest);
+                    if let Some(j) = rest.find("suppressed: ") {
+                        r.suppressed_leaks += first_number(&rest[j + "suppressed: ".len()..]);
+                    }
+                } else if let Some(i) = line.find("definitely lost: ") {
+                    r.definitely_lost += first_number(&line[i + "definitely lost: ".len()..]);
+                }
+            }
+            Mode::Sanitize => {
+                if line.contains("ERROR: AddressSanitizer")
+                    || line.contains("ERROR: LeakSanitizer")
+                    || line.contains("runtime error:")
+                {
+                    r.errors += 1;
+                } else if let Some(i) = line.find("Direct leak of ") {
+                    r.definitely_lost += first_number(&line[i + "Direct leak of ".len()..]);
+                } else if line.trim_start().starts_with("Suppressions used:") {
+                    r.suppressed_leaks += 1;
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Checks the memory report of a run: panics (with the whole output) on any
+/// sanitizer or valgrind error; prints and records one summary line.
+fn check_memory(name: &str, r: &RunResult, dir: &Path) {
+    if mode() == Mode::Plain {
+        return;
+    }
+    let m = mem_report(&r.stderr);
+    let line = format!(
+        "memcheck {:?} {name}: exit {:?}, {:.1} s, processes {}, errors {}, definitely lost {} bytes, suppressed {}",
+        mode(),
+        r.code,
+        r.elapsed.as_secs_f64(),
+        m.processes,
+        m.errors,
+        m.definitely_lost,
+        m.suppressed_leaks
+    );
+    eprintln!("{line}");
+    if let Ok(path) = std::env::var("RA_C_MEMCHECK_REPORT") {
+        if !path.is_empty() {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+    let bad =
+        m.errors > 0 || m.definitely_lost > 0 || (mode() == Mode::Valgrind && m.processes == 0);
+    assert!(
+        !bad,
+        "{line}\n{}\n---- full stderr ----\n{}\n(binary kept in {})",
+        if m.processes == 0 && mode() == Mode::Valgrind {
+            "valgrind printed no ERROR SUMMARY (did it run?)"
+        } else {
+            "memory errors or leaks reported"
+        },
+        r.stderr,
+        dir.display()
     );
 }
 
@@ -187,10 +418,6 @@ fn run_with_timeout(mut cmd: Command, limit: Duration) -> RunResult {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.process_group(0);
-    if std::env::var("RA_C_SANITIZE").as_deref() == Ok("1") {
-        // the Rust side is not instrumented; its global state looks leaked
-        cmd.env("ASAN_OPTIONS", "detect_leaks=0");
-    }
     let start = Instant::now();
     let mut child = cmd.spawn().expect("spawning the C program");
     let out_rx = read_all_in_thread(child.stdout.take().unwrap());
@@ -314,7 +541,8 @@ fn run_c_test(name: &str, b: Build, needs_broker: bool, limit_s: u64) {
     let dir = work_dir(name);
     let exe = dir.join(name);
     compile(&b, &exe);
-    let r = run_with_timeout(Command::new(&exe), Duration::from_secs(limit_s));
+    let r = run_with_timeout(program(&exe), limit(limit_s));
+    check_memory(name, &r, &dir);
     let stray: Vec<&str> = r
         .stdout
         .lines()
@@ -371,6 +599,10 @@ const C_PROGRAMS: &[&str] = &[
     "callback_close.c",
     "exit_without_close.c",
     "login_refused.c",
+    "fork_after_use.c",
+    "fork_before_use.c",
+    "exit_paths.c",
+    "exit_atexit.c",
 ];
 
 #[test]
@@ -548,6 +780,39 @@ fn c_exit_without_close() {
     );
 }
 
+#[test]
+fn c_fork_after_use() {
+    run_c_test(
+        "fork_after_use",
+        Build::c("tests/c/fork_after_use.c"),
+        true,
+        120,
+    );
+}
+
+#[test]
+fn c_fork_before_use() {
+    run_c_test(
+        "fork_before_use",
+        Build::c("tests/c/fork_before_use.c"),
+        true,
+        120,
+    );
+}
+
+#[test]
+fn c_exit_paths() {
+    run_c_test("exit_paths", Build::c("tests/c/exit_paths.c"), true, 240);
+}
+
+/// Library calls from atexit() handlers: glibc runs the calling thread's TLS
+/// destructors before the atexit handlers, so the library must not need its
+/// thread-locals there (it once aborted on LAST_ERROR and tokio's context).
+#[test]
+fn c_exit_atexit() {
+    run_c_test("exit_atexit", Build::c("tests/c/exit_atexit.c"), true, 120);
+}
+
 // -- the examples --
 
 #[test]
@@ -565,9 +830,10 @@ fn example_publisher_then_consumer() {
         .as_nanos();
     let queue = format!("ra-example-{}-{}", std::process::id(), nanos);
 
-    let mut cmd = Command::new(&publisher);
+    let mut cmd = program(&publisher);
     cmd.args([uri.as_str(), queue.as_str(), "3000"]);
-    let r = run_with_timeout(cmd, Duration::from_secs(60));
+    let r = run_with_timeout(cmd, limit(60));
+    check_memory("publisher", &r, &dir);
     assert!(r.code == Some(0), "{}", describe("publisher", &r));
     assert!(
         r.stdout.contains("published 3000 messages"),
@@ -580,9 +846,11 @@ fn example_publisher_then_consumer() {
         describe("publisher", &r)
     );
 
-    let mut cmd = Command::new(&consumer);
-    cmd.args([uri.as_str(), queue.as_str(), "3000", "30"]);
-    let r = run_with_timeout(cmd, Duration::from_secs(60));
+    let mut cmd = program(&consumer);
+    let seconds = (30 * time_scale()).to_string();
+    cmd.args([uri.as_str(), queue.as_str(), "3000", seconds.as_str()]);
+    let r = run_with_timeout(cmd, limit(60));
+    check_memory("consumer", &r, &dir);
     assert!(r.code == Some(0), "{}", describe("consumer", &r));
     assert!(
         r.stdout.contains("received 3000 messages"),
@@ -606,13 +874,14 @@ fn example_outage_demo() {
     let dir = work_dir("outage_demo");
     let exe = dir.join("outage_demo");
     compile(&Build::c("examples-c/outage_demo.c"), &exe);
-    let mut cmd = Command::new(&exe);
+    let mut cmd = program(&exe);
     cmd.env("DEMO_URI", &uri).env("DEMO_CTL", &ctl_cmd);
-    let r = run_with_timeout(cmd, Duration::from_secs(150));
+    let r = run_with_timeout(cmd, limit(150));
     // Whatever happened, leave the broker running for the next test.
     if r.timed_out || r.code != Some(0) {
         ctl("start_app");
     }
+    check_memory("outage_demo", &r, &dir);
     assert!(
         r.code == Some(0) && !r.timed_out,
         "{}",

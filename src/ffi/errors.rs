@@ -52,34 +52,47 @@ thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Thread-locals may already be destroyed (a call from an atexit handler):
+/// then the message is dropped rather than panicking.
 fn set_last_error(message: String) {
-    LAST_ERROR.with(|e| *e.borrow_mut() = message);
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut e) = e.try_borrow_mut() {
+            *e = message;
+        }
+    });
 }
 
 pub(crate) fn run_boundary(body: impl FnOnce() -> Result<()>) -> amqp_result {
     let guarded = move || {
-        if crate::runtime::forked() {
-            return Err(crate::runtime::forked_error());
+        let result = if crate::runtime::forked() {
+            Err(crate::runtime::forked_error())
+        } else {
+            body()
+        };
+        match result {
+            Ok(()) => {
+                set_last_error(String::new());
+                amqp_result::AMQP_OK
+            }
+            Err(e) => {
+                let code = code_of(e.kind);
+                set_last_error(e.message);
+                code
+            }
         }
-        body()
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(guarded)) {
-        Ok(Ok(())) => {
-            LAST_ERROR.with(|e| e.borrow_mut().clear());
-            amqp_result::AMQP_OK
-        }
-        Ok(Err(e)) => {
-            let code = code_of(e.kind);
-            set_last_error(e.message);
-            code
-        }
+        Ok(code) => code,
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            set_last_error(format!("internal error (a bug in resilient-amqp): {what}"));
+            // Never unwind out of here, even if recording the message fails.
+            let _ = std::panic::catch_unwind(move || {
+                set_last_error(format!("internal error (a bug in resilient-amqp): {what}"))
+            });
             amqp_result::AMQP_ERR_INTERNAL
         }
     }
@@ -113,8 +126,8 @@ pub extern "C" fn amqp_result_str(code: amqp_result_raw) -> *const c_char {
 #[no_mangle]
 pub unsafe extern "C" fn amqp_last_error(buf: *mut c_char, cap: usize) -> usize {
     ffi_boundary!(value 0, {
-        LAST_ERROR.with(|e| {
-            let e = e.borrow();
+        LAST_ERROR.try_with(|e| {
+            let Ok(e) = e.try_borrow() else { return 0 };
             let bytes = e.as_bytes();
             if cap > 0 && !buf.is_null() {
                 let n = bytes.len().min(cap - 1);
@@ -123,5 +136,6 @@ pub unsafe extern "C" fn amqp_last_error(buf: *mut c_char, cap: usize) -> usize 
             }
             bytes.len()
         })
+        .unwrap_or(0)
     })
 }
