@@ -11,6 +11,10 @@
 #   test     cargo test --release --no-fail-fast -- --test-threads=2
 #            (unit tests, tests/broker_*.rs, and tests/c_programs.rs, which
 #            compiles and runs the C tests in tests/c and the C examples)
+#   memcheck bash scripts/memcheck.sh asan: the C tests and examples again,
+#            built with AddressSanitizer + UndefinedBehaviorSanitizer and run
+#            with LeakSanitizer, on the same broker (about a minute; the
+#            valgrind mode is `bash scripts/memcheck.sh valgrind`)
 # and prints one summary line at the end.
 #
 # Tests find the broker through:
@@ -179,3 +183,4 @@ step clippy limited 1800 cargo clippy --all-targets -- -D warnings
 step build limited 1800 cargo build --release
 step header header_unchanged
 step test run_cargo_tests
+step memcheck limited 900 bash scripts/memcheck.sh asan

@@ -779,6 +779,54 @@ impl Reader {
         })
     }
 
+    /// Takes every message of `queue` with a no-ack consumer (much faster than `drain` for large
+    /// queues): stops once nothing arrived for `idle` and the broker reports the queue empty
+    /// (or after `timeout`).
+    pub fn drain_fast(&self, queue: &str, idle: Duration, timeout: Duration) -> Vec<Got> {
+        use futures_util::StreamExt;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            let got: Vec<Got> = self.rt.block_on(async {
+                let ch = self
+                    .conn
+                    .create_channel()
+                    .await
+                    .expect("reader: create_channel");
+                let mut consumer = ch
+                    .basic_consume(
+                        queue.into(),
+                        "".into(),
+                        lapin::options::BasicConsumeOptions {
+                            no_ack: true,
+                            ..Default::default()
+                        },
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("reader: basic_consume {queue}: {e}"));
+                let mut got = Vec::new();
+                while let Ok(Some(d)) = tokio::time::timeout(idle, consumer.next()).await {
+                    let d = d.unwrap_or_else(|e| panic!("reader: delivery from {queue}: {e}"));
+                    got.push(Got {
+                        body: d.data,
+                        redelivered: d.redelivered,
+                        delivery_mode: *d.properties.delivery_mode(),
+                        exchange: d.exchange.to_string(),
+                        routing_key: d.routing_key.to_string(),
+                    });
+                }
+                let _ = ch.close(200, "OK".into()).await;
+                got
+            });
+            out.extend(got);
+            let left = self.count(queue).map_or(0, |(n, _)| n);
+            if left == 0 || Instant::now() >= deadline {
+                return out;
+            }
+        }
+    }
+
     pub fn delete(&self, queue: &str) {
         self.rt.block_on(async {
             if let Ok(ch) = self.conn.create_channel().await {
