@@ -232,6 +232,14 @@ pub fn parse_uri(s: &str) -> Result<BrokerAddress> {
     if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
         return Err(Error::invalid("bad AMQP URI: no host"));
     }
+    // An unencoded '/' in a password makes the rest of it look like a path
+    // ("amqp://bob:12/ab@host/v"): refuse, or logs would show part of it.
+    if url.path().contains('@') || url.query().is_some_and(|q| q.contains('@')) {
+        return Err(Error::invalid(
+            "bad AMQP URI: '@' after the host; percent-encode '/', '@' and ':' in the \
+             user name and password",
+        ));
+    }
     for (k, _) in url.query_pairs() {
         if !matches!(
             k.as_ref(),
@@ -375,6 +383,11 @@ mod tests {
         }
         let e = parse_uri("amqp://u:hunter2@h:99999/").unwrap_err();
         assert!(!e.message.contains("hunter2"));
+        // A password with an unencoded '/' must not turn into a logged path.
+        let e = parse_uri("amqp://bob:1234/abc@host/v").unwrap_err();
+        assert!(e.message.contains("percent-encode"), "{}", e.message);
+        assert!(!e.message.contains("abc"), "{}", e.message);
+        assert!(parse_uri("amqp://bob:1234%2Fabc@host/v").is_ok());
     }
 
     #[test]
