@@ -8,7 +8,7 @@
 # What it does:
 #   1. installs what is missing (scripts/deps.sh: rabbitmq-server, librabbitmq-dev, gcc),
 #      cargo build --release, builds the C drivers bench/ours.c and bench/rmqc.c with gcc -O2
-#   2. starts a private RabbitMQ node (scripts/broker.sh, port $RA_BROKER_PORT, default 56730)
+#   2. starts a private RabbitMQ node (scripts/broker.sh, port $RA_BROKER_PORT, default 31750)
 #      and stops it at the end if it started it
 #   3. runs every case ALTERNATING ours, rabbitmq-c, ours, rabbitmq-c, ... each run on a fresh
 #      queue; after each run the broker's count (rabbitmqctl list_queues) is checked against
@@ -28,7 +28,7 @@
 # (a message not confirmed, not consumed, or a broker count that does not match).
 #
 # Settings (environment):
-#   RA_BROKER_PORT        broker port (default 56730; the node also uses PORT+1 and PORT+2)
+#   RA_BROKER_PORT        broker port (default 31750; the node also uses PORT+1 and PORT+2)
 #   RA_BENCH_RUNS         runs per case (default 3; --quick: 1)
 #   RA_BENCH_N            messages for the publish/consume/latency cases (default 200000)
 #   RA_BENCH_N_4K         messages for the 4 KiB case (default 200000 = 800 MiB of bodies)
@@ -84,7 +84,7 @@ N_MEM=1000000
 ONLY=" ${RA_BENCH_ONLY:-} "
 wanted() { [[ $ONLY == "  " || $ONLY == *" $1 "* ]]; }
 
-export RA_BROKER_PORT=${RA_BROKER_PORT:-56730}
+export RA_BROKER_PORT=${RA_BROKER_PORT:-31750}
 URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
 OUT=$ROOT/target/bench
 BIN=$OUT/bin

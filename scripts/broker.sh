@@ -8,12 +8,16 @@
 #                                    (e.g. `ctl stop_app`, `ctl start_app`,
 #                                    `ctl close_all_connections`,
 #                                    `ctl list_queues name messages messages_unacknowledged`)
+#   scripts/broker.sh kill           crash the node: SIGKILL its Erlang VM (beam) at once, no
+#                                    shutdown, and wait until it is gone (epmd stays; `start`
+#                                    or `stop` clean up). Restart it with its data:
+#                                    RA_BROKER_KEEP_DATA=1 scripts/broker.sh start
 #   scripts/broker.sh uri            print the AMQP URI
 #   scripts/broker.sh env            print the environment (export lines)
 #
 # The node never touches a default RabbitMQ installation:
 #   node name   resilient-amqp-test@localhost
-#   AMQP        127.0.0.1:$RA_BROKER_PORT        (default 56720)
+#   AMQP        127.0.0.1:$RA_BROKER_PORT        (default 31720)
 #   dist port   127.0.0.1:$RA_BROKER_PORT+1
 #   epmd        127.0.0.1:$RA_BROKER_PORT+2      (its own epmd, started and killed by us)
 #   rabbitmqctl listens on an ephemeral loopback port (no fixed range)
@@ -23,7 +27,9 @@
 # wrappers, which `su rabbitmq` when run as root), so the files are ours.
 #
 # Settings (environment):
-#   RA_BROKER_PORT           AMQP port (default 56720)
+#   RA_BROKER_PORT           AMQP port (default 31720: below the kernel's ephemeral range
+#                            32768-60999, so a client connecting while the broker is down
+#                            can never be given the broker's port and connect to itself)
 #   RA_BROKER_START_TIMEOUT  seconds to wait for startup (default 60)
 #   RA_BROKER_STOP_TIMEOUT   seconds for a graceful stop before SIGTERM/SIGKILL (default 30)
 #   RA_BROKER_KEEP_DATA=1    keep the mnesia directory between starts (default: wiped
@@ -35,7 +41,7 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/.." && pwd)
 
-PORT=${RA_BROKER_PORT:-56720}
+PORT=${RA_BROKER_PORT:-31720}
 if ! [[ $PORT =~ ^[0-9]+$ ]] || ((PORT < 1024 || PORT > 65000)); then
     echo "broker.sh: RA_BROKER_PORT must be a number in 1024..65000 (got '$PORT')" >&2
     exit 2
@@ -445,6 +451,32 @@ cmd_stop() {
     log "stopped in $((SECONDS - t0)) s"
 }
 
+# SIGKILL the beam process (a crash: no shutdown, no flush). Its wrapper shell
+# and port programs end on their own; pid files stay for `start`/`stop`.
+cmd_kill() {
+    setup_env
+    mkdir -p "$REPO_ROOT/target/rabbitmq"
+    exec 9>"$LOCK_FILE"
+    flock -w 120 9 || die "could not lock $LOCK_FILE"
+    local pid
+    pid=$(read_pid "$BEAM_PID_FILE")
+    if [[ -z $pid ]] || ! is_ours "$pid"; then
+        die "the private node is not running (nothing to kill)"
+    fi
+    log "killing $NODENAME: SIGKILL to beam pid $pid"
+    kill -KILL "$pid"
+    local deadline=$((SECONDS + 15))
+    # gone, or a zombie waiting for its parent
+    while [[ -d /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do
+        ((SECONDS >= deadline)) && die "beam pid $pid still alive 15 s after SIGKILL"
+        sleep 0.05
+    done
+    # (no connect to the AMQP port here: with nothing listening, a connect may pick the
+    # port itself as its source port, connect to itself, and its TIME_WAIT would then
+    # block the restarted node's listener for 60 s; the kernel closed beam's sockets)
+    log "killed"
+}
+
 cmd_env() {
     echo "# private RabbitMQ node of resilient-amqp (scripts/broker.sh); note: sets HOME"
     node_env_lines | while IFS= read -r line; do
@@ -465,6 +497,7 @@ case ${1:-} in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
+    kill) cmd_kill ;;
     ctl)
         shift
         cmd_ctl "$@"

@@ -11,7 +11,7 @@
 #    "$DEMO_CTL close_all_connections") and exits 0 when every published
 #    message was delivered.
 #
-# Settings: RA_BROKER_PORT (default 56720), RA_DEMO_TIMEOUT (seconds, default 600),
+# Settings: RA_BROKER_PORT (default 31720), RA_DEMO_TIMEOUT (seconds, default 600),
 # DEMO_CFLAGS (extra compiler flags).
 set -euo pipefail
 
@@ -41,7 +41,7 @@ if [[ ! -f examples-c/outage_demo.c ]]; then
 fi
 
 # --- 2. private broker -------------------------------------------------------------
-export RA_BROKER_PORT=${RA_BROKER_PORT:-56720}
+export RA_BROKER_PORT=${RA_BROKER_PORT:-31720}
 export DEMO_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
 export DEMO_CTL="$ROOT/scripts/broker.sh ctl"
 BROKER_STARTED=0

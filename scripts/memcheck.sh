@@ -23,7 +23,7 @@
 # Broker: when RESILIENT_AMQP_TEST_URI and RESILIENT_AMQP_TEST_CTL are set
 # (scripts/test.sh sets them), that broker is used and left running.
 # Otherwise a private node is started with scripts/broker.sh on
-# RA_BROKER_PORT (default 56760; the node also uses PORT+1 and PORT+2) and
+# RA_BROKER_PORT (default 31760; the node also uses PORT+1 and PORT+2) and
 # stopped when this script ends, passed, failed or interrupted.
 #
 # Settings: RA_BROKER_PORT, RA_C_TIME_SCALE, RA_MEMCHECK_ASAN_TIMEOUT (seconds,
@@ -160,7 +160,7 @@ elif [[ -n ${RESILIENT_AMQP_TEST_URI:-} || -n ${RESILIENT_AMQP_TEST_CTL:-} ]]; t
     echo "memcheck.sh: set both RESILIENT_AMQP_TEST_URI and RESILIENT_AMQP_TEST_CTL, or neither (then a private broker is started)" >&2
     exit 2
 else
-    export RA_BROKER_PORT=${RA_BROKER_PORT:-56760}
+    export RA_BROKER_PORT=${RA_BROKER_PORT:-31760}
     export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
     export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
     say "starting a private RabbitMQ node on 127.0.0.1:$RA_BROKER_PORT"

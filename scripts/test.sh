@@ -23,7 +23,7 @@
 #       e.g. "$RESILIENT_AMQP_TEST_CTL stop_app", "... start_app",
 #       "... close_all_connections", "... list_queues name messages")
 #
-# Settings: RA_BROKER_PORT (default 56720), RA_TEST_SKIP="fmt clippy ..." (steps
+# Settings: RA_BROKER_PORT (default 31720), RA_TEST_SKIP="fmt clippy ..." (steps
 # to skip), RA_TEST_TIMEOUT (seconds for the test step, default 1200),
 # 
 set -euo pipefail
@@ -36,7 +36,7 @@ if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
     . "$HOME/.cargo/env"
 fi
 
-export RA_BROKER_PORT=${RA_BROKER_PORT:-56720}
+export RA_BROKER_PORT=${RA_BROKER_PORT:-31720}
 export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
 export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
 TEST_TIMEOUT=${RA_TEST_TIMEOUT:-1200}

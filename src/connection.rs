@@ -277,7 +277,18 @@ impl Connection {
         let authority = &self.address.uri.authority;
         let probe = tokio::net::TcpStream::connect((authority.host.as_str(), authority.port));
         match tokio::time::timeout(timeout, probe).await {
-            Ok(Ok(stream)) => drop(stream),
+            Ok(Ok(stream)) => {
+                // With the broker down, a connect to a port in the ephemeral
+                // range can be given that very port and connect to itself.
+                let own = stream.local_addr().ok();
+                if own.is_some() && own == stream.peer_addr().ok() {
+                    #[allow(deprecated)] // zero linger: leave no TIME_WAIT on the broker's port
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    return Err(LapinFailure::Link(
+                        "connection refused (the socket connected to itself)".into(),
+                    ));
+                }
+            }
             Ok(Err(e)) => return Err(LapinFailure::Link(format!("I/O error: {e}"))),
             Err(_) => return Err(timed_out()),
         }

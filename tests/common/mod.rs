@@ -1,7 +1,7 @@
 //! Shared helpers for the broker integration tests (`tests/broker_*.rs`).
 //!
 //! The tests need a real RabbitMQ node. `bash scripts/test.sh` starts a private one and exports:
-//! - `RESILIENT_AMQP_TEST_URI`  e.g. `amqp://guest:guest@127.0.0.1:56720/%2f`
+//! - `RESILIENT_AMQP_TEST_URI`  e.g. `amqp://guest:guest@127.0.0.1:31720/%2f`
 //! - `RESILIENT_AMQP_TEST_CTL`  a shell command prefix that runs rabbitmqctl against that node
 //!
 //! Without them every broker test panics (it never passes silently).

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The FULL fault suite of resilient-amqp:   bash scripts/faults.sh
+#
+# Starts its own private RabbitMQ node (scripts/broker.sh, fresh data) and stops
+# it again when this script ends -- passed, failed or interrupted -- then runs
+#   FAULT_SUITE=full cargo test --release --test fault_suite
+# (tests/fault_suite.rs: close_all_connections every 0.5 s, stop_app 3 s, SIGKILL
+# of the broker + restart with its data, a silent network blackhole, a memory
+# alarm; publishers and consumers; zero loss required). It prints the table and
+# writes target/fault-suite.md and target/fault-suite.json. Under ~10 minutes.
+#
+# The SHORT suite runs as part of `bash scripts/test.sh` (cargo test).
+#
+# Settings (environment):
+#   RA_BROKER_PORT      AMQP port of the private node (default 31730; the node also
+#                       uses PORT+1 and PORT+2). It must not be running already:
+#                       this script stops the node it started. The default lies below
+#                       the kernel's ephemeral range (32768-60999): while the broker is
+#                       down, a client connect to a port inside that range can pick the
+#                       port itself as source port (TCP self-connect), and the TIME_WAIT
+#                       it leaves blocks the broker's listener for 60 s.
+#   FAULT_SUITE         full (default) or short
+#   FAULT_SUITE_ONLY    e.g. "2,5": only those scenarios
+#   FAULT_SUITE_TRACE=1 the library's timeline (100 ms steps) on stderr
+#   RA_FAULTS_TIMEOUT   seconds for build + suite (default 1200)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
+    # shellcheck source=/dev/null
+    . "$HOME/.cargo/env"
+fi
+
+export RA_BROKER_PORT=${RA_BROKER_PORT:-31730}
+export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
+export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
+export FAULT_SUITE=${FAULT_SUITE:-full}
+TIMEOUT=${RA_FAULTS_TIMEOUT:-1200}
+unset RA_BROKER_KEEP_DATA # a fresh node; the SIGKILL scenario restarts it with its data itself
+
+say() { printf '\n==> %s\n' "$*"; }
+
+T0=$SECONDS
+BROKER_STARTED=0
+CHILD=""
+
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+finish() {
+    local rc=$?
+    trap - EXIT
+    trap "" INT TERM HUP # let the broker stop finish (it is bounded)
+    set +e
+    if [[ -n $CHILD ]]; then
+        kill -TERM "$CHILD" 2>/dev/null
+        wait "$CHILD" 2>/dev/null
+    fi
+    if ((BROKER_STARTED)); then
+        say "stopping the private RabbitMQ node (port $RA_BROKER_PORT)"
+        bash "$ROOT/scripts/broker.sh" stop || echo "faults.sh: WARNING: could not stop the broker" >&2
+    fi
+    echo
+    if ((rc == 0)); then
+        echo "faults.sh: PASSED ($FAULT_SUITE suite, $((SECONDS - T0)) s) -- target/fault-suite.md, target/fault-suite.json"
+    else
+        echo "faults.sh: FAILED (exit $rc, $((SECONDS - T0)) s) -- target/fault-suite.md, target/fault-suite.json; broker logs: $ROOT/target/rabbitmq/node-$RA_BROKER_PORT/log/"
+    fi
+    exit "$rc"
+}
+# shellcheck disable=SC2317 # invoked by the signal traps
+on_signal() {
+    trap '' INT TERM HUP
+    echo "faults.sh: interrupted" >&2
+    exit "$1"
+}
+trap finish EXIT
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+trap 'on_signal 129' HUP
+
+# rabbitmq-server etc. when missing (a no-op when all is there)
+bash scripts/deps.sh
+
+if bash scripts/broker.sh status >/dev/null 2>&1; then
+    echo "faults.sh: a node is already running on port $RA_BROKER_PORT; this script starts and stops its own." >&2
+    echo "faults.sh: stop it (RA_BROKER_PORT=$RA_BROKER_PORT bash scripts/broker.sh stop) or set another RA_BROKER_PORT." >&2
+    exit 1
+fi
+
+say "starting a private RabbitMQ node on 127.0.0.1:$RA_BROKER_PORT"
+BROKER_STARTED=1
+bash scripts/broker.sh start >/dev/null
+
+say "FAULT_SUITE=$FAULT_SUITE cargo test --release --test fault_suite"
+# in the background, so that a signal reaches our traps at once
+timeout -k 20 "$TIMEOUT" cargo test --release --test fault_suite &
+CHILD=$!
+rc=0
+wait "$CHILD" || rc=$?
+CHILD=""
+if ((rc == 124)); then
+    echo "faults.sh: the suite timed out after $TIMEOUT s" >&2
+fi
+exit "$rc"
