@@ -585,3 +585,31 @@ fn unknown_disposition_requeues() {
     );
     close_ok(c);
 }
+
+#[test]
+fn close_timeout_bounds_the_wait_for_a_running_callback() {
+    let c = connect_ok(None);
+    let name = unique_name("close-slow-callback");
+    let q = open_simple(c, &name);
+    seed(&Reader::new(), &name, 0..1);
+    // The callback runs for 5 s; close is given 1 s in all.
+    let rec = Recorder::acking(Duration::from_secs(5));
+    consume(q, &rec, 1);
+    wait_for("the callback started", T, || rec.started() >= 1);
+    let t = std::time::Instant::now();
+    let (r, unsent) = close(c, 1000);
+    let took = t.elapsed();
+    assert_eq!(
+        (r, unsent),
+        (amqp_result::AMQP_OK, 0),
+        "nothing was buffered"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "close_graceful(1000 ms) took {took:?} while a callback ran"
+    );
+    // The callback's ack comes too late for the closed channel: the broker
+    // keeps the message.
+    wait_for("the callback ended", T, || rec.finished() >= 1);
+    wait_queue_messages(&name, 1, T);
+}
