@@ -1,6 +1,6 @@
 //! Consuming: callbacks on library-owned threads, stop and start.
 
-use super::{amqp_queue_handle, amqp_result, lookup_queue};
+use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
 use crate::consumer::{self, Callback, DeliveryView, Disposition};
 use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
@@ -56,13 +56,6 @@ pub type amqp_consume_fn = Option<
         userdata: *mut c_void,
     ) -> amqp_disposition_raw,
 >;
-
-/// The application's pointer, handed back to its callback on our threads.
-struct UserData(*mut c_void);
-// SAFETY: the application promises (documented) that userdata may be used
-// from the consumer threads; we only pass it back.
-unsafe impl Send for UserData {}
-unsafe impl Sync for UserData {}
 
 /// Starts `repeat` consumers (0 means 1) on the queue, each delivering to `cb`
 /// on its own library thread; callbacks may run concurrently up to `repeat`.

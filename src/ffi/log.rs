@@ -1,6 +1,6 @@
 //! Logs to an application callback.
 
-use super::amqp_result;
+use super::{amqp_result, UserData};
 use crate::log::{set_sink, Level, Sink};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;
@@ -30,11 +30,6 @@ pub type amqp_log_level_raw = c_int;
 pub type amqp_log_fn = Option<
     unsafe extern "C" fn(level: amqp_log_level_raw, message: *const c_char, userdata: *mut c_void),
 >;
-
-struct UserData(*mut c_void);
-// SAFETY: only handed back to the application's callback, as documented.
-unsafe impl Send for UserData {}
-unsafe impl Sync for UserData {}
 
 /// Sends log messages at `level` and more severe to `cb` (NULL turns callback
 /// logging off). Independent of RESILIENT_AMQP_LOG, which logs to stderr.

@@ -47,6 +47,14 @@ pub type amqp_connection_handle = u64;
 /// A queue handle: never 0, below 2^53, never valid as a connection handle.
 pub type amqp_queue_handle = u64;
 
+/// An application pointer (userdata) handed back unchanged to its callback
+/// on the library's threads.
+pub(crate) struct UserData(pub *mut std::ffi::c_void);
+// SAFETY: we never dereference it; the application documents (and promises)
+// that its callbacks may use it from the threads named in the header.
+unsafe impl Send for UserData {}
+unsafe impl Sync for UserData {}
+
 pub(crate) struct ConnectionEntry {
     pub conn: Arc<Connection>,
     pub queue_handles: Mutex<Vec<amqp_queue_handle>>,
