@@ -62,9 +62,168 @@ pub fn in_any_callback() -> bool {
 
 struct Job {
     delivery: lapin::message::Delivery,
-    /// The channel the delivery came from, where its disposition must go.
-    channel: Arc<Channel>,
+    /// Settles on the channel the delivery came from, where its disposition must go.
+    settler: Arc<Settler>,
     generation: u64,
+}
+
+/// How a delivery was settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Reject,
+    Requeue,
+    /// Given back without a callback (paused, or stale): basic.reject requeue.
+    Release,
+}
+
+/// Acks held back at most this many ...
+const SETTLE_BATCH: usize = 64;
+/// ... or this long, so one frame acks many deliveries.
+const SETTLE_DELAY: Duration = Duration::from_millis(2);
+
+/// Settles the deliveries of one channel with few frames. Tags are
+/// per channel and every delivery of the channel passes through here, so the
+/// acks of a contiguous run of settled tags go out as one
+/// basic.ack(multiple) on the run's last ack, which is still unacked (a
+/// multiple-ack on a settled tag would close the channel: "unknown delivery
+/// tag"). Rejects are sent singly, before it. Decisions behind a gap (an
+/// earlier delivery still in a callback) are sent singly at the flush, so a
+/// slow callback never holds back the others' acks and prefetch.
+pub(crate) struct Settler {
+    channel: Channel,
+    state: Mutex<SettleState>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SettleState {
+    /// Every tag up to here is settled.
+    floor: u64,
+    /// Decided, not sent yet.
+    decided: std::collections::BTreeMap<u64, Settle>,
+    /// Above `floor`, already sent singly.
+    sent_ahead: std::collections::BTreeSet<u64>,
+}
+
+impl Settler {
+    fn new(channel: Channel, q: &Arc<Queue>) -> Arc<Settler> {
+        let settler = Arc::new(Settler {
+            channel,
+            state: Mutex::new(SettleState::default()),
+            wake: tokio::sync::Notify::new(),
+        });
+        let (s2, q2) = (settler.clone(), Arc::downgrade(q));
+        // Sends what waits longer than SETTLE_DELAY; ends with the channel.
+        runtime::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = s2.wake.notified() => {
+                        tokio::time::sleep(SETTLE_DELAY).await;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                match q2.upgrade() {
+                    Some(q) => s2.flush(&q),
+                    None => break,
+                }
+                if !s2.channel.status().connected() {
+                    break;
+                }
+            }
+        });
+        settler
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SettleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a decision; sends now when `now`, for a release, or when a
+    /// batch is full, else within SETTLE_DELAY.
+    fn decide(&self, q: &Queue, tag: u64, how: Settle, now: bool) {
+        let mut st = self.lock();
+        if tag <= st.floor {
+            return;
+        }
+        let was_empty = st.decided.is_empty();
+        st.decided.insert(tag, how);
+        if now || how == Settle::Release || st.decided.len() >= SETTLE_BATCH {
+            self.flush_locked(&mut st, q);
+        } else if was_empty {
+            self.wake.notify_one();
+        }
+    }
+
+    fn flush(&self, q: &Queue) {
+        let mut st = self.lock();
+        self.flush_locked(&mut st, q);
+    }
+
+    fn flush_locked(&self, st: &mut SettleState, q: &Queue) {
+        if st.decided.is_empty() {
+            return;
+        }
+        let (mut acks, mut last_ack) = (0u64, 0u64);
+        loop {
+            let tag = st.floor + 1;
+            if let Some(how) = st.decided.remove(&tag) {
+                if how == Settle::Ack {
+                    acks += 1;
+                    last_ack = tag;
+                } else {
+                    self.send_single(q, tag, how);
+                }
+            } else if !st.sent_ahead.remove(&tag) {
+                break;
+            }
+            st.floor = tag;
+        }
+        if acks > 0 {
+            let multiple = acks > 1;
+            let sent = poll_once(
+                self.channel
+                    .basic_ack(last_ack, BasicAckOptions { multiple }),
+            );
+            let counter = if sent {
+                &q.stats.acked
+            } else {
+                &q.stats.released
+            };
+            counter.fetch_add(acks, Ordering::Relaxed);
+        }
+        for (tag, how) in std::mem::take(&mut st.decided) {
+            self.send_single(q, tag, how);
+            st.sent_ahead.insert(tag);
+        }
+    }
+
+    /// The channel refuses once it is closed, so a stale tag never reaches a
+    /// new channel; such a delivery counts as released (the broker
+    /// redelivers it).
+    fn send_single(&self, q: &Queue, tag: u64, how: Settle) {
+        let ch = &self.channel;
+        let (sent, counter) = match how {
+            Settle::Ack => (
+                poll_once(ch.basic_ack(tag, BasicAckOptions::default())),
+                &q.stats.acked,
+            ),
+            Settle::Reject => (
+                poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: false })),
+                &q.stats.rejected,
+            ),
+            Settle::Requeue => (
+                poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: true })),
+                &q.stats.requeued,
+            ),
+            Settle::Release => (
+                poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: true })),
+                &q.stats.released,
+            ),
+        };
+        let counter = if sent { counter } else { &q.stats.released };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 struct Group {
@@ -76,7 +235,7 @@ struct Group {
 #[derive(Default)]
 struct State {
     groups: Vec<Group>,
-    channel: Option<(u64, Channel)>,
+    channel: Option<(u64, Channel, Arc<Settler>)>,
     tags: Vec<ShortString>,
 }
 
@@ -138,8 +297,13 @@ pub fn add(q: &Arc<Queue>, cb: Callback, repeat: u32) -> crate::Result<()> {
         std::thread::Builder::new()
             .name("ramqp-consumer".into())
             .spawn(move || {
-                for job in rx {
-                    handle_job(&q2, &cb2, job);
+                // Acks may wait for a batch only while more deliveries are
+                // queued for this worker.
+                let mut next = rx.recv().ok();
+                while let Some(job) = next {
+                    let more = rx.try_recv().ok();
+                    handle_job(&q2, &cb2, job, more.is_none());
+                    next = more.or_else(|| rx.recv().ok());
                 }
             })
             .map_err(|e| crate::Error::internal(format!("cannot start a consumer thread: {e}")))?;
@@ -162,7 +326,7 @@ pub fn add(q: &Arc<Queue>, cb: Callback, repeat: u32) -> crate::Result<()> {
     Ok(())
 }
 
-fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
+fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job, idle_after: bool) {
     let cs = &q.consumers;
     cs.queued.fetch_sub(1, Ordering::SeqCst);
     cs.running.fetch_add(1, Ordering::SeqCst);
@@ -173,12 +337,7 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
         cs.running.fetch_sub(1, Ordering::SeqCst);
         // Give it back now; on a dead channel this is a no-op and the broker
         // requeues it by itself.
-        let tag = d.delivery_tag;
-        poll_once(
-            job.channel
-                .basic_reject(tag, BasicRejectOptions { requeue: true }),
-        );
-        q.stats.released.fetch_add(1, Ordering::Relaxed);
+        job.settler.decide(q, d.delivery_tag, Settle::Release, true);
         cs.notify();
         return;
     }
@@ -194,30 +353,12 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
     // A panicking Rust callback must not kill the thread: treat as requeue.
     let disposition = catch_unwind(AssertUnwindSafe(|| cb(&view))).unwrap_or(Disposition::Requeue);
     IN_CALLBACK.with(|c| c.set(0));
-    // Settled on the channel the delivery came from, which refuses once it
-    // is closed: a stale tag never reaches a new channel, and such a
-    // delivery counts as released (the broker redelivers it). Calling the
-    // channel directly (not the Acker) keeps the runtime thread out of it.
-    let (tag, ch) = (d.delivery_tag, &job.channel);
-    let (sent, counter) = match disposition {
-        Disposition::Ack => (
-            poll_once(ch.basic_ack(tag, BasicAckOptions::default())),
-            &q.stats.acked,
-        ),
-        Disposition::Reject => (
-            poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: false })),
-            &q.stats.rejected,
-        ),
-        Disposition::Requeue => (
-            poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: true })),
-            &q.stats.requeued,
-        ),
+    let how = match disposition {
+        Disposition::Ack => Settle::Ack,
+        Disposition::Reject => Settle::Reject,
+        Disposition::Requeue => Settle::Requeue,
     };
-    if sent {
-        counter.fetch_add(1, Ordering::Relaxed);
-    } else {
-        q.stats.released.fetch_add(1, Ordering::Relaxed);
-    }
+    job.settler.decide(q, d.delivery_tag, how, idle_after);
     cs.running.fetch_sub(1, Ordering::SeqCst);
     if cs.paused.load(Ordering::SeqCst) {
         cs.notify();
@@ -239,7 +380,7 @@ fn poll_once<F: Future<Output = lapin::Result<()>>>(fut: F) -> bool {
 pub async fn reconcile(q: &Arc<Queue>) {
     let cs = &q.consumers;
     let mut st = cs.state.lock().await;
-    let Some((generation, ch)) = st.channel.clone() else {
+    let Some((generation, ch, settler)) = st.channel.clone() else {
         return;
     };
     if cs.paused.load(Ordering::SeqCst) {
@@ -255,7 +396,6 @@ pub async fn reconcile(q: &Arc<Queue>) {
         return;
     }
     let State { groups, tags, .. } = &mut *st;
-    let shared_channel = Arc::new(ch.clone());
     for g in groups.iter_mut().filter(|g| g.started_on != generation) {
         for tx in &g.workers {
             let n = cs.next_tag.fetch_add(1, Ordering::Relaxed);
@@ -277,8 +417,8 @@ pub async fn reconcile(q: &Arc<Queue>) {
             };
             tags.push(tag);
             cs.forwarders.fetch_add(1, Ordering::SeqCst);
-            let (q2, tx2, ch2) = (q.clone(), tx.clone(), shared_channel.clone());
-            tokio::spawn(forward(q2, consumer, tx2, ch2, generation));
+            let (q2, tx2, settler2) = (q.clone(), tx.clone(), settler.clone());
+            tokio::spawn(forward(q2, consumer, tx2, settler2, generation));
         }
         g.started_on = generation;
     }
@@ -288,7 +428,7 @@ async fn forward(
     q: Arc<Queue>,
     mut consumer: lapin::Consumer,
     tx: Sender<Job>,
-    channel: Arc<Channel>,
+    settler: Arc<Settler>,
     generation: u64,
 ) {
     let cs = &q.consumers;
@@ -296,11 +436,14 @@ async fn forward(
         cs.queued.fetch_add(1, Ordering::SeqCst);
         let job = Job {
             delivery,
-            channel: channel.clone(),
+            settler: settler.clone(),
             generation,
         };
-        if tx.send(job).is_err() {
+        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
+            // The worker is gone (closing): give it back, and keep the
+            // channel's settled prefix moving.
             cs.queued.fetch_sub(1, Ordering::SeqCst);
+            settler.decide(&q, job.delivery.delivery_tag, Settle::Release, true);
             break;
         }
     }
@@ -312,7 +455,8 @@ async fn forward(
 pub async fn attach(q: &Arc<Queue>, generation: u64, ch: Channel) {
     {
         let mut st = q.consumers.state.lock().await;
-        st.channel = Some((generation, ch));
+        let settler = Settler::new(ch.clone(), q);
+        st.channel = Some((generation, ch, settler));
         st.tags.clear();
         for g in &mut st.groups {
             g.started_on = 0;
@@ -327,7 +471,7 @@ pub async fn attach(q: &Arc<Queue>, generation: u64, ch: Channel) {
 /// The session's channel is gone: its consumers went with it.
 pub async fn detach(q: &Arc<Queue>, generation: u64) {
     let mut st = q.consumers.state.lock().await;
-    if matches!(st.channel, Some((g, _)) if g == generation) {
+    if matches!(st.channel, Some((g, _, _)) if g == generation) {
         st.channel = None;
         st.tags.clear();
         for g in &mut st.groups {
@@ -370,6 +514,17 @@ fn stop_until(q: &Arc<Queue>, deadline: Instant) -> crate::Result<()> {
     if inside {
         cs.stopping_inside.fetch_sub(1, Ordering::SeqCst);
     }
+    // Send every decision still waiting for a batch before returning.
+    let q2 = q.clone();
+    let _ = runtime::block_on(
+        async move {
+            let settler = q2.consumers.state.lock().await.channel.clone();
+            if let Some((_, _, settler)) = settler {
+                settler.flush(&q2);
+            }
+        },
+        left().max(Duration::from_millis(100)),
+    );
     if !done && !callbacks_stopped {
         return Err(crate::Error::new(
             crate::ErrorKind::Timeout,
