@@ -41,6 +41,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+SCRIPT=bench.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
     # shellcheck source=/dev/null
@@ -94,10 +97,7 @@ mkdir -p "$BIN"
 : >"$RAW"
 : >"$LOG"
 
-say() { printf '\n==> %s\n' "$*"; }
-
 BROKER_STARTED=0
-CHILD=""
 finish() {
     local rc=$?
     trap - EXIT
@@ -109,19 +109,7 @@ finish() {
     fi
     exit "$rc"
 }
-on_signal() {
-    trap '' INT TERM HUP
-    echo "bench.sh: interrupted" >&2
-    if [[ -n $CHILD ]]; then
-        kill -TERM "$CHILD" 2>/dev/null || true
-        wait "$CHILD" 2>/dev/null || true
-    fi
-    exit "$1"
-}
-trap finish EXIT
-trap 'on_signal 130' INT
-trap 'on_signal 143' TERM
-trap 'on_signal 129' HUP
+install_traps
 
 # ---- build --------------------------------------------------------------------------------
 
@@ -161,16 +149,6 @@ python3 bench/aggregate.py meta --mode "$MODE_NAME" --runs "$RUNS" --n "$N" --n-
     --e2e-seconds "$E2E_SECONDS" --port "$RA_BROKER_PORT" --rmqc "$BIN/rmqc" \
     --note "${RA_BENCH_NOTE:-}" >>"$RAW"
 
-# limited SECONDS CMD...: in the background so signals reach our traps
-limited() {
-    local secs=$1 rc=0
-    shift
-    timeout -k 10 "$secs" "$@" &
-    CHILD=$!
-    wait "$CHILD" || rc=$?
-    CHILD=""
-    return "$rc"
-}
 
 # run CLIENT TEST RUN MODE key=value...: one driver run, its JSON line appended to $RAW
 run() {

@@ -27,6 +27,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+SCRIPT=faults.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
     # shellcheck source=/dev/null
@@ -40,11 +43,8 @@ export FAULT_SUITE=${FAULT_SUITE:-full}
 TIMEOUT=${RA_FAULTS_TIMEOUT:-1200}
 unset RA_BROKER_KEEP_DATA # a fresh node; the SIGKILL scenario restarts it with its data itself
 
-say() { printf '\n==> %s\n' "$*"; }
-
 T0=$SECONDS
 BROKER_STARTED=0
-CHILD=""
 
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 finish() {
@@ -68,16 +68,7 @@ finish() {
     fi
     exit "$rc"
 }
-# shellcheck disable=SC2317 # invoked by the signal traps
-on_signal() {
-    trap '' INT TERM HUP
-    echo "faults.sh: interrupted" >&2
-    exit "$1"
-}
-trap finish EXIT
-trap 'on_signal 130' INT
-trap 'on_signal 143' TERM
-trap 'on_signal 129' HUP
+install_traps
 
 # rabbitmq-server etc. when missing (a no-op when all is there)
 bash scripts/deps.sh

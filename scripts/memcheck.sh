@@ -36,6 +36,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+SCRIPT=memcheck.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
@@ -67,10 +70,7 @@ OUT=$ROOT/target/memcheck
 mkdir -p "$OUT"
 T0=$SECONDS
 OWN_BROKER=0
-CHILD=""
 RESULTS=()
-
-say() { printf '\n==> %s\n' "$*"; }
 
 # shellcheck disable=SC2317 # (runs from the EXIT trap)
 finish() {
@@ -93,35 +93,8 @@ finish() {
     fi
     exit "$rc"
 }
-# shellcheck disable=SC2317 # (runs from the signal traps)
-on_signal() {
-    trap '' INT TERM HUP
-    echo "memcheck.sh: interrupted" >&2
-    if [[ -n $CHILD ]]; then
-        kill -TERM "$CHILD" 2>/dev/null || true
-        wait "$CHILD" 2>/dev/null || true
-    fi
-    exit "$1"
-}
-trap finish EXIT
-trap 'on_signal 130' INT
-trap 'on_signal 143' TERM
-trap 'on_signal 129' HUP
+install_traps
 
-# limited SECONDS COMMAND... : in the background under `timeout`, so a signal
-# reaches our trap at once (timeout passes it on to the whole process group).
-limited() {
-    local secs=$1 rc=0
-    shift
-    timeout -k 20 "$secs" "$@" &
-    CHILD=$!
-    wait "$CHILD" || rc=$?
-    CHILD=""
-    if ((rc == 124)); then
-        echo "memcheck.sh: '$*' timed out after $secs s" >&2
-    fi
-    return "$rc"
-}
 
 # --- tools -------------------------------------------------------------------
 

@@ -30,6 +30,9 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
+SCRIPT=test.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
     # shellcheck source=/dev/null
@@ -48,8 +51,6 @@ PASSED=()
 SKIPPED=()
 CURRENT=""
 BROKER_STARTED=0
-
-say() { printf '\n==> %s\n' "$*"; }
 
 finish() {
     local rc=$?
@@ -73,36 +74,12 @@ finish() {
     fi
     exit "$rc"
 }
-# Every long command runs under `timeout` in the background while this shell
+# Every long command runs under `timeout` in the background (`limited`, from
+# scripts/lib.sh) while this shell
 # waits, so Ctrl-C / SIGTERM reach our traps at once; the trap then stops the
 # command (timeout forwards the signal to its whole process group: cargo, the
 # test binaries, the C programs) before the broker is stopped.
-CHILD=""
-limited() { # limited SECONDS COMMAND...
-    local secs=$1 rc=0
-    shift
-    timeout -k 20 "$secs" "$@" &
-    CHILD=$!
-    wait "$CHILD" || rc=$?
-    CHILD=""
-    if ((rc == 124)); then
-        echo "test.sh: '$*' timed out after $secs s" >&2
-    fi
-    return "$rc"
-}
-on_signal() {
-    trap '' INT TERM HUP
-    echo "test.sh: interrupted" >&2
-    if [[ -n $CHILD ]]; then
-        kill -TERM "$CHILD" 2>/dev/null || true
-        wait "$CHILD" 2>/dev/null || true
-    fi
-    exit "$1"
-}
-trap finish EXIT
-trap 'on_signal 130' INT
-trap 'on_signal 143' TERM
-trap 'on_signal 129' HUP
+install_traps
 
 # step NAME COMMAND... : run a step unless skipped; a failure ends the script
 step() {

@@ -1,0 +1,42 @@
+# shellcheck shell=bash
+# Shared by scripts/*.sh. Long commands run in the background under `timeout`
+# (`limited`), so Ctrl-C / SIGTERM reach the caller's traps at once; the traps
+# stop that command, then the caller's `finish` (the EXIT trap) cleans up,
+# e.g. stops the broker it started. The caller sets SCRIPT before sourcing
+# this file, defines finish(), and calls install_traps.
+
+CHILD=""
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# limited SECONDS COMMAND...: runs COMMAND with a time limit.
+limited() {
+    local secs=$1 rc=0
+    shift
+    timeout -k 20 "$secs" "$@" &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=""
+    if ((rc == 124)); then
+        echo "$SCRIPT: '$*' timed out after $secs s" >&2
+    fi
+    return "$rc"
+}
+
+# shellcheck disable=SC2317 # invoked by the signal traps
+on_signal() {
+    trap '' INT TERM HUP
+    echo "$SCRIPT: interrupted" >&2
+    if [[ -n $CHILD ]]; then
+        kill -TERM "$CHILD" 2>/dev/null || true
+        wait "$CHILD" 2>/dev/null || true
+    fi
+    exit "$1"
+}
+
+install_traps() {
+    trap finish EXIT
+    trap 'on_signal 130' INT
+    trap 'on_signal 143' TERM
+    trap 'on_signal 129' HUP
+}
