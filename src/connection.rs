@@ -105,10 +105,6 @@ impl Connection {
         self.lock().state
     }
 
-    pub fn last_error(&self) -> Option<String> {
-        self.lock().last_error.clone()
-    }
-
     pub fn stats(&self) -> ConnectionStatsSnapshot {
         ConnectionStatsSnapshot {
             connects: self.connects.load(Ordering::Relaxed),

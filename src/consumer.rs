@@ -56,10 +56,6 @@ pub fn in_callback_of(queue_id: u64) -> bool {
     IN_CALLBACK.with(|c| c.get() == queue_id)
 }
 
-pub fn in_any_callback() -> bool {
-    IN_CALLBACK.with(|c| c.get() != 0)
-}
-
 struct Job {
     delivery: lapin::message::Delivery,
     /// Settles on the channel the delivery came from, where its disposition must go.
@@ -279,10 +275,6 @@ impl ConsumerSet {
                 .0;
         }
         true
-    }
-
-    pub fn paused(&self) -> bool {
-        self.paused.load(Ordering::SeqCst)
     }
 }
 
