@@ -89,6 +89,12 @@ impl PublishBuffer {
         self.bytes.fetch_sub(len as u64, Ordering::AcqRel);
     }
 
+    /// `count` confirmed messages of `bytes` in all leave memory.
+    pub fn release_many(&self, count: u64, bytes: u64) {
+        self.count.fetch_sub(count, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
     /// Messages held (waiting + in flight).
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Acquire)

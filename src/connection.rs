@@ -1,4 +1,4 @@
-//! The connection supervisor: one lapin connection at a time, replaced after
+//! The connection supervisor: one AMQP connection at a time, replaced after
 //! every loss with exponential backoff + jitter, until `max_reconnects`
 //! consecutive failures (then failed for good; the process lives on).
 //!
@@ -10,12 +10,11 @@
 
 use crate::backoff;
 use crate::consumer;
-use crate::error::{classify, Error, ErrorKind, LapinFailure, Result};
+use crate::error::{Error, ErrorKind, Failure, Result};
 use crate::options::{BrokerAddress, ConnectionOptions, QueueOptions};
 use crate::queue::{declare_error, LinkState, PublisherEnd, Queue};
 use crate::runtime;
-use futures_util::StreamExt;
-use lapin::ConnectionProperties;
+use crate::wire::{WireChannel, WireConnection};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -41,13 +40,11 @@ pub struct ConnectionStatsSnapshot {
 
 /// How long `open_queue` waits for the broker to answer the declares.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long close waits for the broker's close-ok.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 struct Shared {
     state: ConnectionState,
-    /// The live lapin connection and its generation.
-    current: Option<(u64, Arc<lapin::Connection>)>,
+    /// The live connection and its generation.
+    current: Option<(u64, WireConnection)>,
     queues: Vec<Arc<Queue>>,
     last_error: Option<String>,
 }
@@ -182,42 +179,32 @@ impl Connection {
             let attempt = self.connect_once().await;
             let failure = match attempt {
                 Ok(conn) => {
-                    let conn = Arc::new(conn);
                     failures = 0;
                     self.consecutive_failures.store(0, Ordering::Relaxed);
                     self.connects.fetch_add(1, Ordering::Relaxed);
                     generation += 1;
-                    let events = conn.events_listener();
                     self.install(generation, conn.clone());
                     info!(
                         "connected to {} (generation {generation})",
                         self.address.display
                     );
                     let why = tokio::select! {
-                        why = wait_lost(&conn, events) => Some(why),
+                        why = conn.lost() => Some(why),
                         _ = shutdown.wait_for(|s| *s) => None,
                     };
                     self.uninstall(generation);
                     match why {
                         None => {
                             // Closing: say goodbye properly, briefly.
-                            let _ =
-                                tokio::time::timeout(CLOSE_WAIT, conn.close(200, "closing".into()))
-                                    .await;
+                            conn.close(200, "closing").await;
                             break;
                         }
                         Some(why) => {
                             warn!("connection to {} lost: {why}", self.address.display);
                             self.lock().last_error = Some(why);
                             self.set_state(ConnectionState::Reconnecting);
-                            // Let the old lapin connection go in the background.
-                            tokio::spawn(async move {
-                                let _ = tokio::time::timeout(
-                                    CLOSE_WAIT,
-                                    conn.close(320, "lost".into()),
-                                )
-                                .await;
-                            });
+                            // Make sure the old connection's task is gone.
+                            tokio::spawn(async move { conn.close(320, "lost").await });
                             None
                         }
                     }
@@ -233,9 +220,10 @@ impl Connection {
                     // retrying with the same credentials cannot succeed.
                     // Others (e.g. 320 CONNECTION_FORCED while it shuts
                     // down) are transient.
-                    LapinFailure::ConnectionRefused { code, text }
-                    | LapinFailure::Refused { code, text } => (text, matches!(code, 403 | 530)),
-                    LapinFailure::Link(text) => (text, false),
+                    Failure::ConnectionRefused { code, text } | Failure::Refused { code, text } => {
+                        (text, matches!(code, 403 | 530))
+                    }
+                    Failure::Link(text) => (text, false),
                 };
                 let msg = format!("connect to {} failed: {text}", self.address.display);
                 self.lock().last_error = Some(msg.clone());
@@ -264,47 +252,11 @@ impl Connection {
     }
 
     /// One connect attempt, bounded by the connect timeout.
-    async fn connect_once(&self) -> std::result::Result<lapin::Connection, LapinFailure> {
-        let timeout = self.address.connect_timeout;
-        let timed_out = || LapinFailure::Link(format!("connect timed out after {timeout:?}"));
-        // Reach the port ourselves first: lapin 4.12.3 leaks a task and its
-        // buffers (~10 KB) for every attempt whose TCP connect fails, which
-        // adds up during a long outage.
-        let authority = &self.address.uri.authority;
-        let probe = tokio::net::TcpStream::connect((authority.host.as_str(), authority.port));
-        match tokio::time::timeout(timeout, probe).await {
-            Ok(Ok(stream)) => {
-                // With the broker down, a connect to a port in the ephemeral
-                // range can be given that very port and connect to itself.
-                let own = stream.local_addr().ok();
-                if own.is_some() && own == stream.peer_addr().ok() {
-                    #[allow(deprecated)] // zero linger: leave no TIME_WAIT on the broker's port
-                    let _ = stream.set_linger(Some(Duration::ZERO));
-                    return Err(LapinFailure::Link(
-                        "connection refused (the socket connected to itself)".into(),
-                    ));
-                }
-            }
-            Ok(Err(e)) => return Err(LapinFailure::Link(format!("I/O error: {e}"))),
-            Err(_) => return Err(timed_out()),
-        }
-        let properties = ConnectionProperties::default()
-            .with_connection_name("resilient-amqp".into())
-            .with_client_property("product".into(), "resilient-amqp".into())
-            .with_client_property("version".into(), env!("CARGO_PKG_VERSION").into());
-        match tokio::time::timeout(
-            timeout,
-            lapin::Connection::connect_uri(self.address.uri.clone(), properties),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(timed_out()),
-        }
+    async fn connect_once(&self) -> std::result::Result<WireConnection, Failure> {
+        WireConnection::connect(&self.address).await
     }
 
-    fn install(self: &Arc<Self>, generation: u64, conn: Arc<lapin::Connection>) {
+    fn install(self: &Arc<Self>, generation: u64, conn: WireConnection) {
         let mut s = self.lock();
         s.current = Some((generation, conn.clone()));
         for q in &s.queues {
@@ -443,47 +395,6 @@ impl Connection {
     }
 }
 
-/// Resolves when the connection is gone, with the reason.
-async fn wait_lost(
-    conn: &lapin::Connection,
-    events: impl futures_util::Stream<Item = lapin::Event> + Send,
-) -> String {
-    let mut events = std::pin::pin!(events);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            ev = events.next() => match ev {
-                // lapin reports channel errors here too; only a dead
-                // connection ends the generation.
-                Some(lapin::Event::Error(e)) => {
-                    if !conn.status().connected() {
-                        return describe(&e);
-                    }
-                    debug!("channel error: {}", describe(&e));
-                }
-                Some(lapin::Event::ConnectionBlocked(reason)) => {
-                    warn!("the broker blocked publishing: {reason}");
-                }
-                Some(lapin::Event::ConnectionUnblocked) => info!("the broker unblocked publishing"),
-                Some(_) => {}
-                None => return "connection closed".into(),
-            },
-            _ = tick.tick() => {
-                if !conn.status().connected() {
-                    return format!("connection is {:?}", conn.status());
-                }
-            }
-        }
-    }
-}
-
-fn describe(e: &lapin::Error) -> String {
-    match classify(e) {
-        LapinFailure::Refused { text, .. } | LapinFailure::ConnectionRefused { text, .. } => text,
-        LapinFailure::Link(text) => text,
-    }
-}
-
 /// One queue on one connection generation: open the channel (retrying while
 /// the broker refuses, e.g. a 406 after someone redeclared the queue), attach
 /// consumers, publish until the channel or the generation ends.
@@ -491,8 +402,8 @@ async fn session(
     conn_shared: Arc<Connection>,
     q: Arc<Queue>,
     generation: u64,
-    conn: Arc<lapin::Connection>,
-    mut prepared: Option<lapin::Channel>,
+    conn: WireConnection,
+    mut prepared: Option<WireChannel>,
 ) {
     let mut link = conn_shared.link.subscribe();
     let mut refusals: u32 = 0;
@@ -532,11 +443,11 @@ async fn session(
         match end {
             PublisherEnd::LinkDown => break,
             PublisherEnd::ChannelLost(e) => {
-                if !conn.status().connected() {
+                if !conn.is_connected() {
                     break;
                 }
                 warn!("queue '{}': channel lost ({e}); reopening", q.name);
-                let _ = ch.close(200, "reopening".into()).await;
+                ch.close().await;
             }
         }
     }

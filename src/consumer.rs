@@ -10,14 +10,8 @@
 
 use crate::queue::Queue;
 use crate::runtime;
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicRejectOptions,
-};
-use lapin::types::{FieldTable, ShortString};
-use lapin::Channel;
+use crate::wire::{Delivery, DeliverySink, WireChannel};
 use std::cell::Cell;
-use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
@@ -37,8 +31,8 @@ pub struct DeliveryView<'a> {
     pub body: &'a [u8],
     pub delivery_tag: u64,
     pub redelivered: bool,
-    pub exchange: &'a str,
-    pub routing_key: &'a str,
+    pub exchange: &'a [u8],
+    pub routing_key: &'a [u8],
 }
 
 pub type Callback = Arc<dyn Fn(&DeliveryView<'_>) -> Disposition + Send + Sync>;
@@ -57,7 +51,7 @@ pub fn in_callback_of(queue_id: u64) -> bool {
 }
 
 struct Job {
-    delivery: lapin::message::Delivery,
+    delivery: Delivery,
     /// Settles on the channel the delivery came from, where its disposition must go.
     settler: Arc<Settler>,
     generation: u64,
@@ -87,7 +81,7 @@ const SETTLE_DELAY: Duration = Duration::from_millis(2);
 /// earlier delivery still in a callback) are sent singly at the flush, so a
 /// slow callback never holds back the others' acks and prefetch.
 pub(crate) struct Settler {
-    channel: Channel,
+    channel: WireChannel,
     state: Mutex<SettleState>,
     wake: tokio::sync::Notify,
 }
@@ -103,7 +97,7 @@ struct SettleState {
 }
 
 impl Settler {
-    fn new(channel: Channel, q: &Arc<Queue>) -> Arc<Settler> {
+    fn new(channel: WireChannel, q: &Arc<Queue>) -> Arc<Settler> {
         let settler = Arc::new(Settler {
             channel,
             state: Mutex::new(SettleState::default()),
@@ -123,7 +117,7 @@ impl Settler {
                     Some(q) => s2.flush(&q),
                     None => break,
                 }
-                if !s2.channel.status().connected() {
+                if !s2.channel.is_open() {
                     break;
                 }
             }
@@ -177,10 +171,7 @@ impl Settler {
         }
         if acks > 0 {
             let multiple = acks > 1;
-            let sent = poll_once(
-                self.channel
-                    .basic_ack(last_ack, BasicAckOptions { multiple }),
-            );
+            let sent = self.channel.basic_ack(last_ack, multiple);
             let counter = if sent {
                 &q.stats.acked
             } else {
@@ -200,22 +191,10 @@ impl Settler {
     fn send_single(&self, q: &Queue, tag: u64, how: Settle) {
         let ch = &self.channel;
         let (sent, counter) = match how {
-            Settle::Ack => (
-                poll_once(ch.basic_ack(tag, BasicAckOptions::default())),
-                &q.stats.acked,
-            ),
-            Settle::Reject => (
-                poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: false })),
-                &q.stats.rejected,
-            ),
-            Settle::Requeue => (
-                poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: true })),
-                &q.stats.requeued,
-            ),
-            Settle::Release => (
-                poll_once(ch.basic_reject(tag, BasicRejectOptions { requeue: true })),
-                &q.stats.released,
-            ),
+            Settle::Ack => (ch.basic_ack(tag, false), &q.stats.acked),
+            Settle::Reject => (ch.basic_reject(tag, false), &q.stats.rejected),
+            Settle::Requeue => (ch.basic_reject(tag, true), &q.stats.requeued),
+            Settle::Release => (ch.basic_reject(tag, true), &q.stats.released),
         };
         let counter = if sent { counter } else { &q.stats.released };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -231,8 +210,8 @@ struct Group {
 #[derive(Default)]
 struct State {
     groups: Vec<Group>,
-    channel: Option<(u64, Channel, Arc<Settler>)>,
-    tags: Vec<ShortString>,
+    channel: Option<(u64, WireChannel, Arc<Settler>)>,
+    tags: Vec<String>,
 }
 
 #[derive(Default)]
@@ -335,11 +314,11 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job, idle_after: bool) {
     }
     q.stats.delivered.fetch_add(1, Ordering::Relaxed);
     let view = DeliveryView {
-        body: &d.data,
+        body: d.body(),
         delivery_tag: d.delivery_tag,
         redelivered: d.redelivered,
-        exchange: d.exchange.as_str(),
-        routing_key: d.routing_key.as_str(),
+        exchange: d.exchange(),
+        routing_key: d.routing_key(),
     };
     IN_CALLBACK.with(|c| c.set(q.id));
     // A panicking Rust callback must not kill the thread: treat as requeue.
@@ -357,16 +336,6 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job, idle_after: bool) {
     }
 }
 
-/// lapin queues an ack's frame on the first poll and then only waits for the
-/// write; polling once from the worker thread sends it without a hop through
-/// the runtime, and in the order the worker decided. Returns whether the
-/// frame was queued (false: the channel is closed).
-fn poll_once<F: Future<Output = lapin::Result<()>>>(fut: F) -> bool {
-    let mut fut = std::pin::pin!(fut);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    !matches!(fut.as_mut().poll(&mut cx), std::task::Poll::Ready(Err(_)))
-}
-
 /// Brings the broker consumers in line with `paused` and the groups: starts
 /// those not running on the live channel, or cancels all when paused.
 pub async fn reconcile(q: &Arc<Queue>) {
@@ -378,7 +347,7 @@ pub async fn reconcile(q: &Arc<Queue>) {
     if cs.paused.load(Ordering::SeqCst) {
         let tags = std::mem::take(&mut st.tags);
         for tag in tags {
-            if let Err(e) = ch.basic_cancel(tag, BasicCancelOptions::default()).await {
+            if let Err(e) = ch.basic_cancel(&tag).await {
                 debug!("queue '{}': cancel failed: {e}", q.name);
             }
         }
@@ -391,60 +360,73 @@ pub async fn reconcile(q: &Arc<Queue>) {
     for g in groups.iter_mut().filter(|g| g.started_on != generation) {
         for tx in &g.workers {
             let n = cs.next_tag.fetch_add(1, Ordering::Relaxed);
-            let tag: ShortString = format!("resilient-amqp.{}.{}", q.id, n).into();
-            let consumer = match ch
-                .basic_consume(
-                    q.name.as_str().into(),
-                    tag.clone(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!("queue '{}': basic.consume failed: {e}", q.name);
-                    return;
-                }
-            };
-            tags.push(tag);
+            let tag = format!("resilient-amqp.{}.{}", q.id, n);
             cs.forwarders.fetch_add(1, Ordering::SeqCst);
-            let (q2, tx2, settler2) = (q.clone(), tx.clone(), settler.clone());
-            tokio::spawn(forward(q2, consumer, tx2, settler2, generation));
+            let sink = Box::new(Sink {
+                q: q.clone(),
+                tx: tx.clone(),
+                settler: settler.clone(),
+                generation,
+                worker_gone: false,
+            });
+            if let Err(e) = ch.basic_consume(&q.name, &tag, sink).await {
+                warn!("queue '{}': basic.consume failed: {e}", q.name);
+                return;
+            }
+            tags.push(tag);
         }
         g.started_on = generation;
     }
 }
 
-async fn forward(
+/// Hands one broker consumer's deliveries to its worker thread. Called on
+/// the connection's reader (the runtime thread): it only queues. Dropped
+/// when the consumer ends (cancel, channel closed).
+struct Sink {
     q: Arc<Queue>,
-    mut consumer: lapin::Consumer,
     tx: Sender<Job>,
     settler: Arc<Settler>,
     generation: u64,
-) {
-    let cs = &q.consumers;
-    while let Some(Ok(delivery)) = consumer.next().await {
-        cs.queued.fetch_add(1, Ordering::SeqCst);
-        let job = Job {
-            delivery,
-            settler: settler.clone(),
-            generation,
-        };
-        if let Err(std::sync::mpsc::SendError(job)) = tx.send(job) {
-            // The worker is gone (closing): give it back, and keep the
-            // channel's settled prefix moving.
-            cs.queued.fetch_sub(1, Ordering::SeqCst);
-            settler.decide(&q, job.delivery.delivery_tag, Settle::Release, true);
-            break;
+    worker_gone: bool,
+}
+
+impl DeliverySink for Sink {
+    fn deliver(&mut self, delivery: Delivery) {
+        let cs = &self.q.consumers;
+        if !self.worker_gone {
+            cs.queued.fetch_add(1, Ordering::SeqCst);
+            let job = Job {
+                delivery,
+                settler: self.settler.clone(),
+                generation: self.generation,
+            };
+            match self.tx.send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => {
+                    cs.queued.fetch_sub(1, Ordering::SeqCst);
+                    self.worker_gone = true;
+                    // The worker is gone (closing): give it back, and keep
+                    // the channel's settled prefix moving.
+                    let tag = job.delivery.delivery_tag;
+                    self.settler.decide(&self.q, tag, Settle::Release, true);
+                }
+            }
+        } else {
+            let tag = delivery.delivery_tag;
+            self.settler.decide(&self.q, tag, Settle::Release, true);
         }
     }
-    cs.forwarders.fetch_sub(1, Ordering::SeqCst);
-    cs.notify();
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.q.consumers.forwarders.fetch_sub(1, Ordering::SeqCst);
+        self.q.consumers.notify();
+    }
 }
 
 /// A session has a fresh channel: consumers (re)start on it.
-pub async fn attach(q: &Arc<Queue>, generation: u64, ch: Channel) {
+pub async fn attach(q: &Arc<Queue>, generation: u64, ch: WireChannel) {
     {
         let mut st = q.consumers.state.lock().await;
         let settler = Settler::new(ch.clone(), q);

@@ -53,11 +53,11 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// How a lapin error is seen by us: the broker refused something on a
-/// channel (soft error: 403, 404, 405, 406), refused the connection, or the
+/// How a failure on the wire is seen by us: the broker refused something on
+/// a channel (soft error: 403, 404, 405, 406), refused the connection, or the
 /// link itself failed (I/O, heartbeat, closed connection) and will be retried.
-#[derive(Clone, Debug)]
-pub enum LapinFailure {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
     /// A channel-level refusal; the connection stays up.
     Refused { code: u16, text: String },
     /// A connection-level refusal (e.g. 403 ACCESS_REFUSED at login, 530 NOT_ALLOWED).
@@ -66,34 +66,18 @@ pub enum LapinFailure {
     Link(String),
 }
 
-pub fn classify(err: &lapin::Error) -> LapinFailure {
-    use lapin::protocol::AMQPErrorKind;
-    match err.kind() {
-        lapin::ErrorKind::ProtocolError(e) => {
-            let code = e.get_id();
-            let name = code_name(code);
-            let message = e.get_message().as_str();
-            // RabbitMQ's texts usually start with the code's name already.
-            let text = match name.split_once(' ') {
-                Some((_, short)) if message.starts_with(short) => format!("{code} {message}"),
-                _ => format!("{name} - {message}"),
-            };
-            match e.kind() {
-                AMQPErrorKind::Soft(_) => LapinFailure::Refused { code, text },
-                AMQPErrorKind::Hard(_) => LapinFailure::ConnectionRefused { code, text },
-            }
+impl Failure {
+    pub fn text(&self) -> &str {
+        match self {
+            Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => text,
+            Failure::Link(text) => text,
         }
-        other => LapinFailure::Link(describe_kind(other)),
     }
 }
 
-fn describe_kind(kind: &lapin::ErrorKind) -> String {
-    match kind {
-        lapin::ErrorKind::IOError(e) => format!("I/O error: {e}"),
-        lapin::ErrorKind::MissingHeartbeatError => "missed heartbeats from the broker".into(),
-        lapin::ErrorKind::InvalidConnectionState(s) => format!("connection is {s:?}"),
-        lapin::ErrorKind::InvalidChannelState(s, ctx) => format!("channel is {s:?} ({ctx})"),
-        other => format!("{other:?}"),
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text())
     }
 }
 

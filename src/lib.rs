@@ -17,6 +17,7 @@ pub mod options;
 pub mod queue;
 pub mod registry;
 pub mod runtime;
+pub mod wire;
 
 pub mod ffi;
 

@@ -2,7 +2,7 @@
 //! Every rejection names the offending key, so `amqp_last_error` is useful.
 
 use crate::error::{Error, Result};
-use lapin::uri::{AMQPScheme, AMQPUri};
+use amq_protocol::uri::{AMQPScheme, AMQPUri};
 use std::time::Duration;
 
 /// The heartbeat we ask for when the URI names none: a dead peer is noticed

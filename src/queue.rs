@@ -9,26 +9,18 @@
 
 use crate::buffer::{Body, PublishBuffer};
 use crate::consumer::ConsumerSet;
-use crate::error::{classify, Error, ErrorKind, LapinFailure, Result};
+use crate::error::{Error, ErrorKind, Failure, Result};
 use crate::options::{QueueOptions, QueueType};
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
+use crate::wire::{Confirm, WireChannel, WireConnection};
+use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::task::Poll;
 use tokio::sync::watch;
 
-/// Messages sent ahead of their confirms. LAPIN-NOTES: 256-512 is the sweet
-/// spot; much larger windows slow down multiple-ack settlement.
-pub const PUBLISH_WINDOW: usize = 512;
+/// Messages sent ahead of their confirms: enough to keep the broker busy
+/// between two confirm batches, small enough to bound what is resent.
+pub const PUBLISH_WINDOW: usize = 1024;
 
 /// Per-queue counters, all monotonic except the gauges noted.
 #[derive(Default)]
@@ -78,9 +70,9 @@ pub struct Queue {
     /// until the previous one has put its unconfirmed messages back.
     publisher: tokio::sync::Mutex<()>,
     closed: AtomicBool,
-    publish_exchange: ShortString,
-    publish_routing_key: ShortString,
-    properties: BasicProperties,
+    /// Where publishes go: the exchange, and the queue's name as routing
+    /// key on the default exchange.
+    publish_routing_key: String,
 }
 
 impl Queue {
@@ -98,10 +90,6 @@ impl Queue {
         } else {
             routing_key
         };
-        let mut properties = BasicProperties::default();
-        if options.persistent {
-            properties = properties.with_delivery_mode(2);
-        }
         Queue {
             id,
             name: name.to_string(),
@@ -115,9 +103,7 @@ impl Queue {
             retry: Mutex::new(VecDeque::new()),
             publisher: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
-            publish_exchange: exchange.into(),
-            publish_routing_key: publish_routing_key.into(),
-            properties,
+            publish_routing_key: publish_routing_key.to_string(),
         }
     }
 
@@ -175,160 +161,166 @@ impl Queue {
     /// QoS, exchange, queue, binding. Run on open and after every reconnect.
     pub async fn open_channel(
         &self,
-        conn: &lapin::Connection,
-    ) -> std::result::Result<Channel, lapin::Error> {
+        conn: &WireConnection,
+    ) -> std::result::Result<WireChannel, Failure> {
         let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        ch.basic_qos(self.options.prefetch, BasicQosOptions { global: false })
-            .await?;
-        if !self.exchange.is_empty() {
-            let kind = match self.options.exchange_type.as_str() {
-                "direct" => ExchangeKind::Direct,
-                "fanout" => ExchangeKind::Fanout,
-                "topic" => ExchangeKind::Topic,
-                "headers" => ExchangeKind::Headers,
-                other => ExchangeKind::Custom(other.to_string()),
-            };
-            ch.exchange_declare(
-                self.exchange.as_str().into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable: self.options.durable,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let declared = async {
+            ch.confirm_select().await?;
+            ch.basic_qos(self.options.prefetch).await?;
+            if !self.exchange.is_empty() {
+                ch.exchange_declare(
+                    &self.exchange,
+                    &self.options.exchange_type,
+                    self.options.durable,
+                )
+                .await?;
+            }
+            let mut args = FieldTable::default();
+            if self.options.queue_type == QueueType::Quorum {
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
+            ch.queue_declare(&self.name, self.options.durable, args)
+                .await?;
+            if !self.exchange.is_empty() {
+                ch.queue_bind(&self.name, &self.exchange, &self.routing_key)
+                    .await?;
+            }
+            Ok(())
+        };
+        match declared.await {
+            Ok(()) => Ok(ch),
+            Err(e) => {
+                ch.close().await;
+                Err(e)
+            }
         }
-        let mut args = FieldTable::default();
-        if self.options.queue_type == QueueType::Quorum {
-            args.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
-        ch.queue_declare(
-            self.name.as_str().into(),
-            QueueDeclareOptions {
-                durable: self.options.durable,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
-        if !self.exchange.is_empty() {
-            ch.queue_bind(
-                self.name.as_str().into(),
-                self.exchange.as_str().into(),
-                self.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        }
-        Ok(ch)
     }
 
     /// Drains the buffer over `ch` until the channel fails or `link` says
     /// this channel's generation is over. Unconfirmed messages are kept.
+    ///
+    /// Frames are appended to the connection's output in batches (one lock,
+    /// one writer wake-up for up to the whole window), in buffer order, so
+    /// the wire order is the publish order. The broker numbers publishes on
+    /// a confirm channel from 1, so the message at `window[i]` has delivery
+    /// tag `base_tag + i`.
     pub async fn run_publisher(
         &self,
-        ch: &Channel,
+        ch: &WireChannel,
         link: &mut watch::Receiver<LinkState>,
         generation: u64,
     ) -> PublisherEnd {
         let _running = self.publisher.lock().await;
         let mut window: VecDeque<(Body, Slot)> = VecDeque::new();
-        let mut base_seq: u64 = 0;
-        let mut futs: FuturesUnordered<ConfirmFuture> = FuturesUnordered::new();
+        let mut base_tag: u64 = 1;
+        let mut confirms: Vec<Confirm> = Vec::new();
         let mut retry = std::mem::take(&mut *self.retry.lock().unwrap_or_else(|p| p.into_inner()));
+        let exchange = self.exchange.as_bytes();
+        let routing_key = self.publish_routing_key.as_bytes();
         let end = loop {
-            // Fill the window. Each publish future is polled once right here,
-            // in order: that first poll assigns the delivery tag and queues
-            // the frames, so the wire order is the publish order.
-            // Unique borrows keep the future Send (FuturesUnordered is not Sync).
-            let (futs_mut, window_mut, retry_mut) = (&mut futs, &mut window, &mut retry);
-            let filled = std::future::poll_fn(move |cx| {
-                let (futs, window, retry) = (&mut *futs_mut, &mut *window_mut, &mut *retry_mut);
-                while window.len() < PUBLISH_WINDOW {
-                    let (body, resend) = match retry.pop_front() {
-                        Some(b) => (b, true),
-                        None => match self.buffer.pop() {
-                            Some(b) => (b, false),
-                            None => break,
-                        },
-                    };
-                    if resend {
-                        self.stats.resent.fetch_add(1, Ordering::Relaxed);
+            if window.len() < PUBLISH_WINDOW && (!retry.is_empty() || self.buffer.count() > window.len() as u64) {
+                let mut resent = 0u64;
+                let sent = match ch.start_publish(exchange, routing_key, self.options.persistent) {
+                    Ok(mut batch) => {
+                        while window.len() < PUBLISH_WINDOW {
+                            let body = match retry.pop_front() {
+                                Some(b) => {
+                                    resent += 1;
+                                    b
+                                }
+                                None => match self.buffer.pop() {
+                                    Some(b) => b,
+                                    None => break,
+                                },
+                            };
+                            batch.publish(&body);
+                            window.push_back((body, Slot::Pending));
+                        }
+                        Ok(())
                     }
-                    let seq = base_seq + window.len() as u64;
-                    let mut fut = self.publish_future(ch, body.clone(), seq);
-                    match fut.as_mut().poll(cx) {
-                        Poll::Ready(out) => futs.push(Box::pin(std::future::ready(out))),
-                        Poll::Pending => futs.push(fut),
-                    }
-                    window.push_back((body, Slot::Pending));
+                    Err(e) => Err(e),
+                };
+                if resent > 0 {
+                    self.stats.resent.fetch_add(resent, Ordering::Relaxed);
                 }
-                Poll::Ready(())
-            });
-            filled.await;
-            self.stats
-                .in_flight
-                .store(window.len() as u64, Ordering::Relaxed);
+                if let Err(e) = sent {
+                    break PublisherEnd::ChannelLost(e.to_string());
+                }
+                self.stats
+                    .in_flight
+                    .store(window.len() as u64, Ordering::Relaxed);
+            }
 
-            let idle = window.is_empty();
-            let next = if idle {
-                // Nothing in flight: sleep until a push or a link change.
-                if !self.buffer.set_idle_if_empty() {
+            ch.take_confirms(&mut confirms);
+            if confirms.is_empty() {
+                if !ch.is_open() {
+                    let why = ch.close_reason().map(|f| f.to_string()).unwrap_or_default();
+                    break PublisherEnd::ChannelLost(why);
+                }
+                if window.is_empty() {
+                    // Nothing in flight: sleep until a push or a link change.
+                    if !self.buffer.set_idle_if_empty() {
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = self.buffer.wake.notified() => {}
+                        _ = ch.confirms_changed() => {}
+                        r = link.changed() => { if r.is_err() || !link.borrow().is(generation) { break PublisherEnd::LinkDown } }
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = ch.confirms_changed() => {}
+                        _ = self.buffer.wake.notified(), if window.len() < PUBLISH_WINDOW => {}
+                        r = link.changed() => { if r.is_err() || !link.borrow().is(generation) { break PublisherEnd::LinkDown } }
+                    }
+                }
+                continue;
+            }
+            for c in confirms.drain(..) {
+                if c.tag < base_tag {
                     continue;
                 }
-                // The periodic check notices a channel closed by the broker
-                // (e.g. a consumer's channel error) while nothing is published.
-                tokio::select! {
-                    _ = self.buffer.wake.notified() => continue,
-                    r = link.changed() => { if r.is_err() || !link.borrow().is(generation) { break PublisherEnd::LinkDown } continue }
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
-                        if !ch.status().connected() {
-                            break PublisherEnd::ChannelLost(format!("channel is {:?}", ch.status()));
+                let idx = (c.tag - base_tag) as usize;
+                let mark = if c.nack { Slot::Nacked } else { Slot::Acked };
+                let from = if c.multiple { 0 } else { idx };
+                for (_, slot) in window.range_mut(from..=idx.min(window.len().saturating_sub(1))) {
+                    if *slot == Slot::Pending {
+                        if c.nack {
+                            self.stats.nacked.fetch_add(1, Ordering::Relaxed);
                         }
-                        continue
+                        *slot = mark;
                     }
                 }
-            } else {
-                tokio::select! {
-                    biased;
-                    r = futs.next() => r,
-                    _ = self.buffer.wake.notified(), if window.len() < PUBLISH_WINDOW => continue,
-                    r = link.changed() => { if r.is_err() || !link.borrow().is(generation) { break PublisherEnd::LinkDown } continue }
-                }
-            };
-            let Some((seq, result)) = next else { continue };
-            let idx = (seq - base_seq) as usize;
-            match result {
-                Ok(Confirmation::Nack(_)) => {
-                    self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                    window[idx].1 = Slot::Nacked;
-                }
-                Ok(_) => window[idx].1 = Slot::Acked,
-                Err(e) => break PublisherEnd::ChannelLost(e.to_string()),
             }
             // Settle from the front so order is kept for anything resent.
             let mut nacked = Vec::new();
+            let (mut released, mut count) = (0u64, 0u64);
             while matches!(window.front(), Some((_, slot)) if *slot != Slot::Pending) {
                 let Some((b, slot)) = window.pop_front() else {
                     break;
                 };
                 if slot == Slot::Acked {
-                    self.buffer.release(b.len());
-                    self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
+                    released += b.len() as u64;
+                    count += 1;
                 } else {
                     nacked.push(b);
                 }
-                base_seq += 1;
+                base_tag += 1;
+            }
+            if count > 0 {
+                self.buffer.release_many(count, released);
+                self.stats.confirmed.fetch_add(count, Ordering::Relaxed);
             }
             for b in nacked.into_iter().rev() {
                 retry.push_front(b);
             }
+            self.stats
+                .in_flight
+                .store(window.len() as u64, Ordering::Relaxed);
         };
         // Confirmed ones behind an unconfirmed one are done; the rest go back
         // in order, ahead of what was never sent.
@@ -348,34 +340,7 @@ impl Queue {
         *slot = keep;
         end
     }
-
-    /// The future borrows the channel (cloning a lapin Channel per message
-    /// costs a dozen atomic increments and decrements).
-    fn publish_future<'c>(&self, ch: &'c Channel, body: Body, seq: u64) -> ConfirmFuture<'c> {
-        let exchange = self.publish_exchange.clone();
-        let routing_key = self.publish_routing_key.clone();
-        let properties = self.properties.clone();
-        Box::pin(async move {
-            let res = async {
-                ch.basic_publish(
-                    exchange,
-                    routing_key,
-                    BasicPublishOptions::default(),
-                    &body,
-                    properties,
-                )
-                .await?
-                .await
-            }
-            .await;
-            (seq, res)
-        })
-    }
 }
-
-type ConfirmFuture<'c> = Pin<
-    Box<dyn Future<Output = (u64, std::result::Result<Confirmation, lapin::Error>)> + Send + 'c>,
->;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
@@ -405,14 +370,12 @@ impl LinkState {
 }
 
 /// Maps a failed declare to what `amqp_queue_open` returns.
-pub fn declare_error(queue: &str, e: &lapin::Error) -> Option<Error> {
-    match classify(e) {
-        LapinFailure::Refused { text, .. } | LapinFailure::ConnectionRefused { text, .. } => {
-            Some(Error::new(
-                ErrorKind::Broker,
-                format!("broker refused queue '{queue}': {text}"),
-            ))
-        }
-        LapinFailure::Link(_) => None,
+pub fn declare_error(queue: &str, e: &Failure) -> Option<Error> {
+    match e {
+        Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => Some(Error::new(
+            ErrorKind::Broker,
+            format!("broker refused queue '{queue}': {text}"),
+        )),
+        Failure::Link(_) => None,
     }
 }
