@@ -400,16 +400,13 @@ impl DeliverySink for Sink {
                 settler: self.settler.clone(),
                 generation: self.generation,
             };
-            match self.tx.send(job) {
-                Ok(()) => return,
-                Err(std::sync::mpsc::SendError(job)) => {
-                    cs.queued.fetch_sub(1, Ordering::SeqCst);
-                    self.worker_gone = true;
-                    // The worker is gone (closing): give it back, and keep
-                    // the channel's settled prefix moving.
-                    let tag = job.delivery.delivery_tag;
-                    self.settler.decide(&self.q, tag, Settle::Release, true);
-                }
+            if let Err(std::sync::mpsc::SendError(job)) = self.tx.send(job) {
+                cs.queued.fetch_sub(1, Ordering::SeqCst);
+                self.worker_gone = true;
+                // The worker is gone (closing): give it back, and keep the
+                // channel's settled prefix moving.
+                let tag = job.delivery.delivery_tag;
+                self.settler.decide(&self.q, tag, Settle::Release, true);
             }
         } else {
             let tag = delivery.delivery_tag;

@@ -221,7 +221,9 @@ impl Queue {
         let exchange = self.exchange.as_bytes();
         let routing_key = self.publish_routing_key.as_bytes();
         let end = loop {
-            if window.len() < PUBLISH_WINDOW && (!retry.is_empty() || self.buffer.count() > window.len() as u64) {
+            if window.len() < PUBLISH_WINDOW
+                && (!retry.is_empty() || self.buffer.count() > window.len() as u64)
+            {
                 let mut resent = 0u64;
                 let sent = match ch.start_publish(exchange, routing_key, self.options.persistent) {
                     Ok(mut batch) => {
@@ -372,10 +374,12 @@ impl LinkState {
 /// Maps a failed declare to what `amqp_queue_open` returns.
 pub fn declare_error(queue: &str, e: &Failure) -> Option<Error> {
     match e {
-        Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => Some(Error::new(
-            ErrorKind::Broker,
-            format!("broker refused queue '{queue}': {text}"),
-        )),
+        Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => {
+            Some(Error::new(
+                ErrorKind::Broker,
+                format!("broker refused queue '{queue}': {text}"),
+            ))
+        }
         Failure::Link(_) => None,
     }
 }

@@ -236,12 +236,10 @@ pub fn encode_heartbeat(out: &mut Vec<u8>) {
 /// Any other method, through amq-protocol's generated encoder.
 pub fn encode_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
     let frame = AMQPFrame::Method(channel, method);
-    let taken = std::mem::take(out);
-    *out = match cookie_factory::gen_simple(gen_frame(&frame), taken) {
-        Ok(v) => v,
-        // Writing into a Vec cannot fail; keep the buffer usable regardless.
-        Err(_) => Vec::new(),
-    };
+    // Into a fresh Vec (which cannot fail), so `out` is never disturbed.
+    if let Ok(v) = cookie_factory::gen_simple(gen_frame(&frame), Vec::new()) {
+        out.extend_from_slice(&v);
+    }
 }
 
 /// Any other method, through amq-protocol's generated parser.
@@ -378,14 +376,22 @@ mod tests {
         assert_eq!((d.delivery_tag, d.redelivered), (77, true));
         assert_eq!((d.exchange, d.routing_key), (&b"e"[..], &b"key"[..]));
         let (f2, _) = parse_frame(&out[n..], 4096).unwrap();
-        assert_eq!(method_ids(f2.payload), Some((CLASS_BASIC, METHOD_BASIC_NACK)));
+        assert_eq!(
+            method_ids(f2.payload),
+            Some((CLASS_BASIC, METHOD_BASIC_NACK))
+        );
         assert_eq!(parse_confirm(f2.payload), Some((12, true)));
         // Incomplete and corrupt input.
         assert_eq!(parse_frame(&out[..3], 4096), Err(ParseError::Incomplete(7)));
-        assert!(matches!(parse_frame(&out[..n - 1], 4096), Err(ParseError::Incomplete(t)) if t == n));
+        assert!(
+            matches!(parse_frame(&out[..n - 1], 4096), Err(ParseError::Incomplete(t)) if t == n)
+        );
         let mut bad = out[..n].to_vec();
         bad[n - 1] = 0;
-        assert!(matches!(parse_frame(&bad, 4096), Err(ParseError::Invalid(_))));
+        assert!(matches!(
+            parse_frame(&bad, 4096),
+            Err(ParseError::Invalid(_))
+        ));
         assert!(parse_deliver(&[0, 60]).is_none());
     }
 }

@@ -227,9 +227,7 @@ impl Inner {
                     describe_close(c.reply_code, c.reply_text.as_str())
                 ))
             }
-            Some(AMQPClass::Connection(M::CloseOk(_))) => {
-                Err("connection closed".into())
-            }
+            Some(AMQPClass::Connection(M::CloseOk(_))) => Err("connection closed".into()),
             Some(AMQPClass::Connection(M::Blocked(b))) => {
                 warn!("the broker blocked publishing: {}", b.reason.as_str());
                 Ok(())
@@ -361,7 +359,10 @@ impl ChanInner {
                     "the broker cancelled consumer {} (queue deleted?)",
                     c.consumer_tag.as_str()
                 );
-                let sink = self.state().consumers.remove(c.consumer_tag.as_str().as_bytes());
+                let sink = self
+                    .state()
+                    .consumers
+                    .remove(c.consumer_tag.as_str().as_bytes());
                 drop(sink);
             }
             Some(AMQPClass::Basic(B::Return(_))) => {
@@ -393,7 +394,10 @@ impl ChanInner {
     fn content(&self, conn: &Inner, kind: u8, payload: &[u8]) -> Result<(), String> {
         let mut st = self.state();
         let Some(inc) = st.incoming.as_mut() else {
-            return Err(format!("content frame without a method on channel {}", self.id));
+            return Err(format!(
+                "content frame without a method on channel {}",
+                self.id
+            ));
         };
         if kind == codec::FRAME_HEADER {
             let size = codec::parse_header_body_size(payload).ok_or("bad content header")?;
@@ -648,7 +652,10 @@ impl WireConnection {
             class_id: 0,
             method_id: 0,
         }));
-        if self.inner.write(None, |o| codec::encode_method(o, 0, close)) {
+        if self
+            .inner
+            .write(None, |o| codec::encode_method(o, 0, close))
+        {
             let _ = tokio::time::timeout(CLOSE_WAIT, self.lost()).await;
         }
         self.inner.kill.notify_one();
@@ -934,8 +941,10 @@ impl WireChannel {
             prefetch_count: prefetch,
             global: false,
         }));
-        self.call_expect(m, |r| matches!(r, AMQPClass::Basic(basic::AMQPMethod::QosOk(_))))
-            .await
+        self.call_expect(m, |r| {
+            matches!(r, AMQPClass::Basic(basic::AMQPMethod::QosOk(_)))
+        })
+        .await
     }
 
     pub async fn exchange_declare(
@@ -1064,8 +1073,9 @@ impl WireChannel {
 
     pub fn basic_reject(&self, tag: u64, requeue: bool) -> bool {
         let id = self.ch.id;
-        self.conn
-            .write(Some(&self.ch), |o| codec::encode_reject(o, id, tag, requeue))
+        self.conn.write(Some(&self.ch), |o| {
+            codec::encode_reject(o, id, tag, requeue)
+        })
     }
 
     /// Holds the output lock to append publishes in one go (call
