@@ -14,7 +14,6 @@ use crate::wire::{Delivery, DeliverySink, WireChannel};
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,10 +89,21 @@ pub(crate) struct Settler {
 struct SettleState {
     /// Every tag up to here is settled.
     floor: u64,
+    /// Tag `floor + 1 + i` is at `slots[i]`: tags are dense per channel, so a
+    /// ring replaces a map.
+    slots: std::collections::VecDeque<Slot>,
+    /// Slots in state `Decided`.
+    decided: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Still with a callback (or not delivered yet).
+    Open,
     /// Decided, not sent yet.
-    decided: std::collections::BTreeMap<u64, Settle>,
+    Decided(Settle),
     /// Above `floor`, already sent singly.
-    sent_ahead: std::collections::BTreeSet<u64>,
+    SentAhead,
 }
 
 impl Settler {
@@ -136,9 +146,17 @@ impl Settler {
         if tag <= st.floor {
             return;
         }
-        let was_empty = st.decided.is_empty();
-        st.decided.insert(tag, how);
-        if now || how == Settle::Release || st.decided.len() >= SETTLE_BATCH {
+        let idx = (tag - st.floor - 1) as usize;
+        if st.slots.len() <= idx {
+            st.slots.resize(idx + 1, Slot::Open);
+        }
+        if st.slots[idx] != Slot::Open {
+            return;
+        }
+        st.slots[idx] = Slot::Decided(how);
+        let was_empty = st.decided == 0;
+        st.decided += 1;
+        if now || how == Settle::Release || st.decided >= SETTLE_BATCH {
             self.flush_locked(&mut st, q);
         } else if was_empty {
             self.wake.notify_one();
@@ -151,27 +169,29 @@ impl Settler {
     }
 
     fn flush_locked(&self, st: &mut SettleState, q: &Queue) {
-        if st.decided.is_empty() {
+        if st.decided == 0 {
             return;
         }
         let (mut acks, mut last_ack) = (0u64, 0u64);
-        loop {
-            let tag = st.floor + 1;
-            if let Some(how) = st.decided.remove(&tag) {
-                if how == Settle::Ack {
+        while let Some(&slot) = st.slots.front() {
+            match slot {
+                Slot::Open => break,
+                Slot::Decided(Settle::Ack) => {
                     acks += 1;
-                    last_ack = tag;
-                } else {
-                    self.send_single(q, tag, how);
+                    last_ack = st.floor + 1;
+                    st.decided -= 1;
                 }
-            } else if !st.sent_ahead.remove(&tag) {
-                break;
+                Slot::Decided(how) => {
+                    self.send_single(q, st.floor + 1, how);
+                    st.decided -= 1;
+                }
+                Slot::SentAhead => {}
             }
-            st.floor = tag;
+            st.slots.pop_front();
+            st.floor += 1;
         }
         if acks > 0 {
-            let multiple = acks > 1;
-            let sent = self.channel.basic_ack(last_ack, multiple);
+            let sent = self.channel.basic_ack(last_ack, acks > 1);
             let counter = if sent {
                 &q.stats.acked
             } else {
@@ -179,9 +199,15 @@ impl Settler {
             };
             counter.fetch_add(acks, Ordering::Relaxed);
         }
-        for (tag, how) in std::mem::take(&mut st.decided) {
-            self.send_single(q, tag, how);
-            st.sent_ahead.insert(tag);
+        if st.decided > 0 {
+            let floor = st.floor;
+            for (i, slot) in st.slots.iter_mut().enumerate() {
+                if let Slot::Decided(how) = *slot {
+                    self.send_single(q, floor + 1 + i as u64, how);
+                    *slot = Slot::SentAhead;
+                }
+            }
+            st.decided = 0;
         }
     }
 
@@ -201,8 +227,72 @@ impl Settler {
     }
 }
 
+/// The jobs of one worker thread. The connection's reader queues a whole
+/// burst of deliveries and wakes the worker once per burst (and only if it
+/// sleeps), not once per delivery.
+#[derive(Default)]
+struct WorkQueue {
+    state: Mutex<WorkState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct WorkState {
+    jobs: std::collections::VecDeque<Job>,
+    sleeping: bool,
+    /// The worker ends once the queue is empty; nothing more is queued.
+    closed: bool,
+}
+
+impl WorkQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WorkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job; gives it back when the worker is gone.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(job);
+        }
+        st.jobs.push_back(job);
+        Ok(())
+    }
+
+    fn wake(&self) {
+        let st = self.lock();
+        if st.sleeping || st.closed {
+            drop(st);
+            self.ready.notify_one();
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Takes every queued job, sleeping while there are none; None once
+    /// closed and drained.
+    fn take(&self, into: &mut std::collections::VecDeque<Job>) -> bool {
+        let mut st = self.lock();
+        loop {
+            if !st.jobs.is_empty() {
+                std::mem::swap(&mut st.jobs, into);
+                return true;
+            }
+            if st.closed {
+                return false;
+            }
+            st.sleeping = true;
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.sleeping = false;
+        }
+    }
+}
+
 struct Group {
-    workers: Vec<Sender<Job>>,
+    workers: Vec<Arc<WorkQueue>>,
     /// The channel generation its broker consumers run on (0 = not running).
     started_on: u64,
 }
@@ -228,6 +318,14 @@ pub struct ConsumerSet {
     forwarders: AtomicUsize,
     next_tag: AtomicU64,
     idle: (Mutex<()>, Condvar),
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.close();
+        }
+    }
 }
 
 impl ConsumerSet {
@@ -263,22 +361,22 @@ pub fn add(q: &Arc<Queue>, cb: Callback, repeat: u32) -> crate::Result<()> {
     let repeat = repeat.max(1) as usize;
     let mut workers = Vec::with_capacity(repeat);
     for _ in 0..repeat {
-        let (tx, rx) = channel::<Job>();
-        let (q2, cb2) = (q.clone(), cb.clone());
+        let work = Arc::new(WorkQueue::default());
+        let (q2, cb2, work2) = (q.clone(), cb.clone(), work.clone());
         std::thread::Builder::new()
             .name("ramqp-consumer".into())
             .spawn(move || {
-                // Acks may wait for a batch only while more deliveries are
-                // queued for this worker.
-                let mut next = rx.recv().ok();
-                while let Some(job) = next {
-                    let more = rx.try_recv().ok();
-                    handle_job(&q2, &cb2, job, more.is_none());
-                    next = more.or_else(|| rx.recv().ok());
+                let mut batch = std::collections::VecDeque::new();
+                while work2.take(&mut batch) {
+                    // Acks may wait for a batch only while more deliveries
+                    // of this burst follow.
+                    while let Some(job) = batch.pop_front() {
+                        handle_job(&q2, &cb2, job, batch.is_empty());
+                    }
                 }
             })
             .map_err(|e| crate::Error::internal(format!("cannot start a consumer thread: {e}")))?;
-        workers.push(tx);
+        workers.push(work);
     }
     // Through the runtime rather than tokio's blocking_lock, which needs
     // thread-locals that are gone when called from an atexit handler.
@@ -358,16 +456,16 @@ pub async fn reconcile(q: &Arc<Queue>) {
     }
     let State { groups, tags, .. } = &mut *st;
     for g in groups.iter_mut().filter(|g| g.started_on != generation) {
-        for tx in &g.workers {
+        for work in &g.workers {
             let n = cs.next_tag.fetch_add(1, Ordering::Relaxed);
             let tag = format!("resilient-amqp.{}.{}", q.id, n);
             cs.forwarders.fetch_add(1, Ordering::SeqCst);
             let sink = Box::new(Sink {
                 q: q.clone(),
-                tx: tx.clone(),
+                work: work.clone(),
                 settler: settler.clone(),
                 generation,
-                worker_gone: false,
+                queued: false,
             });
             if let Err(e) = ch.basic_consume(&q.name, &tag, sink).await {
                 warn!("queue '{}': basic.consume failed: {e}", q.name);
@@ -384,39 +482,44 @@ pub async fn reconcile(q: &Arc<Queue>) {
 /// when the consumer ends (cancel, channel closed).
 struct Sink {
     q: Arc<Queue>,
-    tx: Sender<Job>,
+    work: Arc<WorkQueue>,
     settler: Arc<Settler>,
     generation: u64,
-    worker_gone: bool,
+    /// Jobs queued since the last flush.
+    queued: bool,
 }
 
 impl DeliverySink for Sink {
     fn deliver(&mut self, delivery: Delivery) {
         let cs = &self.q.consumers;
-        if !self.worker_gone {
-            cs.queued.fetch_add(1, Ordering::SeqCst);
-            let job = Job {
-                delivery,
-                settler: self.settler.clone(),
-                generation: self.generation,
-            };
-            if let Err(std::sync::mpsc::SendError(job)) = self.tx.send(job) {
+        cs.queued.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            delivery,
+            settler: self.settler.clone(),
+            generation: self.generation,
+        };
+        match self.work.push(job) {
+            Ok(()) => self.queued = true,
+            Err(job) => {
                 cs.queued.fetch_sub(1, Ordering::SeqCst);
-                self.worker_gone = true;
                 // The worker is gone (closing): give it back, and keep the
                 // channel's settled prefix moving.
                 let tag = job.delivery.delivery_tag;
                 self.settler.decide(&self.q, tag, Settle::Release, true);
             }
-        } else {
-            let tag = delivery.delivery_tag;
-            self.settler.decide(&self.q, tag, Settle::Release, true);
+        }
+    }
+
+    fn flush(&mut self) {
+        if std::mem::take(&mut self.queued) {
+            self.work.wake();
         }
     }
 }
 
 impl Drop for Sink {
     fn drop(&mut self) {
+        self.flush();
         self.q.consumers.forwarders.fetch_sub(1, Ordering::SeqCst);
         self.q.consumers.notify();
     }

@@ -21,6 +21,9 @@ use tokio::sync::watch;
 /// Messages sent ahead of their confirms: enough to keep the broker busy
 /// between two confirm batches, small enough to bound what is resent.
 pub const PUBLISH_WINDOW: usize = 1024;
+/// ... and at most this many body bytes, so large bodies do not pile up in
+/// the broker (its flow control would stall the connection).
+pub const PUBLISH_WINDOW_BYTES: u64 = 1 << 20;
 
 /// Per-queue counters, all monotonic except the gauges noted.
 #[derive(Default)]
@@ -220,14 +223,17 @@ impl Queue {
         let mut retry = std::mem::take(&mut *self.retry.lock().unwrap_or_else(|p| p.into_inner()));
         let exchange = self.exchange.as_bytes();
         let routing_key = self.publish_routing_key.as_bytes();
+        let mut window_bytes: u64 = 0;
+        let (max_count, max_bytes) = window_limits();
         let end = loop {
-            if window.len() < PUBLISH_WINDOW
+            if window.len() < max_count
+                && window_bytes < max_bytes
                 && (!retry.is_empty() || self.buffer.count() > window.len() as u64)
             {
                 let mut resent = 0u64;
                 let sent = match ch.start_publish(exchange, routing_key, self.options.persistent) {
                     Ok(mut batch) => {
-                        while window.len() < PUBLISH_WINDOW {
+                        while window.len() < max_count && window_bytes < max_bytes {
                             let body = match retry.pop_front() {
                                 Some(b) => {
                                     resent += 1;
@@ -239,6 +245,7 @@ impl Queue {
                                 },
                             };
                             batch.publish(&body);
+                            window_bytes += body.len() as u64;
                             window.push_back((body, Slot::Pending));
                         }
                         Ok(())
@@ -276,7 +283,7 @@ impl Queue {
                     tokio::select! {
                         biased;
                         _ = ch.confirms_changed() => {}
-                        _ = self.buffer.wake.notified(), if window.len() < PUBLISH_WINDOW => {}
+                        _ = self.buffer.wake.notified(), if window.len() < max_count && window_bytes < max_bytes => {}
                         r = link.changed() => { if r.is_err() || !link.borrow().is(generation) { break PublisherEnd::LinkDown } }
                     }
                 }
@@ -305,6 +312,7 @@ impl Queue {
                 let Some((b, slot)) = window.pop_front() else {
                     break;
                 };
+                window_bytes -= b.len() as u64;
                 if slot == Slot::Acked {
                     released += b.len() as u64;
                     count += 1;
@@ -342,6 +350,15 @@ impl Queue {
         *slot = keep;
         end
     }
+}
+
+/// The window, overridable for benchmarking (RESILIENT_AMQP_WINDOW=count,bytes).
+fn window_limits() -> (usize, u64) {
+    let parsed = std::env::var("RESILIENT_AMQP_WINDOW").ok().and_then(|v| {
+        let (c, b) = v.split_once(',')?;
+        Some((c.parse().ok()?, b.parse().ok()?))
+    });
+    parsed.unwrap_or((PUBLISH_WINDOW, PUBLISH_WINDOW_BYTES))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

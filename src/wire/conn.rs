@@ -42,7 +42,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Receives the deliveries of one consumer, on the connection's reader
 /// (the runtime thread): it must only hand them on, never block.
 pub trait DeliverySink: Send {
+    /// Queues one delivery.
     fn deliver(&mut self, delivery: Delivery);
+    /// Called after each burst of frames read at once: wake the consumer.
+    fn flush(&mut self);
 }
 
 /// One delivery: exchange, routing key and body in one allocation.
@@ -88,12 +91,17 @@ struct Inner {
     out_wake: Notify,
     /// Set by the writer; the heartbeat loop sends only on a quiet link.
     wrote: AtomicBool,
+    /// Set by the reader; the heartbeat loop declares the link dead after
+    /// two heartbeat intervals without it (no timer per read).
+    read: AtomicBool,
     channels: Mutex<Channels>,
     frame_max: usize,
     /// The reason the connection ended, once it has.
     dead: watch::Sender<Option<String>>,
     /// Asks the driver task to stop (after close-ok, or at once).
     kill: Notify,
+    /// A delivery reached a sink in this read burst.
+    delivered: AtomicBool,
 }
 
 struct Channels {
@@ -183,6 +191,16 @@ impl Inner {
         }
     }
 
+    /// After a burst of frames: let the consumers that got deliveries run.
+    fn flush_sinks(&self) {
+        let chans: Vec<_> = lock(&self.channels).map.values().cloned().collect();
+        for c in chans {
+            for sink in c.state().consumers.values_mut() {
+                sink.flush();
+            }
+        }
+    }
+
     fn channel(&self, id: u16) -> Option<Arc<ChanInner>> {
         lock(&self.channels).map.get(&id).cloned()
     }
@@ -192,13 +210,26 @@ impl Inner {
     }
 
     /// Handles one frame on the reader; Err ends the connection.
-    fn handle_frame(&self, f: RawFrame<'_>) -> Result<(), String> {
+    fn handle_frame(
+        &self,
+        f: RawFrame<'_>,
+        last: &mut Option<Arc<ChanInner>>,
+    ) -> Result<(), String> {
         match f.kind {
             codec::FRAME_HEARTBEAT => Ok(()),
             codec::FRAME_METHOD if f.channel == 0 => self.connection_method(f.payload),
             codec::FRAME_METHOD | codec::FRAME_HEADER | codec::FRAME_BODY => {
-                // Frames for a channel we already closed are dropped.
-                let Some(ch) = self.channel(f.channel) else {
+                // The channel of the previous frame, if still open (an id
+                // is reused only after its channel closed).
+                let hit = matches!(last, Some(c) if c.id == f.channel && !c.closed.load(Ordering::Relaxed));
+                if !hit {
+                    // Frames for a channel we already closed are dropped.
+                    match self.channel(f.channel) {
+                        Some(ch) => *last = Some(ch),
+                        None => return Ok(()),
+                    }
+                }
+                let Some(ch) = last.as_ref() else {
                     return Ok(());
                 };
                 match f.kind {
@@ -432,7 +463,10 @@ impl ChanInner {
             redelivered: inc.redelivered,
         };
         match st.consumers.get_mut(&*tag) {
-            Some(sink) => sink.deliver(delivery),
+            Some(sink) => {
+                sink.deliver(delivery);
+                conn.delivered.store(true, Ordering::Relaxed);
+            }
             None => {
                 // Its consumer is cancelled: give it back.
                 drop(st);
@@ -569,6 +603,7 @@ impl WireConnection {
             }),
             out_wake: Notify::new(),
             wrote: AtomicBool::new(false),
+            read: AtomicBool::new(false),
             channels: Mutex::new(Channels {
                 map: HashMap::new(),
                 next: 1,
@@ -577,6 +612,7 @@ impl WireConnection {
             frame_max: frame_max as usize,
             dead: watch::channel(None).0,
             kill: Notify::new(),
+            delivered: AtomicBool::new(false),
         });
         let (rd, wr) = stream.into_split();
         let heartbeat = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
@@ -757,7 +793,7 @@ async fn drive(
 ) {
     let mut writer = std::pin::pin!(write_loop(inner.clone(), wr));
     let why = tokio::select! {
-        why = read_loop(inner.clone(), rd, leftover, heartbeat) => why,
+        why = read_loop(inner.clone(), rd, leftover) => why,
         why = &mut writer => why,
         why = heartbeat_loop(inner.clone(), heartbeat) => why,
         _ = inner.kill.notified() => "connection closed".to_string(),
@@ -769,24 +805,17 @@ async fn drive(
     inner.die(why);
 }
 
-async fn read_loop(
-    inner: Arc<Inner>,
-    mut rd: OwnedReadHalf,
-    leftover: Vec<u8>,
-    heartbeat: Option<Duration>,
-) -> String {
+async fn read_loop(inner: Arc<Inner>, mut rd: OwnedReadHalf, leftover: Vec<u8>) -> String {
     let frame_max = inner.frame_max;
     let mut buf = vec![0u8; READ_BUFFER.max(frame_max + codec::FRAME_OVERHEAD)];
     buf[..leftover.len()].copy_from_slice(&leftover);
     let (mut start, mut end) = (0usize, leftover.len());
-    // The broker sends a heartbeat every interval/2 at the least; two
-    // intervals of silence mean the link is dead.
-    let limit = heartbeat.map(|h| h * 2);
+    let mut last = None;
     loop {
         loop {
             match codec::parse_frame(&buf[start..end], frame_max) {
                 Ok((f, n)) => {
-                    if let Err(why) = inner.handle_frame(f) {
+                    if let Err(why) = inner.handle_frame(f, &mut last) {
                         return why;
                     }
                     start += n;
@@ -802,21 +831,19 @@ async fn read_loop(
                 Err(codec::ParseError::Invalid(e)) => return e,
             }
         }
+        if inner.delivered.swap(false, Ordering::Relaxed) {
+            inner.flush_sinks();
+        }
         if start == end {
             start = 0;
             end = 0;
         }
-        let read = rd.read(&mut buf[end..]);
-        let n = match limit {
-            Some(t) => match tokio::time::timeout(t, read).await {
-                Ok(r) => r,
-                Err(_) => return "missed heartbeats from the broker".into(),
-            },
-            None => read.await,
-        };
-        match n {
+        match rd.read(&mut buf[end..]).await {
             Ok(0) => return "the broker closed the connection (EOF)".into(),
-            Ok(n) => end += n,
+            Ok(n) => {
+                end += n;
+                inner.read.store(true, Ordering::Relaxed);
+            }
             Err(e) => return format!("I/O error: {e}"),
         }
     }
@@ -862,10 +889,21 @@ async fn heartbeat_loop(inner: Arc<Inner>, heartbeat: Option<Duration>) -> Strin
     };
     let mut tick = tokio::time::interval(h / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The broker sends a heartbeat every interval/2 when idle; three ticks (1.5-2
+    // intervals at the least) of silence mean the link is dead.
+    let mut quiet_ticks = 0u32;
     loop {
         tick.tick().await;
         if !inner.wrote.swap(false, Ordering::Relaxed) {
             inner.write(None, codec::encode_heartbeat);
+        }
+        if inner.read.swap(false, Ordering::Relaxed) {
+            quiet_ticks = 0;
+        } else {
+            quiet_ticks += 1;
+            if quiet_ticks >= 3 {
+                return "missed heartbeats from the broker".into();
+            }
         }
     }
 }
