@@ -1,8 +1,8 @@
 //! The one tokio runtime of the library.
 //!
 //! A current-thread runtime driven by one library-owned thread
-//! ("ramqp-runtime"): lapin's publish path is fastest without cross-core
-//! task hand-offs (see LAPIN-NOTES). The runtime lives in a static and its
+//! ("ramqp-runtime"): every connection's I/O and every publisher share it,
+//! so the publish path has no cross-core task hand-offs. The runtime lives in a static and its
 //! thread is never joined, so nothing is dropped at process exit and exit
 //! cannot hang on it. No user callback ever runs on it.
 

@@ -76,6 +76,37 @@ fn delivery_fields_through_an_exchange() {
 }
 
 #[test]
+fn bodies_of_every_size_arrive_whole() {
+    // Empty (no body frame), one byte, exactly one frame, and bodies split
+    // over several frames (frame_max is 128 KiB), interleaved.
+    let c = connect_ok(None);
+    let name = unique_name("sizes");
+    let q = open_simple(c, &name);
+    let sizes = [0usize, 1, 131_064, 131_065, 300_000, 0, 5, 1 << 20];
+    let bodies: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (j * 31 + i) as u8).collect())
+        .collect();
+    Reader::new().publish(&name, &bodies);
+    let rec = Recorder::acking(Duration::ZERO);
+    consume(q, &rec, 1);
+    wait_for("every body", T, || rec.finished() >= bodies.len() as u64);
+    let got: Vec<Vec<u8>> = rec.deliveries().into_iter().map(|d| d.body).collect();
+    assert_eq!(got.len(), bodies.len());
+    for (i, (g, b)) in got.iter().zip(&bodies).enumerate() {
+        assert!(
+            g == b,
+            "body {i} ({} bytes) differs: got {} bytes",
+            b.len(),
+            g.len()
+        );
+    }
+    wait_queue_messages(&name, 0, T);
+    close_ok(c);
+}
+
+#[test]
 fn reject_without_dlx_drops() {
     let c = connect_ok(None);
     let name = unique_name("reject");
