@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch, Notify};
 
@@ -84,6 +83,45 @@ struct Out {
     buf: Vec<u8>,
     /// No more frames: the connection is gone or closing.
     closed: bool,
+    /// The writer task holds bytes taken from `buf` that are not all
+    /// written yet: nobody else may write to the socket now.
+    writing: bool,
+    /// For writes straight from the appending thread (None once closed).
+    stream: Option<Arc<TcpStream>>,
+}
+
+impl Out {
+    /// After appending to a `buf` that was empty: if the writer task is not
+    /// busy, write now from this thread (a consumer thread's acks, a batch
+    /// of publishes), with no wake-up of the runtime; what the socket does
+    /// not take is left for the writer. Returns whether the writer must be
+    /// woken. The caller holds the lock, so bytes keep their order.
+    fn kick(&mut self, wrote: &AtomicBool) -> bool {
+        if self.buf.is_empty() {
+            return false;
+        }
+        if self.writing {
+            return true;
+        }
+        let Some(stream) = &self.stream else {
+            return true;
+        };
+        match stream.try_write(&self.buf) {
+            Ok(n) => {
+                wrote.store(true, Ordering::Relaxed);
+                if n == self.buf.len() {
+                    self.buf.clear();
+                    false
+                } else {
+                    self.buf.drain(..n);
+                    true
+                }
+            }
+            // Not writable now, or failing: the writer task takes over
+            // (and reports the error).
+            Err(_) => true,
+        }
+    }
 }
 
 struct Inner {
@@ -163,8 +201,9 @@ impl Inner {
         }
         let was_empty = o.buf.is_empty();
         f(&mut o.buf);
+        let wake = was_empty && o.kick(&self.wrote);
         drop(o);
-        if was_empty {
+        if wake {
             self.out_wake.notify_one();
         }
         true
@@ -366,7 +405,7 @@ impl ChanInner {
                             self.id,
                             AMQPClass::Channel(C::CloseOk(channel::CloseOk {})),
                         );
-                        if was_empty {
+                        if was_empty && o.kick(&conn.wrote) {
                             conn.out_wake.notify_one();
                         }
                     }
@@ -596,10 +635,13 @@ impl WireConnection {
             AMQPClass::Connection(M::OpenOk(_)) => {}
             other => return Err(unexpected(&other)),
         }
+        let stream = Arc::new(stream);
         let inner = Arc::new(Inner {
             out: Mutex::new(Out {
                 buf: Vec::with_capacity(64 * 1024),
                 closed: false,
+                writing: false,
+                stream: Some(stream.clone()),
             }),
             out_wake: Notify::new(),
             wrote: AtomicBool::new(false),
@@ -614,9 +656,8 @@ impl WireConnection {
             kill: Notify::new(),
             delivered: AtomicBool::new(false),
         });
-        let (rd, wr) = stream.into_split();
         let heartbeat = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
-        tokio::spawn(drive(inner.clone(), rd, wr, hs.buf, heartbeat));
+        tokio::spawn(drive(inner.clone(), stream, hs.buf, heartbeat));
         Ok(WireConnection { inner })
     }
 
@@ -786,14 +827,13 @@ impl Handshake {
 /// The connection's task: reader, writer and heartbeats until one ends.
 async fn drive(
     inner: Arc<Inner>,
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    stream: Arc<TcpStream>,
     leftover: Vec<u8>,
     heartbeat: Option<Duration>,
 ) {
-    let mut writer = std::pin::pin!(write_loop(inner.clone(), wr));
+    let mut writer = std::pin::pin!(write_loop(inner.clone(), stream.clone()));
     let why = tokio::select! {
-        why = read_loop(inner.clone(), rd, leftover) => why,
+        why = read_loop(inner.clone(), stream, leftover) => why,
         why = &mut writer => why,
         why = heartbeat_loop(inner.clone(), heartbeat) => why,
         _ = inner.kill.notified() => "connection closed".to_string(),
@@ -802,10 +842,12 @@ async fn drive(
     lock(&inner.out).closed = true;
     inner.out_wake.notify_one();
     let _ = tokio::time::timeout(Duration::from_millis(200), &mut writer).await;
+    // The last reference to the socket goes with the reader and writer.
+    lock(&inner.out).stream = None;
     inner.die(why);
 }
 
-async fn read_loop(inner: Arc<Inner>, mut rd: OwnedReadHalf, leftover: Vec<u8>) -> String {
+async fn read_loop(inner: Arc<Inner>, stream: Arc<TcpStream>, leftover: Vec<u8>) -> String {
     let frame_max = inner.frame_max;
     let mut buf = vec![0u8; READ_BUFFER.max(frame_max + codec::FRAME_OVERHEAD)];
     buf[..leftover.len()].copy_from_slice(&leftover);
@@ -838,7 +880,19 @@ async fn read_loop(inner: Arc<Inner>, mut rd: OwnedReadHalf, leftover: Vec<u8>) 
             start = 0;
             end = 0;
         }
-        match rd.read(&mut buf[end..]).await {
+        // Read what is there before waiting for readiness: a busy link is
+        // read again at once, without a trip through epoll.
+        let got = loop {
+            match stream.try_read(&mut buf[end..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = stream.readable().await {
+                        break Err(e);
+                    }
+                }
+                other => break other,
+            }
+        };
+        match got {
             Ok(0) => return "the broker closed the connection (EOF)".into(),
             Ok(n) => {
                 end += n;
@@ -849,7 +903,7 @@ async fn read_loop(inner: Arc<Inner>, mut rd: OwnedReadHalf, leftover: Vec<u8>) 
     }
 }
 
-async fn write_loop(inner: Arc<Inner>, mut wr: OwnedWriteHalf) -> String {
+async fn write_loop(inner: Arc<Inner>, stream: Arc<TcpStream>) -> String {
     let mut chunk: Vec<u8> = Vec::with_capacity(64 * 1024);
     loop {
         let idle = {
@@ -858,23 +912,31 @@ async fn write_loop(inner: Arc<Inner>, mut wr: OwnedWriteHalf) -> String {
                 Some(o.closed)
             } else {
                 std::mem::swap(&mut o.buf, &mut chunk);
+                o.writing = true;
                 None
             }
         };
         match idle {
-            Some(true) => {
-                let _ = wr.shutdown().await;
-                return "connection closed".into();
-            }
+            Some(true) => return "connection closed".into(),
             Some(false) => {
                 inner.out_wake.notified().await;
                 continue;
             }
             None => {}
         }
-        if let Err(e) = wr.write_all(&chunk).await {
-            return format!("I/O error: {e}");
+        let mut at = 0;
+        while at < chunk.len() {
+            match stream.try_write(&chunk[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = stream.writable().await {
+                        return format!("I/O error: {e}");
+                    }
+                }
+                Err(e) => return format!("I/O error: {e}"),
+            }
         }
+        lock(&inner.out).writing = false;
         inner.wrote.store(true, Ordering::Relaxed);
         chunk.clear();
         if chunk.capacity() > KEEP_WRITE_BUFFER {
@@ -1199,9 +1261,7 @@ impl PublishBatch<'_> {
 
 impl Drop for PublishBatch<'_> {
     fn drop(&mut self) {
-        // The writer runs on the same runtime thread as the publisher, so
-        // waking it while the lock is still held costs nothing.
-        if self.was_empty && !self.out.buf.is_empty() {
+        if self.was_empty && self.out.kick(&self.conn.wrote) {
             self.conn.out_wake.notify_one();
         }
     }
