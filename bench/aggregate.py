@@ -8,7 +8,7 @@
 
 Medians over runs, with min and max next to them. Throughput is compared as the ratio
 ours / rabbitmq-c of the medians; the spread of that ratio is the min..max over the
-per-run pairs (run k of ours against run k of rabbitmq-c, which ran right after it).
+per-run pairs (run k of ours against run k of rabbitmq-c, which ran right before or after it).
 """
 import argparse
 import datetime
@@ -354,8 +354,9 @@ def markdown(res):
         w("")
         w("**Note:** " + meta["note"])
     w("")
-    w("Each cell is the median of %s run(s) with [min – max]. Runs alternate: ours, rabbitmq-c, ours, "
-      "rabbitmq-c, ..., each on a fresh queue of the same private RabbitMQ node. Nothing here is "
+    w("Each cell is the median of %s run(s) with [min – max]. Runs alternate in ABBA order: ours, "
+      "rabbitmq-c, rabbitmq-c, ours, ours, ..., each on a fresh queue of the same private RabbitMQ "
+      "node. Nothing here is "
       "asserted; the script fails only when a run did not confirm/consume all its messages or the "
       "broker's count did not match." % runs)
     w("")

@@ -199,15 +199,22 @@ verify() {
 
 settle() { if [[ $SETTLE != 0 ]]; then sleep "$SETTLE"; fi; }
 
+# Odd runs: ours first; even runs: rabbitmq-c first. Whoever runs first after a case starts
+# pays the broker's warm-up (e.g. growing its heap for 800 MB of 4 KiB bodies), so the order
+# alternates too (ABBA), not just the clients.
+order() {
+    if (($1 % 2 == 1)); then echo "ours rabbitmq-c"; else echo "rabbitmq-c ours"; fi
+}
+
 qname() { echo "bench.$1.$2.r$3"; } # qname TEST CLIENT RUN
 
 # publish_case TEST N SIZE DURABLE
 publish_case() {
     local test=$1 n=$2 size=$3 durable=$4 r client q
     wanted "$test" || return 0
-    say "$test: confirmed publish, $n x $size B, durable=$durable ($RUNS runs each, alternating)"
+    say "$test: confirmed publish, $n x $size B, durable=$durable ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
-        for client in ours rabbitmq-c; do
+        for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
@@ -220,9 +227,9 @@ publish_case() {
 consume_case() {
     local test=consume_64 n=$N r client q fill
     wanted "$test" || return 0
-    say "$test: consume + ack, $n x 64 B pre-filled, prefetch 500 ($RUNS runs each, alternating)"
+    say "$test: consume + ack, $n x 64 B pre-filled, prefetch 500 ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
-        for client in ours rabbitmq-c; do
+        for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             # pre-fill (untimed): rabbitmq-c, every message confirmed or the fill fails
@@ -244,9 +251,9 @@ consume_case() {
 latency_case() {
     local test=$1 threads=$2 n=$N r client q
     wanted "$test" || return 0
-    say "$test: publish call latency, $n calls from $threads thread(s) ($RUNS runs each, alternating)"
+    say "$test: publish call latency, $n calls from $threads thread(s) ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
-        for client in ours rabbitmq-c; do
+        for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
@@ -265,9 +272,9 @@ latency_case() {
 e2e_case() {
     local test=e2e_10k r client q
     wanted "$test" || return 0
-    say "$test: end-to-end latency at 10,000 msg/s for $E2E_SECONDS s ($RUNS runs each, alternating)"
+    say "$test: end-to-end latency at 10,000 msg/s for $E2E_SECONDS s ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
-        for client in ours rabbitmq-c; do
+        for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
