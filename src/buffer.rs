@@ -5,10 +5,11 @@
 use crate::error::{Error, ErrorKind, Result};
 use crossbeam_queue::SegQueue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use tokio::sync::Notify;
 
-pub type Body = Arc<[u8]>;
+/// One message body, owned by the buffer, then the publish window, until
+/// the broker confirms it (a Box: 16 bytes less per message than an Arc).
+pub type Body = Box<[u8]>;
 
 pub struct PublishBuffer {
     queue: SegQueue<Body>,
@@ -60,7 +61,7 @@ impl PublishBuffer {
                 ),
             ));
         }
-        self.queue.push(Arc::from(body));
+        self.queue.push(Box::from(body));
         if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
         }
@@ -107,6 +108,7 @@ impl PublishBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn bounded_by_count() {
