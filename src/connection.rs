@@ -407,6 +407,10 @@ async fn session(
 ) {
     let mut link = conn_shared.link.subscribe();
     let mut refusals: u32 = 0;
+    // Channels lost within a second of opening, in a row: back off, so a
+    // queue that keeps failing (deleted again and again, a channel error on
+    // every publish) does not spin.
+    let mut quick_losses: u32 = 0;
     loop {
         if !link.borrow().is(generation) {
             break;
@@ -437,6 +441,7 @@ async fn session(
             },
         };
         refusals = 0;
+        let opened_at = std::time::Instant::now();
         consumer::attach(&q, generation, ch.clone()).await;
         let end = q.run_publisher(&ch, &mut link, generation).await;
         consumer::detach(&q, generation).await;
@@ -449,6 +454,30 @@ async fn session(
                 warn!("queue '{}': channel lost ({e}); reopening", q.name);
                 ch.close().await;
             }
+            PublisherEnd::TopologyLost(e) => {
+                if !conn.is_connected() {
+                    break;
+                }
+                warn!(
+                    "queue '{}': {e}; reopening its channel to declare it again",
+                    q.name
+                );
+                ch.close().await;
+            }
+        }
+        if opened_at.elapsed() < Duration::from_secs(1) {
+            let delay = backoff::delay(
+                conn_shared.options.reconnect_delay,
+                conn_shared.options.reconnect_delay_max,
+                quick_losses,
+            );
+            quick_losses = quick_losses.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = link.wait_for(|l| !l.is(generation)) => break,
+            }
+        } else {
+            quick_losses = 0;
         }
     }
 }

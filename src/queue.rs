@@ -289,16 +289,30 @@ impl Queue {
                 }
                 continue;
             }
+            let mut lost = None;
             for c in confirms.drain(..) {
-                if c.tag < base_tag {
+                let (tag, multiple, nack) = match c {
+                    Confirm::Settled {
+                        tag,
+                        multiple,
+                        nack,
+                    } => (tag, multiple, nack),
+                    Confirm::TopologyLost(why) => {
+                        // Nothing after this may be applied: the returned
+                        // message's own ack follows its return.
+                        lost = Some(why);
+                        break;
+                    }
+                };
+                if tag < base_tag {
                     continue;
                 }
-                let idx = (c.tag - base_tag) as usize;
-                let mark = if c.nack { Slot::Nacked } else { Slot::Acked };
-                let from = if c.multiple { 0 } else { idx };
+                let idx = (tag - base_tag) as usize;
+                let mark = if nack { Slot::Nacked } else { Slot::Acked };
+                let from = if multiple { 0 } else { idx };
                 for (_, slot) in window.range_mut(from..=idx.min(window.len().saturating_sub(1))) {
                     if *slot == Slot::Pending {
-                        if c.nack {
+                        if nack {
                             self.stats.nacked.fetch_add(1, Ordering::Relaxed);
                         }
                         *slot = mark;
@@ -331,6 +345,9 @@ impl Queue {
             self.stats
                 .in_flight
                 .store(window.len() as u64, Ordering::Relaxed);
+            if let Some(why) = lost {
+                break PublisherEnd::TopologyLost(why);
+            }
         };
         // Confirmed ones behind an unconfirmed one are done; the rest go back
         // in order, ahead of what was never sent.
@@ -371,6 +388,8 @@ enum Slot {
 pub enum PublisherEnd {
     /// The connection generation ended (lost, or closing).
     LinkDown,
+    /// The queue disappeared (deleted by someone): reopen and declare again.
+    TopologyLost(String),
     /// A publish or confirm failed: the channel (or the link) broke.
     ChannelLost(String),
 }

@@ -644,3 +644,31 @@ fn close_timeout_bounds_the_wait_for_a_running_callback() {
     wait_for("the callback ended", T, || rec.finished() >= 1);
     wait_queue_messages(&name, 1, T);
 }
+
+#[test]
+fn consumers_come_back_after_their_queue_is_deleted() {
+    // The broker cancels the consumers of a deleted queue; the library
+    // declares the queue again and restarts them.
+    let c = connect_ok(None);
+    let name = unique_name("cancelled");
+    let q = open_simple(c, &name);
+    let rec = Recorder::acking(Duration::ZERO);
+    consume(q, &rec, 2);
+    for i in 0..10 {
+        publish_ok(q, &seq_body(i));
+    }
+    wait_for("10 callbacks", T, || rec.finished() >= 10);
+    Reader::new().delete(&name);
+    wait_for("the queue declared again", T, || {
+        queue_counts(&name).is_some()
+    });
+    for i in 10..20 {
+        publish_ok(q, &seq_body(i));
+    }
+    wait_for("20 callbacks", T, || rec.finished() >= 20);
+    let bodies = rec.bodies();
+    let (missing, _, foreign) = check_seqs(bodies.iter().map(|b| b.as_slice()), 20);
+    assert!(missing.is_empty() && foreign == 0, "missing {missing:?}");
+    rec.assert_no_panic();
+    close_ok(c);
+}

@@ -450,3 +450,42 @@ fn publish_during_close_is_refused() {
         missing.len()
     );
 }
+
+#[test]
+fn a_queue_deleted_by_someone_else_is_declared_again_and_nothing_is_lost() {
+    // Publishes are mandatory: a message that reaches no queue comes back
+    // (basic.return) instead of being confirmed and dropped; the library
+    // reopens the channel, declares the queue again and resends.
+    let c = connect_ok(None);
+    let name = unique_name("deleted");
+    let q = open_simple(c, &name);
+    for i in 0..100 {
+        publish_ok(q, &seq_body(i));
+    }
+    wait_drained(q, T);
+    let reader = Reader::new();
+    reader.delete(&name);
+    assert!(
+        queue_counts(&name).is_none(),
+        "the queue is gone before we publish again"
+    );
+    for i in 100..300 {
+        publish_ok(q, &seq_body(i));
+    }
+    wait_drained(q, T);
+    let got = reader.drain(&name);
+    let bodies: Vec<&[u8]> = got.iter().map(|g| g.body.as_slice()).collect();
+    let (missing, _dups, _foreign) = check_seqs(bodies.iter().copied(), 300);
+    let missing_after: Vec<u64> = missing.into_iter().filter(|&s| s >= 100).collect();
+    assert!(
+        missing_after.is_empty(),
+        "published after the delete but lost: {missing_after:?}"
+    );
+    let s = qstats(q);
+    assert!(
+        s.resent > 0,
+        "returned messages were sent again: {}",
+        fmt_qstats(&s)
+    );
+    close_ok(c);
+}

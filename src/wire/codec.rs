@@ -171,7 +171,9 @@ fn short_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// basic.publish + content header + body frames (split at `frame_max`).
-/// `persistent` sets delivery-mode 2, the only property we send.
+/// `persistent` sets delivery-mode 2, the only property we send. Always
+/// mandatory: a message that reaches no queue comes back as basic.return
+/// (before its confirm) instead of being dropped silently.
 pub fn encode_publish(
     out: &mut Vec<u8>,
     channel: u16,
@@ -187,7 +189,7 @@ pub fn encode_publish(
     out.extend_from_slice(&[0, 0]); // reserved (ticket)
     short_str(out, exchange);
     short_str(out, routing_key);
-    out.push(0); // mandatory, immediate: off
+    out.push(1); // mandatory on, immediate off
     frame_end(out, at);
 
     let at = frame_start(out, FRAME_HEADER, channel);
@@ -284,7 +286,7 @@ mod tests {
                     AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
                         exchange: "ex".into(),
                         routing_key: "rk".into(),
-                        mandatory: false,
+                        mandatory: true,
                         immediate: false,
                     }))
                 )

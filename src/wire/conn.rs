@@ -71,12 +71,20 @@ impl Delivery {
     }
 }
 
-/// A publisher confirm (or nack) from the broker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Confirm {
-    pub tag: u64,
-    pub multiple: bool,
-    pub nack: bool,
+/// What the broker said about the channel's publishes, in arrival order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// basic.ack / basic.nack.
+    Settled {
+        tag: u64,
+        multiple: bool,
+        nack: bool,
+    },
+    /// The queue is gone: a publish came back unroutable (basic.return,
+    /// always before that message's ack) or the broker cancelled a
+    /// consumer. The channel must be reopened so the topology is declared
+    /// again; nothing unconfirmed may be taken as delivered.
+    TopologyLost(String),
 }
 
 struct Out {
@@ -353,7 +361,7 @@ impl ChanInner {
         match codec::method_ids(payload) {
             Some((codec::CLASS_BASIC, codec::METHOD_BASIC_ACK)) => {
                 let (tag, multiple) = codec::parse_confirm(payload).ok_or("bad basic.ack")?;
-                self.push_confirm(Confirm {
+                self.push_confirm(Confirm::Settled {
                     tag,
                     multiple,
                     nack: false,
@@ -362,7 +370,7 @@ impl ChanInner {
             }
             Some((codec::CLASS_BASIC, codec::METHOD_BASIC_NACK)) => {
                 let (tag, multiple) = codec::parse_confirm(payload).ok_or("bad basic.nack")?;
-                self.push_confirm(Confirm {
+                self.push_confirm(Confirm::Settled {
                     tag,
                     multiple,
                     nack: true,
@@ -434,9 +442,20 @@ impl ChanInner {
                     .consumers
                     .remove(c.consumer_tag.as_str().as_bytes());
                 drop(sink);
+                // Reopen the channel: the queue is declared again and the
+                // consumers restart.
+                self.push_confirm(Confirm::TopologyLost(format!(
+                    "the broker cancelled consumer {} (its queue was deleted?)",
+                    c.consumer_tag.as_str()
+                )));
             }
-            Some(AMQPClass::Basic(B::Return(_))) => {
-                // We never publish mandatory; drain its content anyway.
+            Some(AMQPClass::Basic(B::Return(r))) => {
+                // In order with the confirms: before this message's ack.
+                self.push_confirm(Confirm::TopologyLost(format!(
+                    "the broker returned a message: {} (its queue was deleted?)",
+                    describe_close(r.reply_code, r.reply_text.as_str())
+                )));
+                // Its content follows; read and drop it.
                 self.state().incoming = Some(Incoming {
                     consumer_tag_len: 0,
                     data: Vec::new(),
