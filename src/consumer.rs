@@ -66,7 +66,8 @@ enum Settle {
     Release,
 }
 
-/// Acks held back at most this many ...
+/// Acks held back at most this many (and at most half the prefetch, so the
+/// broker never runs out of credit waiting for them) ...
 const SETTLE_BATCH: usize = 64;
 /// ... or this long, so one frame acks many deliveries.
 const SETTLE_DELAY: Duration = Duration::from_millis(2);
@@ -81,6 +82,8 @@ const SETTLE_DELAY: Duration = Duration::from_millis(2);
 /// slow callback never holds back the others' acks and prefetch.
 pub(crate) struct Settler {
     channel: WireChannel,
+    /// Decisions held back at most: min(SETTLE_BATCH, prefetch / 2).
+    batch: usize,
     state: Mutex<SettleState>,
     wake: tokio::sync::Notify,
 }
@@ -108,8 +111,13 @@ enum Slot {
 
 impl Settler {
     fn new(channel: WireChannel, q: &Arc<Queue>) -> Arc<Settler> {
+        let batch = match q.options.prefetch {
+            0 => SETTLE_BATCH,
+            p => (usize::from(p) / 2).clamp(1, SETTLE_BATCH),
+        };
         let settler = Arc::new(Settler {
             channel,
+            batch,
             state: Mutex::new(SettleState::default()),
             wake: tokio::sync::Notify::new(),
         });
@@ -156,7 +164,7 @@ impl Settler {
         st.slots[idx] = Slot::Decided(how);
         let was_empty = st.decided == 0;
         st.decided += 1;
-        if now || how == Settle::Release || st.decided >= SETTLE_BATCH {
+        if now || how == Settle::Release || st.decided >= self.batch {
             self.flush_locked(&mut st, q);
         } else if was_empty {
             self.wake.notify_one();
@@ -368,10 +376,8 @@ pub fn add(q: &Arc<Queue>, cb: Callback, repeat: u32) -> crate::Result<()> {
             .spawn(move || {
                 let mut batch = std::collections::VecDeque::new();
                 while work2.take(&mut batch) {
-                    // Acks may wait for a batch only while more deliveries
-                    // of this burst follow.
                     while let Some(job) = batch.pop_front() {
-                        handle_job(&q2, &cb2, job, batch.is_empty());
+                        handle_job(&q2, &cb2, job);
                     }
                 }
             })
@@ -395,7 +401,7 @@ pub fn add(q: &Arc<Queue>, cb: Callback, repeat: u32) -> crate::Result<()> {
     Ok(())
 }
 
-fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job, idle_after: bool) {
+fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
     let cs = &q.consumers;
     cs.queued.fetch_sub(1, Ordering::SeqCst);
     cs.running.fetch_add(1, Ordering::SeqCst);
@@ -427,7 +433,10 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job, idle_after: bool) {
         Disposition::Reject => Settle::Reject,
         Disposition::Requeue => Settle::Requeue,
     };
-    job.settler.decide(q, d.delivery_tag, how, idle_after);
+    // Held for a batch (or SETTLE_DELAY): acking each burst as it ends kept
+    // the broker in lockstep with us, in bursts of a few deliveries, each
+    // costing both threads a wake-up.
+    job.settler.decide(q, d.delivery_tag, how, false);
     cs.running.fetch_sub(1, Ordering::SeqCst);
     if cs.paused.load(Ordering::SeqCst) {
         cs.notify();
