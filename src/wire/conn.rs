@@ -4,10 +4,11 @@
 //! frame from a large read buffer and dispatches it (confirms to the
 //! channel's publisher, deliveries straight to the consumer's sink, replies
 //! to the waiting call); the writer sends whatever frames were appended to
-//! the shared output buffer since its last write, in one `write`; the
+//! the shared output buffer while it was busy, in one `write`; the
 //! heartbeat loop fills idle periods. Any thread may append frames (acks
-//! come from consumer threads); the writer is woken only when the buffer
-//! goes from empty to non-empty, so a burst of publishes is one syscall.
+//! come from consumer threads); the thread that appends to an empty buffer
+//! while the writer is idle writes it to the socket itself (`Out::kick`), so
+//! neither a batch of publishes nor a batch of acks needs a task hand-off.
 
 use super::codec::{self, RawFrame};
 use crate::error::Failure;
