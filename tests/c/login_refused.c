@@ -57,7 +57,17 @@ int main(void) {
   if (!CHECK_RC("connect_bad_password", amqp_connect(bad_uri, "reconnect_delay_ms=50&reconnect_delay_max_ms=200", &conn), AMQP_OK))
     return ra_finish();
   CHECK_RC("queue_open_before_failure", amqp_queue_open(conn, "ra-login-refused", NULL, NULL, "durable=false", &q), AMQP_OK);
-  CHECK_RC("publish_before_failure", amqp_publish(q, "abc", 3), AMQP_OK);
+  /* The refusal takes a millisecond or two; a slow process (sanitizers) may publish after it.
+     Both outcomes are defined: buffered before the failure (then close reports it unsent), or
+     refused with AMQP_ERR_CLOSED after it. The deterministic unsent-after-failure case is
+     max_reconnects_gives_up_and_reports_unsent in tests/broker_errors.rs. */
+  amqp_result early = amqp_publish(q, "abc", 3);
+  CHECK("publish_before_failure", early == AMQP_OK || early == AMQP_ERR_CLOSED, "got %s",
+        amqp_result_str(early));
+  ra_info("the early publish %s", early == AMQP_OK ? "was buffered before the refusal"
+                                                     : "came after the refusal (AMQP_ERR_CLOSED)");
+  uint64_t want_unsent = early == AMQP_OK ? 1 : 0;
+  amqp_result want_close = early == AMQP_OK ? AMQP_ERR_TIMEOUT : AMQP_OK;
 
   uint64_t t0 = ra_now_ms();
   amqp_result rc = amqp_wait_connected(conn, 12000);
@@ -85,8 +95,9 @@ int main(void) {
   {
     uint64_t unsent = 0;
     rc = amqp_close_graceful(conn, 500, &unsent);
-    CHECK("close_after_failure_reports_unsent", rc == AMQP_ERR_TIMEOUT && unsent == 1,
-          "rc=%s unsent=%" PRIu64 " (want AMQP_ERR_TIMEOUT, 1)", amqp_result_str(rc), unsent);
+    CHECK("close_after_failure_reports_unsent", rc == want_close && unsent == want_unsent,
+          "rc=%s unsent=%" PRIu64 " (want %s, %" PRIu64 ")", amqp_result_str(rc), unsent,
+          amqp_result_str(want_close), want_unsent);
   }
   {
     amqp_connection_handle c2 = 0;
