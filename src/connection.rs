@@ -176,7 +176,7 @@ impl Connection {
             if self.closing() {
                 break;
             }
-            let attempt = self.connect_once().await;
+            let attempt = WireConnection::connect(&self.address).await;
             let failure = match attempt {
                 Ok(conn) => {
                     failures = 0;
@@ -249,11 +249,6 @@ impl Connection {
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }
-    }
-
-    /// One connect attempt, bounded by the connect timeout.
-    async fn connect_once(&self) -> std::result::Result<WireConnection, Failure> {
-        WireConnection::connect(&self.address).await
     }
 
     fn install(self: &Arc<Self>, generation: u64, conn: WireConnection) {
@@ -445,26 +440,18 @@ async fn session(
         consumer::attach(&q, generation, ch.clone()).await;
         let end = q.run_publisher(&ch, &mut link, generation).await;
         consumer::detach(&q, generation).await;
-        match end {
+        let why = match end {
             PublisherEnd::LinkDown => break,
-            PublisherEnd::ChannelLost(e) => {
-                if !conn.is_connected() {
-                    break;
-                }
-                warn!("queue '{}': channel lost ({e}); reopening", q.name);
-                ch.close().await;
-            }
+            PublisherEnd::ChannelLost(e) => format!("channel lost ({e}); reopening"),
             PublisherEnd::TopologyLost(e) => {
-                if !conn.is_connected() {
-                    break;
-                }
-                warn!(
-                    "queue '{}': {e}; reopening its channel to declare it again",
-                    q.name
-                );
-                ch.close().await;
+                format!("{e}; reopening its channel to declare it again")
             }
+        };
+        if !conn.is_connected() {
+            break;
         }
+        warn!("queue '{}': {why}", q.name);
+        ch.close().await;
         if opened_at.elapsed() < Duration::from_secs(1) {
             let delay = backoff::delay(
                 conn_shared.options.reconnect_delay,

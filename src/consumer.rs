@@ -147,9 +147,9 @@ impl Settler {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a decision; sends now when `now`, for a release, or when a
-    /// batch is full, else within SETTLE_DELAY.
-    fn decide(&self, q: &Queue, tag: u64, how: Settle, now: bool) {
+    /// Records a decision; sends now for a release or when a batch is full,
+    /// else within SETTLE_DELAY.
+    fn decide(&self, q: &Queue, tag: u64, how: Settle) {
         let mut st = self.lock();
         if tag <= st.floor {
             return;
@@ -164,7 +164,7 @@ impl Settler {
         st.slots[idx] = Slot::Decided(how);
         let was_empty = st.decided == 0;
         st.decided += 1;
-        if now || how == Settle::Release || st.decided >= self.batch {
+        if how == Settle::Release || st.decided >= self.batch {
             self.flush_locked(&mut st, q);
         } else if was_empty {
             self.wake.notify_one();
@@ -412,7 +412,7 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
         cs.running.fetch_sub(1, Ordering::SeqCst);
         // Give it back now; on a dead channel this is a no-op and the broker
         // requeues it by itself.
-        job.settler.decide(q, d.delivery_tag, Settle::Release, true);
+        job.settler.decide(q, d.delivery_tag, Settle::Release);
         cs.notify();
         return;
     }
@@ -436,7 +436,7 @@ fn handle_job(q: &Arc<Queue>, cb: &Callback, job: Job) {
     // Held for a batch (or SETTLE_DELAY): acking each burst as it ends kept
     // the broker in lockstep with us, in bursts of a few deliveries, each
     // costing both threads a wake-up.
-    job.settler.decide(q, d.delivery_tag, how, false);
+    job.settler.decide(q, d.delivery_tag, how);
     cs.running.fetch_sub(1, Ordering::SeqCst);
     if cs.paused.load(Ordering::SeqCst) {
         cs.notify();
@@ -514,7 +514,7 @@ impl DeliverySink for Sink {
                 // The worker is gone (closing): give it back, and keep the
                 // channel's settled prefix moving.
                 let tag = job.delivery.delivery_tag;
-                self.settler.decide(&self.q, tag, Settle::Release, true);
+                self.settler.decide(&self.q, tag, Settle::Release);
             }
         }
     }

@@ -313,7 +313,12 @@ impl Queue {
                 let idx = (tag - base_tag) as usize;
                 let mark = if nack { Slot::Nacked } else { Slot::Acked };
                 let from = if multiple { 0 } else { idx };
-                for (_, slot) in window.range_mut(from..=idx.min(window.len().saturating_sub(1))) {
+                // A tag beyond the window (never sent) settles nothing.
+                let to = idx.min(window.len().saturating_sub(1));
+                if window.is_empty() || from > to {
+                    continue;
+                }
+                for (_, slot) in window.range_mut(from..=to) {
                     if *slot == Slot::Pending {
                         if nack {
                             self.stats.nacked.fetch_add(1, Ordering::Relaxed);

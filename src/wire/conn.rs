@@ -208,14 +208,18 @@ impl Inner {
         if o.closed || ch.is_some_and(|c| c.closed.load(Ordering::Relaxed)) {
             return false;
         }
+        self.append(&mut o, f);
+        true
+    }
+
+    /// Appends frames under the held output lock; writes them at once or
+    /// wakes the writer when they are the first in the buffer.
+    fn append(&self, o: &mut Out, f: impl FnOnce(&mut Vec<u8>)) {
         let was_empty = o.buf.is_empty();
         f(&mut o.buf);
-        let wake = was_empty && o.kick(&self.wrote);
-        drop(o);
-        if wake {
+        if was_empty && o.kick(&self.wrote) {
             self.out_wake.notify_one();
         }
-        true
     }
 
     fn is_dead(&self) -> bool {
@@ -408,15 +412,10 @@ impl ChanInner {
                     // close-ok, and closed for everything else, atomically.
                     let mut o = lock(&conn.out);
                     if !o.closed {
-                        let was_empty = o.buf.is_empty();
-                        codec::encode_method(
-                            &mut o.buf,
-                            self.id,
-                            AMQPClass::Channel(C::CloseOk(channel::CloseOk {})),
-                        );
-                        if was_empty && o.kick(&conn.wrote) {
-                            conn.out_wake.notify_one();
-                        }
+                        conn.append(&mut o, |b| {
+                            let ok = AMQPClass::Channel(C::CloseOk(channel::CloseOk {}));
+                            codec::encode_method(b, self.id, ok)
+                        });
                     }
                     self.closed.store(true, Ordering::Relaxed);
                 }
