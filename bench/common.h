@@ -209,4 +209,28 @@ static void fill_body(uint8_t *b, size_t size, uint64_t seq, uint64_t t) {
   if (size >= 16) memcpy(b + 8, &t, 8);
 }
 
+/* ---- the run's first failure: into the JSON line ("ok", "error") and onto stderr ---------- */
+/* Each driver defines BENCH_PROG (its stderr prefix) before including this file. */
+
+static char g_err[1024];
+
+static void set_errf(const char *fmt, ...) {
+  if (g_err[0] != '\0') return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(g_err, sizeof g_err, fmt, ap);
+  va_end(ap);
+}
+
+/* the final fields of every line; returns the exit status */
+static int finish(void) {
+  json_b("ok", g_err[0] == '\0');
+  if (g_err[0] != '\0') {
+    json_s("error", g_err);
+    fprintf(stderr, BENCH_PROG ": %s\n", g_err);
+  }
+  json_end();
+  return g_err[0] == '\0' ? 0 : 1;
+}
+
 #endif

@@ -28,11 +28,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#define BENCH_PROG "ours"
 #include "common.h"
 #include "resilient_amqp.h"
 
 static const char *CLIENT = "ours";
-static char g_err[1024];
 
 /* records the first failure (with amqp_last_error) */
 static void set_err(const char *what, amqp_result rc) {
@@ -40,25 +40,6 @@ static void set_err(const char *what, amqp_result rc) {
   char msg[512] = "";
   amqp_last_error(msg, sizeof msg);
   snprintf(g_err, sizeof g_err, "%s: %s%s%s", what, amqp_result_str(rc), msg[0] ? ": " : "", msg);
-}
-
-static void set_errf(const char *fmt, ...) {
-  if (g_err[0] != '\0') return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(g_err, sizeof g_err, fmt, ap);
-  va_end(ap);
-}
-
-/* the final fields of every line; returns the exit status */
-static int finish(void) {
-  json_b("ok", g_err[0] == '\0');
-  if (g_err[0] != '\0') {
-    json_s("error", g_err);
-    fprintf(stderr, "ours: %s\n", g_err);
-  }
-  json_end();
-  return g_err[0] == '\0' ? 0 : 1;
 }
 
 static const char *queue_options(int durable, long long prefetch, char *buf, size_t cap) {

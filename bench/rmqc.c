@@ -27,28 +27,10 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#define BENCH_PROG "rmqc"
 #include "common.h"
 
 static const char *CLIENT = "rabbitmq-c";
-static char g_err[1024];
-
-static void set_errf(const char *fmt, ...) {
-  if (g_err[0] != '\0') return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(g_err, sizeof g_err, fmt, ap);
-  va_end(ap);
-}
-
-static int finish(void) {
-  json_b("ok", g_err[0] == '\0');
-  if (g_err[0] != '\0') {
-    json_s("error", g_err);
-    fprintf(stderr, "rmqc: %s\n", g_err);
-  }
-  json_end();
-  return g_err[0] == '\0' ? 0 : 1;
-}
 
 /* 0 when the last RPC went well, else records why */
 static int rpc_ok(amqp_connection_state_t c, const char *what) {

@@ -45,10 +45,7 @@ SCRIPT=bench.sh
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
-    # shellcheck source=/dev/null
-    . "$HOME/.cargo/env"
-fi
+use_cargo_env
 
 QUICK=0
 RUNS=${RA_BENCH_RUNS:-3}

@@ -31,14 +31,9 @@ SCRIPT=faults.sh
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
-    # shellcheck source=/dev/null
-    . "$HOME/.cargo/env"
-fi
+use_cargo_env
 
-export RA_BROKER_PORT=${RA_BROKER_PORT:-31730}
-export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
-export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
+export_test_broker 31730
 export FAULT_SUITE=${FAULT_SUITE:-full}
 TIMEOUT=${RA_FAULTS_TIMEOUT:-1200}
 unset RA_BROKER_KEEP_DATA # a fresh node; the SIGKILL scenario restarts it with its data itself

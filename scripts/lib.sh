@@ -40,3 +40,19 @@ install_traps() {
     trap 'on_signal 143' TERM
     trap 'on_signal 129' HUP
 }
+
+# Puts cargo on PATH from rustup's env file when a fresh shell does not have it yet.
+use_cargo_env() {
+    if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
+        # shellcheck source=/dev/null
+        . "$HOME/.cargo/env"
+    fi
+}
+
+# export_test_broker DEFAULT_PORT: the private node's port (RA_BROKER_PORT wins) and how the
+# tests reach and drive it.
+export_test_broker() {
+    export RA_BROKER_PORT=${RA_BROKER_PORT:-$1}
+    export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
+    export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
+}

@@ -57,10 +57,7 @@ case $MODE in
         ;;
 esac
 
-if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
-    # shellcheck source=/dev/null
-    . "$HOME/.cargo/env"
-fi
+use_cargo_env
 command -v cargo >/dev/null || {
     echo "memcheck.sh: cargo not found (install Rust)" >&2
     exit 1
@@ -133,9 +130,7 @@ elif [[ -n ${RESILIENT_AMQP_TEST_URI:-} || -n ${RESILIENT_AMQP_TEST_CTL:-} ]]; t
     echo "memcheck.sh: set both RESILIENT_AMQP_TEST_URI and RESILIENT_AMQP_TEST_CTL, or neither (then a private broker is started)" >&2
     exit 2
 else
-    export RA_BROKER_PORT=${RA_BROKER_PORT:-31760}
-    export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
-    export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
+    export_test_broker 31760
     say "starting a private RabbitMQ node on 127.0.0.1:$RA_BROKER_PORT"
     OWN_BROKER=1
     bash scripts/broker.sh start >/dev/null

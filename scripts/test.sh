@@ -34,14 +34,9 @@ SCRIPT=test.sh
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-if ! command -v cargo >/dev/null && [[ -f $HOME/.cargo/env ]]; then
-    # shellcheck source=/dev/null
-    . "$HOME/.cargo/env"
-fi
+use_cargo_env
 
-export RA_BROKER_PORT=${RA_BROKER_PORT:-31720}
-export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
-export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
+export_test_broker 31720
 TEST_TIMEOUT=${RA_TEST_TIMEOUT:-1200}
 SKIP_LIST=${RA_TEST_SKIP:-}
 SKIP=" ${SKIP_LIST//,/ } "
