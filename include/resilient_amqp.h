@@ -387,6 +387,25 @@ enum amqp_result amqp_set_log_callback(amqp_log_fn cb, amqp_log_level level, voi
 enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t len);
 
 /*
+ `amqp_publish` for producers that would rather wait than handle
+ AMQP_ERR_BUFFER_FULL: when the queue's buffer is at `max_buffered` or
+ `max_buffered_bytes`, the calling thread sleeps (no polling) until
+ confirms free a sixteenth of the bound, for at most `timeout_ms`.
+ Returns AMQP_OK once stored; AMQP_ERR_BUFFER_FULL when it is still full
+ after `timeout_ms` (at once when `timeout_ms` is 0, or when the body is
+ larger than `max_buffered_bytes`), with nothing stored; AMQP_ERR_CLOSED
+ as soon as the connection starts closing or fails for good, also while
+ waiting. Other errors as `amqp_publish`.
+ While the broker is away nothing is confirmed, so a full buffer stays
+ full: it then waits the whole `timeout_ms`. From a consume callback it
+ holds that consumer for as long as it waits.
+ */
+enum amqp_result amqp_publish_wait(amqp_queue_handle queue,
+                                   const void *body,
+                                   size_t len,
+                                   uint32_t timeout_ms);
+
+/*
  Opens `queue` on its own channel. `exchange` NULL or "" is the default
  exchange (no bind); otherwise the exchange is declared (`exchange_type`,
  default direct) and the queue bound with `routing_key` (NULL = "").

@@ -4,8 +4,15 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crossbeam_queue::SegQueue;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// A waiter tries again at least this often: the low-water check in
+/// `release_many` reads counts that may include other producers' failed,
+/// not yet undone reservations, and could skip the last wake-up.
+const ROOM_RECHECK: Duration = Duration::from_millis(10);
 
 /// One message body, owned by the buffer, then the publish window, until
 /// the broker confirms it (a Box: 16 bytes less per message than an Arc).
@@ -21,6 +28,11 @@ pub struct PublishBuffer {
     /// wakes it. Pushes while the publisher is busy touch no shared waker.
     idle: AtomicBool,
     pub(crate) wake: Notify,
+    /// Producers blocked in `wait_for_room`. Releases look at this counter
+    /// only, so a buffer nobody waits on never touches the lock below.
+    room_waiters: AtomicUsize,
+    room_lock: Mutex<()>,
+    room: Condvar,
 }
 
 impl PublishBuffer {
@@ -33,7 +45,15 @@ impl PublishBuffer {
             max_bytes,
             idle: AtomicBool::new(false),
             wake: Notify::new(),
+            room_waiters: AtomicUsize::new(0),
+            room_lock: Mutex::new(()),
+            room: Condvar::new(),
         }
+    }
+
+    /// The largest body that can ever be stored.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Copies `body` in. Nothing is stored when a bound would be exceeded.
@@ -86,14 +106,68 @@ impl PublishBuffer {
 
     /// A confirmed message leaves memory.
     pub fn release(&self, len: usize) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(len as u64, Ordering::AcqRel);
+        self.release_many(1, len as u64);
     }
 
     /// `count` confirmed messages of `bytes` in all leave memory.
     pub fn release_many(&self, count: u64, bytes: u64) {
-        self.count.fetch_sub(count, Ordering::AcqRel);
-        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let count_before = self.count.fetch_sub(count, Ordering::AcqRel);
+        let bytes_before = self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        // Pairs with the waiter's increment before its attempt: either that
+        // attempt sees this release, or this load sees the waiter.
+        fence(Ordering::SeqCst);
+        if self.room_waiters.load(Ordering::Relaxed) > 0 {
+            // Wake waiters once a sixteenth of a bound is free, not on every
+            // confirm batch (a waiter that needs more goes back to sleep;
+            // releases go on until the buffer is empty, so it is not stranded).
+            let low_count = self.max_count - self.max_count / 16;
+            let low_bytes = self.max_bytes - self.max_bytes / 16;
+            if count_before - count <= low_count && bytes_before - bytes <= low_bytes {
+                self.wake_room_waiters();
+            }
+        }
+    }
+
+    /// Wakes every producer in `wait_for_room` (room was made, or the queue
+    /// closed: each one tries again and sees which).
+    pub fn wake_room_waiters(&self) {
+        let _held = self.room_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.room.notify_all();
+    }
+
+    /// Calls `attempt` until it returns `Some` (stored, or failed for a
+    /// reason other than a full buffer), sleeping between tries until a
+    /// release makes room or `deadline` passes (`None`: no deadline).
+    /// `attempt` runs under the room lock, so a release or a close between a
+    /// failed attempt and the sleep still wakes it.
+    pub fn wait_for_room<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.room_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = loop {
+            if let Some(t) = attempt() {
+                break Some(t);
+            }
+            let mut nap = ROOM_RECHECK;
+            if let Some(d) = deadline {
+                let now = Instant::now();
+                if now >= d {
+                    break None;
+                }
+                nap = nap.min(d - now);
+            }
+            held = self
+                .room
+                .wait_timeout(held, nap)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        };
+        drop(held);
+        self.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        outcome
     }
 
     /// Messages held (waiting + in flight).
@@ -148,6 +222,82 @@ mod tests {
         assert_eq!(&*b.pop().unwrap(), b"");
         assert_eq!(&*b.pop().unwrap(), b"ab");
         assert!(b.pop().is_none());
+    }
+
+    #[test]
+    fn a_waiter_stores_only_once_room_is_made() {
+        let b = Arc::new(PublishBuffer::new(32, u64::MAX));
+        for _ in 0..32 {
+            b.push(b"m").unwrap();
+        }
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let r = b.wait_for_room(None, || b.push(b"w").ok());
+                (r, t0.elapsed())
+            })
+        };
+        // Two confirms leave 30 of 32, the low-water mark: a wake-up.
+        std::thread::sleep(Duration::from_millis(50));
+        b.pop().unwrap();
+        b.pop().unwrap();
+        b.release_many(2, 2);
+        let (r, waited) = waiter.join().unwrap();
+        assert_eq!(r, Some(()));
+        assert!(
+            waited >= Duration::from_millis(50),
+            "stored before any room was made"
+        );
+        assert_eq!(b.count(), 31);
+    }
+
+    #[test]
+    fn a_waiter_gives_up_at_its_deadline_with_nothing_stored() {
+        let b = PublishBuffer::new(1, 100);
+        b.push(b"m").unwrap();
+        let t0 = Instant::now();
+        let deadline = Some(t0 + Duration::from_millis(30));
+        assert_eq!(b.wait_for_room(deadline, || b.push(b"w").ok()), None);
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        assert_eq!((b.count(), b.bytes()), (1, 1));
+    }
+
+    #[test]
+    fn many_waiting_producers_store_everything_exactly_once() {
+        // 4 producers x 2,000 messages through a buffer of 8, drained by a
+        // consumer that releases one at a time: every message arrives once.
+        let b = Arc::new(PublishBuffer::new(8, u64::MAX));
+        let producers: Vec<_> = (0..4u8)
+            .map(|p| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u16 {
+                        let [hi, lo] = i.to_be_bytes();
+                        let msg = [p, hi, lo];
+                        b.wait_for_room(None, || b.push(&msg).ok()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u16; 4];
+        let mut got = 0;
+        while got < 8000 {
+            match b.pop() {
+                Some(m) => {
+                    let (p, i) = (m[0] as usize, u16::from_be_bytes([m[1], m[2]]));
+                    assert_eq!(i, next[p], "producer {p} out of order");
+                    next[p] += 1;
+                    got += 1;
+                    b.release(m.len());
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        assert_eq!((b.count(), b.bytes()), (0, 0));
     }
 
     #[test]

@@ -49,6 +49,12 @@ pub enum QueueType {
 pub struct QueueOptions {
     pub durable: bool,
     pub persistent: bool,
+    /// Publish with the mandatory flag, so a message that reaches no queue
+    /// (the queue was deleted by someone) comes back and the queue is
+    /// declared again, instead of the broker confirming and dropping it.
+    /// RabbitMQ 3.x then sends one more internal message per publish (queue
+    /// to channel): about 10-15% of its CPU for durable messages.
+    pub mandatory: bool,
     pub exchange_type: String,
     pub queue_type: QueueType,
     pub prefetch: u16,
@@ -62,6 +68,7 @@ impl QueueOptions {
         QueueOptions {
             durable: true,
             persistent: true,
+            mandatory: true,
             exchange_type: "direct".into(),
             queue_type: QueueType::Classic,
             prefetch: 100,
@@ -142,7 +149,7 @@ pub fn parse_connection_options(s: Option<&str>) -> Result<ConnectionOptions> {
 
 const CONNECTION_KEYS: &str = "reconnect_delay_ms, reconnect_delay_max_ms, max_reconnects, \
      max_buffered, max_buffered_bytes, max_message_bytes";
-const QUEUE_KEYS: &str = "durable, persistent, exchange_type, queue_type, prefetch, \
+const QUEUE_KEYS: &str = "durable, persistent, mandatory, exchange_type, queue_type, prefetch, \
      max_buffered, max_buffered_bytes";
 
 fn unknown(k: &str, known: &str) -> Error {
@@ -155,6 +162,7 @@ pub fn parse_queue_options(s: Option<&str>, conn: &ConnectionOptions) -> Result<
         match k {
             "durable" => o.durable = parse_bool(k, v)?,
             "persistent" => o.persistent = parse_bool(k, v)?,
+            "mandatory" => o.mandatory = parse_bool(k, v)?,
             "exchange_type" => {
                 o.exchange_type = match v {
                     "direct" | "fanout" | "topic" | "headers" => v.to_string(),

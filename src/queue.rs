@@ -11,11 +11,12 @@ use crate::buffer::{Body, PublishBuffer};
 use crate::consumer::ConsumerSet;
 use crate::error::{Error, ErrorKind, Failure, Result};
 use crate::options::{QueueOptions, QueueType};
-use crate::wire::{Confirm, WireChannel, WireConnection};
+use crate::wire::{Confirm, PublishTarget, WireChannel, WireConnection};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Messages sent ahead of their confirms. Below RabbitMQ's credit-flow
@@ -135,9 +136,49 @@ impl Queue {
         Ok(())
     }
 
-    /// From now on `publish` returns `Closed`.
+    /// Like `publish`, but when the buffer is full it waits up to `timeout`
+    /// (`None`: no limit) for confirms to make room, instead of failing at
+    /// once. Still `BufferFull` after the timeout (nothing stored), `Closed`
+    /// as soon as the queue closes while waiting.
+    pub fn publish_wait(&self, body: &[u8], timeout: Option<Duration>) -> Result<()> {
+        let first = match self.publish(body) {
+            Err(e) if e.kind == ErrorKind::BufferFull => e,
+            done => return done,
+        };
+        if timeout == Some(Duration::ZERO) {
+            return Err(first);
+        }
+        if body.len() as u64 > self.buffer.max_bytes() {
+            return Err(Error::new(
+                ErrorKind::BufferFull,
+                format!(
+                    "a body of {} bytes never fits max_buffered_bytes {}",
+                    body.len(),
+                    self.buffer.max_bytes()
+                ),
+            ));
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let outcome = self
+            .buffer
+            .wait_for_room(deadline, || match self.publish(body) {
+                Err(e) if e.kind == ErrorKind::BufferFull => None,
+                done => Some(done),
+            });
+        outcome.unwrap_or_else(|| {
+            let ms = timeout.map_or(0, |t| t.as_millis());
+            Err(Error::new(
+                ErrorKind::BufferFull,
+                format!("publish buffer still full after {ms} ms"),
+            ))
+        })
+    }
+
+    /// From now on `publish` returns `Closed`; producers waiting for room
+    /// are woken to see it.
     pub fn close_for_publishing(&self) {
         self.closed.store(true, Ordering::Release);
+        self.buffer.wake_room_waiters();
     }
 
     pub fn unconfirmed(&self) -> u64 {
@@ -224,8 +265,12 @@ impl Queue {
         let mut base_tag: u64 = 1;
         let mut confirms: Vec<Confirm> = Vec::new();
         let mut retry = std::mem::take(&mut *self.retry.lock().unwrap_or_else(|p| p.into_inner()));
-        let exchange = self.exchange.as_bytes();
-        let routing_key = self.publish_routing_key.as_bytes();
+        let target = PublishTarget {
+            exchange: self.exchange.as_bytes(),
+            routing_key: self.publish_routing_key.as_bytes(),
+            persistent: self.options.persistent,
+            mandatory: self.options.mandatory,
+        };
         let mut window_bytes: u64 = 0;
         let (max_count, max_bytes) = window_limits();
         let end = loop {
@@ -234,7 +279,7 @@ impl Queue {
                 && (!retry.is_empty() || self.buffer.count() > window.len() as u64)
             {
                 let mut resent = 0u64;
-                let sent = match ch.start_publish(exchange, routing_key, self.options.persistent) {
+                let sent = match ch.start_publish(target) {
                     Ok(mut batch) => {
                         while window.len() < max_count && window_bytes < max_bytes {
                             let body = match retry.pop_front() {

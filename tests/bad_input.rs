@@ -677,6 +677,59 @@ fn bad_input_table() {
         || publish(failing_q, b"x"),
     );
 
+    // --- amqp_publish_wait (q is full at max_buffered 2, q2 at max_buffered_bytes 10) ----
+    let wait = |q: u64, body: &[u8], ms: u32| unsafe {
+        amqp_publish_wait(q, body.as_ptr() as *const c_void, body.len(), ms)
+    };
+    t.row(
+        "publish_wait(0)",
+        AMQP_ERR_INVALID_HANDLE,
+        "not a valid queue handle",
+        || wait(0, b"x", 10),
+    );
+    t.row(
+        "publish_wait(stale queue of a closed connection)",
+        AMQP_ERR_INVALID_HANDLE,
+        "not a valid queue handle",
+        || wait(closed_q, b"x", 10),
+    );
+    t.row(
+        "publish_wait(body NULL, len 5)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "body is NULL",
+        || unsafe { amqp_publish_wait(q, null(), 5, 10) },
+    );
+    t.row(
+        "publish_wait(17 bytes > max_message_bytes 16)",
+        AMQP_ERR_MESSAGE_TOO_LARGE,
+        "max_message_bytes 16",
+        || wait(q, &[7u8; 17], 10),
+    );
+    t.row(
+        "publish_wait(full buffer, timeout 0)",
+        AMQP_ERR_BUFFER_FULL,
+        "max_buffered",
+        || wait(q, b"x", 0),
+    );
+    t.row(
+        "publish_wait(full buffer, nothing drains, timeout 30 ms)",
+        AMQP_ERR_BUFFER_FULL,
+        "still full after 30 ms",
+        || wait(q, b"x", 30),
+    );
+    t.row(
+        "publish_wait(11 bytes > max_buffered_bytes 10)",
+        AMQP_ERR_BUFFER_FULL,
+        "never fits max_buffered_bytes 10",
+        || wait(q2, &[1u8; 11], 60_000),
+    );
+    t.row(
+        "publish_wait(queue of a connection that gave up)",
+        AMQP_ERR_CLOSED,
+        "failed for good",
+        || wait(failing_q, b"x", 10),
+    );
+
     // --- amqp_consume / stop / start -----------------------------------------------------
     t.row(
         "consume(cb NULL)",

@@ -452,6 +452,32 @@ fn publish_during_close_is_refused() {
 }
 
 #[test]
+fn mandatory_false_lets_the_broker_drop_what_reaches_no_queue() {
+    // The documented price of mandatory=false: after someone deletes the
+    // queue, the broker confirms each message and drops it; the library
+    // cannot tell, so nothing is resent and the queue is not declared again.
+    let c = connect_ok(None);
+    let name = unique_name("nomandatory");
+    let q = queue_open(c, &name, None, None, Some("mandatory=false"));
+    publish_ok(q, &seq_body(0));
+    wait_drained(q, T);
+    let reader = Reader::new();
+    reader.delete(&name);
+    for i in 1..50 {
+        publish_ok(q, &seq_body(i));
+    }
+    wait_drained(q, T);
+    let s = qstats(q);
+    assert_eq!(s.confirmed, 50, "{}", fmt_qstats(&s));
+    assert_eq!(s.resent, 0, "{}", fmt_qstats(&s));
+    assert!(
+        queue_counts(&name).is_none(),
+        "the queue was not declared again"
+    );
+    close_ok(c);
+}
+
+#[test]
 fn a_queue_deleted_by_someone_else_is_declared_again_and_nothing_is_lost() {
     // Publishes are mandatory: a message that reaches no queue comes back
     // (basic.return) instead of being confirmed and dropped; the library
@@ -488,4 +514,62 @@ fn a_queue_deleted_by_someone_else_is_declared_again_and_nothing_is_lost() {
         fmt_qstats(&s)
     );
     close_ok(c);
+}
+
+fn publish_wait(q: u64, body: &[u8], timeout_ms: u32) -> amqp_result {
+    unsafe {
+        amqp_publish_wait(
+            q,
+            body.as_ptr() as *const std::ffi::c_void,
+            body.len(),
+            timeout_ms,
+        )
+    }
+}
+
+#[test]
+fn publish_wait_moves_everything_through_a_small_buffer_in_order() {
+    // 3,000 messages through a buffer of 16: the producer sleeps until
+    // confirms make room; none is refused, all arrive once, in order.
+    let c = connect_ok(None);
+    let name = unique_name("pubwait");
+    let q = queue_open(c, &name, None, None, Some("max_buffered=16"));
+    let n = 3000u64;
+    for i in 0..n {
+        let r = publish_wait(q, &seq_body(i), 20_000);
+        assert_eq!(r, amqp_result::AMQP_OK, "message {i}: {}", last_error());
+        assert!(qstats(q).buffered <= 16);
+    }
+    wait_drained(q, T);
+    let s = qstats(q);
+    assert_eq!((s.published, s.confirmed), (n, n), "{}", fmt_qstats(&s));
+    let got = Reader::new().drain(&name);
+    let seqs: Vec<u64> = got.iter().filter_map(|g| parse_seq(&g.body)).collect();
+    assert_eq!(seqs, (0..n).collect::<Vec<_>>());
+    close_ok(c);
+}
+
+#[test]
+fn publish_wait_returns_closed_when_close_begins_while_it_waits() {
+    // Nothing drains a buffer whose broker never answers: the waiting
+    // producer must be woken by the close, not sleep out its timeout.
+    let c = connect(DEAD_URI, Some("max_buffered=1"));
+    let (r, q) = try_queue_open(c, &unique_name("pubwaitclose"), None, None, None);
+    assert_eq!(r, amqp_result::AMQP_OK, "{}", last_error());
+    assert_eq!(publish(q, b"first"), amqp_result::AMQP_OK);
+    let waiter = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let r = publish_wait(q, b"second", 60_000);
+        (r, last_error(), t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!waiter.is_finished(), "it waits while the buffer is full");
+    let (r, unsent) = close(c, 100);
+    assert_eq!((r, unsent), (amqp_result::AMQP_ERR_TIMEOUT, 1));
+    let (r, err, waited) = waiter.join().unwrap();
+    assert_eq!(r, amqp_result::AMQP_ERR_CLOSED, "{err}");
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken by the close: {waited:?}"
+    );
 }

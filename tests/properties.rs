@@ -423,9 +423,10 @@ const CONN_KEYS: [&str; 6] = [
     "max_buffered_bytes",
     "max_message_bytes",
 ];
-const QUEUE_KEYS: [&str; 7] = [
+const QUEUE_KEYS: [&str; 8] = [
     "durable",
     "persistent",
+    "mandatory",
     "exchange_type",
     "queue_type",
     "prefetch",
@@ -437,6 +438,7 @@ const QUEUE_KEYS: [&str; 7] = [
 struct QueueSpec {
     durable: Option<(bool, &'static str)>,
     persistent: Option<(bool, &'static str)>,
+    mandatory: Option<(bool, &'static str)>,
     exchange_type: Option<String>,
     quorum: Option<bool>,
     prefetch: Option<u16>,
@@ -460,8 +462,11 @@ fn bool_spelling() -> impl Strategy<Value = (bool, &'static str)> {
 fn queue_spec() -> impl Strategy<Value = QueueSpec> {
     use proptest::option::of;
     (
-        of(bool_spelling()),
-        of(bool_spelling()),
+        (
+            of(bool_spelling()),
+            of(bool_spelling()),
+            of(bool_spelling()),
+        ),
         of(prop_oneof![
             Just("direct".to_string()),
             Just("fanout".to_string()),
@@ -475,9 +480,10 @@ fn queue_spec() -> impl Strategy<Value = QueueSpec> {
         of(1..=u32::MAX as u64),
         of(1..=u64::MAX >> 1),
     )
-        .prop_map(|(d, p, x, q, pf, mb, mbb)| QueueSpec {
+        .prop_map(|((d, p, m), x, q, pf, mb, mbb)| QueueSpec {
             durable: d,
             persistent: p,
+            mandatory: m,
             exchange_type: x,
             quorum: q,
             prefetch: pf,
@@ -493,6 +499,9 @@ fn queue_pairs(s: &QueueSpec, zeros: usize) -> Vec<(String, String)> {
     }
     if let Some((_, w)) = s.persistent {
         v.push(("persistent".into(), w.to_string()));
+    }
+    if let Some((_, w)) = s.mandatory {
+        v.push(("mandatory".into(), w.to_string()));
     }
     if let Some(x) = &s.exchange_type {
         v.push(("exchange_type".into(), x.clone()));
@@ -518,7 +527,7 @@ fn queue_pairs(s: &QueueSpec, zeros: usize) -> Vec<(String, String)> {
 fn bad_queue_value() -> impl Strategy<Value = (&'static str, String)> {
     prop_oneof![
         (
-            prop_oneof![Just("durable"), Just("persistent")],
+            prop_oneof![Just("durable"), Just("persistent"), Just("mandatory")],
             prop_oneof![
                 Just("".to_string()),
                 Just("TRUE".to_string()),
@@ -667,7 +676,7 @@ proptest! {
         }
         // duplicates, possibly disguised by blanks
         let v = |k: &str| match k {
-            "durable" | "persistent" => "true",
+            "durable" | "persistent" | "mandatory" => "true",
             "exchange_type" => "direct",
             "queue_type" => "classic",
             _ => "1",
@@ -691,9 +700,9 @@ proptest! {
         spec in queue_spec(),
         conn in conn_spec(),
         zeros in 0usize..3,
-        order in Just((0..7).collect::<Vec<usize>>()).prop_shuffle(),
-        pad in vec(any::<bool>(), 7),
-        empties in vec(prop::bool::weighted(0.2), 8),
+        order in Just((0..8).collect::<Vec<usize>>()).prop_shuffle(),
+        pad in vec(any::<bool>(), 8),
+        empties in vec(prop::bool::weighted(0.2), 9),
     ) {
         let c = parse_connection_options(Some(&join_opts(&conn_pairs(&conn, 0), &[], &[])))
             .unwrap();
@@ -712,6 +721,7 @@ proptest! {
                 prop_assert!(!quorum || durable, "accepted quorum + durable=false: {:?}", s);
                 prop_assert_eq!(o.durable, durable);
                 prop_assert_eq!(o.persistent, spec.persistent.is_none_or(|(b, _)| b));
+                prop_assert_eq!(o.mandatory, spec.mandatory.is_none_or(|(b, _)| b));
                 prop_assert_eq!(
                     &o.exchange_type, spec.exchange_type.as_deref().unwrap_or("direct")
                 );

@@ -1,8 +1,11 @@
-//! Publishing: a copy into the queue's buffer, never a network wait.
+//! Publishing: a copy into the queue's buffer, never a network wait
+//! (`amqp_publish_wait` may wait for buffer room, never for the network
+//! itself).
 
 use super::{amqp_queue_handle, amqp_result, lookup_queue};
 use crate::error::Error;
 use std::ffi::c_void;
+use std::time::Duration;
 
 /// Copies `len` bytes of `body` into the queue's buffer and returns at once.
 /// Messages leave in publish order; each stays buffered until the broker
@@ -19,13 +22,46 @@ pub unsafe extern "C" fn amqp_publish(
     len: usize,
 ) -> amqp_result {
     ffi_boundary!({
-        let bytes: &[u8] = if len == 0 {
-            &[]
-        } else if body.is_null() {
-            return Err(Error::invalid(format!("body is NULL but len is {len}")));
-        } else {
-            std::slice::from_raw_parts(body as *const u8, len)
-        };
+        let bytes = body_slice(body, len)?;
         lookup_queue(queue)?.queue.publish(bytes)
     })
+}
+
+/// `amqp_publish` for producers that would rather wait than handle
+/// AMQP_ERR_BUFFER_FULL: when the queue's buffer is at `max_buffered` or
+/// `max_buffered_bytes`, the calling thread sleeps (no polling) until
+/// confirms free a sixteenth of the bound, for at most `timeout_ms`.
+/// Returns AMQP_OK once stored; AMQP_ERR_BUFFER_FULL when it is still full
+/// after `timeout_ms` (at once when `timeout_ms` is 0, or when the body is
+/// larger than `max_buffered_bytes`), with nothing stored; AMQP_ERR_CLOSED
+/// as soon as the connection starts closing or fails for good, also while
+/// waiting. Other errors as `amqp_publish`.
+/// While the broker is away nothing is confirmed, so a full buffer stays
+/// full: it then waits the whole `timeout_ms`. From a consume callback it
+/// holds that consumer for as long as it waits.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_publish_wait(
+    queue: amqp_queue_handle,
+    body: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+) -> amqp_result {
+    ffi_boundary!({
+        let bytes = body_slice(body, len)?;
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        lookup_queue(queue)?
+            .queue
+            .publish_wait(bytes, Some(timeout))
+    })
+}
+
+/// The body as a slice; NULL is allowed only for an empty body.
+unsafe fn body_slice<'a>(body: *const c_void, len: usize) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        Ok(&[])
+    } else if body.is_null() {
+        Err(Error::invalid(format!("body is NULL but len is {len}")))
+    } else {
+        Ok(std::slice::from_raw_parts(body as *const u8, len))
+    }
 }

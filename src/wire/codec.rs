@@ -170,16 +170,23 @@ fn short_str(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(&s[..n]);
 }
 
+/// Where and how a queue's messages are published.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishTarget<'a> {
+    pub exchange: &'a [u8],
+    pub routing_key: &'a [u8],
+    /// delivery-mode 2, the only property we send.
+    pub persistent: bool,
+    /// A message that reaches no queue comes back as basic.return (before
+    /// its confirm) instead of being confirmed and dropped.
+    pub mandatory: bool,
+}
+
 /// basic.publish + content header + body frames (split at `frame_max`).
-/// `persistent` sets delivery-mode 2, the only property we send. Always
-/// mandatory: a message that reaches no queue comes back as basic.return
-/// (before its confirm) instead of being dropped silently.
 pub fn encode_publish(
     out: &mut Vec<u8>,
     channel: u16,
-    exchange: &[u8],
-    routing_key: &[u8],
-    persistent: bool,
+    target: &PublishTarget,
     body: &[u8],
     frame_max: usize,
 ) {
@@ -187,16 +194,16 @@ pub fn encode_publish(
     out.extend_from_slice(&CLASS_BASIC.to_be_bytes());
     out.extend_from_slice(&METHOD_BASIC_PUBLISH.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // reserved (ticket)
-    short_str(out, exchange);
-    short_str(out, routing_key);
-    out.push(1); // mandatory on, immediate off
+    short_str(out, target.exchange);
+    short_str(out, target.routing_key);
+    out.push(target.mandatory as u8); // bit 0 mandatory; immediate (bit 1) off
     frame_end(out, at);
 
     let at = frame_start(out, FRAME_HEADER, channel);
     out.extend_from_slice(&CLASS_BASIC.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // weight
     out.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    if persistent {
+    if target.persistent {
         out.extend_from_slice(&0x1000u16.to_be_bytes()); // delivery-mode present
         out.push(2);
     } else {
@@ -269,15 +276,21 @@ mod tests {
 
     #[test]
     fn publish_frames_match_amq_protocol() {
-        for (persistent, len, frame_max) in [
-            (false, 0usize, 4096usize),
-            (true, 64, 4096),
-            (false, 4088, 4096),
-            (true, 10_000, 4096),
+        for (persistent, mandatory, len, frame_max) in [
+            (false, true, 0usize, 4096usize),
+            (true, true, 64, 4096),
+            (false, false, 4088, 4096),
+            (true, false, 10_000, 4096),
         ] {
             let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut out = Vec::new();
-            encode_publish(&mut out, 7, b"ex", b"rk", persistent, &body, frame_max);
+            let target = PublishTarget {
+                exchange: b"ex",
+                routing_key: b"rk",
+                persistent,
+                mandatory,
+            };
+            encode_publish(&mut out, 7, &target, &body, frame_max);
             let frames = all_frames(&out);
             assert_eq!(
                 frames[0],
@@ -286,7 +299,7 @@ mod tests {
                     AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
                         exchange: "ex".into(),
                         routing_key: "rk".into(),
-                        mandatory: true,
+                        mandatory,
                         immediate: false,
                     }))
                 )

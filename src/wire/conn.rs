@@ -10,7 +10,7 @@
 //! while the writer is idle writes it to the socket itself (`Out::kick`), so
 //! neither a batch of publishes nor a batch of acks needs a task hand-off.
 
-use super::codec::{self, RawFrame};
+use super::codec::{self, PublishTarget, RawFrame};
 use crate::error::Failure;
 use crate::options::BrokerAddress;
 use amq_protocol::auth::Credentials;
@@ -1201,9 +1201,7 @@ impl WireChannel {
     /// `publish` for each, then drop). Fails when the channel is closed.
     pub fn start_publish<'a>(
         &'a self,
-        exchange_name: &'a [u8],
-        routing_key: &'a [u8],
-        persistent: bool,
+        target: PublishTarget<'a>,
     ) -> Result<PublishBatch<'a>, Failure> {
         let out = lock(&self.conn.out);
         if out.closed || self.ch.closed.load(Ordering::Relaxed) {
@@ -1217,9 +1215,7 @@ impl WireChannel {
             out,
             conn: &self.conn,
             channel: self.ch.id,
-            exchange_name,
-            routing_key,
-            persistent,
+            target,
             was_empty,
         })
     }
@@ -1258,9 +1254,7 @@ pub struct PublishBatch<'a> {
     out: MutexGuard<'a, Out>,
     conn: &'a Inner,
     channel: u16,
-    exchange_name: &'a [u8],
-    routing_key: &'a [u8],
-    persistent: bool,
+    target: PublishTarget<'a>,
     was_empty: bool,
 }
 
@@ -1269,9 +1263,7 @@ impl PublishBatch<'_> {
         codec::encode_publish(
             &mut self.out.buf,
             self.channel,
-            self.exchange_name,
-            self.routing_key,
-            self.persistent,
+            &self.target,
             body,
             self.conn.frame_max,
         );

@@ -9,4 +9,5 @@
 pub mod codec;
 mod conn;
 
+pub use codec::PublishTarget;
 pub use conn::{Confirm, Delivery, DeliverySink, PublishBatch, WireChannel, WireConnection};

@@ -212,6 +212,8 @@ static void check_bad_handles_queue_fns(const char *what, uint64_t h) {
 
   snprintf(name, sizeof name, "publish_%s", what);
   CHECK_RC(name, amqp_publish(h, "x", 1), AMQP_ERR_INVALID_HANDLE);
+  snprintf(name, sizeof name, "publish_wait_%s", what);
+  CHECK_RC(name, amqp_publish_wait(h, "x", 1, 10), AMQP_ERR_INVALID_HANDLE);
   snprintf(name, sizeof name, "consume_%s", what);
   CHECK_RC(name, amqp_consume(h, noop_cb, NULL, 1), AMQP_ERR_INVALID_HANDLE);
   snprintf(name, sizeof name, "consume_stop_%s", what);
