@@ -123,6 +123,7 @@ typedef struct {
   uint64_t window;
   amqp_basic_properties_t props;
   int persistent;
+  int mandatory;
 } publisher;
 
 static void pub_init(publisher *p, amqp_connection_state_t c, uint64_t n, int persistent) {
@@ -133,6 +134,7 @@ static void pub_init(publisher *p, amqp_connection_state_t c, uint64_t n, int pe
   p->low = 1;
   p->window = (uint64_t)arg_int("window", 512);
   p->persistent = persistent;
+  p->mandatory = (int)arg_int("mandatory", 0);
   /* like ours: delivery mode 2 when persistent, no properties at all otherwise */
   p->props._flags = persistent ? AMQP_BASIC_DELIVERY_MODE_FLAG : 0;
   p->props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
@@ -219,7 +221,8 @@ static int pub_send(publisher *p, const void *body, size_t len, uint64_t *call_n
   amqp_bytes_t b = {len, (void *)body};
   const char *q = arg_str("queue", "bench");
   uint64_t a = call_ns ? now_ns() : 0;
-  int r = amqp_basic_publish(p->c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), 0, 0, &p->props, b);
+  int r = amqp_basic_publish(p->c, 1, amqp_empty_bytes, amqp_cstring_bytes(q), p->mandatory, 0,
+                             &p->props, b);
   if (call_ns) *call_ns = now_ns() - a;
   if (r != AMQP_STATUS_OK) {
     set_errf("amqp_basic_publish: %s", amqp_error_string2(r));
@@ -267,6 +270,7 @@ static int mode_publish(const char *mode) {
   json_i("n", n);
   json_i("size", size);
   json_b("durable", durable);
+  json_b("mandatory", (int)arg_int("mandatory", 0));
   json_i("window", arg_int("window", 512));
   amqp_connection_state_t c = rconnect();
   publisher p;

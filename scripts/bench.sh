@@ -15,6 +15,8 @@
 #      what the driver says it did, and the queue is deleted
 #        pub_transient_64   confirmed publish, N x 64 B, non-durable queue, transient messages
 #        pub_durable_64     the same, durable queue + persistent messages
+#        pub_durable_64_nomandatory  the same without the mandatory flag (both clients)
+#                           (every other publish case: mandatory, our default, on both sides)
 #        pub_transient_4k   the same as the first with 4 KiB bodies
 #        consume_64         consume + ack (prefetch 500) a queue pre-filled with N x 64 B
 #        latency_1t/_8t     the time of each publish call from 1 and from 8 threads
@@ -120,8 +122,10 @@ if [[ ${RA_BENCH_SKIP_BUILD:-0} != 1 ]]; then
 fi
 say "building the C drivers (gcc -O2) into $BIN"
 CFLAGS=(-std=c11 -O2 -Wall -Wextra -Werror)
-gcc "${CFLAGS[@]}" -Iinclude bench/ours.c -Ltarget/release -lresilient_amqp \
-    -Wl,-rpath,"$ROOT/target/release" -lpthread -o "$BIN/ours"
+# A copy of the library: a cargo build during the run must not change what is measured.
+cp target/release/libresilient_amqp.so "$BIN/"
+gcc "${CFLAGS[@]}" -Iinclude bench/ours.c -L"$BIN" -lresilient_amqp \
+    -Wl,-rpath,"$BIN" -lpthread -o "$BIN/ours"
 gcc "${CFLAGS[@]}" bench/rmqc.c -lrabbitmq -lpthread -o "$BIN/rmqc"
 
 # ---- broker --------------------------------------------------------------------------------
@@ -205,17 +209,18 @@ order() {
 
 qname() { echo "bench.$1.$2.r$3"; } # qname TEST CLIENT RUN
 
-# publish_case TEST N SIZE DURABLE
+# publish_case TEST N SIZE DURABLE MANDATORY (both clients publish with the same flags)
 publish_case() {
-    local test=$1 n=$2 size=$3 durable=$4 r client q
+    local test=$1 n=$2 size=$3 durable=$4 mandatory=$5 r client q
     wanted "$test" || return 0
-    say "$test: confirmed publish, $n x $size B, durable=$durable ($RUNS runs each, alternating, ABBA)"
+    say "$test: confirmed publish, $n x $size B, durable=$durable mandatory=$mandatory ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
         for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
-            run "$client" "$test" "$r" publish "queue=$q" "n=$n" "size=$size" "durable=$durable"
+            run "$client" "$test" "$r" publish "queue=$q" "n=$n" "size=$size" "durable=$durable" \
+                "mandatory=$mandatory"
             verify "$client" "$test" "$r" "$q" "$n"
         done
     done
@@ -292,9 +297,10 @@ memory_case() {
 }
 
 T0=$SECONDS
-publish_case pub_transient_64 "$N" 64 0
-publish_case pub_durable_64 "$N" 64 1
-publish_case pub_transient_4k "$N_4K" 4096 0
+publish_case pub_transient_64 "$N" 64 0 1
+publish_case pub_durable_64 "$N" 64 1 1
+publish_case pub_durable_64_nomandatory "$N" 64 1 0
+publish_case pub_transient_4k "$N_4K" 4096 0 1
 consume_case
 latency_case latency_1t 1
 latency_case latency_8t 8

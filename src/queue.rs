@@ -28,6 +28,13 @@ pub const PUBLISH_WINDOW: usize = 256;
 /// ... and at most this many body bytes, so large bodies do not pile up in
 /// the broker (its flow control would stall the connection).
 pub const PUBLISH_WINDOW_BYTES: u64 = 1 << 20;
+/// The window where the broker confirms only after writing to disk
+/// (durable queue + persistent messages, or a quorum queue): a deeper
+/// pipeline covers the fsync wait. Durable 64 B publishing, alternating
+/// runs: 256 -> ~32k msg/s, 512 -> ~33k, 768 -> ~34k, 1024 -> ~35.5k; for
+/// transient messages 768 was ~25% slower than 256.
+pub const DISK_PUBLISH_WINDOW: usize = 1024;
+pub const DISK_PUBLISH_WINDOW_BYTES: u64 = 4 << 20;
 
 /// Per-queue counters, all monotonic except the gauges noted.
 #[derive(Default)]
@@ -272,7 +279,7 @@ impl Queue {
             mandatory: self.options.mandatory,
         };
         let mut window_bytes: u64 = 0;
-        let (max_count, max_bytes) = window_limits();
+        let (max_count, max_bytes) = window_limits(&self.options);
         let end = loop {
             if window.len() < max_count
                 && window_bytes < max_bytes
@@ -422,13 +429,20 @@ impl Queue {
     }
 }
 
-/// The window, overridable for benchmarking (RESILIENT_AMQP_WINDOW=count,bytes).
-fn window_limits() -> (usize, u64) {
+/// The window for a queue, overridable for benchmarking
+/// (RESILIENT_AMQP_WINDOW=count,bytes).
+fn window_limits(options: &QueueOptions) -> (usize, u64) {
     let parsed = std::env::var("RESILIENT_AMQP_WINDOW").ok().and_then(|v| {
         let (c, b) = v.split_once(',')?;
         Some((c.parse().ok()?, b.parse().ok()?))
     });
-    parsed.unwrap_or((PUBLISH_WINDOW, PUBLISH_WINDOW_BYTES))
+    let to_disk =
+        options.queue_type == QueueType::Quorum || (options.durable && options.persistent);
+    parsed.unwrap_or(if to_disk {
+        (DISK_PUBLISH_WINDOW, DISK_PUBLISH_WINDOW_BYTES)
+    } else {
+        (PUBLISH_WINDOW, PUBLISH_WINDOW_BYTES)
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
