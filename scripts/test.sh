@@ -11,6 +11,9 @@
 #   test     cargo test --release --no-fail-fast -- --test-threads=2
 #            (unit tests, tests/broker_*.rs, and tests/c_programs.rs, which
 #            compiles and runs the C tests in tests/c and the C examples)
+#   bench    the benchmark drivers (bench/ours.c, bench/rmqc.c) build, and a
+#            2,000-message publish with each confirms everything (a smoke run
+#            that keeps them working; no speed is asserted anywhere)
 #   memcheck bash scripts/memcheck.sh asan: the C tests and examples again,
 #            built with AddressSanitizer + UndefinedBehaviorSanitizer and run
 #            with LeakSanitizer, on the same broker (about a minute; the
@@ -131,6 +134,23 @@ run_cargo_tests() {
     limited "$TEST_TIMEOUT" cargo test --release --no-fail-fast -- --test-threads=2
 }
 
+bench_smoke() {
+    local bin=target/bench-smoke out client
+    mkdir -p "$bin"
+    gcc -std=c11 -O2 -Wall -Wextra -Werror -Iinclude bench/ours.c -Ltarget/release \
+        -lresilient_amqp -Wl,-rpath,"$PWD/target/release" -lpthread -o "$bin/ours"
+    gcc -std=c11 -O2 -Wall -Wextra -Werror bench/rmqc.c -lrabbitmq -lpthread -o "$bin/rmqc"
+    for client in ours rmqc; do
+        out=$(limited 120 "$bin/$client" publish "uri=$RESILIENT_AMQP_TEST_URI" \
+            "queue=bench-smoke-$client-$$" n=2000 size=64 durable=0 mandatory=1)
+        "$bin/rmqc" delete "uri=$RESILIENT_AMQP_TEST_URI" "queue=bench-smoke-$client-$$" >/dev/null
+        if [[ $out != *'"ok":true'* ]]; then
+            echo "bench driver $client failed: $out" >&2
+            return 1
+        fi
+    done
+}
+
 # Install what is missing (rabbitmq-server, gcc, ...): a no-op when all is there.
 CURRENT=deps
 bash scripts/deps.sh
@@ -155,4 +175,5 @@ step clippy limited 1800 cargo clippy --all-targets -- -D warnings
 step build limited 1800 cargo build --release
 step header header_unchanged
 step test run_cargo_tests
+step bench bench_smoke
 step memcheck limited 900 bash scripts/memcheck.sh asan

@@ -1,0 +1,309 @@
+//! Message bodies held by the publish buffer until the broker confirms them.
+//!
+//! A body is copied into a chunk of memory owned by the publishing thread
+//! (a bump pointer: no lock, no malloc, no shared write), not into its own
+//! allocation. A new chunk has all its pages touched at once, so the page
+//! faults of fresh memory come in one burst per chunk (once per ~2,000
+//! bodies of 64 B) instead of one in every ~40 publishes (a burst into an
+//! empty buffer paid ~2.7 us at p99 for them), and a chunk whose bodies are
+//! all confirmed goes back to a process-wide free list and is reused (no
+//! faults at all in steady state).
+//!
+//! A chunk counts its references in its first cache line. The writer pays
+//! for every body it may ever cut from the chunk up front (`RESERVE`) and
+//! hands back the unused part when it moves on, so creating a body touches
+//! no shared counter; only dropping one does (on the publisher's thread).
+//! Bodies larger than `MAX_POOLED_BODY`, and bodies published while the
+//! thread's locals are being destroyed, get their own allocation instead.
+
+use std::alloc::Layout;
+use std::cell::RefCell;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Bytes per chunk: 32 pages, a new one per ~2,000 bodies of 64 B.
+const CHUNK_BYTES: usize = 128 << 10;
+const PAGE: usize = 4096;
+const CHUNK_LAYOUT: Layout = match Layout::from_size_align(CHUNK_BYTES, PAGE) {
+    Ok(l) => l,
+    Err(_) => panic!("chunk layout"),
+};
+/// The reference count's own cache line; bodies start after it.
+const HEADER: usize = 64;
+/// More references than bodies a chunk can hold (each is at least a byte).
+const RESERVE: usize = CHUNK_BYTES;
+/// Larger bodies are allocated on their own (a chunk would hold few).
+pub const MAX_POOLED_BODY: usize = CHUNK_BYTES / 8;
+/// Free chunks kept for reuse (8 MiB); more are freed.
+const MAX_FREE_CHUNKS: usize = 64;
+
+/// Addresses of free chunks (usize: raw pointers are not `Send`).
+static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+/// Chunks allocated now (in use or free), a diagnostic.
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+/// A chunk: `CHUNK_BYTES` from the global allocator, its reference count
+/// at the start. Its bytes are written only by the thread whose `CURRENT`
+/// holds it, only beyond the `used` mark (no body covers those yet); a
+/// body's bytes are written before the body exists, and a body reaches
+/// another thread only through a synchronizing hand-off (the buffer's
+/// queue), so every read of them happens after their write. It is reused
+/// only after its count reached zero (release, then an acquire fence).
+#[derive(Clone, Copy)]
+struct Chunk(NonNull<u8>);
+
+impl Chunk {
+    fn refs(&self) -> &AtomicUsize {
+        // SAFETY: the first bytes of a live chunk, page-aligned, initialised
+        // in `take` before any other use.
+        unsafe { &*(self.0.as_ptr() as *const AtomicUsize) }
+    }
+
+    /// A chunk with `RESERVE` references, all the writer's.
+    fn take() -> Option<Chunk> {
+        let reused = FREE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let ptr = match reused.and_then(|a| NonNull::new(a as *mut u8)) {
+            Some(p) => {
+                #[cfg(test)]
+                tests::TAKEN.with(|t| t.set((t.get().0, t.get().1 + 1)));
+                p
+            }
+            None => {
+                #[cfg(test)]
+                tests::TAKEN.with(|t| t.set((t.get().0 + 1, t.get().1)));
+                // SAFETY: a non-zero-sized layout.
+                let p = NonNull::new(unsafe { std::alloc::alloc(CHUNK_LAYOUT) })?;
+                // Fault every page in now, in one go, rather than one per
+                // ~40 publishes later.
+                for off in (0..CHUNK_BYTES).step_by(PAGE) {
+                    // SAFETY: inside the allocation, which is ours alone.
+                    unsafe { p.as_ptr().add(off).write_volatile(0) };
+                }
+                ALLOCATED.fetch_add(1, Ordering::Relaxed);
+                p
+            }
+        };
+        // SAFETY: ours alone (fresh, or its count reached zero); aligned.
+        unsafe { (ptr.as_ptr() as *mut AtomicUsize).write(AtomicUsize::new(RESERVE)) };
+        Some(Chunk(ptr))
+    }
+
+    /// Gives back `n` references; the last one frees the chunk.
+    fn release(self, n: usize) {
+        if self.refs().fetch_sub(n, Ordering::Release) == n {
+            fence(Ordering::Acquire);
+            self.recycle();
+        }
+    }
+
+    fn recycle(self) {
+        let addr = self.0.as_ptr() as usize;
+        {
+            let mut free = FREE.lock().unwrap_or_else(|p| p.into_inner());
+            if free.len() < MAX_FREE_CHUNKS {
+                free.push(addr);
+                return;
+            }
+        }
+        // SAFETY: allocated by `take` with this layout; no body refers to it.
+        unsafe { std::alloc::dealloc(addr as *mut u8, CHUNK_LAYOUT) };
+        ALLOCATED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The chunk this thread is filling: how much of it is used, and how many
+/// of the writer's references it has handed to bodies.
+struct Current {
+    chunk: Chunk,
+    used: usize,
+    issued: usize,
+}
+
+impl Drop for Current {
+    /// The writer moves on: it keeps no reference, the bodies keep theirs.
+    fn drop(&mut self) {
+        self.chunk.release(RESERVE - self.issued);
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+}
+
+/// An immutable message body.
+pub struct Body(Repr);
+
+enum Repr {
+    /// Holds one reference to `chunk`.
+    Pooled {
+        chunk: Chunk,
+        offset: u32,
+        len: u32,
+    },
+    Owned(Box<[u8]>),
+}
+
+// SAFETY: a pooled body only reads bytes that no one writes any more, and
+// gives back its reference with an atomic operation (see `Chunk`).
+unsafe impl Send for Body {}
+unsafe impl Sync for Body {}
+
+impl Body {
+    /// Copies `bytes` into this thread's chunk (or its own allocation).
+    pub fn copy_from(bytes: &[u8]) -> Body {
+        if !bytes.is_empty() && bytes.len() <= MAX_POOLED_BODY {
+            let pooled = CURRENT.try_with(|cur| pooled(&mut cur.borrow_mut(), bytes));
+            if let Ok(Some(body)) = pooled {
+                return body;
+            }
+        }
+        Body(Repr::Owned(Box::from(bytes)))
+    }
+}
+
+fn pooled(cur: &mut Option<Current>, bytes: &[u8]) -> Option<Body> {
+    let len = bytes.len();
+    if cur.as_ref().is_none_or(|c| c.used + len > CHUNK_BYTES) {
+        // Dropping the old `Current` hands back its unused references.
+        *cur = None;
+        *cur = Some(Current {
+            chunk: Chunk::take()?,
+            used: HEADER,
+            issued: 0,
+        });
+    }
+    let c = cur.as_mut()?;
+    // SAFETY: `used + len <= CHUNK_BYTES`, and these bytes belong to no
+    // body yet (see `Chunk`); `bytes` cannot overlap a region we own.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), c.chunk.0.as_ptr().add(c.used), len);
+    }
+    let body = Body(Repr::Pooled {
+        chunk: c.chunk,
+        offset: c.used as u32,
+        len: len as u32,
+    });
+    c.used += len;
+    c.issued += 1;
+    Some(body)
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        if let Repr::Pooled { chunk, .. } = self.0 {
+            chunk.release(1);
+        }
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            // SAFETY: written once, before this body existed (see `Chunk`).
+            Repr::Pooled { chunk, offset, len } => unsafe {
+                std::slice::from_raw_parts(chunk.0.as_ptr().add(*offset as usize), *len as usize)
+            },
+            Repr::Owned(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Body({} bytes)", self.len())
+    }
+}
+
+/// Chunks allocated now, in use or free (a diagnostic).
+pub fn allocated_chunks() -> usize {
+    ALLOCATED.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Chunks this thread allocated fresh, and took from the free list.
+        pub static TAKEN: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
+
+    fn pattern(seed: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7)) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn bodies_keep_their_bytes_across_chunk_boundaries() {
+        // Sizes that leave odd remainders, so bodies land at every offset
+        // and some do not fit what is left of a chunk.
+        let sizes = [1usize, 63, 64, 65, 1000, 4096, MAX_POOLED_BODY, 7];
+        let mut kept = Vec::new();
+        for i in 0..5000u64 {
+            let len = sizes[i as usize % sizes.len()];
+            let want = pattern(i, len);
+            kept.push((Body::copy_from(&want), want));
+        }
+        for (b, want) in &kept {
+            assert_eq!(&b[..], &want[..]);
+        }
+    }
+
+    #[test]
+    fn large_and_empty_bodies() {
+        let big = pattern(9, MAX_POOLED_BODY + 1);
+        let b = Body::copy_from(&big);
+        assert!(matches!(b.0, Repr::Owned(_)));
+        assert_eq!(&b[..], &big[..]);
+        let e = Body::copy_from(&[]);
+        assert!(e.is_empty());
+        let small = Body::copy_from(b"abc");
+        assert!(matches!(small.0, Repr::Pooled { .. }));
+    }
+
+    #[test]
+    fn bodies_read_on_other_threads_and_chunks_are_reused() {
+        // 8 producers hand 20,000 bodies each (~20 MB in all) to a reader
+        // that checks and drops them; a bounded channel keeps few alive, so
+        // chunks must be reused rather than allocated anew.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Body, u64, usize)>(256);
+        let producers: Vec<_> = (0..8u64)
+            .map(|p| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        let seed = p << 32 | i;
+                        let len = 1 + (seed % 200) as usize;
+                        tx.send((Body::copy_from(&pattern(seed, len)), seed, len))
+                            .unwrap();
+                    }
+                    TAKEN.with(|t| t.get())
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut n = 0;
+        for (b, seed, len) in rx {
+            assert_eq!(&b[..], &pattern(seed, len)[..], "body {seed:#x}");
+            n += 1;
+        }
+        let (mut fresh, mut reused) = (0, 0);
+        for p in producers {
+            let (f, r) = p.join().unwrap();
+            fresh += f;
+            reused += r;
+        }
+        assert_eq!(n, 160_000);
+        // ~16 MB of bodies went through ~125 chunks of 128 KiB; few bodies
+        // are alive at a time, so most chunks are reused ones (other tests
+        // share the free list, hence the margin).
+        assert!(
+            fresh + reused >= 120 && reused > fresh,
+            "{fresh} chunks allocated, {reused} reused"
+        );
+    }
+}
