@@ -416,11 +416,14 @@ def markdown(res):
     if res["publish_call_latency"]:
         w("## Publish call latency")
         w("")
-        w("Ours: `amqp_publish` (copies into the buffer, never touches the network), measured after a "
-          "warm-up of as many untimed, confirmed publishes (steady state; a cold burst into a buffer "
-          "growing from nothing pays first-touch page faults, about 2.7 µs at p99). rabbitmq-c, for "
-          "context: `amqp_basic_publish` (writes the frames to the socket), one connection per thread, "
-          "confirms read in between (not timed).")
+        warm = sorted({r.get("warmup", 0) for r in res["runs"] if r.get("mode") == "latency"
+                       and r.get("client") == "ours"})
+        how = ("cold: the first publishes of the process, into a buffer growing from nothing"
+               if warm in ([], [0]) else
+               "after a warm-up of %s untimed, confirmed publishes" % "/".join("{:,}".format(w) for w in warm))
+        w("Ours: `amqp_publish` (copies into the buffer, never touches the network), " + how +
+          ". rabbitmq-c, for context: `amqp_basic_publish` (writes the frames to the socket), one "
+          "connection per thread, confirms read in between (not timed).")
         w("")
         w("| threads | | ours | rabbitmq-c |")
         w("|---|---|---|---|")

@@ -39,6 +39,7 @@
 #   RA_BENCH_ONLY         space-separated case names to run (default: all)
 #   RA_BENCH_NOTE         a sentence copied into the results (e.g. "machine busy")
 #   RA_BENCH_SKIP_BUILD=1 do not run cargo build / deps (use what is built)
+#   RA_BENCH_WARMUP       untimed publishes before ours' latency cases (default 0: cold)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -259,12 +260,11 @@ latency_case() {
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
-            # Ours first publishes $n untimed messages and waits for their
-            # confirms: the timed calls then see memory a running process
-            # has already touched, not the first-touch page faults of a
-            # buffer growing from nothing (rabbitmq-c keeps no buffer).
+            # Cold: the timed calls are the first publishes of the process,
+            # into a buffer growing from nothing (RA_BENCH_WARMUP=N first
+            # publishes N untimed messages and waits for their confirms).
             local warm=0
-            [[ $client == ours ]] && warm=$n
+            [[ $client == ours ]] && warm=${RA_BENCH_WARMUP:-0}
             run "$client" "$test" "$r" latency "queue=$q" "n=$n" "threads=$threads" size=64 "warmup=$warm"
             verify "$client" "$test" "$r" "$q" $(((n + warm) / threads * threads))
         done
