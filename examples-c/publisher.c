@@ -14,7 +14,9 @@
  *     the background, so publishing works even before the broker is reachable.
  *   - amqp_publish copies the body into the queue's buffer and never blocks;
  *     a message leaves the buffer only when the broker confirmed it.
- *   - AMQP_ERR_BUFFER_FULL is back-pressure: wait a little and try again.
+ *   - A full buffer is back-pressure: amqp_publish returns AMQP_ERR_BUFFER_FULL
+ *     at once; amqp_publish_wait (used here) sleeps until confirms make room,
+ *     up to its timeout, then returns AMQP_ERR_BUFFER_FULL (try again later).
  *   - amqp_close_graceful waits for the confirms and tells how many messages
  *     were not confirmed in time ("unsent").
  */
@@ -23,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "resilient_amqp.h"
 
@@ -35,11 +36,6 @@ static void print_error(const char *what, amqp_result rc) {
   fprintf(stderr, "publisher: %s failed: %s: %s\n", what, amqp_result_str(rc),
           msg != NULL ? msg : "(out of memory)");
   free(msg);
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
 }
 
 static const char *default_uri(void) {
@@ -56,7 +52,7 @@ int main(int argc, char **argv) {
   amqp_connection_handle conn;
   amqp_queue_handle q;
   amqp_result rc;
-  long sent = 0, full_retries = 0;
+  long sent = 0, full_timeouts = 0;
 
   /* 1. Connect. Options tune the reconnect backoff (see the README). */
   rc = amqp_connect(uri, "reconnect_delay_ms=100&reconnect_delay_max_ms=2000", &conn);
@@ -83,12 +79,11 @@ int main(int argc, char **argv) {
   while (sent < count) {
     char body[64];
     int len = snprintf(body, sizeof body, "message %ld", sent);
-    rc = amqp_publish(q, body, (size_t)len);
+    rc = amqp_publish_wait(q, body, (size_t)len, 1000);
     if (rc == AMQP_OK) {
       sent++;
     } else if (rc == AMQP_ERR_BUFFER_FULL) {
-      full_retries++; /* the broker is slow or away: let the buffer drain */
-      sleep_ms(1);
+      full_timeouts++; /* still full after 1 s: the broker is away; keep waiting */
     } else {
       print_error("amqp_publish", rc);
       break;
@@ -99,7 +94,7 @@ int main(int argc, char **argv) {
    *    The handles are freed in every case. */
   uint64_t unsent = 0;
   rc = amqp_close_graceful(conn, 30000, &unsent);
-  printf("published %ld messages to \"%s\" (%ld buffer-full retries); close: %s, unsent: %llu\n",
-         sent, queue, full_retries, amqp_result_str(rc), (unsigned long long)unsent);
+  printf("published %ld messages to \"%s\" (%ld waits of 1 s on a full buffer); close: %s, unsent: %llu\n",
+         sent, queue, full_timeouts, amqp_result_str(rc), (unsigned long long)unsent);
   return (rc == AMQP_OK && unsent == 0 && sent == count) ? 0 : 1;
 }

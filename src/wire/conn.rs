@@ -201,6 +201,29 @@ pub struct WireChannel {
 }
 
 impl Inner {
+    fn new(stream: Arc<TcpStream>, channel_max: u16, frame_max: usize) -> Inner {
+        Inner {
+            out: Mutex::new(Out {
+                buf: Vec::with_capacity(64 * 1024),
+                closed: false,
+                writing: false,
+                stream: Some(stream),
+            }),
+            out_wake: Notify::new(),
+            wrote: AtomicBool::new(false),
+            read: AtomicBool::new(false),
+            channels: Mutex::new(Channels {
+                map: HashMap::new(),
+                next: 1,
+                max: channel_max.max(1),
+            }),
+            frame_max,
+            dead: watch::channel(None).0,
+            kill: Notify::new(),
+            delivered: AtomicBool::new(false),
+        }
+    }
+
     /// Appends frames unless the connection (or `ch`) is closed; wakes the
     /// writer if it may be idle. False when nothing was written.
     fn write(&self, ch: Option<&ChanInner>, f: impl FnOnce(&mut Vec<u8>)) -> bool {
@@ -655,26 +678,7 @@ impl WireConnection {
             other => return Err(unexpected(&other)),
         }
         let stream = Arc::new(stream);
-        let inner = Arc::new(Inner {
-            out: Mutex::new(Out {
-                buf: Vec::with_capacity(64 * 1024),
-                closed: false,
-                writing: false,
-                stream: Some(stream.clone()),
-            }),
-            out_wake: Notify::new(),
-            wrote: AtomicBool::new(false),
-            read: AtomicBool::new(false),
-            channels: Mutex::new(Channels {
-                map: HashMap::new(),
-                next: 1,
-                max: channel_max.max(1),
-            }),
-            frame_max: frame_max as usize,
-            dead: watch::channel(None).0,
-            kill: Notify::new(),
-            delivered: AtomicBool::new(false),
-        });
+        let inner = Arc::new(Inner::new(stream.clone(), channel_max, frame_max as usize));
         let heartbeat = (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat)));
         tokio::spawn(drive(inner.clone(), stream, hs.buf, heartbeat));
         Ok(WireConnection { inner })
@@ -850,20 +854,46 @@ async fn drive(
     leftover: Vec<u8>,
     heartbeat: Option<Duration>,
 ) {
+    // However this task ends, a panic included, the connection is marked
+    // dead, so the supervisor reconnects rather than waiting on a zombie.
+    let _dead_on_exit = DieOnExit(inner.clone());
     let mut writer = std::pin::pin!(write_loop(inner.clone(), stream.clone()));
+    let mut writer_done = false;
     let why = tokio::select! {
         why = read_loop(inner.clone(), stream, leftover) => why,
-        why = &mut writer => why,
+        why = &mut writer => {
+            writer_done = true;
+            why
+        }
         why = heartbeat_loop(inner.clone(), heartbeat) => why,
         _ = inner.kill.notified() => "connection closed".to_string(),
     };
-    // Flush what is queued (a close-ok) before the socket goes.
+    // Flush what is queued (a close-ok) before the socket goes. A writer that
+    // already ended (a failed write: the broker went first) must not be
+    // polled again: an async fn polled after completion panics.
     lock(&inner.out).closed = true;
     inner.out_wake.notify_one();
-    let _ = tokio::time::timeout(Duration::from_millis(200), &mut writer).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_millis(200), &mut writer).await;
+    }
     // The last reference to the socket goes with the reader and writer.
     lock(&inner.out).stream = None;
     inner.die(why);
+}
+
+/// Marks the connection dead when the connection task ends without doing it
+/// itself (only a bug can do that: a panic).
+struct DieOnExit(Arc<Inner>);
+
+impl Drop for DieOnExit {
+    fn drop(&mut self) {
+        if !self.0.is_dead() {
+            let why = "internal error: the connection task ended unexpectedly";
+            error!("{why}; reconnecting");
+            lock(&self.0.out).stream = None;
+            self.0.die(why.to_string());
+        }
+    }
 }
 
 async fn read_loop(inner: Arc<Inner>, stream: Arc<TcpStream>, leftover: Vec<u8>) -> String {
@@ -1275,5 +1305,42 @@ impl Drop for PublishBatch<'_> {
         if self.was_empty && self.out.kick(&self.conn.wrote) {
             self.conn.out_wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected socket pair on loopback (the peer end is returned to
+    /// keep it open).
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, peer) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (ours.unwrap(), peer.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn the_connection_dies_cleanly_when_the_writer_ends_first() {
+        // The writer ends before the reader (here: output closed while the
+        // peer stays silent; live: a write fails as the broker goes). The
+        // connection task must still end and mark the connection dead, not
+        // poll the finished writer again (that panicked and left a zombie
+        // connection that looked connected).
+        let (ours, _peer) = socket_pair().await;
+        let stream = Arc::new(ours);
+        let inner = Arc::new(Inner::new(stream.clone(), 16, 4096));
+        let task = tokio::spawn(drive(inner.clone(), stream, Vec::new(), None));
+        lock(&inner.out).closed = true;
+        inner.out_wake.notify_one();
+        let ended = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let joined = ended.expect("the connection task ends");
+        assert!(joined.is_ok(), "the connection task panicked: {joined:?}");
+        assert_eq!(
+            inner.dead.borrow().as_deref(),
+            Some("connection closed"),
+            "marked dead with the writer's reason"
+        );
     }
 }
