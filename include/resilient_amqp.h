@@ -389,8 +389,9 @@ enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t 
 /*
  `amqp_publish` for producers that would rather wait than handle
  AMQP_ERR_BUFFER_FULL: when the queue's buffer is at `max_buffered` or
- `max_buffered_bytes`, the calling thread sleeps (no polling) until
- confirms free a sixteenth of the bound, for at most `timeout_ms`.
+ `max_buffered_bytes`, the calling thread sleeps until confirms free a
+ sixteenth of the bound (they wake it; it also looks again every 10 ms),
+ for at most `timeout_ms`.
  Returns AMQP_OK once stored; AMQP_ERR_BUFFER_FULL when it is still full
  after `timeout_ms` (at once when `timeout_ms` is 0, or when the body is
  larger than `max_buffered_bytes`), with nothing stored; AMQP_ERR_CLOSED
