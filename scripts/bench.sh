@@ -122,12 +122,7 @@ if [[ ${RA_BENCH_SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release
 fi
 say "building the C drivers (gcc -O2) into $BIN"
-CFLAGS=(-std=c11 -O2 -Wall -Wextra -Werror)
-# A copy of the library: a cargo build during the run must not change what is measured.
-cp target/release/libresilient_amqp.so "$BIN/"
-gcc "${CFLAGS[@]}" -Iinclude bench/ours.c -L"$BIN" -lresilient_amqp \
-    -Wl,-rpath,"$BIN" -lpthread -o "$BIN/ours"
-gcc "${CFLAGS[@]}" bench/rmqc.c -lrabbitmq -lpthread -o "$BIN/rmqc"
+build_bench_drivers "$BIN"
 
 # ---- broker --------------------------------------------------------------------------------
 

@@ -23,6 +23,19 @@ limited() {
     return "$rc"
 }
 
+# build_bench_drivers DIR: the benchmark drivers bench/ours.c and bench/rmqc.c
+# (gcc -O2) into DIR, ours linked against a copy of target/release's library
+# in DIR, so a cargo build while they run does not change what is measured.
+build_bench_drivers() {
+    local dir=$1
+    local cflags=(-std=c11 -O2 -Wall -Wextra -Werror)
+    mkdir -p "$dir"
+    cp target/release/libresilient_amqp.so "$dir/"
+    gcc "${cflags[@]}" -Iinclude bench/ours.c -L"$dir" -lresilient_amqp \
+        -Wl,-rpath,"$(cd "$dir" && pwd)" -lpthread -o "$dir/ours"
+    gcc "${cflags[@]}" bench/rmqc.c -lrabbitmq -lpthread -o "$dir/rmqc"
+}
+
 # shellcheck disable=SC2317 # invoked by the signal traps
 on_signal() {
     trap '' INT TERM HUP

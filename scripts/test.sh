@@ -136,10 +136,7 @@ run_cargo_tests() {
 
 bench_smoke() {
     local bin=target/bench-smoke out client
-    mkdir -p "$bin"
-    gcc -std=c11 -O2 -Wall -Wextra -Werror -Iinclude bench/ours.c -Ltarget/release \
-        -lresilient_amqp -Wl,-rpath,"$PWD/target/release" -lpthread -o "$bin/ours"
-    gcc -std=c11 -O2 -Wall -Wextra -Werror bench/rmqc.c -lrabbitmq -lpthread -o "$bin/rmqc"
+    build_bench_drivers "$bin"
     for client in ours rmqc; do
         out=$(limited 120 "$bin/$client" publish "uri=$RESILIENT_AMQP_TEST_URI" \
             "queue=bench-smoke-$client-$$" n=2000 size=64 durable=0 mandatory=1)
