@@ -40,8 +40,6 @@ const MAX_FREE_CHUNKS: usize = 64;
 
 /// Addresses of free chunks (usize: raw pointers are not `Send`).
 static FREE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
-/// Chunks allocated now (in use or free), a diagnostic.
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 
 /// A chunk: `CHUNK_BYTES` from the global allocator, its reference count
 /// at the start. Its bytes are written only by the thread whose `CURRENT`
@@ -80,7 +78,6 @@ impl Chunk {
                     // SAFETY: inside the allocation, which is ours alone.
                     unsafe { p.as_ptr().add(off).write_volatile(0) };
                 }
-                ALLOCATED.fetch_add(1, Ordering::Relaxed);
                 p
             }
         };
@@ -108,7 +105,6 @@ impl Chunk {
         }
         // SAFETY: allocated by `take` with this layout; no body refers to it.
         unsafe { std::alloc::dealloc(addr as *mut u8, CHUNK_LAYOUT) };
-        ALLOCATED.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -214,11 +210,6 @@ impl std::fmt::Debug for Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Body({} bytes)", self.len())
     }
-}
-
-/// Chunks allocated now, in use or free (a diagnostic).
-pub fn allocated_chunks() -> usize {
-    ALLOCATED.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]

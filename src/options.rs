@@ -53,7 +53,8 @@ pub struct QueueOptions {
     /// (the queue was deleted by someone) comes back and the queue is
     /// declared again, instead of the broker confirming and dropping it.
     /// RabbitMQ 3.x then sends one more internal message per publish (queue
-    /// to channel): about 10-15% of its CPU for durable messages.
+    /// to channel): 10-15% more broker CPU per durable message with a 256
+    /// window, lost in the noise with the 1024 disk window.
     pub mandatory: bool,
     pub exchange_type: String,
     pub queue_type: QueueType,
