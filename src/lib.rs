@@ -1,26 +1,31 @@
 //! resilient-amqp: a RabbitMQ (AMQP 0-9-1) client with a C ABI that keeps
 //! every message until the broker confirmed it, across broker outages.
 //!
-//! Layout: a pure-Rust core (`connection`, `queue`, `buffer`, `bodies`, `consumer`,
-//! `options`, `error`, `registry`, `backoff`, `log`, `runtime`) with no FFI
-//! types, and a thin `ffi` layer that is the C API (`include/resilient_amqp.h`).
-//! The rlib re-exports every C export at the crate root for Rust tests.
+//! Layers, each using only those below it (checked by tests/architecture.rs):
+//! - `ffi`: the C API (`include/resilient_amqp.h`), thin;
+//! - `client`: connection supervisor, per-queue sessions, options;
+//! - `publish` (buffer, confirm window, publisher) and `consume` (consumer
+//!   threads, settling);
+//! - `wire`: our AMQP 0-9-1 engine;
+//! - and beside them all: `error`, `log`, `runtime`, `backoff`, `registry`.
+//!
+//! The rlib re-exports every C export at the crate root for Rust tests;
+//! `testing` holds the few internals the integration tests check.
 
 #[macro_use]
-pub mod log;
-pub mod backoff;
-pub mod bodies;
-pub mod buffer;
-pub mod connection;
-pub mod consumer;
-pub mod error;
-pub mod options;
-pub mod queue;
-pub mod registry;
-pub mod runtime;
-pub mod wire;
+mod log;
+mod backoff;
+mod client;
+mod consume;
+mod error;
+mod publish;
+mod registry;
+mod runtime;
+mod wire;
 
 pub mod ffi;
+#[doc(hidden)]
+pub mod testing;
 
 pub use error::{Error, ErrorKind, Result};
 pub use ffi::*;

@@ -712,10 +712,7 @@ unsafe extern "C" fn ack_cb(_d: *const amqp_delivery, _u: *mut c_void) -> amqp_d
 /// Tasks alive on the library's tokio runtime (its supervisors and sessions, and lapin's own
 /// tasks).
 fn runtime_tasks() -> usize {
-    resilient_amqp::runtime::handle()
-        .expect("runtime")
-        .metrics()
-        .num_alive_tasks()
+    resilient_amqp::testing::runtime_tasks().expect("runtime")
 }
 
 /// The test broker's URI with a short heartbeat: lapin's heartbeat task of a closed connection

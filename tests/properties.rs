@@ -21,11 +21,11 @@ use common::{cs, last_error, DEAD_URI};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use resilient_amqp::options::{
+use resilient_amqp::testing::Registry;
+use resilient_amqp::testing::{
     parse_connection_options, parse_queue_options, parse_uri, ConnectionOptions, QueueType,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_S, MAX_NAME_BYTES,
 };
-use resilient_amqp::registry::Registry;
 use resilient_amqp::*;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, CStr};

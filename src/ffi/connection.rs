@@ -2,9 +2,9 @@
 
 use super::{amqp_connection_handle, amqp_result, ConnectionEntry, CONNECTIONS, QUEUES};
 use super::{lookup_connection, optional_str, out_param, required_str};
-use crate::connection::{Connection, ConnectionState};
+use crate::client::options::{parse_connection_options, parse_uri};
+use crate::client::{Connection, ConnectionState};
 use crate::error::{Error, ErrorKind};
-use crate::options::{parse_connection_options, parse_uri};
 use std::ffi::{c_char, c_int};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

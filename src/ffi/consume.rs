@@ -1,7 +1,7 @@
 //! Consuming: callbacks on library-owned threads, stop and start.
 
 use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
-use crate::consumer::{self, Callback, DeliveryView, Disposition};
+use crate::consume::{Callback, DeliveryView, Disposition};
 use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::Ordering;
@@ -105,7 +105,7 @@ pub unsafe extern "C" fn amqp_consume(
                 }
             }
         });
-        consumer::add(&entry.queue, callback, repeat)
+        entry.queue.consumers.add(callback, repeat)
     })
 }
 
@@ -115,7 +115,7 @@ pub unsafe extern "C" fn amqp_consume(
 /// callback go back to the broker.
 #[no_mangle]
 pub extern "C" fn amqp_consume_stop(queue: amqp_queue_handle) -> amqp_result {
-    ffi_boundary!({ consumer::stop(&lookup_queue(queue)?.queue) })
+    ffi_boundary!({ lookup_queue(queue)?.queue.consumers.stop() })
 }
 
 /// Resumes the queue's consumers after amqp_consume_stop.
@@ -126,7 +126,7 @@ pub extern "C" fn amqp_consume_start(queue: amqp_queue_handle) -> amqp_result {
         if entry.conn.closing.load(Ordering::SeqCst) {
             return Err(Error::closed("the connection is closing"));
         }
-        consumer::start(&entry.queue);
+        entry.queue.consumers.start();
         Ok(())
     })
 }

@@ -20,12 +20,12 @@ macro_rules! ffi_boundary {
     };
 }
 
-pub mod connection;
-pub mod consume;
-pub mod errors;
-pub mod log;
-pub mod publish;
-pub mod queue;
+mod connection;
+mod consume;
+mod errors;
+mod log;
+mod publish;
+mod queue;
 
 pub use connection::*;
 pub use consume::*;
@@ -34,9 +34,8 @@ pub use log::*;
 pub use publish::*;
 pub use queue::*;
 
-use crate::connection::Connection;
+use crate::client::{Connection, Queue};
 use crate::error::{Error, Result};
-use crate::queue::Queue;
 use crate::registry::Registry;
 use std::ffi::{c_char, CStr};
 use std::sync::atomic::AtomicBool;

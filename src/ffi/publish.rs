@@ -23,7 +23,7 @@ pub unsafe extern "C" fn amqp_publish(
 ) -> amqp_result {
     ffi_boundary!({
         let bytes = body_slice(body, len)?;
-        lookup_queue(queue)?.queue.publish(bytes)
+        lookup_queue(queue)?.queue.outbox.publish(bytes)
     })
 }
 
@@ -52,6 +52,7 @@ pub unsafe extern "C" fn amqp_publish_wait(
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         lookup_queue(queue)?
             .queue
+            .outbox
             .publish_wait(bytes, Some(timeout))
     })
 }

@@ -2,8 +2,8 @@
 
 use super::{amqp_connection_handle, amqp_queue_handle, amqp_result, QueueEntry, QUEUES};
 use super::{lookup_connection, lookup_queue, optional_str, out_param, required_str};
+use crate::client::options::{check_name, parse_queue_options};
 use crate::error::Error;
-use crate::options::{check_name, parse_queue_options};
 use std::ffi::c_char;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -11,9 +11,7 @@
 //! neither a batch of publishes nor a batch of acks needs a task hand-off.
 
 use super::codec::{self, PublishTarget, RawFrame};
-use crate::error::Failure;
-use crate::options::BrokerAddress;
-use amq_protocol::auth::Credentials;
+use super::{code_name, Failure, WireConfig};
 use amq_protocol::protocol::{
     basic, channel, confirm, connection, exchange, queue, AMQPClass, AMQPErrorKind,
 };
@@ -561,7 +559,7 @@ impl ChanInner {
 }
 
 fn describe_close(code: u16, text: &str) -> String {
-    let name = crate::error::code_name(code);
+    let name = code_name(code);
     match name.split_once(' ') {
         Some((_, short)) if text.starts_with(short) => format!("{code} {text}"),
         _ => format!("{name} - {text}"),
@@ -579,9 +577,9 @@ fn channel_failure(code: u16, text: &str) -> Failure {
 impl WireConnection {
     /// TCP connect, handshake (PLAIN), tune, open the vhost; then the
     /// connection runs on its own task. Bounded by the connect timeout.
-    pub async fn connect(address: &BrokerAddress) -> Result<WireConnection, Failure> {
-        let timeout = address.connect_timeout;
-        match tokio::time::timeout(timeout, Self::connect_inner(address)).await {
+    pub async fn connect(config: &WireConfig) -> Result<WireConnection, Failure> {
+        let timeout = config.connect_timeout;
+        match tokio::time::timeout(timeout, Self::connect_inner(config)).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Link(format!(
                 "connect timed out after {timeout:?}"
@@ -589,10 +587,9 @@ impl WireConnection {
         }
     }
 
-    async fn connect_inner(address: &BrokerAddress) -> Result<WireConnection, Failure> {
-        let uri = &address.uri;
+    async fn connect_inner(config: &WireConfig) -> Result<WireConnection, Failure> {
         let io = |e: std::io::Error| Failure::Link(format!("I/O error: {e}"));
-        let mut stream = TcpStream::connect((uri.authority.host.as_str(), uri.authority.port))
+        let mut stream = TcpStream::connect((config.host.as_str(), config.port))
             .await
             .map_err(io)?;
         // With the broker down, a connect to a port in the ephemeral range
@@ -615,7 +612,7 @@ impl WireConnection {
             AMQPClass::Connection(M::Start(s)) => s,
             other => return Err(unexpected(&other)),
         };
-        let mechanism = uri.query.auth_mechanism.unwrap_or_default();
+        let mechanism = config.mechanism;
         let offered = String::from_utf8_lossy(start.mechanisms.as_bytes()).to_string();
         if !offered.split(' ').any(|m| m == mechanism.name()) {
             return Err(Failure::ConnectionRefused {
@@ -626,7 +623,7 @@ impl WireConnection {
                 ),
             });
         }
-        let credentials = Credentials::from(uri.authority.userinfo.clone());
+        let credentials = &config.credentials;
         let start_ok = connection::StartOk {
             client_properties: client_properties(),
             mechanism: mechanism.name().into(),
@@ -646,17 +643,17 @@ impl WireConnection {
             (_, t) => t,
         };
         let channel_max = pick(
-            uri.query.channel_max.map(u32::from),
+            config.channel_max.map(u32::from),
             u32::from(tune.channel_max),
             2047,
         ) as u16;
         let frame_max = pick(
-            uri.query.frame_max.or(Some(CLIENT_FRAME_MAX)),
+            config.frame_max.or(Some(CLIENT_FRAME_MAX)),
             tune.frame_max,
             CLIENT_FRAME_MAX,
         )
         .max(4096);
-        let heartbeat = uri.query.heartbeat.unwrap_or(tune.heartbeat);
+        let heartbeat = config.heartbeat.unwrap_or(tune.heartbeat);
         hs.send(
             &mut stream,
             AMQPClass::Connection(M::TuneOk(connection::TuneOk {
@@ -669,7 +666,7 @@ impl WireConnection {
         hs.send(
             &mut stream,
             AMQPClass::Connection(M::Open(connection::Open {
-                virtual_host: uri.vhost.as_str().into(),
+                virtual_host: config.vhost.as_str().into(),
             })),
         )
         .await?;
@@ -1020,10 +1017,6 @@ async fn heartbeat_loop(inner: Arc<Inner>, heartbeat: Option<Duration>) -> Strin
 }
 
 impl WireChannel {
-    pub fn id(&self) -> u16 {
-        self.ch.id
-    }
-
     pub fn is_open(&self) -> bool {
         !self.ch.closed.load(Ordering::Relaxed)
     }

@@ -2,6 +2,7 @@
 //! Every rejection names the offending key, so `amqp_last_error` is useful.
 
 use crate::error::{Error, Result};
+use crate::wire::{Credentials, WireConfig};
 use amq_protocol::uri::{AMQPScheme, AMQPUri};
 use std::time::Duration;
 
@@ -220,6 +221,24 @@ pub struct BrokerAddress {
     pub uri: AMQPUri,
     pub display: String,
     pub connect_timeout: Duration,
+}
+
+impl BrokerAddress {
+    /// What the engine needs to connect.
+    pub(crate) fn wire_config(&self) -> WireConfig {
+        let uri = &self.uri;
+        WireConfig {
+            host: uri.authority.host.clone(),
+            port: uri.authority.port,
+            vhost: uri.vhost.clone(),
+            credentials: Credentials::from(uri.authority.userinfo.clone()),
+            mechanism: uri.query.auth_mechanism.unwrap_or_default(),
+            heartbeat: uri.query.heartbeat,
+            frame_max: uri.query.frame_max,
+            channel_max: uri.query.channel_max,
+            connect_timeout: self.connect_timeout,
+        }
+    }
 }
 
 pub fn parse_uri(s: &str) -> Result<BrokerAddress> {

@@ -8,13 +8,13 @@
 //! generation ends, sessions end and keep their unconfirmed messages for the
 //! next one.
 
+use super::options::{BrokerAddress, ConnectionOptions, QueueOptions};
+use super::queue::{declare_error, Queue};
+use super::session::{session, LinkState};
 use crate::backoff;
-use crate::consumer;
-use crate::error::{Error, ErrorKind, Failure, Result};
-use crate::options::{BrokerAddress, ConnectionOptions, QueueOptions};
-use crate::queue::{declare_error, LinkState, PublisherEnd, Queue};
+use crate::error::{Error, ErrorKind, Result};
 use crate::runtime;
-use crate::wire::{WireChannel, WireConnection};
+use crate::wire::{Failure, WireConfig, WireConnection};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum ConnectionState {
+pub(crate) enum ConnectionState {
     Connecting = 0,
     Connected = 1,
     Reconnecting = 2,
@@ -31,7 +31,7 @@ pub enum ConnectionState {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectionStatsSnapshot {
+pub(crate) struct ConnectionStatsSnapshot {
     pub connects: u64,
     pub failed_attempts: u64,
     pub consecutive_failures: u64,
@@ -49,12 +49,13 @@ struct Shared {
     last_error: Option<String>,
 }
 
-pub struct Connection {
+pub(crate) struct Connection {
     pub address: BrokerAddress,
+    wire: WireConfig,
     pub options: ConnectionOptions,
     shared: Mutex<Shared>,
     state_changed: Condvar,
-    link: watch::Sender<LinkState>,
+    pub(super) link: watch::Sender<LinkState>,
     shutdown: watch::Sender<bool>,
     connects: AtomicU64,
     failed_attempts: AtomicU64,
@@ -69,6 +70,7 @@ impl Connection {
     pub fn connect(address: BrokerAddress, options: ConnectionOptions) -> Result<Arc<Connection>> {
         let handle = runtime::handle()?;
         let conn = Arc::new(Connection {
+            wire: address.wire_config(),
             address,
             options,
             shared: Mutex::new(Shared {
@@ -96,6 +98,11 @@ impl Connection {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `amqp_wait_connected` and a failed close report.
+    pub(super) fn set_last_error(&self, message: String) {
+        self.lock().last_error = Some(message);
     }
 
     pub fn state(&self) -> ConnectionState {
@@ -176,7 +183,7 @@ impl Connection {
             if self.closing() {
                 break;
             }
-            let attempt = WireConnection::connect(&self.address).await;
+            let attempt = WireConnection::connect(&self.wire).await;
             let failure = match attempt {
                 Ok(conn) => {
                     failures = 0;
@@ -288,7 +295,7 @@ impl Connection {
     fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
         for q in self.lock().queues.iter() {
-            q.close_for_publishing();
+            q.outbox.close_for_publishing();
         }
         self.set_state(ConnectionState::Failed);
     }
@@ -368,15 +375,15 @@ impl Connection {
             s.queues.clone()
         };
         for q in &queues {
-            q.close_for_publishing();
+            q.outbox.close_for_publishing();
         }
         // Closed from now on (publishes refused, state reported); the link
         // stays up until the buffers drained.
         self.set_state(ConnectionState::Closed);
         for q in &queues {
-            consumer::shutdown(q, deadline);
+            q.consumers.shutdown(deadline);
         }
-        let unsent = |qs: &[Arc<Queue>]| qs.iter().map(|q| q.unconfirmed()).sum::<u64>();
+        let unsent = |qs: &[Arc<Queue>]| qs.iter().map(|q| q.outbox.unconfirmed()).sum::<u64>();
         while unsent(&queues) > 0 && Instant::now() < deadline {
             if self.failed.load(Ordering::SeqCst) {
                 break; // nothing can drain any more
@@ -387,84 +394,5 @@ impl Connection {
         self.shutdown.send_replace(true);
         self.link.send_modify(|l| l.up = false);
         left
-    }
-}
-
-/// One queue on one connection generation: open the channel (retrying while
-/// the broker refuses, e.g. a 406 after someone redeclared the queue), attach
-/// consumers, publish until the channel or the generation ends.
-async fn session(
-    conn_shared: Arc<Connection>,
-    q: Arc<Queue>,
-    generation: u64,
-    conn: WireConnection,
-    mut prepared: Option<WireChannel>,
-) {
-    let mut link = conn_shared.link.subscribe();
-    let mut refusals: u32 = 0;
-    // Channels lost within a second of opening, in a row: back off, so a
-    // queue that keeps failing (deleted again and again, a channel error on
-    // every publish) does not spin.
-    let mut quick_losses: u32 = 0;
-    loop {
-        if !link.borrow().is(generation) {
-            break;
-        }
-        let ch = match prepared.take() {
-            Some(ch) => ch,
-            None => match q.open_channel(&conn).await {
-                Ok(ch) => ch,
-                Err(e) => {
-                    if let Some(err) = declare_error(&q.name, &e) {
-                        // The connection is fine but the broker refuses our
-                        // topology: say so loudly and retry with backoff.
-                        error!("{err}; retrying");
-                        conn_shared.lock().last_error = Some(err.message);
-                        let delay = backoff::delay(
-                            conn_shared.options.reconnect_delay,
-                            conn_shared.options.reconnect_delay_max,
-                            refusals,
-                        );
-                        refusals = refusals.saturating_add(1);
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => continue,
-                            _ = link.wait_for(|l| !l.is(generation)) => break,
-                        }
-                    }
-                    break; // the link is going; the supervisor reconnects
-                }
-            },
-        };
-        refusals = 0;
-        let opened_at = std::time::Instant::now();
-        consumer::attach(&q, generation, ch.clone()).await;
-        let end = q.run_publisher(&ch, &mut link, generation).await;
-        consumer::detach(&q, generation).await;
-        let why = match end {
-            PublisherEnd::LinkDown => break,
-            PublisherEnd::ChannelLost(e) => format!("channel lost ({e}); reopening"),
-            PublisherEnd::TopologyLost(e) => {
-                format!("{e}; reopening its channel to declare it again")
-            }
-        };
-        if !conn.is_connected() {
-            break;
-        }
-        warn!("queue '{}': {why}", q.name);
-        ch.close().await;
-        if opened_at.elapsed() < Duration::from_secs(1) {
-            let delay = backoff::delay(
-                conn_shared.options.reconnect_delay,
-                conn_shared.options.reconnect_delay_max,
-                quick_losses,
-            );
-            quick_losses = quick_losses.saturating_add(1);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = link.wait_for(|l| !l.is(generation)) => break,
-            }
-        } else {
-            quick_losses = 0;
-        }
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 /// not yet undone reservations, and could skip the last wake-up.
 const ROOM_RECHECK: Duration = Duration::from_millis(10);
 
-pub use crate::bodies::Body;
+use super::bodies::Body;
 
 pub struct PublishBuffer {
     queue: SegQueue<Body>,

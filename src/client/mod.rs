@@ -1,0 +1,12 @@
+//! The client layer: connections as the application sees them. A
+//! connection supervisor keeps one AMQP connection alive across losses; each
+//! queue gets a session per connection generation that declares its
+//! topology, attaches its consumers and runs its publisher.
+
+mod connection;
+pub(crate) mod options;
+mod queue;
+mod session;
+
+pub(crate) use connection::{Connection, ConnectionState};
+pub(crate) use queue::Queue;

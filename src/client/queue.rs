@@ -1,0 +1,146 @@
+//! A queue as the application opened it: its topology (declared again on
+//! every channel), its outbox (publish side) and its consumers.
+
+use super::options::{QueueOptions, QueueType};
+use crate::consume::ConsumerSet;
+use crate::error::{Error, ErrorKind};
+use crate::publish::{window_limits, Outbox, PublishSettings};
+use crate::wire::{AMQPValue, Failure, FieldTable, WireChannel, WireConnection};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct QueueStatsSnapshot {
+    pub buffered: u64,
+    pub buffered_bytes: u64,
+    pub in_flight: u64,
+    pub published: u64,
+    pub confirmed: u64,
+    pub resent: u64,
+    pub nacked: u64,
+    pub delivered: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub requeued: u64,
+    pub released: u64,
+}
+
+pub(crate) struct Queue {
+    pub name: String,
+    exchange: String,
+    routing_key: String,
+    options: QueueOptions,
+    pub outbox: Outbox,
+    pub consumers: Arc<ConsumerSet>,
+}
+
+impl Queue {
+    pub fn new(
+        id: u64,
+        name: &str,
+        exchange: &str,
+        routing_key: &str,
+        options: QueueOptions,
+        max_message_bytes: u64,
+    ) -> Self {
+        // Default exchange: route by queue name. Otherwise by the routing key.
+        let publish_routing_key = if exchange.is_empty() {
+            name
+        } else {
+            routing_key
+        };
+        let to_disk =
+            options.queue_type == QueueType::Quorum || (options.durable && options.persistent);
+        let outbox = Outbox::new(PublishSettings {
+            exchange: exchange.to_string(),
+            routing_key: publish_routing_key.to_string(),
+            persistent: options.persistent,
+            mandatory: options.mandatory,
+            window: window_limits(to_disk),
+            max_buffered: options.max_buffered,
+            max_buffered_bytes: options.max_buffered_bytes,
+            max_message_bytes,
+        });
+        Queue {
+            name: name.to_string(),
+            exchange: exchange.to_string(),
+            routing_key: routing_key.to_string(),
+            consumers: ConsumerSet::new(id, name, options.prefetch),
+            options,
+            outbox,
+        }
+    }
+
+    pub fn stats(&self) -> QueueStatsSnapshot {
+        let p = &self.outbox.stats;
+        let c = &self.consumers.stats;
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        QueueStatsSnapshot {
+            buffered: self.outbox.buffer.count(),
+            buffered_bytes: self.outbox.buffer.bytes(),
+            in_flight: r(&p.in_flight),
+            published: r(&p.published),
+            confirmed: r(&p.confirmed),
+            resent: r(&p.resent),
+            nacked: r(&p.nacked),
+            delivered: r(&c.delivered),
+            acked: r(&c.acked),
+            rejected: r(&c.rejected),
+            requeued: r(&c.requeued),
+            released: r(&c.released),
+        }
+    }
+
+    /// Opens the queue's channel and declares its topology: confirm mode,
+    /// QoS, exchange, queue, binding. Run on open and after every reconnect.
+    pub async fn open_channel(&self, conn: &WireConnection) -> Result<WireChannel, Failure> {
+        let ch = conn.create_channel().await?;
+        let declared = async {
+            ch.confirm_select().await?;
+            ch.basic_qos(self.options.prefetch).await?;
+            if !self.exchange.is_empty() {
+                ch.exchange_declare(
+                    &self.exchange,
+                    &self.options.exchange_type,
+                    self.options.durable,
+                )
+                .await?;
+            }
+            let mut args = FieldTable::default();
+            if self.options.queue_type == QueueType::Quorum {
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
+            ch.queue_declare(&self.name, self.options.durable, args)
+                .await?;
+            if !self.exchange.is_empty() {
+                ch.queue_bind(&self.name, &self.exchange, &self.routing_key)
+                    .await?;
+            }
+            Ok(())
+        };
+        match declared.await {
+            Ok(()) => Ok(ch),
+            Err(e) => {
+                ch.close().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Maps a failed declare to what `amqp_queue_open` returns; `None` when the
+/// link failed (then the declare is retried on the next connection).
+pub(crate) fn declare_error(queue: &str, e: &Failure) -> Option<Error> {
+    match e {
+        Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => {
+            Some(Error::new(
+                ErrorKind::Broker,
+                format!("broker refused queue '{queue}': {text}"),
+            ))
+        }
+        Failure::Link(_) => None,
+    }
+}

@@ -1,0 +1,104 @@
+//! A queue's session: its life on one connection generation.
+
+use super::connection::Connection;
+use super::queue::{declare_error, Queue};
+use crate::backoff;
+use crate::publish::PublisherEnd;
+use crate::wire::{WireChannel, WireConnection};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the supervisor tells sessions: which connection generation is live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LinkState {
+    pub generation: u64,
+    pub up: bool,
+}
+
+impl LinkState {
+    pub fn is(&self, generation: u64) -> bool {
+        self.up && self.generation == generation
+    }
+}
+
+/// One queue on one connection generation: open the channel (retrying while
+/// the broker refuses, e.g. a 406 after someone redeclared the queue), attach
+/// consumers, publish until the channel or the generation ends.
+pub(crate) async fn session(
+    conn_shared: Arc<Connection>,
+    q: Arc<Queue>,
+    generation: u64,
+    conn: WireConnection,
+    mut prepared: Option<WireChannel>,
+) {
+    let mut link = conn_shared.link.subscribe();
+    let mut refusals: u32 = 0;
+    // Channels lost within a second of opening, in a row: back off, so a
+    // queue that keeps failing (deleted again and again, a channel error on
+    // every publish) does not spin.
+    let mut quick_losses: u32 = 0;
+    loop {
+        if !link.borrow().is(generation) {
+            break;
+        }
+        let ch = match prepared.take() {
+            Some(ch) => ch,
+            None => match q.open_channel(&conn).await {
+                Ok(ch) => ch,
+                Err(e) => {
+                    if let Some(err) = declare_error(&q.name, &e) {
+                        // The connection is fine but the broker refuses our
+                        // topology: say so loudly and retry with backoff.
+                        error!("{err}; retrying");
+                        conn_shared.set_last_error(err.message);
+                        let delay = backoff::delay(
+                            conn_shared.options.reconnect_delay,
+                            conn_shared.options.reconnect_delay_max,
+                            refusals,
+                        );
+                        refusals = refusals.saturating_add(1);
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = link.wait_for(|l| !l.is(generation)) => break,
+                        }
+                    }
+                    break; // the link is going; the supervisor reconnects
+                }
+            },
+        };
+        refusals = 0;
+        let opened_at = std::time::Instant::now();
+        q.consumers.attach(generation, ch.clone()).await;
+        let link_over = async {
+            let _ = link.wait_for(|l| !l.is(generation)).await;
+        };
+        let end = q.outbox.run(&ch, link_over).await;
+        q.consumers.detach(generation).await;
+        let why = match end {
+            PublisherEnd::LinkDown => break,
+            PublisherEnd::ChannelLost(e) => format!("channel lost ({e}); reopening"),
+            PublisherEnd::TopologyLost(e) => {
+                format!("{e}; reopening its channel to declare it again")
+            }
+        };
+        if !conn.is_connected() {
+            break;
+        }
+        warn!("queue '{}': {why}", q.name);
+        ch.close().await;
+        if opened_at.elapsed() < Duration::from_secs(1) {
+            let delay = backoff::delay(
+                conn_shared.options.reconnect_delay,
+                conn_shared.options.reconnect_delay_max,
+                quick_losses,
+            );
+            quick_losses = quick_losses.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = link.wait_for(|l| !l.is(generation)) => break,
+            }
+        } else {
+            quick_losses = 0;
+        }
+    }
+}

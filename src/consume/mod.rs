@@ -1,0 +1,444 @@
+//! Consumer dispatch: `repeat` broker consumers per `amqp_consume` call, each
+//! feeding its own library-owned OS thread ("ramqp-consumer") that
+//! runs the callback and applies its disposition on the channel the delivery
+//! came from. Callbacks never run on the runtime thread.
+//!
+//! Stop/start: a queue-wide `paused` flag is checked by every worker right
+//! before it would call back, so once `stop` has seen `running == 0` no
+//! callback can start; deliveries that arrive paused are given back with
+//! basic.reject(requeue=true).
+
+mod settler;
+mod worker;
+
+use crate::runtime;
+use crate::wire::{Delivery, DeliverySink, WireChannel};
+use settler::{Settle, Settler};
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+use worker::{Job, WorkQueue};
+
+/// What the application decided about one delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    Ack,
+    Reject,
+    Requeue,
+}
+
+/// One delivery as the callback sees it; borrowed for the callback only.
+pub(crate) struct DeliveryView<'a> {
+    pub body: &'a [u8],
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+    pub exchange: &'a [u8],
+    pub routing_key: &'a [u8],
+}
+
+pub(crate) type Callback = Arc<dyn Fn(&DeliveryView<'_>) -> Disposition + Send + Sync>;
+
+/// How long `stop` waits for broker cancels and in-progress callbacks.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+thread_local! {
+    /// The queue whose callback runs on this thread (0 = none), so a stop
+    /// from inside a callback does not wait for itself.
+    static IN_CALLBACK: Cell<u64> = const { Cell::new(0) };
+}
+
+fn in_callback_of(queue_id: u64) -> bool {
+    IN_CALLBACK.with(|c| c.get() == queue_id)
+}
+
+/// Consume counters, all monotonic.
+#[derive(Default)]
+pub(crate) struct ConsumeStats {
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub rejected: AtomicU64,
+    pub requeued: AtomicU64,
+    pub released: AtomicU64,
+}
+
+struct Group {
+    workers: Vec<Arc<WorkQueue>>,
+    /// The channel generation its broker consumers run on (0 = not running).
+    started_on: u64,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.close();
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    groups: Vec<Group>,
+    channel: Option<(u64, WireChannel, Arc<Settler>)>,
+    tags: Vec<String>,
+}
+
+/// The consumers of one queue.
+pub(crate) struct ConsumerSet {
+    queue_id: u64,
+    queue_name: String,
+    prefetch: u16,
+    pub stats: Arc<ConsumeStats>,
+    state: tokio::sync::Mutex<State>,
+    paused: AtomicBool,
+    /// Generation of the live channel; deliveries from another are stale.
+    channel_generation: AtomicU64,
+    running: AtomicUsize,
+    /// Callbacks of this queue that are themselves waiting in `stop`: they
+    /// must not wait for each other.
+    stopping_inside: AtomicUsize,
+    queued: AtomicUsize,
+    forwarders: AtomicUsize,
+    next_tag: AtomicU64,
+    idle: (Mutex<()>, Condvar),
+}
+
+impl ConsumerSet {
+    pub fn new(queue_id: u64, queue_name: &str, prefetch: u16) -> Arc<ConsumerSet> {
+        Arc::new(ConsumerSet {
+            queue_id,
+            queue_name: queue_name.to_string(),
+            prefetch,
+            stats: Arc::default(),
+            state: tokio::sync::Mutex::default(),
+            paused: AtomicBool::new(false),
+            channel_generation: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
+            stopping_inside: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            forwarders: AtomicUsize::new(0),
+            next_tag: AtomicU64::new(0),
+            idle: (Mutex::new(()), Condvar::new()),
+        })
+    }
+
+    fn notify(&self) {
+        let _g = self.idle.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.idle.1.notify_all();
+    }
+
+    /// Waits until `done()` or `limit`; false on timeout.
+    fn wait_until(&self, limit: Duration, done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut g = self.idle.0.lock().unwrap_or_else(|p| p.into_inner());
+        while !done() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let slice = (deadline - now).min(Duration::from_millis(20));
+            g = self
+                .idle
+                .1
+                .wait_timeout(g, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Adds `repeat` consumers calling `cb`; they start now if the channel
+    /// is up and the queue is not paused, otherwise on the next connect /
+    /// start.
+    pub fn add(self: &Arc<Self>, cb: Callback, repeat: u32) -> crate::Result<()> {
+        let repeat = repeat.max(1) as usize;
+        let mut workers = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            let work = Arc::new(WorkQueue::default());
+            let (cs, cb2, work2) = (self.clone(), cb.clone(), work.clone());
+            std::thread::Builder::new()
+                .name("ramqp-consumer".into())
+                .spawn(move || {
+                    let mut batch = std::collections::VecDeque::new();
+                    while work2.take(&mut batch) {
+                        while let Some(job) = batch.pop_front() {
+                            cs.handle_job(&cb2, job);
+                        }
+                    }
+                })
+                .map_err(|e| {
+                    crate::Error::internal(format!("cannot start a consumer thread: {e}"))
+                })?;
+            workers.push(work);
+        }
+        // Through the runtime rather than tokio's blocking_lock, which needs
+        // thread-locals that are gone when called from an atexit handler.
+        let cs = self.clone();
+        runtime::block_on(
+            async move {
+                cs.state.lock().await.groups.push(Group {
+                    workers,
+                    started_on: 0,
+                });
+            },
+            STOP_WAIT,
+        )?;
+        let cs = self.clone();
+        runtime::spawn(async move { cs.reconcile().await });
+        Ok(())
+    }
+
+    fn handle_job(&self, cb: &Callback, job: Job) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let d = &job.delivery;
+        if self.paused.load(Ordering::SeqCst)
+            || job.generation != self.channel_generation.load(Ordering::SeqCst)
+        {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            // Give it back now; on a dead channel this is a no-op and the
+            // broker requeues it by itself.
+            job.settler.decide(d.delivery_tag, Settle::Release);
+            self.notify();
+            return;
+        }
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        let view = DeliveryView {
+            body: d.body(),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: d.exchange(),
+            routing_key: d.routing_key(),
+        };
+        IN_CALLBACK.with(|c| c.set(self.queue_id));
+        // A panicking Rust callback must not kill the thread: treat as requeue.
+        let disposition =
+            catch_unwind(AssertUnwindSafe(|| cb(&view))).unwrap_or(Disposition::Requeue);
+        IN_CALLBACK.with(|c| c.set(0));
+        let how = match disposition {
+            Disposition::Ack => Settle::Ack,
+            Disposition::Reject => Settle::Reject,
+            Disposition::Requeue => Settle::Requeue,
+        };
+        // Held for a batch (or a short delay): acking each burst as it ends
+        // kept the broker in lockstep with us, in bursts of a few
+        // deliveries, each costing both threads a wake-up.
+        job.settler.decide(d.delivery_tag, how);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if self.paused.load(Ordering::SeqCst) {
+            self.notify();
+        }
+    }
+
+    /// Brings the broker consumers in line with `paused` and the groups:
+    /// starts those not running on the live channel, or cancels all when
+    /// paused.
+    async fn reconcile(self: &Arc<Self>) {
+        let mut st = self.state.lock().await;
+        let Some((generation, ch, settler)) = st.channel.clone() else {
+            return;
+        };
+        if self.paused.load(Ordering::SeqCst) {
+            let tags = std::mem::take(&mut st.tags);
+            for tag in tags {
+                if let Err(e) = ch.basic_cancel(&tag).await {
+                    debug!("queue '{}': cancel failed: {e}", self.queue_name);
+                }
+            }
+            for g in &mut st.groups {
+                g.started_on = 0;
+            }
+            return;
+        }
+        let State { groups, tags, .. } = &mut *st;
+        for g in groups.iter_mut().filter(|g| g.started_on != generation) {
+            for work in &g.workers {
+                let n = self.next_tag.fetch_add(1, Ordering::Relaxed);
+                let tag = format!("resilient-amqp.{}.{}", self.queue_id, n);
+                self.forwarders.fetch_add(1, Ordering::SeqCst);
+                let sink = Box::new(Sink {
+                    cs: self.clone(),
+                    work: work.clone(),
+                    settler: settler.clone(),
+                    generation,
+                    queued: false,
+                });
+                if let Err(e) = ch.basic_consume(&self.queue_name, &tag, sink).await {
+                    warn!("queue '{}': basic.consume failed: {e}", self.queue_name);
+                    return;
+                }
+                tags.push(tag);
+            }
+            g.started_on = generation;
+        }
+    }
+
+    /// A session has a fresh channel: consumers (re)start on it.
+    pub async fn attach(self: &Arc<Self>, generation: u64, ch: WireChannel) {
+        {
+            let mut st = self.state.lock().await;
+            let settler = Settler::new(ch.clone(), self.prefetch, self.stats.clone());
+            spawn_flusher(&settler, Arc::downgrade(self));
+            st.channel = Some((generation, ch, settler));
+            st.tags.clear();
+            for g in &mut st.groups {
+                g.started_on = 0;
+            }
+            self.channel_generation.store(generation, Ordering::SeqCst);
+        }
+        self.reconcile().await;
+    }
+
+    /// The session's channel is gone: its consumers went with it.
+    pub async fn detach(&self, generation: u64) {
+        let mut st = self.state.lock().await;
+        if matches!(st.channel, Some((g, _, _)) if g == generation) {
+            st.channel = None;
+            st.tags.clear();
+            for g in &mut st.groups {
+                g.started_on = 0;
+            }
+            self.channel_generation.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// `amqp_consume_stop`: no callback runs or starts once this returns (a
+    /// caller inside a callback of this queue only excludes itself).
+    pub fn stop(self: &Arc<Self>) -> crate::Result<()> {
+        self.stop_until(Instant::now() + STOP_WAIT)
+    }
+
+    fn stop_until(self: &Arc<Self>, deadline: Instant) -> crate::Result<()> {
+        self.paused.store(true, Ordering::SeqCst);
+        let left = || deadline.saturating_duration_since(Instant::now());
+        // Cancel at the broker first so nothing new is prefetched.
+        let cs = self.clone();
+        let _ = runtime::block_on(async move { cs.reconcile().await }, left());
+        let inside = in_callback_of(self.queue_id);
+        if inside {
+            self.stopping_inside.fetch_add(1, Ordering::SeqCst);
+            self.notify();
+        }
+        // Every callback still running must be one that is stopping from inside.
+        let callbacks_done =
+            || self.running.load(Ordering::SeqCst) <= self.stopping_inside.load(Ordering::SeqCst);
+        let done = self.wait_until(left(), || {
+            callbacks_done()
+                // From inside a callback, deliveries queued behind us on our
+                // own worker cannot be given back until we return.
+                && (inside
+                    || (self.queued.load(Ordering::SeqCst) == 0
+                        && self.forwarders.load(Ordering::SeqCst) == 0))
+        });
+        let callbacks_stopped = callbacks_done();
+        if inside {
+            self.stopping_inside.fetch_sub(1, Ordering::SeqCst);
+        }
+        // Send every decision still waiting for a batch before returning.
+        let cs = self.clone();
+        let _ = runtime::block_on(
+            async move {
+                let settler = cs.state.lock().await.channel.clone();
+                if let Some((_, _, settler)) = settler {
+                    settler.flush();
+                }
+            },
+            left().max(Duration::from_millis(100)),
+        );
+        if !done && !callbacks_stopped {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Timeout,
+                "consume_stop: a callback is still running",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `amqp_consume_start`.
+    pub fn start(self: &Arc<Self>) {
+        self.paused.store(false, Ordering::SeqCst);
+        let cs = self.clone();
+        runtime::spawn(async move { cs.reconcile().await });
+    }
+
+    /// For close: stop (waiting for running callbacks only until
+    /// `deadline`), then let the worker threads end once drained.
+    pub fn shutdown(self: &Arc<Self>, deadline: Instant) {
+        let _ = self.stop_until(deadline);
+        let cs = self.clone();
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        let _ = runtime::block_on(
+            async move { drop(std::mem::take(&mut cs.state.lock().await.groups)) },
+            left,
+        );
+    }
+}
+
+/// Sends the decisions that waited longer than the settle delay; ends with
+/// the channel or the consumer set.
+fn spawn_flusher(settler: &Arc<Settler>, cs: Weak<ConsumerSet>) {
+    let settler = settler.clone();
+    runtime::spawn(async move {
+        loop {
+            settler.wait_for_due().await;
+            if cs.strong_count() == 0 {
+                break;
+            }
+            settler.flush();
+            if !settler.channel_open() {
+                break;
+            }
+        }
+    });
+}
+
+/// Hands one broker consumer's deliveries to its worker thread. Called on
+/// the connection's reader (the runtime thread): it only queues. Dropped
+/// when the consumer ends (cancel, channel closed).
+struct Sink {
+    cs: Arc<ConsumerSet>,
+    work: Arc<WorkQueue>,
+    settler: Arc<Settler>,
+    generation: u64,
+    /// Jobs queued since the last flush.
+    queued: bool,
+}
+
+impl DeliverySink for Sink {
+    fn deliver(&mut self, delivery: Delivery) {
+        let cs = &self.cs;
+        cs.queued.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            delivery,
+            settler: self.settler.clone(),
+            generation: self.generation,
+        };
+        match self.work.push(job) {
+            Ok(()) => self.queued = true,
+            Err(job) => {
+                cs.queued.fetch_sub(1, Ordering::SeqCst);
+                // The worker is gone (closing): give it back, and keep the
+                // channel's settled prefix moving.
+                let tag = job.delivery.delivery_tag;
+                self.settler.decide(tag, Settle::Release);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if std::mem::take(&mut self.queued) {
+            self.work.wake();
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.flush();
+        self.cs.forwarders.fetch_sub(1, Ordering::SeqCst);
+        self.cs.notify();
+    }
+}

@@ -1,0 +1,76 @@
+//! The worker threads' job queues.
+
+use super::settler::Settler;
+use crate::wire::Delivery;
+use std::sync::{Arc, Condvar, Mutex};
+
+pub(super) struct Job {
+    pub delivery: Delivery,
+    /// Settles on the channel the delivery came from, where its disposition must go.
+    pub settler: Arc<Settler>,
+    pub generation: u64,
+}
+
+/// The jobs of one worker thread. The connection's reader queues a whole
+/// burst of deliveries and wakes the worker once per burst (and only if it
+/// sleeps), not once per delivery.
+#[derive(Default)]
+pub(super) struct WorkQueue {
+    state: Mutex<WorkState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct WorkState {
+    jobs: std::collections::VecDeque<Job>,
+    sleeping: bool,
+    /// The worker ends once the queue is empty; nothing more is queued.
+    closed: bool,
+}
+
+impl WorkQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WorkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a job; gives it back when the worker is gone.
+    pub fn push(&self, job: Job) -> Result<(), Job> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(job);
+        }
+        st.jobs.push_back(job);
+        Ok(())
+    }
+
+    pub fn wake(&self) {
+        let st = self.lock();
+        if st.sleeping || st.closed {
+            drop(st);
+            self.ready.notify_one();
+        }
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Takes every queued job, sleeping while there are none; None once
+    /// closed and drained.
+    pub fn take(&self, into: &mut std::collections::VecDeque<Job>) -> bool {
+        let mut st = self.lock();
+        loop {
+            if !st.jobs.is_empty() {
+                std::mem::swap(&mut st.jobs, into);
+                return true;
+            }
+            if st.closed {
+                return false;
+            }
+            st.sleeping = true;
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+            st.sleeping = false;
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! What the integration tests (tests/) need from inside the crate, and
+//! nothing else: the C API is the library's interface.
+
+pub use crate::client::options::{
+    parse_connection_options, parse_queue_options, parse_uri, BrokerAddress, ConnectionOptions,
+    QueueOptions, QueueType, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_S, MAX_NAME_BYTES,
+};
+pub use crate::error::{Error, ErrorKind};
+pub use crate::registry::Registry;
+
+/// The publish window (messages sent ahead of their confirms) for a queue.
+pub fn publish_window(durable: bool, persistent: bool, quorum: bool) -> u64 {
+    if quorum || (durable && persistent) {
+        crate::publish::DISK_PUBLISH_WINDOW as u64
+    } else {
+        crate::publish::PUBLISH_WINDOW as u64
+    }
+}
+
+/// Tasks alive on the library's runtime (supervisors, sessions, connection
+/// tasks), for leak checks; `None` when the runtime cannot start.
+pub fn runtime_tasks() -> Option<usize> {
+    crate::runtime::handle()
+        .ok()
+        .map(|h| h.metrics().num_alive_tasks())
+}
