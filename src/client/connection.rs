@@ -10,7 +10,7 @@
 
 use super::options::{BrokerAddress, ConnectionOptions, QueueOptions};
 use super::queue::{declare_error, Queue};
-use super::session::{session, LinkState};
+use super::session::{session, LinkState, SessionEnv};
 use crate::backoff;
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime;
@@ -46,7 +46,6 @@ struct Shared {
     /// The live connection and its generation.
     current: Option<(u64, WireConnection)>,
     queues: Vec<Arc<Queue>>,
-    last_error: Option<String>,
 }
 
 pub(crate) struct Connection {
@@ -55,7 +54,7 @@ pub(crate) struct Connection {
     pub options: ConnectionOptions,
     shared: Mutex<Shared>,
     state_changed: Condvar,
-    pub(super) link: watch::Sender<LinkState>,
+    env: Arc<SessionEnv>,
     shutdown: watch::Sender<bool>,
     connects: AtomicU64,
     failed_attempts: AtomicU64,
@@ -69,6 +68,16 @@ impl Connection {
     /// Starts connecting in the background and returns at once.
     pub fn connect(address: BrokerAddress, options: ConnectionOptions) -> Result<Arc<Connection>> {
         let handle = runtime::handle()?;
+        let env = Arc::new(SessionEnv {
+            link: watch::channel(LinkState {
+                generation: 0,
+                up: false,
+            })
+            .0,
+            last_error: Mutex::new(None),
+            delay: options.reconnect_delay,
+            delay_max: options.reconnect_delay_max,
+        });
         let conn = Arc::new(Connection {
             wire: address.wire_config(),
             address,
@@ -77,14 +86,9 @@ impl Connection {
                 state: ConnectionState::Connecting,
                 current: None,
                 queues: Vec::new(),
-                last_error: None,
             }),
             state_changed: Condvar::new(),
-            link: watch::channel(LinkState {
-                generation: 0,
-                up: false,
-            })
-            .0,
+            env,
             shutdown: watch::channel(false).0,
             connects: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
@@ -98,11 +102,6 @@ impl Connection {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// What `amqp_wait_connected` and a failed close report.
-    pub(super) fn set_last_error(&self, message: String) {
-        self.lock().last_error = Some(message);
     }
 
     pub fn state(&self) -> ConnectionState {
@@ -139,7 +138,7 @@ impl Connection {
             match s.state {
                 ConnectionState::Connected => return Ok(()),
                 ConnectionState::Failed => {
-                    let why = s.last_error.clone().unwrap_or_default();
+                    let why = self.env.last_error().unwrap_or_default();
                     return Err(Error::closed(format!(
                         "the connection to {} failed for good: {why}",
                         self.address.display
@@ -150,9 +149,9 @@ impl Connection {
             }
             let now = Instant::now();
             if now >= deadline {
-                let why = s
-                    .last_error
-                    .clone()
+                let why = self
+                    .env
+                    .last_error()
                     .map(|e| format!(" (last error: {e})"))
                     .unwrap_or_default();
                 return Err(Error::new(
@@ -175,75 +174,27 @@ impl Connection {
         *self.shutdown.borrow()
     }
 
+    /// The supervisor task: connect, serve the generation until it is lost,
+    /// back off, again; until closed or given up.
     async fn supervise(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
         let mut failures: u32 = 0;
         let mut generation: u64 = 0;
-        loop {
-            if self.closing() {
-                break;
-            }
-            let attempt = WireConnection::connect(&self.wire).await;
-            let failure = match attempt {
+        while !self.closing() {
+            match WireConnection::connect(&self.wire).await {
                 Ok(conn) => {
                     failures = 0;
-                    self.consecutive_failures.store(0, Ordering::Relaxed);
-                    self.connects.fetch_add(1, Ordering::Relaxed);
                     generation += 1;
-                    self.install(generation, conn.clone());
-                    info!(
-                        "connected to {} (generation {generation})",
-                        self.address.display
-                    );
-                    let why = tokio::select! {
-                        why = conn.lost() => Some(why),
-                        _ = shutdown.wait_for(|s| *s) => None,
-                    };
-                    self.uninstall(generation);
-                    match why {
-                        None => {
-                            // Closing: say goodbye properly, briefly.
-                            conn.close(200, "closing").await;
-                            break;
-                        }
-                        Some(why) => {
-                            warn!("connection to {} lost: {why}", self.address.display);
-                            self.lock().last_error = Some(why);
-                            self.set_state(ConnectionState::Reconnecting);
-                            // Make sure the old connection's task is gone.
-                            tokio::spawn(async move { conn.close(320, "lost").await });
-                            None
-                        }
+                    if !self.serve(generation, conn, &mut shutdown).await {
+                        break;
                     }
                 }
-                Err(failure) => Some(failure),
-            };
-            if let Some(failure) = failure {
-                failures = failures.saturating_add(1);
-                self.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-                let (text, permanent) = match failure {
-                    // The broker said no to this login (403) or vhost (530):
-                    // retrying with the same credentials cannot succeed.
-                    // Others (e.g. 320 CONNECTION_FORCED while it shuts
-                    // down) are transient.
-                    Failure::ConnectionRefused { code, text } | Failure::Refused { code, text } => {
-                        (text, matches!(code, 403 | 530))
+                Err(failure) => {
+                    failures = failures.saturating_add(1);
+                    if self.attempt_failed(failure, failures) {
+                        self.fail();
+                        return;
                     }
-                    Failure::Link(text) => (text, false),
-                };
-                let msg = format!("connect to {} failed: {text}", self.address.display);
-                self.lock().last_error = Some(msg.clone());
-                let exhausted =
-                    self.options.max_reconnects > 0 && failures >= self.options.max_reconnects;
-                if permanent || exhausted {
-                    error!("{msg}; giving up after {failures} attempt(s)");
-                    self.fail();
-                    return;
-                }
-                warn!("{msg} (attempt {failures})");
-                if self.lock().state == ConnectionState::Connected {
-                    self.set_state(ConnectionState::Reconnecting);
                 }
             }
             let delay = backoff::delay(
@@ -258,12 +209,73 @@ impl Connection {
         }
     }
 
+    /// One connection generation: sessions run on `conn` until it is lost
+    /// (true: reconnect) or the connection closes (false).
+    async fn serve(
+        self: &Arc<Self>,
+        generation: u64,
+        conn: WireConnection,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.install(generation, conn.clone());
+        info!(
+            "connected to {} (generation {generation})",
+            self.address.display
+        );
+        let why = tokio::select! {
+            why = conn.lost() => Some(why),
+            _ = shutdown.wait_for(|s| *s) => None,
+        };
+        self.uninstall(generation);
+        let Some(why) = why else {
+            // Closing: say goodbye properly, briefly.
+            conn.close(200, "closing").await;
+            return false;
+        };
+        warn!("connection to {} lost: {why}", self.address.display);
+        self.env.set_last_error(why);
+        self.set_state(ConnectionState::Reconnecting);
+        // Make sure the old connection's task is gone.
+        tokio::spawn(async move { conn.close(320, "lost").await });
+        true
+    }
+
+    /// Counts and reports a failed connect attempt; true when it is time
+    /// to give up for good.
+    fn attempt_failed(&self, failure: Failure, failures: u32) -> bool {
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        let (text, permanent) = match failure {
+            // The broker said no to this login (403) or vhost (530):
+            // retrying with the same credentials cannot succeed. Others
+            // (e.g. 320 CONNECTION_FORCED while it shuts down) are transient.
+            Failure::ConnectionRefused { code, text } | Failure::Refused { code, text } => {
+                (text, matches!(code, 403 | 530))
+            }
+            Failure::Link(text) => (text, false),
+        };
+        let msg = format!("connect to {} failed: {text}", self.address.display);
+        self.env.set_last_error(msg.clone());
+        let exhausted = self.options.max_reconnects > 0 && failures >= self.options.max_reconnects;
+        if permanent || exhausted {
+            error!("{msg}; giving up after {failures} attempt(s)");
+            return true;
+        }
+        warn!("{msg} (attempt {failures})");
+        if self.lock().state == ConnectionState::Connected {
+            self.set_state(ConnectionState::Reconnecting);
+        }
+        false
+    }
+
     fn install(self: &Arc<Self>, generation: u64, conn: WireConnection) {
         let mut s = self.lock();
         s.current = Some((generation, conn.clone()));
         for q in &s.queues {
             tokio::spawn(session(
-                self.clone(),
+                self.env.clone(),
                 q.clone(),
                 generation,
                 conn.clone(),
@@ -271,7 +283,7 @@ impl Connection {
             ));
         }
         drop(s);
-        self.link.send_replace(LinkState {
+        self.env.link.send_replace(LinkState {
             generation,
             up: true,
         });
@@ -284,7 +296,7 @@ impl Connection {
             s.current = None;
         }
         drop(s);
-        self.link.send_replace(LinkState {
+        self.env.link.send_replace(LinkState {
             generation,
             up: false,
         });
@@ -360,7 +372,7 @@ impl Connection {
         if let Some((generation, conn)) = s.current.clone() {
             // Use the prepared channel only if it belongs to the live generation.
             let ch = prepared.filter(|(g, _)| *g == generation).map(|(_, ch)| ch);
-            runtime::spawn(session(self.clone(), q.clone(), generation, conn, ch));
+            runtime::spawn(session(self.env.clone(), q.clone(), generation, conn, ch));
         }
         Ok(q)
     }
@@ -392,7 +404,7 @@ impl Connection {
         }
         let left = unsent(&queues);
         self.shutdown.send_replace(true);
-        self.link.send_modify(|l| l.up = false);
+        self.env.link.send_modify(|l| l.up = false);
         left
     }
 }

@@ -8,5 +8,7 @@ pub(crate) mod options;
 mod queue;
 mod session;
 
+/// What the C API hands a consumer.
+pub(crate) use crate::consume::{Callback, DeliveryView, Disposition};
 pub(crate) use connection::{Connection, ConnectionState};
 pub(crate) use queue::Queue;

@@ -1,12 +1,12 @@
 //! A queue's session: its life on one connection generation.
 
-use super::connection::Connection;
 use super::queue::{declare_error, Queue};
 use crate::backoff;
 use crate::publish::PublisherEnd;
 use crate::wire::{WireChannel, WireConnection};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// What the supervisor tells sessions: which connection generation is live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,17 +21,45 @@ impl LinkState {
     }
 }
 
+/// What sessions share with their connection's supervisor.
+pub(super) struct SessionEnv {
+    /// The live generation, set by the supervisor.
+    pub link: watch::Sender<LinkState>,
+    /// The connection's last error; sessions report refused declares here.
+    pub last_error: Mutex<Option<String>>,
+    /// Backoff between refused declares and quick channel losses.
+    pub delay: Duration,
+    pub delay_max: Duration,
+}
+
+impl SessionEnv {
+    pub fn set_last_error(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        backoff::delay(self.delay, self.delay_max, attempt)
+    }
+}
+
 /// One queue on one connection generation: open the channel (retrying while
 /// the broker refuses, e.g. a 406 after someone redeclared the queue), attach
 /// consumers, publish until the channel or the generation ends.
-pub(crate) async fn session(
-    conn_shared: Arc<Connection>,
+pub(super) async fn session(
+    env: Arc<SessionEnv>,
     q: Arc<Queue>,
     generation: u64,
     conn: WireConnection,
     mut prepared: Option<WireChannel>,
 ) {
-    let mut link = conn_shared.link.subscribe();
+    let mut link = env.link.subscribe();
     let mut refusals: u32 = 0;
     // Channels lost within a second of opening, in a row: back off, so a
     // queue that keeps failing (deleted again and again, a channel error on
@@ -50,12 +78,8 @@ pub(crate) async fn session(
                         // The connection is fine but the broker refuses our
                         // topology: say so loudly and retry with backoff.
                         error!("{err}; retrying");
-                        conn_shared.set_last_error(err.message);
-                        let delay = backoff::delay(
-                            conn_shared.options.reconnect_delay,
-                            conn_shared.options.reconnect_delay_max,
-                            refusals,
-                        );
+                        env.set_last_error(err.message);
+                        let delay = env.backoff(refusals);
                         refusals = refusals.saturating_add(1);
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => continue,
@@ -87,11 +111,7 @@ pub(crate) async fn session(
         warn!("queue '{}': {why}", q.name);
         ch.close().await;
         if opened_at.elapsed() < Duration::from_secs(1) {
-            let delay = backoff::delay(
-                conn_shared.options.reconnect_delay,
-                conn_shared.options.reconnect_delay_max,
-                quick_losses,
-            );
+            let delay = env.backoff(quick_losses);
             quick_losses = quick_losses.saturating_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}

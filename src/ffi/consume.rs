@@ -1,7 +1,7 @@
 //! Consuming: callbacks on library-owned threads, stop and start.
 
 use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
-use crate::consume::{Callback, DeliveryView, Disposition};
+use crate::client::{Callback, DeliveryView, Disposition};
 use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::atomic::Ordering;
