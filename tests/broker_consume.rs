@@ -21,7 +21,8 @@ fn seed(reader: &Reader, queue: &str, range: std::ops::Range<u64>) {
 
 #[test]
 fn ack_removes_messages() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("ack");
     let q = open_simple(c, &name);
     let reader = Reader::new();
@@ -49,12 +50,13 @@ fn ack_removes_messages() {
     let s = qstats(q);
     assert_eq!((s.delivered, s.acked), (50, 50), "{}", fmt_qstats(&s));
     rec.assert_no_panic();
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn delivery_fields_through_an_exchange() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("fields");
     let x = format!("ra-x-{name}");
     let q = queue_open(
@@ -72,14 +74,15 @@ fn delivery_fields_through_an_exchange() {
     assert_eq!(d.body, b"hello");
     assert_eq!(d.exchange, x);
     assert_eq!(d.routing_key, "the.key");
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn bodies_of_every_size_arrive_whole() {
     // Empty (no body frame), one byte, exactly one frame, and bodies split
     // over several frames (frame_max is 128 KiB), interleaved.
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("sizes");
     let q = open_simple(c, &name);
     let sizes = [0usize, 1, 131_064, 131_065, 300_000, 0, 5, 1 << 20];
@@ -103,12 +106,13 @@ fn bodies_of_every_size_arrive_whole() {
         );
     }
     wait_queue_messages(&name, 0, T);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn reject_without_dlx_drops() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("reject");
     let q = open_simple(c, &name);
     seed(&Reader::new(), &name, 0..20);
@@ -125,12 +129,13 @@ fn reject_without_dlx_drops() {
         "{}",
         fmt_qstats(&s)
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn requeue_redelivers() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("requeue");
     let q = open_simple(c, &name);
     let n = 5u64;
@@ -182,12 +187,13 @@ fn requeue_redelivers() {
         "{}",
         fmt_qstats(&s)
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn repeat_4_runs_4_callbacks_concurrently() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("repeat4");
     let q = open_simple(c, &name);
     let rec = Recorder::acking(Duration::from_millis(50));
@@ -205,12 +211,13 @@ fn repeat_4_runs_4_callbacks_concurrently() {
         "repeat=4: up to 4 callbacks at once, and 4 should be reached"
     );
     wait_queue_messages(&name, 0, T);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn repeat_4_on_a_backlog_with_small_prefetch() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("repeat4-backlog");
     let q = queue_open(c, &name, None, None, Some("prefetch=5"));
     seed(&Reader::new(), &name, 0..40);
@@ -223,12 +230,13 @@ fn repeat_4_on_a_backlog_with_small_prefetch() {
         "prefetch=5 per consumer spreads a backlog of 40 over the 4 consumers"
     );
     wait_queue_messages(&name, 0, T);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn repeat_0_means_1() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("repeat0");
     let q = open_simple(c, &name);
     seed(&Reader::new(), &name, 0..10);
@@ -241,12 +249,13 @@ fn repeat_0_means_1() {
         1,
         "repeat 0 means one consumer"
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn callbacks_run_on_library_threads() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("threads");
     let q = open_simple(c, &name);
     seed(&Reader::new(), &name, 0..20);
@@ -267,12 +276,13 @@ fn callbacks_run_on_library_threads() {
             "callback thread name {n:?} should start with {LIB_THREAD_PREFIX:?}"
         );
     }
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn consume_twice_adds_consumers() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("twice");
     let q = open_simple(c, &name);
     let r1 = Recorder::acking(Duration::ZERO);
@@ -295,12 +305,13 @@ fn consume_twice_adds_consumers() {
         r1.finished(),
         r2.finished()
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn prefetch_limits_unacked() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("prefetch");
     let q = queue_open(c, &name, None, None, Some("prefetch=3"));
     seed(&Reader::new(), &name, 0..30);
@@ -316,12 +327,13 @@ fn prefetch_limits_unacked() {
     assert!(max_unacked >= 1, "something should be in flight");
     assert!(max_unacked <= 3, "prefetch=3 but {max_unacked} unacked");
     assert_eq!(unsafe { amqp_consume_stop(q) }, amqp_result::AMQP_OK);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn consume_stop_freezes_callbacks_and_returns_prefetched() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("stop");
     let q = open_simple(c, &name);
     let seeded = 300u64;
@@ -404,12 +416,13 @@ fn consume_stop_freezes_callbacks_and_returns_prefetched() {
     assert_eq!(dups, 0, "no message should be handed to a callback twice");
     assert_eq!(foreign, 0);
     rec.assert_no_panic();
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn consume_stop_start_are_idempotent() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("idem");
     let q = open_simple(c, &name);
     // before any consumer
@@ -428,14 +441,15 @@ fn consume_stop_start_are_idempotent() {
     wait_for("one consumer", T, || {
         queue_counts(&name).map(|c| c.consumers) == Some(1)
     });
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 // ----- re-entrancy: calling the library from inside a callback -----
 
 #[test]
 fn publish_from_callback() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let a = unique_name("cb-src");
     let b = unique_name("cb-dst");
     let qa = open_simple(c, &a);
@@ -457,12 +471,13 @@ fn publish_from_callback() {
     let got = Reader::new().drain(&b);
     let (missing, _, _) = check_seqs(got.iter().map(|g| g.body.as_slice()), 50);
     assert!(missing.is_empty(), "missing {missing:?}");
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn consume_stop_from_callback() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("cb-stop");
     let q = open_simple(c, &name);
     let result: Arc<Mutex<Option<amqp_result>>> = Arc::new(Mutex::new(None));
@@ -505,12 +520,13 @@ fn consume_stop_from_callback() {
     wait_for("the other 19", T, || rec.finished() >= 20);
     wait_queue_messages(&name, 0, T);
     rec.assert_no_panic();
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn close_graceful_from_callback() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("cb-close");
     let q = open_simple(c, &name);
     let other = open_simple(c, &unique_name("cb-close-other"));
@@ -557,14 +573,15 @@ fn close_graceful_from_callback() {
 
 #[test]
 fn close_while_consuming_stops_callbacks() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("close-consuming");
     let q = open_simple(c, &name);
     seed(&Reader::new(), &name, 0..200);
     let rec = Recorder::acking(Duration::from_millis(10));
     consume(q, &rec, 2);
     wait_for("some callbacks", T, || rec.started() >= 10);
-    close_ok(c);
+    c_guard.close_ok();
     assert_eq!(
         rec.current(),
         0,
@@ -584,7 +601,8 @@ fn close_while_consuming_stops_callbacks() {
 
 #[test]
 fn unknown_disposition_requeues() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("bad-disposition");
     let q = open_simple(c, &name);
     seed(&Reader::new(), &name, 0..3);
@@ -614,12 +632,13 @@ fn unknown_disposition_requeues() {
         redelivered, 3,
         "an unknown disposition must requeue (nothing lost)"
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn close_timeout_bounds_the_wait_for_a_running_callback() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("close-slow-callback");
     let q = open_simple(c, &name);
     seed(&Reader::new(), &name, 0..1);
@@ -649,7 +668,8 @@ fn close_timeout_bounds_the_wait_for_a_running_callback() {
 fn consumers_come_back_after_their_queue_is_deleted() {
     // The broker cancels the consumers of a deleted queue; the library
     // declares the queue again and restarts them.
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("cancelled");
     let q = open_simple(c, &name);
     let rec = Recorder::acking(Duration::ZERO);
@@ -670,5 +690,5 @@ fn consumers_come_back_after_their_queue_is_deleted() {
     let (missing, _, foreign) = check_seqs(bodies.iter().map(|b| b.as_slice()), 20);
     assert!(missing.is_empty() && foreign == 0, "missing {missing:?}");
     rec.assert_no_panic();
-    close_ok(c);
+    c_guard.close_ok();
 }

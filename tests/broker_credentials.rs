@@ -166,7 +166,8 @@ fn passwords_never_in_logs_errors_or_stats() {
     // --- 1. wrong password for guest: refused by the broker, failed for good ---------------
     for (k, pw_in_uri) in [WRONG_PW.to_string(), pct(WRONG_PW)].iter().enumerate() {
         let u = format!("amqp://guest:{pw_in_uri}@{addr}/%2f");
-        let c = connect(&u, Some("reconnect_delay_ms=50"));
+        let c_guard = ConnGuard::connect(&u, Some("reconnect_delay_ms=50"));
+        let c = c_guard.h();
         let (r, q) = try_queue_open(c, &unique_name("cred-wrong"), None, None, None);
         seen.err("queue_open (wrong password)", r);
         let r = seen.err("wait_connected (wrong password)", unsafe {
@@ -196,10 +197,11 @@ fn passwords_never_in_logs_errors_or_stats() {
 
     // --- 2. dead port with a password: TIMEOUT, then CLOSED after max_reconnects -----------
     let u = format!("amqp://{USER}:{}@127.0.0.1:1/%2f", pct(USER_PW));
-    let c = connect(
+    let c_guard = ConnGuard::connect(
         &u,
         Some("max_reconnects=3&reconnect_delay_ms=50&reconnect_delay_max_ms=100"),
     );
+    let c = c_guard.h();
     let q = queue_open(c, &unique_name("cred-dead"), None, None, None);
     publish_ok(q, b"stays unsent");
     let r = seen.err("wait_connected (dead port, 20 ms)", unsafe {
@@ -224,7 +226,8 @@ fn passwords_never_in_logs_errors_or_stats() {
 
     // --- 3. the created user: connect, publish, consume, forced reconnect, refusals --------
     let u = format!("amqp://{USER}:{}@{addr}/%2f", pct(USER_PW));
-    let c = connect(&u, Some("reconnect_delay_ms=50"));
+    let c_guard = ConnGuard::connect(&u, Some("reconnect_delay_ms=50"));
+    let c = c_guard.h();
     let r = seen.err("wait_connected (user)", unsafe {
         amqp_wait_connected(c, 10_000)
     });
@@ -271,7 +274,8 @@ fn passwords_never_in_logs_errors_or_stats() {
 
     // unknown vhost: refused at login
     let u = format!("amqp://{USER}:{}@{addr}/no-such-vhost", pct(USER_PW));
-    let c = connect(&u, Some("reconnect_delay_ms=50&max_reconnects=5"));
+    let c_guard = ConnGuard::connect(&u, Some("reconnect_delay_ms=50&max_reconnects=5"));
+    let c = c_guard.h();
     let r = seen.err("wait_connected (unknown vhost)", unsafe {
         amqp_wait_connected(c, 15_000)
     });

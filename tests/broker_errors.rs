@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn connect_and_wait_connected_ok() {
-    let c = connect(&uri(), None);
+    let c_guard = ConnGuard::connect(&uri(), None);
+    let c = c_guard.h();
     let r = unsafe { amqp_wait_connected(c, 10_000) };
     assert_eq!(r, amqp_result::AMQP_OK, "{}", last_error());
     assert_eq!(
@@ -30,12 +31,13 @@ fn connect_and_wait_connected_ok() {
         amqp_result::AMQP_OK
     );
     assert!(t.elapsed() < Duration::from_secs(1));
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn wait_connected_times_out_on_dead_port() {
-    let c = connect(DEAD_URI, None);
+    let c_guard = ConnGuard::connect(DEAD_URI, None);
+    let c = c_guard.h();
     let t = Instant::now();
     let r = unsafe { amqp_wait_connected(c, 300) };
     let el = t.elapsed();
@@ -65,10 +67,11 @@ fn wait_connected_times_out_on_dead_port() {
 #[test]
 fn max_reconnects_gives_up_and_reports_unsent() {
     // slow backoff so that the publishes below surely happen before giving up
-    let c = connect(
+    let c_guard = ConnGuard::connect(
         DEAD_URI,
         Some("max_reconnects=2&reconnect_delay_ms=300&reconnect_delay_max_ms=400"),
     );
+    let c = c_guard.h();
     let q = queue_open(c, &unique_name("giveup"), None, None, None);
     for i in 0..3 {
         assert_eq!(
@@ -145,7 +148,8 @@ fn invalid_handles() {
         amqp_result::AMQP_ERR_INVALID_HANDLE
     );
 
-    let c = connect(DEAD_URI, None);
+    let c_guard = ConnGuard::connect(DEAD_URI, None);
+    let c = c_guard.h();
     let q = queue_open(c, &unique_name("handles"), None, None, None);
     assert!(
         c < (1u64 << 53) && q < (1u64 << 53),
@@ -177,7 +181,8 @@ fn invalid_handles() {
     assert_eq!(r, amqp_result::AMQP_OK);
     assert_eq!(unsent, 0);
     // freed handles stay invalid, even after new handles are issued
-    let c2 = connect(DEAD_URI, None);
+    let c2_guard = ConnGuard::connect(DEAD_URI, None);
+    let c2 = c2_guard.h();
     let q2 = queue_open(c2, &unique_name("handles"), None, None, None);
     assert_ne!(c2, c);
     assert_ne!(q2, q);
@@ -232,7 +237,8 @@ fn invalid_arguments() {
         amqp_result::AMQP_ERR_INVALID_ARGUMENT
     );
 
-    let c = connect(DEAD_URI, None);
+    let c_guard = ConnGuard::connect(DEAD_URI, None);
+    let c = c_guard.h();
     let (r, h) = try_queue_open(c, &unique_name("args"), None, None, Some("bogus=1"));
     assert_eq!(r, amqp_result::AMQP_ERR_INVALID_ARGUMENT);
     assert_eq!(h, 0);
@@ -319,7 +325,8 @@ fn last_error_is_copied_like_snprintf() {
 
 #[test]
 fn buffer_full_by_count() {
-    let c = connect(DEAD_URI, None);
+    let c_guard = ConnGuard::connect(DEAD_URI, None);
+    let c = c_guard.h();
     let q = queue_open(c, &unique_name("full"), None, None, Some("max_buffered=10"));
     for i in 0..10 {
         assert_eq!(
@@ -349,7 +356,8 @@ fn buffer_full_by_count() {
 
 #[test]
 fn buffer_full_by_bytes() {
-    let c = connect(DEAD_URI, None);
+    let c_guard = ConnGuard::connect(DEAD_URI, None);
+    let c = c_guard.h();
     let q = queue_open(
         c,
         &unique_name("fullb"),
@@ -377,7 +385,8 @@ fn buffer_full_by_bytes() {
 
 #[test]
 fn connection_level_max_buffered_applies_to_queues() {
-    let c = connect(DEAD_URI, Some("max_buffered=5&max_buffered_bytes=1000"));
+    let c_guard = ConnGuard::connect(DEAD_URI, Some("max_buffered=5&max_buffered_bytes=1000"));
+    let c = c_guard.h();
     let q1 = queue_open(c, &unique_name("connmax"), None, None, None);
     let q2 = queue_open(
         c,
@@ -418,7 +427,8 @@ fn connection_level_max_buffered_applies_to_queues() {
 
 #[test]
 fn message_too_large() {
-    let c = connect(DEAD_URI, Some("max_message_bytes=16"));
+    let c_guard = ConnGuard::connect(DEAD_URI, Some("max_message_bytes=16"));
+    let c = c_guard.h();
     let q = queue_open(c, &unique_name("large"), None, None, None);
     assert_eq!(publish(q, &[b'a'; 16]), amqp_result::AMQP_OK);
     assert_eq!(
@@ -448,7 +458,8 @@ fn precondition_failed_406_is_reported_and_connection_survives() {
             },
         )
         .expect("reader declare");
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let (r, h) = try_queue_open(c, &name, None, None, None);
     assert_eq!(
         r,
@@ -481,7 +492,7 @@ fn precondition_failed_406_is_reported_and_connection_survives() {
     );
     wait_queue_messages(&other, 1, Duration::from_secs(10));
     wait_queue_messages(&name, 1, Duration::from_secs(10));
-    close_ok(c);
+    c_guard.close_ok();
     reader.delete(&name);
     reader.delete(&other);
 }
@@ -499,7 +510,8 @@ fn exclusive_queue_of_another_connection_is_refused() {
             },
         )
         .expect("reader declare");
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let (r, _) = try_queue_open(c, &name, None, None, Some("durable=false"));
     assert_eq!(
         r,
@@ -515,7 +527,7 @@ fn exclusive_queue_of_another_connection_is_refused() {
         1,
         "a channel error (405) must not cost the connection"
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
@@ -523,7 +535,8 @@ fn refused_login_fails_for_good() {
     let good = uri();
     let bad = good.replacen("guest:guest@", "guest:wrong-password@", 1);
     assert_ne!(bad, good, "test URI should carry guest:guest credentials");
-    let c = connect(&bad, Some("reconnect_delay_ms=50"));
+    let c_guard = ConnGuard::connect(&bad, Some("reconnect_delay_ms=50"));
+    let c = c_guard.h();
     let t = Instant::now();
     let r = unsafe { amqp_wait_connected(c, 20_000) };
     assert_eq!(
@@ -577,8 +590,7 @@ fn log_callback_receives_messages_on_the_log_thread() {
     );
     let r = unsafe { amqp_set_log_callback(Some(log_cb), amqp_log_level::AMQP_LOG_DEBUG as _, ud) };
     assert_eq!(r, amqp_result::AMQP_OK);
-    let c = connect_ok(None);
-    close_ok(c);
+    ConnGuard::connect_ok(None).close_ok();
     wait_for("a log line", Duration::from_secs(10), || {
         !sink.lines.lock().unwrap().is_empty()
     });

@@ -42,7 +42,8 @@ fn wait_state(c: u64, want: amqp_connection_state, timeout: Duration) {
 #[test]
 fn queue_open_while_disconnected_declares_on_reconnect() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let mut app = AppStopped::stop();
     wait_state(c, amqp_connection_state::AMQP_STATE_RECONNECTING, T);
     let name = unique_name("late-open");
@@ -75,13 +76,14 @@ fn queue_open_while_disconnected_declares_on_reconnect() {
         "exchange declared on reconnect"
     );
     assert!(cstats(c).connects >= 2);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn close_times_out_while_broker_is_down() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let name = unique_name("close-down");
     let q = open_simple(c, &name);
     let mut app = AppStopped::stop();
@@ -164,7 +166,8 @@ fn assert_nothing_lost(name: &str, n: u64) {
 #[test]
 fn outage_while_publishing_loses_nothing() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let name = unique_name("outage");
     let q = open_simple(c, &name); // durable + persistent by default
     let n = 5000u64;
@@ -198,13 +201,14 @@ fn outage_while_publishing_loses_nothing() {
         "the connection should have reconnected"
     );
     assert_nothing_lost(&name, n);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn connections_killed_while_publishing_lose_nothing() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let name = unique_name("killed");
     let q = open_simple(c, &name);
     let n = 4000u64;
@@ -227,13 +231,14 @@ fn connections_killed_while_publishing_lose_nothing() {
     eprintln!("stats after kills: {}", fmt_qstats(&s));
     assert_eq!(s.confirmed, n);
     assert_nothing_lost(&name, n);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn burst_during_outage_is_delivered_after_it() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let name = unique_name("burst");
     let q = open_simple(c, &name);
     let mut app = AppStopped::stop();
@@ -247,13 +252,14 @@ fn burst_during_outage_is_delivered_after_it() {
     wait_drained(q, Duration::from_secs(120));
     wait_queue_messages(&name, n, T);
     assert_nothing_lost(&name, n);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn consumers_come_back_after_reconnect_not_doubled() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let name = unique_name("consumers-back");
     let q = open_simple(c, &name);
     let rec = Recorder::acking(Duration::ZERO);
@@ -283,7 +289,7 @@ fn consumers_come_back_after_reconnect_not_doubled() {
     consumers(3);
 
     seed_and_expect(&name, &rec, 30);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 fn seed_and_expect(name: &str, rec: &Arc<Recorder>, n: u64) {
@@ -298,7 +304,8 @@ fn seed_and_expect(name: &str, rec: &Arc<Recorder>, n: u64) {
 #[test]
 fn consume_while_disconnected_starts_on_connect() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let mut app = AppStopped::stop();
     wait_state(c, amqp_connection_state::AMQP_STATE_RECONNECTING, T);
     let name = unique_name("consume-down");
@@ -314,13 +321,14 @@ fn consume_while_disconnected_starts_on_connect() {
     });
     wait_queue_messages(&name, 0, T);
     assert_eq!(queue_counts(&name).unwrap().consumers, 2);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn consuming_through_connection_kills_loses_nothing() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let name = unique_name("consume-kill");
     let q = open_simple(c, &name);
     let n = 600u64;
@@ -343,13 +351,14 @@ fn consuming_through_connection_kills_loses_nothing() {
     );
     assert!(missing.is_empty());
     rec.assert_no_panic();
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn ack_of_delivery_from_dead_channel_is_not_sent_on_new_one() {
     let _g = serial();
-    let c = connect_ok(Some(FAST));
+    let c_guard = ConnGuard::connect_ok(Some(FAST));
+    let c = c_guard.h();
     let name = unique_name("dead-channel-ack");
     let q = queue_open(c, &name, None, None, Some("prefetch=1"));
     let in_first = Arc::new(AtomicBool::new(false));
@@ -406,5 +415,5 @@ fn ack_of_delivery_from_dead_channel_is_not_sent_on_new_one() {
     assert_eq!(st.acked, 5, "acks applied on live channels");
     assert_eq!(st.released, 1, "the stale ack was dropped");
     rec.assert_no_panic();
-    close_ok(c);
+    c_guard.close_ok();
 }

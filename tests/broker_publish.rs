@@ -12,7 +12,8 @@ const T: Duration = Duration::from_secs(20);
 
 #[test]
 fn default_exchange_all_messages_arrive_in_order() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("default");
     let q = open_simple(c, &name);
     let n = 500u64;
@@ -42,12 +43,13 @@ fn default_exchange_all_messages_arrive_in_order() {
         assert_eq!(g.exchange, "", "default exchange");
         assert_eq!(g.routing_key, name, "routed by queue name");
     }
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn empty_and_binary_messages() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("binary");
     let q = open_simple(c, &name);
     assert_eq!(
@@ -64,12 +66,13 @@ fn empty_and_binary_messages() {
     assert_eq!(got[0].body.len(), 0);
     assert_eq!(got[1].body, bin);
     assert_eq!(got[2].body, big);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn direct_exchange_with_routing_key() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("direct");
     let x = format!("ra-x-{name}");
     let q = queue_open(c, &name, Some(&x), Some("rk"), None);
@@ -100,12 +103,13 @@ fn direct_exchange_with_routing_key() {
     publish_ok(q2, b"for other-key");
     wait_drained(q2, T);
     wait_queue_messages(&other, 1, T);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn null_routing_key_means_empty() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("nullrk");
     let x = format!("ra-x-{name}");
     let q = queue_open(c, &name, Some(&x), None, None);
@@ -114,12 +118,13 @@ fn null_routing_key_means_empty() {
     let got = Reader::new().drain_at_least(&name, 1, T);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].routing_key, "");
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn fanout_exchange_reaches_every_bound_queue() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let a = unique_name("fan-a");
     let b = unique_name("fan-b");
     let x = format!("ra-x-{a}");
@@ -132,12 +137,13 @@ fn fanout_exchange_reaches_every_bound_queue() {
     wait_drained(qa, T);
     wait_queue_messages(&a, 5, T);
     wait_queue_messages(&b, 5, T);
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn topic_exchange() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("topic");
     let x = format!("ra-x-{name}");
     let q = queue_open(
@@ -154,12 +160,13 @@ fn topic_exchange() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].exchange, x);
     assert_eq!(got[0].routing_key, "orders.created");
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn durable_option() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let d = unique_name("durable");
     let t = unique_name("transient");
     open_simple(c, &d);
@@ -172,12 +179,13 @@ fn durable_option() {
         queue_info(&t, &["durable"]).expect("transient queue listed")[0],
         "false"
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn quorum_queue() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("quorum");
     let q = queue_open(c, &name, None, None, Some("queue_type=quorum"));
     assert_eq!(queue_info(&name, &["type"]).expect("listed")[0], "quorum");
@@ -196,12 +204,13 @@ fn quorum_queue() {
     let cl = unique_name("classic");
     queue_open(c, &cl, None, None, Some("queue_type=classic"));
     assert_eq!(queue_info(&cl, &["type"]).expect("listed")[0], "classic");
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn persistent_sets_delivery_mode() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let p = unique_name("persistent");
     let np = unique_name("nonpersistent");
     let qp = open_simple(c, &p);
@@ -223,12 +232,13 @@ fn persistent_sets_delivery_mode() {
         "persistent=false must be delivery mode 1 or absent, got {:?}",
         gn[0].delivery_mode
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn many_threads_publish_to_one_queue() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("threads");
     let q = open_simple(c, &name);
     let per = 500u64;
@@ -263,12 +273,13 @@ fn many_threads_publish_to_one_queue() {
             "thread {t}: order not kept"
         );
     }
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn several_queues_on_one_connection() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let names: Vec<String> = (0..5).map(|_| unique_name("multi")).collect();
     let qs: Vec<u64> = names.iter().map(|n| open_simple(c, n)).collect();
     assert_eq!(cstats(c).queues, 5);
@@ -281,12 +292,13 @@ fn several_queues_on_one_connection() {
         wait_drained(*q, T);
         assert_eq!(queue_messages(n), i as u64 + 1);
     }
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn stats_count_what_happened() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("stats");
     let q = open_simple(c, &name);
     let s0 = qstats(q);
@@ -335,14 +347,15 @@ fn stats_count_what_happened() {
         "{}",
         fmt_qstats(&s3)
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 // ----- close_graceful -----
 
 #[test]
 fn close_graceful_confirms_everything_then_invalidates_handles() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("close");
     let q = open_simple(c, &name);
     for i in 0..300 {
@@ -378,7 +391,8 @@ fn close_graceful_confirms_everything_then_invalidates_handles() {
 
 #[test]
 fn close_graceful_accepts_null_unsent() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let q = open_simple(c, &unique_name("closenull"));
     publish_ok(q, b"x");
     let r = unsafe { amqp_close_graceful(c, 10_000, std::ptr::null_mut()) };
@@ -388,7 +402,8 @@ fn close_graceful_accepts_null_unsent() {
 
 #[test]
 fn publish_during_close_is_refused() {
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("closing");
     let q = open_simple(c, &name);
     for i in 0..2000 {
@@ -456,7 +471,8 @@ fn mandatory_false_lets_the_broker_drop_what_reaches_no_queue() {
     // The documented price of mandatory=false: after someone deletes the
     // queue, the broker confirms each message and drops it; the library
     // cannot tell, so nothing is resent and the queue is not declared again.
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("nomandatory");
     let q = queue_open(c, &name, None, None, Some("mandatory=false"));
     publish_ok(q, &seq_body(0));
@@ -474,7 +490,7 @@ fn mandatory_false_lets_the_broker_drop_what_reaches_no_queue() {
         queue_counts(&name).is_none(),
         "the queue was not declared again"
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
@@ -482,7 +498,8 @@ fn a_queue_deleted_by_someone_else_is_declared_again_and_nothing_is_lost() {
     // Publishes are mandatory: a message that reaches no queue comes back
     // (basic.return) instead of being confirmed and dropped; the library
     // reopens the channel, declares the queue again and resends.
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("deleted");
     let q = open_simple(c, &name);
     for i in 0..100 {
@@ -513,7 +530,7 @@ fn a_queue_deleted_by_someone_else_is_declared_again_and_nothing_is_lost() {
         "returned messages were sent again: {}",
         fmt_qstats(&s)
     );
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 fn publish_wait(q: u64, body: &[u8], timeout_ms: u32) -> amqp_result {
@@ -531,7 +548,8 @@ fn publish_wait(q: u64, body: &[u8], timeout_ms: u32) -> amqp_result {
 fn publish_wait_moves_everything_through_a_small_buffer_in_order() {
     // 3,000 messages through a buffer of 16: the producer sleeps until
     // confirms make room; none is refused, all arrive once, in order.
-    let c = connect_ok(None);
+    let c_guard = ConnGuard::connect_ok(None);
+    let c = c_guard.h();
     let name = unique_name("pubwait");
     let q = queue_open(c, &name, None, None, Some("max_buffered=16"));
     let n = 3000u64;
@@ -546,14 +564,15 @@ fn publish_wait_moves_everything_through_a_small_buffer_in_order() {
     let got = Reader::new().drain(&name);
     let seqs: Vec<u64> = got.iter().filter_map(|g| parse_seq(&g.body)).collect();
     assert_eq!(seqs, (0..n).collect::<Vec<_>>());
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 #[test]
 fn publish_wait_returns_closed_when_close_begins_while_it_waits() {
     // Nothing drains a buffer whose broker never answers: the waiting
     // producer must be woken by the close, not sleep out its timeout.
-    let c = connect(DEAD_URI, Some("max_buffered=1"));
+    let c_guard = ConnGuard::connect(DEAD_URI, Some("max_buffered=1"));
+    let c = c_guard.h();
     let (r, q) = try_queue_open(c, &unique_name("pubwaitclose"), None, None, None);
     assert_eq!(r, amqp_result::AMQP_OK, "{}", last_error());
     assert_eq!(publish(q, b"first"), amqp_result::AMQP_OK);

@@ -245,6 +245,7 @@ fn churn(id: usize, deadline: Instant, stale: Arc<Mutex<Vec<(char, u64)>>>) -> C
         let c = timed("amqp_connect", || {
             connect(&uri(), Some("reconnect_delay_ms=20"))
         });
+        let _c_guard = ConnGuard::new(c); // closed below; closes it if this thread panics first
         check_new(c, "connection", &mut rep.errors);
         let r = timed("amqp_wait_connected", || amqp_wait_connected(c, 10_000));
         if r != amqp_result::AMQP_OK {
@@ -725,7 +726,8 @@ fn short_heartbeat_uri() -> String {
 
 /// One full cycle against the broker: connect, queue, 2 consumers, publishes, graceful close.
 fn broker_cycle(queue: &str) {
-    let c = connect(&short_heartbeat_uri(), Some("reconnect_delay_ms=20"));
+    let c_guard = ConnGuard::connect(&short_heartbeat_uri(), Some("reconnect_delay_ms=20"));
+    let c = c_guard.h();
     assert_eq!(
         amqp_wait_connected(c, 10_000),
         amqp_result::AMQP_OK,
@@ -740,14 +742,15 @@ fn broker_cycle(queue: &str) {
         publish_ok(q, &payload);
     }
     wait_drained(q, Duration::from_secs(10));
-    close_ok(c);
+    c_guard.close_ok();
 }
 
 /// One cycle to a dead port that surely makes connect attempts (max_reconnects=2: it gives up
 /// after them; the delay between them, at least 100 ms, leaves time to open and publish), with a
 /// message that is never sent.
 fn dead_cycle() {
-    let c = connect(DEAD_URI, Some("max_reconnects=2&reconnect_delay_ms=200"));
+    let c_guard = ConnGuard::connect(DEAD_URI, Some("max_reconnects=2&reconnect_delay_ms=200"));
+    let c = c_guard.h();
     let q = open_simple(c, "rss-dead");
     publish_ok(q, &[0u8; 4096]);
     assert_eq!(amqp_wait_connected(c, 10_000), amqp_result::AMQP_ERR_CLOSED);

@@ -26,9 +26,13 @@ mod broker;
 mod consume;
 mod reader;
 
+#[allow(unused_imports)]
 pub use api::*;
+#[allow(unused_imports)]
 pub use broker::*;
+#[allow(unused_imports)]
 pub use consume::*;
+#[allow(unused_imports)]
 pub use reader::*;
 
 use std::collections::HashSet;
