@@ -33,6 +33,9 @@
 //!   program is printed to stderr and appended to the file
 //!   `RA_C_MEMCHECK_REPORT` when it is set.
 
+mod common;
+
+use common::{ctl_prefix, ctl_try, unique_name, uri};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -487,44 +490,11 @@ fn tail(s: &str, n: usize) -> &str {
 
 // ------------------------------------------------------------------- broker --
 
-fn broker_uri() -> String {
-    match std::env::var("RESILIENT_AMQP_TEST_URI") {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "RESILIENT_AMQP_TEST_URI is not set: this test needs the private RabbitMQ node; \
-             run the tests with `bash scripts/test.sh` (it starts the broker and sets \
-             RESILIENT_AMQP_TEST_URI and RESILIENT_AMQP_TEST_CTL)"
-        ),
-    }
-}
-
-fn broker_ctl() -> String {
-    match std::env::var("RESILIENT_AMQP_TEST_CTL") {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "RESILIENT_AMQP_TEST_CTL is not set: this test stops and starts the broker; \
-             run the tests with `bash scripts/test.sh`"
-        ),
-    }
-}
-
 /// Broker programs run one at a time: they share one node, and the outage
 /// demo stops it.
 fn broker_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ctl(args: &str) -> bool {
-    let ctl = broker_ctl();
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("{ctl} {args}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 // ----------------------------------------------------------- test programs --
@@ -533,7 +503,7 @@ fn ctl(args: &str) -> bool {
 /// its stdout holds only PASS/FAIL/# lines and at least one PASS.
 fn run_c_test(name: &str, b: Build, needs_broker: bool, limit_s: u64) {
     let _guard = if needs_broker {
-        broker_uri(); // fail early and clearly without a broker
+        uri(); // fail early and clearly without a broker
         Some(broker_lock())
     } else {
         None
@@ -817,18 +787,14 @@ fn c_exit_atexit() {
 
 #[test]
 fn example_publisher_then_consumer() {
-    let uri = broker_uri();
+    let uri = uri();
     let _guard = broker_lock();
     let dir = work_dir("examples");
     let publisher = dir.join("publisher");
     let consumer = dir.join("consumer");
     compile(&Build::c("examples-c/publisher.c"), &publisher);
     compile(&Build::c("examples-c/consumer.c"), &consumer);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let queue = format!("ra-example-{}-{}", std::process::id(), nanos);
+    let queue = unique_name("example");
 
     let mut cmd = program(&publisher);
     cmd.args([uri.as_str(), queue.as_str(), "3000"]);
@@ -859,7 +825,7 @@ fn example_publisher_then_consumer() {
     );
 
     if std::env::var("RESILIENT_AMQP_TEST_CTL").is_ok_and(|v| !v.is_empty()) {
-        ctl(&format!("delete_queue '{queue}'"));
+        let _ = ctl_try(&format!("delete_queue '{queue}'"));
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -868,8 +834,8 @@ fn example_publisher_then_consumer() {
 /// 20,000 messages are published; nothing may be lost.
 #[test]
 fn example_outage_demo() {
-    let uri = broker_uri();
-    let ctl_cmd = broker_ctl();
+    let uri = uri();
+    let ctl_cmd = ctl_prefix();
     let _guard = broker_lock();
     let dir = work_dir("outage_demo");
     let exe = dir.join("outage_demo");
@@ -879,7 +845,7 @@ fn example_outage_demo() {
     let r = run_with_timeout(cmd, limit(150));
     // Whatever happened, leave the broker running for the next test.
     if r.timed_out || r.code != Some(0) {
-        ctl("start_app");
+        let _ = ctl_try("start_app");
     }
     check_memory("outage_demo", &r, &dir);
     assert!(
