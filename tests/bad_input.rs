@@ -202,11 +202,32 @@ impl Table {
         );
     }
 }
+/// The table's fixtures: a live dead-port connection with small limits and two queues on it; a
+/// closed connection and its (now stale) queue; a connection in the freed slot and its queue; a
+/// connection that gave up for good with its queue; handles never issued.
+#[derive(Clone, Copy)]
+struct Handles {
+    conn: u64,
+    q: u64,
+    q2: u64,
+    closed: u64,
+    closed_q: u64,
+    reused: u64,
+    reused_q: u64,
+    failing: u64,
+    failing_q: u64,
+    never_issued: [u64; 4],
+}
 
-#[test]
-fn bad_input_table() {
-    let mut t = Table { rows: Vec::new() };
+/// Bad and borderline names, NUL-terminated.
+struct Names {
+    bad_utf8: Vec<u8>,
+    name255: Vec<u8>,
+    name256: Vec<u8>,
+    qname: Vec<u8>,
+}
 
+fn fixtures() -> (Handles, Names) {
     // fixtures: a live dead-port connection with small limits and one queue on it; a closed
     // connection and its (now stale) queue; a connection that gave up for good with its queue
     let conn = dead_conn(Some(
@@ -248,7 +269,31 @@ fn bad_input_table() {
     let qname = c(b"bad-input-rows");
     let never_issued: [u64; 4] = [0xdead_beef, 1 << 52 | 0xdead, u64::MAX, 1 << 53 | 1];
 
-    // --- amqp_connect --------------------------------------------------------------------
+    (
+        Handles {
+            conn,
+            q,
+            q2,
+            closed,
+            closed_q,
+            reused,
+            reused_q,
+            failing,
+            failing_q,
+            never_issued,
+        },
+        Names {
+            bad_utf8,
+            name255,
+            name256,
+            qname,
+        },
+    )
+}
+
+/// amqp_connect: bad URIs, options and pointers; returns the idle connection of its last (OK) row.
+fn connect_rows(t: &mut Table, n: &Names) -> u64 {
+    let Names { bad_utf8, .. } = n;
     let u = c(DEAD_URI.as_bytes());
     t.row_out(
         "connect(uri NULL)",
@@ -365,16 +410,26 @@ fn bad_input_table() {
         "connect(options bad UTF-8)",
         AMQP_ERR_INVALID_ARGUMENT,
         "options is not valid UTF-8",
-        || connect_raw(p(&u), p(&bad_utf8)),
+        || connect_raw(p(&u), p(bad_utf8)),
     );
-    let ok_conn = t.row_out(
+    t.row_out(
         "connect(options \"\") (no options: OK)",
         AMQP_OK,
         "",
         || connect_str(DEAD_URI, Some("")),
-    );
+    )
+}
 
-    // --- amqp_wait_connected / close / stats with bad handles ------------------------------
+/// amqp_wait_connected, amqp_close_graceful and amqp_connection_get_stats with bad handles.
+fn bad_handle_rows(t: &mut Table, h: &Handles) {
+    let Handles {
+        conn,
+        q,
+        closed,
+        failing,
+        never_issued,
+        ..
+    } = *h;
     t.row(
         "wait_connected(0)",
         AMQP_ERR_INVALID_HANDLE,
@@ -450,37 +505,53 @@ fn bad_input_table() {
         "out (out-parameter) is NULL",
         || unsafe { amqp_connection_get_stats(conn, null_mut()) },
     );
+}
 
-    // --- amqp_queue_open -----------------------------------------------------------------
+/// amqp_queue_open: bad handles, names, exchanges, routing keys and options.
+fn queue_open_rows(t: &mut Table, h: &Handles, n: &Names) {
+    let Handles {
+        conn,
+        q,
+        closed,
+        failing,
+        never_issued,
+        ..
+    } = *h;
+    let Names {
+        bad_utf8,
+        name255,
+        name256,
+        qname,
+    } = n;
     t.row_out(
         "queue_open(conn 0)",
         AMQP_ERR_INVALID_HANDLE,
         "not a valid connection handle",
-        || open_raw(0, p(&qname), null(), null(), null()),
+        || open_raw(0, p(qname), null(), null(), null()),
     );
     t.row_out(
         "queue_open(never-issued conn)",
         AMQP_ERR_INVALID_HANDLE,
         "not a valid connection handle",
-        || open_raw(never_issued[0], p(&qname), null(), null(), null()),
+        || open_raw(never_issued[0], p(qname), null(), null(), null()),
     );
     t.row_out(
         "queue_open(queue handle as conn)",
         AMQP_ERR_INVALID_HANDLE,
         "not a valid connection handle",
-        || open_raw(q, p(&qname), null(), null(), null()),
+        || open_raw(q, p(qname), null(), null(), null()),
     );
     t.row_out(
         "queue_open(closed conn)",
         AMQP_ERR_INVALID_HANDLE,
         "not a valid connection handle",
-        || open_raw(closed, p(&qname), null(), null(), null()),
+        || open_raw(closed, p(qname), null(), null(), null()),
     );
     t.row_out(
         "queue_open(conn that gave up for good)",
         AMQP_ERR_CLOSED,
         "failed for good",
-        || open_raw(failing, p(&qname), null(), null(), null()),
+        || open_raw(failing, p(qname), null(), null(), null()),
     );
     t.row_out(
         "queue_open(queue NULL)",
@@ -492,7 +563,7 @@ fn bad_input_table() {
         "queue_open(out NULL)",
         AMQP_ERR_INVALID_ARGUMENT,
         "out (out-parameter) is NULL",
-        || unsafe { amqp_queue_open(conn, p(&qname), null(), null(), null(), null_mut()) },
+        || unsafe { amqp_queue_open(conn, p(qname), null(), null(), null(), null_mut()) },
     );
     t.row_out(
         "queue_open(queue \"\")",
@@ -504,49 +575,49 @@ fn bad_input_table() {
         "queue_open(queue of 256 bytes)",
         AMQP_ERR_INVALID_ARGUMENT,
         "queue name is 256 bytes long",
-        || open_raw(conn, p(&name256), null(), null(), null()),
+        || open_raw(conn, p(name256), null(), null(), null()),
     );
     t.row_out(
         "queue_open(exchange of 256 bytes)",
         AMQP_ERR_INVALID_ARGUMENT,
         "exchange name is 256 bytes long",
-        || open_raw(conn, p(&qname), p(&name256), null(), null()),
+        || open_raw(conn, p(qname), p(name256), null(), null()),
     );
     t.row_out(
         "queue_open(routing key of 256 bytes)",
         AMQP_ERR_INVALID_ARGUMENT,
         "routing key is 256 bytes long",
-        || open_raw(conn, p(&qname), p(&qname), p(&name256), null()),
+        || open_raw(conn, p(qname), p(qname), p(name256), null()),
     );
     t.row_out(
         "queue_open(queue, exchange, key of 255 bytes) OK",
         AMQP_OK,
         "",
-        || open_raw(conn, p(&name255), p(&name255), p(&name255), null()),
+        || open_raw(conn, p(name255), p(name255), p(name255), null()),
     );
     t.row_out(
         "queue_open(queue bad UTF-8)",
         AMQP_ERR_INVALID_ARGUMENT,
         "queue is not valid UTF-8",
-        || open_raw(conn, p(&bad_utf8), null(), null(), null()),
+        || open_raw(conn, p(bad_utf8), null(), null(), null()),
     );
     t.row_out(
         "queue_open(exchange bad UTF-8)",
         AMQP_ERR_INVALID_ARGUMENT,
         "exchange is not valid UTF-8",
-        || open_raw(conn, p(&qname), p(&bad_utf8), null(), null()),
+        || open_raw(conn, p(qname), p(bad_utf8), null(), null()),
     );
     t.row_out(
         "queue_open(routing key bad UTF-8)",
         AMQP_ERR_INVALID_ARGUMENT,
         "routing_key is not valid UTF-8",
-        || open_raw(conn, p(&qname), p(&qname), p(&bad_utf8), null()),
+        || open_raw(conn, p(qname), p(qname), p(bad_utf8), null()),
     );
     t.row_out(
         "queue_open(options bad UTF-8)",
         AMQP_ERR_INVALID_ARGUMENT,
         "options is not valid UTF-8",
-        || open_raw(conn, p(&qname), null(), null(), p(&bad_utf8)),
+        || open_raw(conn, p(qname), null(), null(), p(bad_utf8)),
     );
     t.row_out(
         "queue_open(options \"colour=blue\") unknown key",
@@ -602,8 +673,20 @@ fn bad_input_table() {
         "'max_buffered'",
         || open_str(conn, "bad-input-rows", Some("max_buffered=abc")),
     );
+}
 
-    // --- amqp_publish --------------------------------------------------------------------
+/// amqp_publish: bad handles and bodies, and the limits: `q` ends full (2 buffered), `q2` at 10
+/// bytes.
+fn publish_rows(t: &mut Table, h: &Handles) {
+    let Handles {
+        conn,
+        q,
+        q2,
+        closed_q,
+        failing_q,
+        never_issued,
+        ..
+    } = *h;
     t.row(
         "publish(0)",
         AMQP_ERR_INVALID_HANDLE,
@@ -676,8 +759,17 @@ fn bad_input_table() {
         "failed for good",
         || publish(failing_q, b"x"),
     );
+}
 
-    // --- amqp_publish_wait (q is full at max_buffered 2, q2 at max_buffered_bytes 10) ----
+/// amqp_publish_wait: `q` is full at max_buffered 2, `q2` at max_buffered_bytes 10.
+fn publish_wait_rows(t: &mut Table, h: &Handles) {
+    let Handles {
+        q,
+        q2,
+        closed_q,
+        failing_q,
+        ..
+    } = *h;
     let wait = |q: u64, body: &[u8], ms: u32| unsafe {
         amqp_publish_wait(q, body.as_ptr() as *const c_void, body.len(), ms)
     };
@@ -729,8 +821,13 @@ fn bad_input_table() {
         "failed for good",
         || wait(failing_q, b"x", 10),
     );
+}
 
-    // --- amqp_consume / stop / start -----------------------------------------------------
+/// amqp_consume / amqp_consume_stop / amqp_consume_start and amqp_queue_get_stats.
+fn consume_and_stats_rows(t: &mut Table, h: &Handles) {
+    let Handles {
+        conn, q, closed_q, ..
+    } = *h;
     t.row(
         "consume(cb NULL)",
         AMQP_ERR_INVALID_ARGUMENT,
@@ -794,8 +891,10 @@ fn bad_input_table() {
             amqp_queue_get_stats(closed_q, &mut s)
         },
     );
+}
 
-    // --- logging -------------------------------------------------------------------------
+/// amqp_set_log_callback with bad levels.
+fn log_rows(t: &mut Table) {
     t.row(
         "set_log_callback(NULL, level 7)",
         AMQP_ERR_INVALID_ARGUMENT,
@@ -808,8 +907,17 @@ fn bad_input_table() {
         "level -1",
         || unsafe { amqp_set_log_callback(None, -1, null_mut()) },
     );
+}
 
-    // --- the stale handles stay stale although their slots were reused ---------------------
+/// The stale handles stay stale although their slots were reused.
+fn stale_handle_rows(t: &mut Table, h: &Handles) {
+    let Handles {
+        closed,
+        closed_q,
+        reused,
+        reused_q,
+        ..
+    } = *h;
     t.row(
         "wait_connected(closed conn, slot reused)",
         AMQP_ERR_INVALID_HANDLE,
@@ -834,8 +942,17 @@ fn bad_input_table() {
         "",
         || publish(reused_q, b"x"),
     );
+}
 
-    // --- close everything: the buffered messages of `conn` are reported unsent --------------
+/// Closes everything: the buffered messages of `conn` are reported unsent.
+fn close_rows(t: &mut Table, h: &Handles, ok_conn: u64) {
+    let Handles {
+        conn,
+        q,
+        reused,
+        failing,
+        ..
+    } = *h;
     // (amqp_close_graceful writes `unsent` on AMQP_ERR_TIMEOUT too: that is its contract)
     let unsent = std::cell::Cell::new(SENTINEL);
     t.row(
@@ -886,7 +1003,22 @@ fn bad_input_table() {
         "1 message(s) were not confirmed",
         || unsafe { amqp_close_graceful(reused, 0, null_mut()) },
     );
+}
 
+#[test]
+fn bad_input_table() {
+    let mut t = Table { rows: Vec::new() };
+    let (h, n) = fixtures();
+    // in this order: later rows rely on what earlier ones left (buffered messages, full queues)
+    let ok_conn = connect_rows(&mut t, &n);
+    bad_handle_rows(&mut t, &h);
+    queue_open_rows(&mut t, &h, &n);
+    publish_rows(&mut t, &h);
+    publish_wait_rows(&mut t, &h);
+    consume_and_stats_rows(&mut t, &h);
+    log_rows(&mut t);
+    stale_handle_rows(&mut t, &h);
+    close_rows(&mut t, &h, ok_conn);
     t.check();
 }
 
