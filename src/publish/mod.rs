@@ -11,6 +11,7 @@
 mod bodies;
 mod buffer;
 mod publisher;
+mod window;
 
 pub(crate) use buffer::PublishBuffer;
 pub(crate) use publisher::{window_limits, PublisherEnd, DISK_PUBLISH_WINDOW, PUBLISH_WINDOW};
