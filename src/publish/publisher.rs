@@ -2,10 +2,12 @@
 //! window of messages ahead of their confirms.
 
 use super::bodies::Body;
+use super::window::{ByteLen, ConfirmWindow, Released};
 use super::Outbox;
 use crate::wire::{Confirm, PublishTarget, WireChannel};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
 /// Messages sent ahead of their confirms. Below RabbitMQ's credit-flow
@@ -46,11 +48,20 @@ pub(crate) enum PublisherEnd {
     ChannelLost(String),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
-    Pending,
-    Acked,
-    Nacked,
+impl ByteLen for Body {
+    fn byte_len(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+/// One run's state besides the outbox: what it sends on and what it holds.
+struct Run<'a> {
+    ch: &'a WireChannel,
+    target: PublishTarget<'a>,
+    window: ConfirmWindow<Body>,
+    /// Unconfirmed messages to send before anything new from the buffer.
+    retry: VecDeque<Body>,
+    confirms: Vec<Confirm>,
 }
 
 impl Outbox {
@@ -60,169 +71,171 @@ impl Outbox {
     ///
     /// Frames are appended to the connection's output in batches (one lock,
     /// one writer wake-up for up to the whole window), in buffer order, so
-    /// the wire order is the publish order. The broker numbers publishes on
-    /// a confirm channel from 1, so the message at `window[i]` has delivery
-    /// tag `base_tag + i`.
+    /// the wire order is the publish order. The window (`ConfirmWindow`)
+    /// keeps the delivery tags and what the broker settled; this loop only
+    /// moves messages between the buffer, `retry` and the window, and waits.
     pub async fn run(&self, ch: &WireChannel, stop: impl Future<Output = ()>) -> PublisherEnd {
         let _running = self.running.lock().await;
         let mut stop = std::pin::pin!(stop);
-        let mut window: VecDeque<(Body, Slot)> = VecDeque::new();
-        let mut base_tag: u64 = 1;
-        let mut confirms: Vec<Confirm> = Vec::new();
-        let mut retry = std::mem::take(&mut *self.retry.lock().unwrap_or_else(|p| p.into_inner()));
-        let target = PublishTarget {
-            exchange: self.settings.exchange.as_bytes(),
-            routing_key: self.settings.routing_key.as_bytes(),
-            persistent: self.settings.persistent,
-            mandatory: self.settings.mandatory,
-        };
-        let mut window_bytes: u64 = 0;
         let (max_count, max_bytes) = self.settings.window;
+        let mut run = Run {
+            ch,
+            target: PublishTarget {
+                exchange: self.settings.exchange.as_bytes(),
+                routing_key: self.settings.routing_key.as_bytes(),
+                persistent: self.settings.persistent,
+                mandatory: self.settings.mandatory,
+            },
+            window: ConfirmWindow::new(max_count, max_bytes),
+            retry: std::mem::take(&mut *self.retry.lock().unwrap_or_else(|p| p.into_inner())),
+            confirms: Vec::new(),
+        };
         let end = loop {
-            if window.len() < max_count
-                && window_bytes < max_bytes
-                && (!retry.is_empty() || self.buffer.count() > window.len() as u64)
-            {
-                let mut resent = 0u64;
-                let sent = match ch.start_publish(target) {
-                    Ok(mut batch) => {
-                        while window.len() < max_count && window_bytes < max_bytes {
-                            let body = match retry.pop_front() {
-                                Some(b) => {
-                                    resent += 1;
-                                    b
-                                }
-                                None => match self.buffer.pop() {
-                                    Some(b) => b,
-                                    None => break,
-                                },
-                            };
-                            batch.publish(&body);
-                            window_bytes += body.len() as u64;
-                            window.push_back((body, Slot::Pending));
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                };
-                if resent > 0 {
-                    self.stats.resent.fetch_add(resent, Ordering::Relaxed);
-                }
-                if let Err(e) = sent {
-                    break PublisherEnd::ChannelLost(e.to_string());
-                }
-                self.stats
-                    .in_flight
-                    .store(window.len() as u64, Ordering::Relaxed);
+            if let Err(why) = self.fill(&mut run) {
+                break PublisherEnd::ChannelLost(why);
             }
-
-            ch.take_confirms(&mut confirms);
-            if confirms.is_empty() {
-                if !ch.is_open() {
-                    let why = ch.close_reason().map(|f| f.to_string()).unwrap_or_default();
-                    break PublisherEnd::ChannelLost(why);
-                }
-                if window.is_empty() {
-                    // Nothing in flight: sleep until a push or a link change.
-                    if !self.buffer.set_idle_if_empty() {
-                        continue;
-                    }
-                    tokio::select! {
-                        _ = self.buffer.wake.notified() => {}
-                        _ = ch.confirms_changed() => {}
-                        _ = &mut stop => break PublisherEnd::LinkDown,
-                    }
-                } else {
-                    tokio::select! {
-                        biased;
-                        _ = ch.confirms_changed() => {}
-                        _ = self.buffer.wake.notified(), if window.len() < max_count && window_bytes < max_bytes => {}
-                        _ = &mut stop => break PublisherEnd::LinkDown,
-                    }
+            ch.take_confirms(&mut run.confirms);
+            if run.confirms.is_empty() {
+                if let Some(end) = self.wait(&run, stop.as_mut()).await {
+                    break end;
                 }
                 continue;
             }
-            let mut lost = None;
-            for c in confirms.drain(..) {
-                let (tag, multiple, nack) = match c {
-                    Confirm::Settled {
-                        tag,
-                        multiple,
-                        nack,
-                    } => (tag, multiple, nack),
-                    Confirm::TopologyLost(why) => {
-                        // Nothing after this may be applied: the returned
-                        // message's own ack follows its return.
-                        lost = Some(why);
-                        break;
-                    }
-                };
-                if tag < base_tag {
-                    continue;
-                }
-                let idx = (tag - base_tag) as usize;
-                let mark = if nack { Slot::Nacked } else { Slot::Acked };
-                let from = if multiple { 0 } else { idx };
-                // A tag beyond the window (never sent) settles nothing.
-                let to = idx.min(window.len().saturating_sub(1));
-                if window.is_empty() || from > to {
-                    continue;
-                }
-                for (_, slot) in window.range_mut(from..=to) {
-                    if *slot == Slot::Pending {
-                        if nack {
-                            self.stats.nacked.fetch_add(1, Ordering::Relaxed);
-                        }
-                        *slot = mark;
-                    }
-                }
-            }
-            // Settle from the front so order is kept for anything resent.
-            let mut nacked = Vec::new();
-            let (mut released, mut count) = (0u64, 0u64);
-            while matches!(window.front(), Some((_, slot)) if *slot != Slot::Pending) {
-                let Some((b, slot)) = window.pop_front() else {
-                    break;
-                };
-                window_bytes -= b.len() as u64;
-                if slot == Slot::Acked {
-                    released += b.len() as u64;
-                    count += 1;
-                } else {
-                    nacked.push(b);
-                }
-                base_tag += 1;
-            }
-            if count > 0 {
-                self.buffer.release_many(count, released);
-                self.stats.confirmed.fetch_add(count, Ordering::Relaxed);
-            }
-            for b in nacked.into_iter().rev() {
-                retry.push_front(b);
-            }
-            self.stats
-                .in_flight
-                .store(window.len() as u64, Ordering::Relaxed);
-            if let Some(why) = lost {
+            if let Some(why) = self.apply_confirms(&mut run) {
                 break PublisherEnd::TopologyLost(why);
             }
         };
-        // Confirmed ones behind an unconfirmed one are done; the rest go back
-        // in order, ahead of what was never sent.
-        let mut keep: VecDeque<Body> = VecDeque::with_capacity(window.len() + retry.len());
-        for (b, slot) in window {
-            if slot == Slot::Acked {
-                self.buffer.release(b.len());
-                self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                keep.push_back(b);
+        self.put_back(run);
+        end
+    }
+
+    /// Sends what the window has room for, resends first, in one batch.
+    /// Err: the channel is closed.
+    fn fill(&self, run: &mut Run<'_>) -> Result<(), String> {
+        let Run {
+            ch,
+            target,
+            window,
+            retry,
+            ..
+        } = run;
+        if !window.has_room() || (retry.is_empty() && self.buffer.count() <= window.len() as u64) {
+            return Ok(());
+        }
+        let mut resent = 0u64;
+        let sent = match ch.start_publish(*target) {
+            Ok(mut batch) => {
+                while window.has_room() {
+                    let body = match retry.pop_front() {
+                        Some(b) => {
+                            resent += 1;
+                            b
+                        }
+                        None => match self.buffer.pop() {
+                            Some(b) => b,
+                            None => break,
+                        },
+                    };
+                    batch.publish(&body);
+                    window.push(body);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if resent > 0 {
+            self.stats.resent.fetch_add(resent, Ordering::Relaxed);
+        }
+        sent?;
+        self.stats
+            .in_flight
+            .store(window.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// No confirms arrived: sleeps until a push, a confirm or `stop`.
+    /// Some: the run is over.
+    async fn wait(
+        &self,
+        run: &Run<'_>,
+        mut stop: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<PublisherEnd> {
+        let ch = run.ch;
+        if !ch.is_open() {
+            let why = ch.close_reason().map(|f| f.to_string()).unwrap_or_default();
+            return Some(PublisherEnd::ChannelLost(why));
+        }
+        if run.window.is_empty() {
+            // Nothing in flight: sleep until a push or a link change.
+            if !self.buffer.set_idle_if_empty() {
+                return None;
+            }
+            tokio::select! {
+                _ = self.buffer.wake.notified() => {}
+                _ = ch.confirms_changed() => {}
+                _ = &mut stop => return Some(PublisherEnd::LinkDown),
+            }
+        } else {
+            tokio::select! {
+                biased;
+                _ = ch.confirms_changed() => {}
+                _ = self.buffer.wake.notified(), if run.window.has_room() => {}
+                _ = &mut stop => return Some(PublisherEnd::LinkDown),
             }
         }
-        keep.extend(retry);
+        None
+    }
+
+    /// Applies the confirms taken, in arrival order, then releases the
+    /// settled ones from the front of the window (acked: the buffer frees
+    /// them; nacked: to the front of `retry`, in order). Some: a
+    /// `TopologyLost`, with nothing after it applied.
+    fn apply_confirms(&self, run: &mut Run<'_>) -> Option<String> {
+        let mut lost = None;
+        let mut nacked = 0;
+        for c in run.confirms.drain(..) {
+            match c {
+                Confirm::Settled {
+                    tag,
+                    multiple,
+                    nack,
+                } => nacked += run.window.settle(tag, multiple, nack),
+                Confirm::TopologyLost(why) => {
+                    // Nothing after this may be applied: the returned
+                    // message's own ack follows its return.
+                    lost = Some(why);
+                    break;
+                }
+            }
+        }
+        if nacked > 0 {
+            self.stats.nacked.fetch_add(nacked, Ordering::Relaxed);
+        }
+        let released = run.window.release_settled(&mut run.retry);
+        self.confirmed(released);
+        self.stats
+            .in_flight
+            .store(run.window.len() as u64, Ordering::Relaxed);
+        lost
+    }
+
+    /// The run is over: confirmed ones behind an unconfirmed one are done;
+    /// the rest go back in order, ahead of what was never sent.
+    fn put_back(&self, mut run: Run<'_>) {
+        let released = run.window.take_unconfirmed(&mut run.retry);
+        self.confirmed(released);
         self.stats.in_flight.store(0, Ordering::Relaxed);
         let mut slot = self.retry.lock().unwrap_or_else(|p| p.into_inner());
-        keep.extend(slot.drain(..));
-        *slot = keep;
-        end
+        run.retry.extend(slot.drain(..));
+        *slot = run.retry;
+    }
+
+    fn confirmed(&self, released: Released) {
+        if released.count > 0 {
+            self.buffer.release_many(released.count, released.bytes);
+            self.stats
+                .confirmed
+                .fetch_add(released.count, Ordering::Relaxed);
+        }
     }
 }
