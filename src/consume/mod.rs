@@ -8,12 +8,14 @@
 //! callback can start; deliveries that arrive paused are given back with
 //! basic.reject(requeue=true).
 
+mod settle_book;
 mod settler;
 mod worker;
 
 use crate::runtime;
 use crate::wire::{Delivery, DeliverySink, WireChannel};
-use settler::{Settle, Settler};
+use settle_book::Settle;
+use settler::Settler;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
