@@ -179,5 +179,20 @@ impl SettleBook {
             self.decided = 0;
         }
     }
+
+    /// Decisions held, not sent yet.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.decided
+    }
+
+    /// Every tag up to here is sent.
+    #[cfg(test)]
+    fn floor(&self) -> u64 {
+        self.floor
+    }
 }
 
+#[cfg(test)]
+#[path = "settle_book_tests.rs"]
+mod tests;
