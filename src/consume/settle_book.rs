@@ -71,8 +71,11 @@ pub(super) struct SettleBook {
     /// Tag `floor + 1 + i` is at `slots[i]`: tags are dense per channel, so a
     /// ring replaces a map.
     slots: VecDeque<Slot>,
-    /// Slots in state `Decided`.
-    decided: usize,
+    /// The tags of the slots in state `Decided`, in the order decided: at
+    /// most a batch (the caller flushes when told `Due::Now`), so a flush behind a gap looks at these rather than at
+    /// every slot (the ring grows with each delivery while an early one
+    /// stays in its callback).
+    decided: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +98,7 @@ impl SettleBook {
             batch,
             floor: 0,
             slots: VecDeque::new(),
-            decided: 0,
+            decided: Vec::new(),
         }
     }
 
@@ -113,10 +116,10 @@ impl SettleBook {
             return Due::Later;
         }
         self.slots[idx] = Slot::Decided(how);
-        self.decided += 1;
-        if how == Settle::Release || self.decided >= self.batch {
+        self.decided.push(tag);
+        if how == Settle::Release || self.decided.len() >= self.batch {
             Due::Now
-        } else if self.decided == 1 {
+        } else if self.decided.len() == 1 {
             Due::Soon
         } else {
             Due::Later
@@ -126,7 +129,7 @@ impl SettleBook {
     /// Appends to `out` the frames that send every held decision, in the
     /// order they must be sent; they count as sent from here on.
     pub fn flush(&mut self, out: &mut Vec<Frame>) {
-        if self.decided == 0 {
+        if self.decided.is_empty() {
             return;
         }
         // The settled prefix: its rejects now, its acks in one frame after
@@ -142,12 +145,8 @@ impl SettleBook {
                 Slot::Decided(Settle::Ack) => {
                     acks += 1;
                     last_ack = tag;
-                    self.decided -= 1;
                 }
-                Slot::Decided(how) => {
-                    out.push(Frame::Reject { tag, how });
-                    self.decided -= 1;
-                }
+                Slot::Decided(how) => out.push(Frame::Reject { tag, how }),
                 Slot::SentAhead => {}
             }
             self.slots.pop_front();
@@ -160,30 +159,28 @@ impl SettleBook {
                 count: acks,
             });
         }
-        // Behind the gap: singly, each on its own tag.
-        if self.decided > 0 {
-            for (i, slot) in self.slots.iter_mut().enumerate() {
-                if let Slot::Decided(how) = *slot {
-                    let tag = self.floor + 1 + i as u64;
-                    out.push(match how {
-                        Settle::Ack => Frame::Ack {
-                            tag,
-                            multiple: false,
-                            count: 1,
-                        },
-                        how => Frame::Reject { tag, how },
-                    });
-                    *slot = Slot::SentAhead;
-                }
+        // Behind the gap: singly, each on its own tag, in tag order.
+        self.decided.sort_unstable();
+        for tag in self.decided.drain(..).filter(|&t| t > self.floor) {
+            let slot = &mut self.slots[(tag - self.floor - 1) as usize];
+            if let Slot::Decided(how) = *slot {
+                out.push(match how {
+                    Settle::Ack => Frame::Ack {
+                        tag,
+                        multiple: false,
+                        count: 1,
+                    },
+                    how => Frame::Reject { tag, how },
+                });
+                *slot = Slot::SentAhead;
             }
-            self.decided = 0;
         }
     }
 
     /// Decisions held, not sent yet.
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.decided
+        self.decided.len()
     }
 
     /// Every tag up to here is sent.
