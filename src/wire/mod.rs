@@ -7,15 +7,36 @@
 //!
 //! The lowest layer: it knows nothing of queues, buffers or options; it is
 //! configured by `WireConfig` alone.
+//!
+//! By job: `handshake` opens a connection; `connection` runs it (its task,
+//! heartbeats, death, channel ids, close); `output` is the shared output
+//! buffer and the writer; `reader` reads and dispatches frames;
+//! `assembly` puts deliveries together from their frames; `channel` is a
+//! channel's calls, consumers, acks, publishes and confirms; `codec` the
+//! frames themselves.
 
+mod assembly;
+mod channel;
 mod codec;
-mod conn;
+mod connection;
+mod handshake;
+mod output;
+mod reader;
 
 pub(crate) use amq_protocol::auth::{Credentials, SASLMechanism};
+use amq_protocol::protocol::{connection as conn_methods, AMQPClass, AMQPErrorKind};
 pub(crate) use amq_protocol::types::{AMQPValue, FieldTable};
+pub(crate) use assembly::Delivery;
+pub(crate) use channel::{Confirm, DeliverySink, WireChannel};
 pub(crate) use codec::PublishTarget;
-pub(crate) use conn::{Confirm, Delivery, DeliverySink, WireChannel, WireConnection};
+pub(crate) use connection::WireConnection;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+/// A lock that a panic elsewhere did not poison for us.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -88,5 +109,37 @@ fn code_name(code: u16) -> String {
         code.to_string()
     } else {
         format!("{code} {name}")
+    }
+}
+
+/// "406 PRECONDITION_FAILED - text", without saying the name twice.
+fn describe_close(code: u16, text: &str) -> String {
+    let name = code_name(code);
+    match name.split_once(' ') {
+        Some((_, short)) if text.starts_with(short) => format!("{code} {text}"),
+        _ => format!("{name} - {text}"),
+    }
+}
+
+/// A channel.close from the broker: a soft error, or a hard one.
+fn channel_failure(code: u16, text: &str) -> Failure {
+    let text = describe_close(code, text);
+    match AMQPErrorKind::from_id(code) {
+        Some(AMQPErrorKind::Hard(_)) => Failure::ConnectionRefused { code, text },
+        _ => Failure::Refused { code, text },
+    }
+}
+
+/// A reply we did not ask for; a connection.close is the broker's refusal.
+fn unexpected(m: &AMQPClass) -> Failure {
+    match m {
+        AMQPClass::Connection(conn_methods::AMQPMethod::Close(c)) => {
+            let text = describe_close(c.reply_code, c.reply_text.as_str());
+            Failure::ConnectionRefused {
+                code: c.reply_code,
+                text,
+            }
+        }
+        other => Failure::Link(format!("unexpected reply from the broker: {other:?}")),
     }
 }

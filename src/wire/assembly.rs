@@ -1,0 +1,252 @@
+//! Content assembly: the frames of one channel that make a message, in
+//! order: a content-carrying method (basic.deliver, basic.return), its
+//! content header (with the body size), then body frames until the body is
+//! whole. A pure state machine: no I/O, no locks; the reader owns one per
+//! channel and feeds it every frame of that channel.
+//!
+//! Out of order is a protocol error (the spec's 505 UNEXPECTED_FRAME) and
+//! ends the connection: a header or body with no content method before it,
+//! a method (any) while content is incomplete, a body longer than its header
+//! announced. All of them are found in one place, the last arm of
+//! [`Assembly::step`].
+//!
+//! basic.get-ok also carries content, but we never send basic.get: the
+//! reader refuses it before it gets here, so there is no state for it.
+
+use super::codec::Deliver;
+
+/// What a body-size announcement may reserve at once; a larger body grows
+/// its buffer as its bytes arrive, so the size a header claims never
+/// allocates by itself.
+const RESERVE_UP_FRONT: u64 = 1 << 20;
+/// Room for a small body in the delivery's first allocation, so a message of
+/// up to this size costs one allocation.
+const SMALL_BODY: usize = 256;
+
+/// One delivery: consumer tag, exchange, routing key and body in one
+/// allocation.
+pub struct Delivery {
+    /// consumer tag, exchange, routing key, body.
+    data: Vec<u8>,
+    consumer_tag_len: usize,
+    exchange_len: usize,
+    routing_key_len: usize,
+    pub delivery_tag: u64,
+    pub redelivered: bool,
+}
+
+impl Delivery {
+    pub(super) fn consumer_tag(&self) -> &[u8] {
+        &self.data[..self.consumer_tag_len]
+    }
+    pub fn exchange(&self) -> &[u8] {
+        &self.data[self.consumer_tag_len..self.consumer_tag_len + self.exchange_len]
+    }
+    pub fn routing_key(&self) -> &[u8] {
+        let at = self.consumer_tag_len + self.exchange_len;
+        &self.data[at..at + self.routing_key_len]
+    }
+    pub fn body(&self) -> &[u8] {
+        &self.data[self.consumer_tag_len + self.exchange_len + self.routing_key_len..]
+    }
+}
+
+/// One frame of a channel, as the assembly sees it.
+#[derive(Clone, Copy)]
+pub(super) enum Event<'a> {
+    /// basic.deliver: content follows.
+    Deliver(&'a Deliver<'a>),
+    /// basic.return: content follows, and is dropped.
+    Return,
+    /// Any other method on the channel (no content).
+    Method,
+    /// A content header, with the body size it announces.
+    Header { body_size: u64 },
+    /// A body frame.
+    Body(&'a [u8]),
+}
+
+/// What a frame did.
+pub(super) enum Step {
+    /// A method without content, while no content was pending: handle it.
+    Method,
+    /// Part of a message; more frames must follow.
+    Incomplete,
+    /// The last frame of a delivery.
+    Complete(Delivery),
+    /// The last frame of a returned message, dropped.
+    Returned,
+}
+
+/// A frame out of order: the connection must end.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct OutOfOrder {
+    pub frame: &'static str,
+    pub state: &'static str,
+}
+
+impl std::fmt::Display for OutOfOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unexpected {} {}", self.frame, self.state)
+    }
+}
+
+/// Whose content is being read.
+pub(super) enum Content {
+    Deliver(Partial),
+    Return,
+}
+
+/// A delivery's fields, and its body as it arrives.
+pub(super) struct Partial {
+    /// consumer tag + exchange + routing key, then the body.
+    data: Vec<u8>,
+    consumer_tag_len: usize,
+    exchange_len: usize,
+    routing_key_len: usize,
+    delivery_tag: u64,
+    redelivered: bool,
+}
+
+impl Partial {
+    fn new(d: &Deliver<'_>) -> Partial {
+        let head = d.consumer_tag.len() + d.exchange.len() + d.routing_key.len();
+        let mut data = Vec::with_capacity(head + SMALL_BODY);
+        data.extend_from_slice(d.consumer_tag);
+        data.extend_from_slice(d.exchange);
+        data.extend_from_slice(d.routing_key);
+        Partial {
+            data,
+            consumer_tag_len: d.consumer_tag.len(),
+            exchange_len: d.exchange.len(),
+            routing_key_len: d.routing_key.len(),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+        }
+    }
+
+    fn finish(self) -> Delivery {
+        Delivery {
+            data: self.data,
+            consumer_tag_len: self.consumer_tag_len,
+            exchange_len: self.exchange_len,
+            routing_key_len: self.routing_key_len,
+            delivery_tag: self.delivery_tag,
+            redelivered: self.redelivered,
+        }
+    }
+}
+
+impl Content {
+    fn done(self) -> Step {
+        match self {
+            Content::Deliver(p) => Step::Complete(p.finish()),
+            Content::Return => Step::Returned,
+        }
+    }
+}
+
+/// The content assembly of one channel.
+#[derive(Default)]
+pub(super) enum Assembly {
+    /// Between messages: any method may come.
+    #[default]
+    Idle,
+    /// After a content method: its content header must come next.
+    AwaitingHeader(Content),
+    /// After the header: body frames until `remaining` more bytes arrived.
+    Body { content: Content, remaining: u64 },
+}
+
+impl Assembly {
+    /// Takes the channel's next frame. After an error the assembly is idle
+    /// again (what was pending is dropped); the caller ends the connection.
+    pub(super) fn step(&mut self, event: Event<'_>) -> Result<Step, OutOfOrder> {
+        // Fast path for the frames of the data path: method (ack, nack) and
+        // body frames, without moving the state.
+        match (&mut *self, event) {
+            (Assembly::Idle, Event::Method) => return Ok(Step::Method),
+            (
+                Assembly::Body {
+                    content: Content::Deliver(p),
+                    remaining,
+                },
+                Event::Body(bytes),
+            ) if (bytes.len() as u64) < *remaining => {
+                p.data.extend_from_slice(bytes);
+                *remaining -= bytes.len() as u64;
+                return Ok(Step::Incomplete);
+            }
+            _ => {}
+        }
+        let state = std::mem::take(self);
+        let (next, step) = match (state, event) {
+            (Assembly::Idle, Event::Deliver(d)) => (
+                Assembly::AwaitingHeader(Content::Deliver(Partial::new(d))),
+                Step::Incomplete,
+            ),
+            (Assembly::Idle, Event::Return) => {
+                (Assembly::AwaitingHeader(Content::Return), Step::Incomplete)
+            }
+            (Assembly::AwaitingHeader(content), Event::Header { body_size: 0 }) => {
+                (Assembly::Idle, content.done())
+            }
+            (Assembly::AwaitingHeader(mut content), Event::Header { body_size }) => {
+                admit_body(&mut content, body_size);
+                (
+                    Assembly::Body {
+                        content,
+                        remaining: body_size,
+                    },
+                    Step::Incomplete,
+                )
+            }
+            (Assembly::Body { content, remaining }, Event::Body(bytes))
+                if bytes.len() as u64 <= remaining =>
+            {
+                let mut content = content;
+                if let Content::Deliver(p) = &mut content {
+                    p.data.extend_from_slice(bytes);
+                }
+                let remaining = remaining - bytes.len() as u64;
+                if remaining == 0 {
+                    (Assembly::Idle, content.done())
+                } else {
+                    (Assembly::Body { content, remaining }, Step::Incomplete)
+                }
+            }
+            // Everything else is out of order, in every state.
+            (state, event) => return Err(out_of_order(&state, &event)),
+        };
+        *self = next;
+        Ok(step)
+    }
+}
+
+fn out_of_order(state: &Assembly, event: &Event<'_>) -> OutOfOrder {
+    let frame = match event {
+        Event::Deliver(_) => "basic.deliver",
+        Event::Return => "basic.return",
+        Event::Method => "method",
+        Event::Header { .. } => "content header",
+        Event::Body(_) => "body frame",
+    };
+    let state = match (state, event) {
+        (Assembly::Idle, _) => "with no content method before it",
+        (Assembly::AwaitingHeader(_), _) => "where a content header was due",
+        (Assembly::Body { .. }, Event::Body(_)) => "longer than the body its header announced",
+        (Assembly::Body { .. }, _) => "in the middle of a message body",
+    };
+    OutOfOrder { frame, state }
+}
+
+/// The one place a header's body size is accepted (a limit on it belongs
+/// here). Reserves what is announced, up to `RESERVE_UP_FRONT`; a larger
+/// body grows as it arrives.
+fn admit_body(content: &mut Content, body_size: u64) {
+    if let Content::Deliver(p) = content {
+        p.data
+            .reserve_exact(body_size.min(RESERVE_UP_FRONT) as usize);
+    }
+}
+

@@ -1,0 +1,438 @@
+//! One channel: its synchronous calls (one at a time, the reader hands over
+//! the reply), its consumers, acks and rejects, publish batches and the
+//! queue of confirms the reader fills.
+
+use super::assembly::Delivery;
+use super::codec::{self, PublishTarget};
+use super::connection::{ConnShared, CLOSE_WAIT};
+use super::output::Appending;
+use super::{lock, unexpected, Failure};
+use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, AMQPClass};
+use amq_protocol::types::{FieldTable, ShortString};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{oneshot, Notify};
+
+/// Receives the deliveries of one consumer, on the connection's reader
+/// (the runtime thread): it must only hand them on, never block.
+pub trait DeliverySink: Send {
+    /// Queues one delivery.
+    fn deliver(&mut self, delivery: Delivery);
+    /// The end of a burst of frames read at once that brought this consumer
+    /// deliveries: wake the consumer. (Not a flush of any output: the name
+    /// is kept for the implementors outside `wire`.)
+    fn flush(&mut self);
+}
+
+/// What the broker said about the channel's publishes, in arrival order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// basic.ack / basic.nack.
+    Settled {
+        tag: u64,
+        multiple: bool,
+        nack: bool,
+    },
+    /// The queue is gone: a publish came back unroutable (basic.return,
+    /// always before that message's ack) or the broker cancelled a
+    /// consumer. The channel must be reopened so the topology is declared
+    /// again; nothing unconfirmed may be taken as delivered.
+    TopologyLost(String),
+}
+
+/// What a channel's handles and the reader share.
+pub(super) struct ChannelState {
+    pub id: u16,
+    /// Set while holding the connection's output: once set, no frame of
+    /// this channel is written, so a stale ack never reaches a reused id.
+    pub closed: AtomicBool,
+    receivers: Mutex<Receivers>,
+    /// One call at a time.
+    rpc: tokio::sync::Mutex<()>,
+    confirms: Mutex<Vec<Confirm>>,
+    confirm_wake: Notify,
+}
+
+/// Where the reader hands what arrives on the channel.
+#[derive(Default)]
+struct Receivers {
+    /// The call waiting for its reply.
+    reply: Option<oneshot::Sender<Result<AMQPClass, Failure>>>,
+    consumers: HashMap<Vec<u8>, Box<dyn DeliverySink>>,
+    close_reason: Option<Failure>,
+}
+
+impl ChannelState {
+    pub(super) fn new(id: u16) -> ChannelState {
+        ChannelState {
+            id,
+            closed: AtomicBool::new(false),
+            receivers: Mutex::new(Receivers::default()),
+            rpc: tokio::sync::Mutex::new(()),
+            confirms: Mutex::new(Vec::new()),
+            confirm_wake: Notify::new(),
+        }
+    }
+
+    fn receivers(&self) -> MutexGuard<'_, Receivers> {
+        lock(&self.receivers)
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The channel is gone (broker close, connection loss, our close):
+    /// fail the waiting call, drop the consumers, wake the publisher.
+    pub(super) fn close_local(&self, why: Failure) {
+        self.closed.store(true, Ordering::Relaxed);
+        let (reply, sinks) = {
+            let mut r = self.receivers();
+            if r.close_reason.is_none() {
+                r.close_reason = Some(why.clone());
+            }
+            (r.reply.take(), std::mem::take(&mut r.consumers))
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(why));
+        }
+        drop(sinks);
+        self.confirm_wake.notify_one();
+    }
+
+    pub(super) fn push_confirm(&self, c: Confirm) {
+        let mut q = lock(&self.confirms);
+        let was_empty = q.is_empty();
+        q.push(c);
+        drop(q);
+        if was_empty {
+            self.confirm_wake.notify_one();
+        }
+    }
+
+    /// Hands a delivery to its consumer; gives it back when the consumer is
+    /// gone (cancelled).
+    pub(super) fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let mut r = self.receivers();
+        match r.consumers.get_mut(delivery.consumer_tag()) {
+            Some(sink) => {
+                sink.deliver(delivery);
+                Ok(())
+            }
+            None => Err(delivery),
+        }
+    }
+
+    /// After a burst of frames that brought deliveries: let the consumers run.
+    pub(super) fn wake_consumers(&self) {
+        for sink in self.receivers().consumers.values_mut() {
+            sink.flush();
+        }
+    }
+
+    /// Gives the reply to the waiting call; gives it back when none waits.
+    pub(super) fn reply(&self, reply: AMQPClass) -> Result<(), AMQPClass> {
+        let waiting = self.receivers().reply.take();
+        match waiting {
+            Some(w) => {
+                let _ = w.send(Ok(reply));
+                Ok(())
+            }
+            None => Err(reply),
+        }
+    }
+
+    pub(super) fn remove_consumer(&self, tag: &[u8]) {
+        let sink = self.receivers().consumers.remove(tag);
+        drop(sink); // outside the lock: its drop wakes the consumer
+    }
+}
+
+/// One channel; clones share it.
+#[derive(Clone)]
+pub struct WireChannel {
+    ch: Arc<ChannelState>,
+    conn: Arc<ConnShared>,
+}
+
+impl WireChannel {
+    pub(super) fn new(ch: Arc<ChannelState>, conn: Arc<ConnShared>) -> WireChannel {
+        WireChannel { ch, conn }
+    }
+
+    pub(super) fn id(&self) -> u16 {
+        self.ch.id
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.ch.is_closed()
+    }
+
+    /// Why the channel closed, once it has.
+    pub fn close_reason(&self) -> Option<Failure> {
+        self.ch.receivers().close_reason.clone()
+    }
+
+    fn closed_failure(&self, what: &str) -> Failure {
+        self.close_reason()
+            .unwrap_or_else(|| Failure::Link(what.into()))
+    }
+
+    /// One synchronous method and its reply; one at a time per channel.
+    pub(super) async fn call(&self, method: AMQPClass) -> Result<AMQPClass, Failure> {
+        let _one = self.ch.rpc.lock().await;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut r = self.ch.receivers();
+            if let Some(why) = &r.close_reason {
+                return Err(why.clone());
+            }
+            r.reply = Some(tx);
+        }
+        let id = self.ch.id;
+        let sent = (self.conn.output).append(Some(&self.ch.closed), |o| {
+            codec::encode_method(o, id, method)
+        });
+        if !sent {
+            self.ch.receivers().reply = None;
+            return Err(self.closed_failure("connection closed"));
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.closed_failure("channel closed")),
+        }
+    }
+
+    async fn call_expect(
+        &self,
+        method: AMQPClass,
+        ok: impl Fn(&AMQPClass) -> bool,
+    ) -> Result<(), Failure> {
+        let r = self.call(method).await?;
+        if ok(&r) {
+            Ok(())
+        } else {
+            Err(unexpected(&r))
+        }
+    }
+
+    pub async fn confirm_select(&self) -> Result<(), Failure> {
+        let m = AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        }));
+        self.call_expect(m, |r| {
+            matches!(r, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)))
+        })
+        .await
+    }
+
+    pub async fn basic_qos(&self, prefetch: u16) -> Result<(), Failure> {
+        let m = AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+            prefetch_count: prefetch,
+            global: false,
+        }));
+        self.call_expect(m, |r| {
+            matches!(r, AMQPClass::Basic(basic::AMQPMethod::QosOk(_)))
+        })
+        .await
+    }
+
+    pub async fn exchange_declare(
+        &self,
+        name: &str,
+        kind: &str,
+        durable: bool,
+    ) -> Result<(), Failure> {
+        let m = AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+            exchange: name.into(),
+            kind: kind.into(),
+            passive: false,
+            durable,
+            auto_delete: false,
+            internal: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        self.call_expect(m, |r| {
+            matches!(r, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_)))
+        })
+        .await
+    }
+
+    pub async fn queue_declare(
+        &self,
+        name: &str,
+        durable: bool,
+        arguments: FieldTable,
+    ) -> Result<(), Failure> {
+        let m = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: name.into(),
+            passive: false,
+            durable,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments,
+        }));
+        self.call_expect(m, |r| {
+            matches!(r, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
+        })
+        .await
+    }
+
+    pub async fn queue_bind(
+        &self,
+        queue_name: &str,
+        exchange_name: &str,
+        routing_key: &str,
+    ) -> Result<(), Failure> {
+        let m = AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: queue_name.into(),
+            exchange: exchange_name.into(),
+            routing_key: routing_key.into(),
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        self.call_expect(m, |r| {
+            matches!(r, AMQPClass::Queue(queue::AMQPMethod::BindOk(_)))
+        })
+        .await
+    }
+
+    /// basic.consume with manual acks; `sink` receives the deliveries on the
+    /// reader until the consumer is cancelled or the channel closes (then
+    /// it is dropped).
+    pub async fn basic_consume(
+        &self,
+        queue_name: &str,
+        tag: &str,
+        sink: Box<dyn DeliverySink>,
+    ) -> Result<(), Failure> {
+        {
+            let mut r = self.ch.receivers();
+            if let Some(why) = &r.close_reason {
+                return Err(why.clone());
+            }
+            r.consumers.insert(tag.as_bytes().to_vec(), sink);
+        }
+        let m = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue_name.into(),
+            consumer_tag: ShortString::from(tag),
+            no_local: false,
+            no_ack: false,
+            exclusive: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        let r = self
+            .call_expect(m, |r| {
+                matches!(r, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+            })
+            .await;
+        if r.is_err() {
+            self.ch.remove_consumer(tag.as_bytes());
+        }
+        r
+    }
+
+    /// basic.cancel; deliveries that arrive until the broker's cancel-ok
+    /// still reach the sink, which is dropped after it.
+    pub async fn basic_cancel(&self, tag: &str) -> Result<(), Failure> {
+        let m = AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+            consumer_tag: tag.into(),
+            nowait: false,
+        }));
+        let r = self
+            .call_expect(m, |r| {
+                matches!(r, AMQPClass::Basic(basic::AMQPMethod::CancelOk(_)))
+            })
+            .await;
+        self.ch.remove_consumer(tag.as_bytes());
+        r
+    }
+
+    /// Sends basic.ack now (from any thread). False when the channel is
+    /// closed: the broker requeues the delivery by itself.
+    pub fn basic_ack(&self, tag: u64, multiple: bool) -> bool {
+        let id = self.ch.id;
+        (self.conn.output).append(Some(&self.ch.closed), |o| {
+            codec::encode_ack(o, id, tag, multiple)
+        })
+    }
+
+    pub fn basic_reject(&self, tag: u64, requeue: bool) -> bool {
+        let id = self.ch.id;
+        (self.conn.output).append(Some(&self.ch.closed), |o| {
+            codec::encode_reject(o, id, tag, requeue)
+        })
+    }
+
+    /// Holds the output to append publishes in one go (call `publish` for
+    /// each, then drop). Fails when the channel is closed.
+    pub fn start_publish<'a>(
+        &'a self,
+        target: PublishTarget<'a>,
+    ) -> Result<PublishBatch<'a>, Failure> {
+        let out = self.conn.output.appending();
+        if out.is_closed() || self.ch.is_closed() {
+            drop(out);
+            return Err(self.closed_failure("channel closed"));
+        }
+        Ok(PublishBatch {
+            out,
+            channel: self.ch.id,
+            target,
+            frame_max: self.conn.frame_max,
+        })
+    }
+
+    /// Confirms received since the last call, in arrival order.
+    pub fn take_confirms(&self, into: &mut Vec<Confirm>) {
+        let mut q = lock(&self.ch.confirms);
+        std::mem::swap(&mut *q, into);
+    }
+
+    /// Resolves after new confirms arrive or the channel closes.
+    pub async fn confirms_changed(&self) {
+        self.ch.confirm_wake.notified().await
+    }
+
+    /// channel.close, waiting briefly for close-ok.
+    pub async fn close(&self) {
+        if self.ch.is_closed() {
+            return;
+        }
+        let m = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 200,
+            reply_text: "closing".into(),
+            class_id: 0,
+            method_id: 0,
+        }));
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.call(m)).await;
+        self.conn.remove_channel(self.ch.id);
+        self.ch
+            .close_local(Failure::Link("channel closed by us".into()));
+    }
+}
+
+/// Publishes appended under one hold of the output; written (or handed to
+/// the writer) when dropped.
+pub struct PublishBatch<'a> {
+    out: Appending<'a>,
+    channel: u16,
+    target: PublishTarget<'a>,
+    frame_max: usize,
+}
+
+impl PublishBatch<'_> {
+    pub fn publish(&mut self, body: &[u8]) {
+        codec::encode_publish(
+            self.out.frames(),
+            self.channel,
+            &self.target,
+            body,
+            self.frame_max,
+        );
+    }
+}

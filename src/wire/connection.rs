@@ -1,0 +1,303 @@
+//! One AMQP 0-9-1 connection, on the library's runtime.
+//!
+//! A single task per connection drives three loops: the reader
+//! (`reader.rs`) parses every frame from a large read buffer and dispatches
+//! it (confirms to the channel's publisher, deliveries straight to the
+//! consumer's sink, replies to the waiting call); the writer (`output.rs`)
+//! sends whatever frames were appended to the shared output while it was
+//! busy, in one `write`; the heartbeat loop fills idle periods. The first
+//! loop to end ends the connection.
+
+use super::channel::{ChannelState, WireChannel};
+use super::codec;
+use super::output::{write_loop, Output};
+use super::reader::read_loop;
+use super::{handshake, lock, unexpected, Failure, WireConfig};
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+/// How long we wait for close-ok / to flush the last frames.
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// What a connection's handles, channels and task share.
+pub(super) struct ConnShared {
+    pub output: Output,
+    /// Set by the reader; the heartbeat loop declares the link dead after
+    /// two heartbeat intervals without it (no timer per read).
+    pub read: AtomicBool,
+    channels: Mutex<ChannelTable>,
+    pub frame_max: usize,
+    /// The reason the connection ended, once it has.
+    dead: watch::Sender<Option<String>>,
+    /// Asks the driver task to stop (after close-ok, or at once).
+    stop: Notify,
+}
+
+/// The open channels, by id, and where the search for a free id starts.
+struct ChannelTable {
+    open: HashMap<u16, Arc<ChannelState>>,
+    next: u16,
+    max: u16,
+}
+
+impl ConnShared {
+    fn new(stream: Arc<TcpStream>, channel_max: u16, frame_max: usize) -> ConnShared {
+        ConnShared {
+            output: Output::new(stream),
+            read: AtomicBool::new(false),
+            channels: Mutex::new(ChannelTable {
+                open: HashMap::new(),
+                next: 1,
+                max: channel_max.max(1),
+            }),
+            frame_max,
+            dead: watch::channel(None).0,
+            stop: Notify::new(),
+        }
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.borrow().is_some()
+    }
+
+    /// The connection is over: refuse writes, close every channel.
+    fn die(&self, why: String) {
+        self.output.close();
+        self.dead.send_if_modified(|d| {
+            if d.is_none() {
+                *d = Some(why.clone());
+                true
+            } else {
+                false
+            }
+        });
+        let chans: Vec<_> = lock(&self.channels).open.drain().map(|(_, c)| c).collect();
+        for c in chans {
+            c.close_local(Failure::Link(why.clone()));
+        }
+    }
+
+    pub(super) fn channel(&self, id: u16) -> Option<Arc<ChannelState>> {
+        lock(&self.channels).open.get(&id).cloned()
+    }
+
+    pub(super) fn remove_channel(&self, id: u16) {
+        lock(&self.channels).open.remove(&id);
+    }
+
+    /// A new channel on the first free id from where the last search ended.
+    fn allocate_channel(&self) -> Result<Arc<ChannelState>, Failure> {
+        let mut chans = lock(&self.channels);
+        if self.is_dead() {
+            return Err(Failure::Link("connection closed".into()));
+        }
+        let max = chans.max;
+        let mut id = chans.next;
+        let mut tries = 0u32;
+        while chans.open.contains_key(&id) {
+            id = if id >= max { 1 } else { id + 1 };
+            tries += 1;
+            if tries > u32::from(max) {
+                return Err(Failure::Link(format!("all {max} channels in use")));
+            }
+        }
+        chans.next = if id >= max { 1 } else { id + 1 };
+        let ch = Arc::new(ChannelState::new(id));
+        chans.open.insert(id, ch.clone());
+        Ok(ch)
+    }
+}
+
+/// A live connection; clones share it.
+#[derive(Clone)]
+pub struct WireConnection {
+    shared: Arc<ConnShared>,
+}
+
+impl WireConnection {
+    /// TCP connect, handshake (PLAIN), tune, open the vhost; then the
+    /// connection runs on its own task. Bounded by the connect timeout.
+    pub async fn connect(config: &WireConfig) -> Result<WireConnection, Failure> {
+        let timeout = config.connect_timeout;
+        let opened = match tokio::time::timeout(timeout, handshake::open(config)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Failure::Link(format!(
+                    "connect timed out after {timeout:?}"
+                )))
+            }
+        };
+        let stream = Arc::new(opened.stream);
+        let shared = Arc::new(ConnShared::new(
+            stream.clone(),
+            opened.channel_max,
+            opened.frame_max,
+        ));
+        tokio::spawn(drive(
+            shared.clone(),
+            stream,
+            opened.leftover,
+            opened.heartbeat,
+        ));
+        Ok(WireConnection { shared })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        !self.shared.is_dead()
+    }
+
+    /// Resolves when the connection is gone, with the reason.
+    pub async fn lost(&self) -> String {
+        let mut rx = self.shared.dead.subscribe();
+        let why = match rx.wait_for(|d| d.is_some()).await {
+            Ok(d) => d.clone().unwrap_or_default(),
+            Err(_) => "connection closed".into(),
+        };
+        why
+    }
+
+    pub async fn create_channel(&self) -> Result<WireChannel, Failure> {
+        let ch = WireChannel::new(self.shared.allocate_channel()?, self.shared.clone());
+        let open = AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}));
+        match ch.call(open).await {
+            Ok(AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) => Ok(ch),
+            Ok(other) => {
+                self.shared.remove_channel(ch.id());
+                Err(unexpected(&other))
+            }
+            Err(e) => {
+                self.shared.remove_channel(ch.id());
+                Err(e)
+            }
+        }
+    }
+
+    /// connection.close, waiting briefly for close-ok; then the task ends.
+    pub async fn close(&self, code: u16, text: &str) {
+        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: code,
+            reply_text: text.into(),
+            class_id: 0,
+            method_id: 0,
+        }));
+        if (self.shared.output).append(None, |o| codec::encode_method(o, 0, close)) {
+            let _ = tokio::time::timeout(CLOSE_WAIT, self.lost()).await;
+        }
+        self.shared.stop.notify_one();
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.lost()).await;
+    }
+}
+
+/// The connection's task: reader, writer and heartbeats until one ends.
+async fn drive(
+    shared: Arc<ConnShared>,
+    stream: Arc<TcpStream>,
+    leftover: Vec<u8>,
+    heartbeat: Option<Duration>,
+) {
+    // However this task ends, a panic included, the connection is marked
+    // dead, so the supervisor reconnects rather than waiting on a zombie.
+    let _dead_on_exit = DieOnExit(shared.clone());
+    let mut writer = std::pin::pin!(write_loop(&shared.output, stream.clone()));
+    let mut writer_done = false;
+    let why = tokio::select! {
+        why = read_loop(&shared, stream, leftover) => why,
+        why = &mut writer => {
+            writer_done = true;
+            why
+        }
+        why = heartbeat_loop(&shared, heartbeat) => why,
+        _ = shared.stop.notified() => "connection closed".to_string(),
+    };
+    // Flush what is queued (a close-ok) before the socket goes. A writer that
+    // already ended (a failed write: the broker went first) must not be
+    // polled again: an async fn polled after completion panics.
+    shared.output.close();
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_millis(200), &mut writer).await;
+    }
+    // The last reference to the socket goes with the reader and writer.
+    shared.output.release_stream();
+    shared.die(why);
+}
+
+/// Marks the connection dead when the connection task ends without doing it
+/// itself (only a bug can do that: a panic).
+struct DieOnExit(Arc<ConnShared>);
+
+impl Drop for DieOnExit {
+    fn drop(&mut self) {
+        if !self.0.is_dead() {
+            let why = "internal error: the connection task ended unexpectedly";
+            error!("{why}; reconnecting");
+            self.0.output.release_stream();
+            self.0.die(why.to_string());
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: &ConnShared, heartbeat: Option<Duration>) -> String {
+    let Some(h) = heartbeat else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(h / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The broker sends a heartbeat every interval/2 when idle; three ticks (1.5-2
+    // intervals at the least) of silence mean the link is dead.
+    let mut quiet_ticks = 0u32;
+    loop {
+        tick.tick().await;
+        if !shared.output.take_wrote() {
+            shared.output.append(None, codec::encode_heartbeat);
+        }
+        if shared.read.swap(false, Ordering::Relaxed) {
+            quiet_ticks = 0;
+        } else {
+            quiet_ticks += 1;
+            if quiet_ticks >= 3 {
+                return "missed heartbeats from the broker".into();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected socket pair on loopback (the peer end is returned to
+    /// keep it open).
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (ours, peer) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (ours.unwrap(), peer.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn the_connection_dies_cleanly_when_the_writer_ends_first() {
+        // The writer ends before the reader (here: output closed while the
+        // peer stays silent; live: a write fails as the broker goes). The
+        // connection task must still end and mark the connection dead, not
+        // poll the finished writer again (that panicked and left a zombie
+        // connection that looked connected).
+        let (ours, _peer) = socket_pair().await;
+        let stream = Arc::new(ours);
+        let shared = Arc::new(ConnShared::new(stream.clone(), 16, 4096));
+        let task = tokio::spawn(drive(shared.clone(), stream, Vec::new(), None));
+        shared.output.close();
+        let ended = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let joined = ended.expect("the connection task ends");
+        assert!(joined.is_ok(), "the connection task panicked: {joined:?}");
+        assert_eq!(
+            shared.dead.borrow().as_deref(),
+            Some("connection closed"),
+            "marked dead with the writer's reason"
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! The reader: reads many frames at once into a large buffer, parses them
+//! in place, and dispatches each by channel. Connection-level methods are
+//! handled here; a channel's frames go through its content assembly first
+//! (`assembly.rs`), then to the channel: confirms to its queue, deliveries
+//! to the consumer's sink, replies to the waiting call.
+
+use super::assembly::{Assembly, Delivery, Event, Step};
+use super::channel::{ChannelState, Confirm};
+use super::codec::{self, RawFrame};
+use super::connection::ConnShared;
+use super::{channel_failure, describe_close};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// The read buffer holds many frames, so one read syscall serves many.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Reads and dispatches frames until the link fails or a frame ends it;
+/// returns why.
+pub(super) async fn read_loop(
+    conn: &ConnShared,
+    stream: Arc<TcpStream>,
+    leftover: Vec<u8>,
+) -> String {
+    let frame_max = conn.frame_max;
+    let mut buf = vec![0u8; READ_BUFFER.max(frame_max + codec::FRAME_OVERHEAD)];
+    buf[..leftover.len()].copy_from_slice(&leftover);
+    let (mut start, mut end) = (0usize, leftover.len());
+    let mut demux = Demux::default();
+    loop {
+        loop {
+            match codec::parse_frame(&buf[start..end], frame_max) {
+                Ok((f, n)) => {
+                    if let Err(why) = demux.frame(conn, f) {
+                        return why;
+                    }
+                    start += n;
+                }
+                Err(codec::ParseError::Incomplete(need)) => {
+                    if start + need > buf.len() {
+                        buf.copy_within(start..end, 0);
+                        end -= start;
+                        start = 0;
+                    }
+                    break;
+                }
+                Err(codec::ParseError::Invalid(e)) => return e,
+            }
+        }
+        demux.end_of_burst();
+        if start == end {
+            start = 0;
+            end = 0;
+        }
+        // Read what is there before waiting for readiness: a busy link is
+        // read again at once, without a trip through epoll.
+        let got = loop {
+            match stream.try_read(&mut buf[end..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(e) = stream.readable().await {
+                        break Err(e);
+                    }
+                }
+                other => break other,
+            }
+        };
+        match got {
+            Ok(0) => return "the broker closed the connection (EOF)".into(),
+            Ok(n) => {
+                end += n;
+                conn.read.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return format!("I/O error: {e}"),
+        }
+    }
+}
+
+/// The reader's own view of the channels, by id: the channel (no lookup in
+/// the connection's table per frame) and its content assembly (touched by
+/// the reader alone, so no lock). A slot is refreshed when its channel
+/// closed; the slot of a closed channel that gets no more frames keeps it
+/// until its id is reused or the connection ends (at most channel_max).
+#[derive(Default)]
+struct Demux {
+    slots: Vec<Option<Slot>>,
+    /// Channels that got deliveries in this burst.
+    delivered: Vec<u16>,
+}
+
+struct Slot {
+    ch: Arc<ChannelState>,
+    assembly: Assembly,
+    /// In `Demux::delivered`.
+    delivered: bool,
+}
+
+impl Demux {
+    /// Handles one frame; Err ends the connection.
+    fn frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<(), String> {
+        match f.kind {
+            codec::FRAME_HEARTBEAT => Ok(()),
+            codec::FRAME_METHOD if f.channel == 0 => connection_method(conn, f.payload),
+            codec::FRAME_METHOD | codec::FRAME_HEADER | codec::FRAME_BODY => {
+                // Frames for a channel we already closed are dropped.
+                let id = f.channel;
+                let Some(slot) = self.slot(conn, id) else {
+                    return Ok(());
+                };
+                if slot.channel_frame(conn, f)? && !slot.delivered {
+                    slot.delivered = true;
+                    self.delivered.push(id);
+                }
+                Ok(())
+            }
+            other => Err(format!("unexpected frame type {other} from the broker")),
+        }
+    }
+
+    /// The open channel `id`, if any.
+    fn slot(&mut self, conn: &ConnShared, id: u16) -> Option<&mut Slot> {
+        let at = usize::from(id);
+        if self.slots.len() <= at {
+            self.slots.resize_with(at + 1, || None);
+        }
+        let slot = &mut self.slots[at];
+        if slot.as_ref().is_none_or(|s| s.ch.is_closed()) {
+            // An id is reused only after its channel closed: a new channel,
+            // a new assembly.
+            *slot = conn.channel(id).map(|ch| Slot {
+                ch,
+                assembly: Assembly::Idle,
+                delivered: false,
+            });
+        }
+        slot.as_mut()
+    }
+
+    /// After a burst of frames: let the consumers that got deliveries run.
+    fn end_of_burst(&mut self) {
+        for id in self.delivered.drain(..) {
+            if let Some(Some(slot)) = self.slots.get_mut(usize::from(id)) {
+                slot.delivered = false;
+                slot.ch.wake_consumers();
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// One frame of this channel; true when it completed a delivery.
+    fn channel_frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<bool, String> {
+        let id = self.ch.id;
+        let step = match f.kind {
+            codec::FRAME_METHOD => match codec::method_ids(f.payload) {
+                Some((codec::CLASS_BASIC, m @ codec::METHOD_BASIC_ACK))
+                | Some((codec::CLASS_BASIC, m @ codec::METHOD_BASIC_NACK)) => {
+                    self.step(Event::Method)?;
+                    let (tag, multiple) = codec::parse_confirm(f.payload)
+                        .ok_or_else(|| format!("bad basic.ack/nack on channel {id}"))?;
+                    let nack = m == codec::METHOD_BASIC_NACK;
+                    self.ch.push_confirm(Confirm::Settled {
+                        tag,
+                        multiple,
+                        nack,
+                    });
+                    return Ok(false);
+                }
+                Some((codec::CLASS_BASIC, codec::METHOD_BASIC_DELIVER)) => {
+                    let d = codec::parse_deliver(f.payload)
+                        .ok_or_else(|| format!("bad basic.deliver on channel {id}"))?;
+                    self.step(Event::Deliver(&d))?
+                }
+                _ => return self.other_method(conn, f.payload).map(|()| false),
+            },
+            codec::FRAME_HEADER => {
+                let body_size = codec::parse_header_body_size(f.payload)
+                    .ok_or_else(|| format!("bad content header on channel {id}"))?;
+                self.step(Event::Header { body_size })?
+            }
+            _ => self.step(Event::Body(f.payload))?,
+        };
+        Ok(match step {
+            Step::Complete(delivery) => deliver(conn, &self.ch, delivery),
+            Step::Method | Step::Incomplete | Step::Returned => false,
+        })
+    }
+
+    fn step(&mut self, event: Event<'_>) -> Result<Step, String> {
+        self.assembly
+            .step(event)
+            .map_err(|e| format!("{e} on channel {}", self.ch.id))
+    }
+
+    /// The rare methods, parsed by amq-protocol.
+    fn other_method(&mut self, conn: &ConnShared, payload: &[u8]) -> Result<(), String> {
+        use basic::AMQPMethod as B;
+        let ch = self.ch.clone();
+        let Some(method) = codec::parse_method(payload) else {
+            return Err(format!("unparsable method on channel {}", ch.id));
+        };
+        match method {
+            AMQPClass::Basic(B::Return(r)) => {
+                self.step(Event::Return)?;
+                // In order with the confirms: before this message's ack.
+                // Its content follows, read and dropped by the assembly.
+                ch.push_confirm(Confirm::TopologyLost(format!(
+                    "the broker returned a message: {} (its queue was deleted?)",
+                    describe_close(r.reply_code, r.reply_text.as_str())
+                )));
+                Ok(())
+            }
+            AMQPClass::Basic(B::GetOk(_)) => Err(format!(
+                "unexpected basic.get-ok on channel {} (we never send basic.get)",
+                ch.id
+            )),
+            method => {
+                self.step(Event::Method)?;
+                channel_method(conn, &ch, method);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Hands a whole delivery to its consumer; one whose consumer is cancelled
+/// goes back to the queue. True when a consumer got it.
+fn deliver(conn: &ConnShared, ch: &ChannelState, delivery: Delivery) -> bool {
+    match ch.deliver(delivery) {
+        Ok(()) => true,
+        Err(delivery) => {
+            let (id, tag) = (ch.id, delivery.delivery_tag);
+            (conn.output).append(Some(&ch.closed), |o| codec::encode_reject(o, id, tag, true));
+            false
+        }
+    }
+}
+
+/// A method on a channel, other than the data path's: a close, a flow, a
+/// consumer cancelled by the broker, or the reply to the waiting call.
+fn channel_method(conn: &ConnShared, ch: &ChannelState, method: AMQPClass) {
+    use basic::AMQPMethod as B;
+    use channel::AMQPMethod as C;
+    match method {
+        AMQPClass::Channel(C::Close(c)) => {
+            let why = channel_failure(c.reply_code, c.reply_text.as_str());
+            {
+                // close-ok, and closed for everything else, atomically.
+                let mut out = conn.output.appending();
+                if !out.is_closed() {
+                    let ok = AMQPClass::Channel(C::CloseOk(channel::CloseOk {}));
+                    codec::encode_method(out.frames(), ch.id, ok);
+                }
+                ch.closed.store(true, Ordering::Relaxed);
+            }
+            conn.remove_channel(ch.id);
+            ch.close_local(why);
+        }
+        AMQPClass::Channel(C::Flow(f)) => {
+            let ok = AMQPClass::Channel(C::FlowOk(channel::FlowOk { active: f.active }));
+            (conn.output).append(Some(&ch.closed), |o| codec::encode_method(o, ch.id, ok));
+        }
+        AMQPClass::Basic(B::Cancel(c)) => {
+            // The broker cancelled a consumer (its queue was deleted).
+            let tag = c.consumer_tag.as_str();
+            warn!("the broker cancelled consumer {tag} (queue deleted?)");
+            ch.remove_consumer(tag.as_bytes());
+            // Reopen the channel: the queue is declared again and the
+            // consumers restart.
+            ch.push_confirm(Confirm::TopologyLost(format!(
+                "the broker cancelled consumer {tag} (its queue was deleted?)"
+            )));
+        }
+        reply => {
+            if let Err(reply) = ch.reply(reply) {
+                debug!("channel {}: unexpected {reply:?}", ch.id);
+            }
+        }
+    }
+}
+
+fn connection_method(conn: &ConnShared, payload: &[u8]) -> Result<(), String> {
+    use connection::AMQPMethod as M;
+    match codec::parse_method(payload) {
+        Some(AMQPClass::Connection(M::Close(c))) => {
+            let ok = AMQPClass::Connection(M::CloseOk(connection::CloseOk {}));
+            conn.output.append(None, |o| codec::encode_method(o, 0, ok));
+            conn.output.close();
+            Err(format!(
+                "the broker closed the connection: {}",
+                describe_close(c.reply_code, c.reply_text.as_str())
+            ))
+        }
+        Some(AMQPClass::Connection(M::CloseOk(_))) => Err("connection closed".into()),
+        Some(AMQPClass::Connection(M::Blocked(b))) => {
+            warn!("the broker blocked publishing: {}", b.reason.as_str());
+            Ok(())
+        }
+        Some(AMQPClass::Connection(M::Unblocked(_))) => {
+            info!("the broker unblocked publishing");
+            Ok(())
+        }
+        Some(other) => {
+            debug!("ignored connection method {other:?}");
+            Ok(())
+        }
+        None => Err("unparsable connection method from the broker".into()),
+    }
+}
