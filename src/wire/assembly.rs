@@ -250,3 +250,5 @@ fn admit_body(content: &mut Content, body_size: u64) {
     }
 }
 
+#[cfg(test)]
+mod tests;
