@@ -81,8 +81,8 @@ pub(super) enum Step {
 /// A frame out of order: the connection must end.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct OutOfOrder {
-    pub frame: &'static str,
-    pub state: &'static str,
+    frame: &'static str,
+    state: &'static str,
 }
 
 impl std::fmt::Display for OutOfOrder {
@@ -123,6 +123,17 @@ impl Partial {
             delivery_tag: d.delivery_tag,
             redelivered: d.redelivered,
         }
+    }
+
+    /// Appends body bytes, `remaining` being what is due with them. Grows
+    /// by doubling, never past the announced size (a body that was not all
+    /// reserved up front ends without spare capacity).
+    fn append(&mut self, bytes: &[u8], remaining: u64) {
+        if bytes.len() > self.data.capacity() - self.data.len() {
+            let grow = (self.data.len().max(bytes.len()) as u64).min(remaining);
+            self.data.reserve_exact(grow as usize);
+        }
+        self.data.extend_from_slice(bytes);
     }
 
     fn finish(self) -> Delivery {
@@ -173,7 +184,7 @@ impl Assembly {
                 },
                 Event::Body(bytes),
             ) if (bytes.len() as u64) < *remaining => {
-                p.data.extend_from_slice(bytes);
+                p.append(bytes, *remaining);
                 *remaining -= bytes.len() as u64;
                 return Ok(Step::Incomplete);
             }
@@ -206,7 +217,7 @@ impl Assembly {
             {
                 let mut content = content;
                 if let Content::Deliver(p) = &mut content {
-                    p.data.extend_from_slice(bytes);
+                    p.append(bytes, remaining);
                 }
                 let remaining = remaining - bytes.len() as u64;
                 if remaining == 0 {

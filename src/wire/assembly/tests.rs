@@ -381,6 +381,27 @@ fn a_huge_announced_body_reserves_a_bounded_amount() {
 }
 
 #[test]
+fn a_body_larger_than_the_reservation_grows_to_its_exact_size() {
+    let size = 3 * RESERVE_UP_FRONT as usize + 5;
+    let mut a = Assembly::Idle;
+    for f in deliver_frame(size as u64) {
+        assert_eq!(feed(&mut a, &f), Out::Incomplete);
+    }
+    let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut last = None;
+    for part in body.chunks(131_064) {
+        last = Some(a.step(Event::Body(part)));
+    }
+    match last {
+        Some(Ok(Step::Complete(d))) => {
+            assert_eq!(d.body(), &body[..]);
+            assert_eq!(d.data.capacity(), d.data.len(), "no spare capacity");
+        }
+        _ => panic!("expected a delivery"),
+    }
+}
+
+#[test]
 fn out_of_order_errors_say_what_and_where() {
     let mut a = Assembly::Idle;
     let e = a.step(Event::Body(b"x")).err().map(|e| e.to_string());
