@@ -43,10 +43,10 @@ pub enum Confirm {
 
 /// What a channel's handles and the reader share.
 pub(super) struct ChannelState {
-    pub id: u16,
+    pub(super) id: u16,
     /// Set while holding the connection's output: once set, no frame of
     /// this channel is written, so a stale ack never reaches a reused id.
-    pub closed: AtomicBool,
+    pub(super) closed: AtomicBool,
     receivers: Mutex<Receivers>,
     /// One call at a time.
     rpc: tokio::sync::Mutex<()>,

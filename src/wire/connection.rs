@@ -26,12 +26,12 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What a connection's handles, channels and task share.
 pub(super) struct ConnShared {
-    pub output: Output,
+    pub(super) output: Output,
     /// Set by the reader; the heartbeat loop declares the link dead after
     /// two heartbeat intervals without it (no timer per read).
-    pub read: AtomicBool,
+    pub(super) read_recently: AtomicBool,
     channels: Mutex<ChannelTable>,
-    pub frame_max: usize,
+    pub(super) frame_max: usize,
     /// The reason the connection ended, once it has.
     dead: watch::Sender<Option<String>>,
     /// Asks the driver task to stop (after close-ok, or at once).
@@ -49,7 +49,7 @@ impl ConnShared {
     fn new(stream: Arc<TcpStream>, channel_max: u16, frame_max: usize) -> ConnShared {
         ConnShared {
             output: Output::new(stream),
-            read: AtomicBool::new(false),
+            read_recently: AtomicBool::new(false),
             channels: Mutex::new(ChannelTable {
                 open: HashMap::new(),
                 next: 1,
@@ -255,7 +255,7 @@ async fn heartbeat_loop(shared: &ConnShared, heartbeat: Option<Duration>) -> Str
         if !shared.output.take_wrote() {
             shared.output.append(None, codec::encode_heartbeat);
         }
-        if shared.read.swap(false, Ordering::Relaxed) {
+        if shared.read_recently.swap(false, Ordering::Relaxed) {
             quiet_ticks = 0;
         } else {
             quiet_ticks += 1;

@@ -17,12 +17,12 @@ const DEFAULT_CHANNEL_MAX: u32 = 2047;
 
 /// A connection that is open, and what was agreed in tune-ok.
 pub(super) struct Opened {
-    pub stream: TcpStream,
+    pub(super) stream: TcpStream,
     /// Bytes read after open-ok (frames the reader must see).
-    pub leftover: Vec<u8>,
-    pub channel_max: u16,
-    pub frame_max: usize,
-    pub heartbeat: Option<Duration>,
+    pub(super) leftover: Vec<u8>,
+    pub(super) channel_max: u16,
+    pub(super) frame_max: usize,
+    pub(super) heartbeat: Option<Duration>,
 }
 
 fn io(e: std::io::Error) -> Failure {

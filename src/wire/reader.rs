@@ -70,7 +70,7 @@ pub(super) async fn read_loop(
             Ok(0) => return "the broker closed the connection (EOF)".into(),
             Ok(n) => {
                 end += n;
-                conn.read.store(true, Ordering::Relaxed);
+                conn.read_recently.store(true, Ordering::Relaxed);
             }
             Err(e) => return format!("I/O error: {e}"),
         }
