@@ -12,6 +12,9 @@
 //! The rlib re-exports every C export at the crate root for Rust tests;
 //! `testing` holds the few internals the integration tests check.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 #[macro_use]
 mod log;
 mod backoff;

@@ -20,8 +20,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Where a connection is in its life. The C API's `amqp_connection_state`
+/// mirrors it one to one (src/ffi/connection.rs; exhaustive matches both
+/// ways and a unit test keep the two in step).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub(crate) enum ConnectionState {
     Connecting = 0,
     Connected = 1,
@@ -30,8 +32,12 @@ pub(crate) enum ConnectionState {
     Closed = 4,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// A connection's state and counters at one moment. `amqp_connection_stats`
+/// is built from it field by field with exhaustive destructuring, so a field
+/// added here or there does not compile until both agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConnectionStatsSnapshot {
+    pub state: ConnectionState,
     pub connects: u64,
     pub failed_attempts: u64,
     pub consecutive_failures: u64,
@@ -104,16 +110,14 @@ impl Connection {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn state(&self) -> ConnectionState {
-        self.lock().state
-    }
-
     pub fn stats(&self) -> ConnectionStatsSnapshot {
+        let shared = self.lock();
         ConnectionStatsSnapshot {
+            state: shared.state,
             connects: self.connects.load(Ordering::Relaxed),
             failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
             consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
-            queues: self.lock().queues.len() as u64,
+            queues: shared.queues.len() as u64,
         }
     }
 

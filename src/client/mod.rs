@@ -10,5 +10,5 @@ mod session;
 
 /// What the C API hands a consumer.
 pub(crate) use crate::consume::{Callback, DeliveryView, Disposition};
-pub(crate) use connection::{Connection, ConnectionState};
-pub(crate) use queue::Queue;
+pub(crate) use connection::{Connection, ConnectionState, ConnectionStatsSnapshot};
+pub(crate) use queue::{Queue, QueueStatsSnapshot};

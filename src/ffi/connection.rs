@@ -3,11 +3,10 @@
 use super::{amqp_connection_handle, amqp_result, ConnectionEntry, CONNECTIONS, QUEUES};
 use super::{lookup_connection, optional_str, out_param, required_str};
 use crate::client::options::{parse_connection_options, parse_uri};
-use crate::client::{Connection, ConnectionState};
+use crate::client::{Connection, ConnectionState, ConnectionStatsSnapshot};
 use crate::error::{Error, ErrorKind};
-use std::ffi::{c_char, c_int};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::ffi::{c_char, c_int, CStr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The state of a connection, as `amqp_connection_get_stats` reports it.
@@ -28,6 +27,64 @@ pub enum amqp_connection_state {
 
 /// An `amqp_connection_state` as received from C.
 pub type amqp_connection_state_raw = c_int;
+
+impl amqp_connection_state {
+    /// Every state, in value order (checked at compile time below; the
+    /// header's list is checked against `amqp_connection_state_str` by
+    /// tests/facts.rs).
+    pub(crate) const ALL: [amqp_connection_state; 5] = {
+        use amqp_connection_state::*;
+        [
+            AMQP_STATE_CONNECTING,
+            AMQP_STATE_CONNECTED,
+            AMQP_STATE_RECONNECTING,
+            AMQP_STATE_FAILED,
+            AMQP_STATE_CLOSED,
+        ]
+    };
+
+    /// The state's name as C spells it (the variant's own name).
+    pub(crate) const fn name(self) -> &'static CStr {
+        use amqp_connection_state::*;
+        match self {
+            AMQP_STATE_CONNECTING => c"AMQP_STATE_CONNECTING",
+            AMQP_STATE_CONNECTED => c"AMQP_STATE_CONNECTED",
+            AMQP_STATE_RECONNECTING => c"AMQP_STATE_RECONNECTING",
+            AMQP_STATE_FAILED => c"AMQP_STATE_FAILED",
+            AMQP_STATE_CLOSED => c"AMQP_STATE_CLOSED",
+        }
+    }
+
+    /// The state with this value, if any.
+    pub(crate) fn from_raw(raw: amqp_connection_state_raw) -> Option<Self> {
+        usize::try_from(raw)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// The core's state (the inverse of `From<ConnectionState>`, for the
+    /// test that checks both directions).
+    #[cfg(test)]
+    pub(crate) const fn core(self) -> ConnectionState {
+        use amqp_connection_state::*;
+        match self {
+            AMQP_STATE_CONNECTING => ConnectionState::Connecting,
+            AMQP_STATE_CONNECTED => ConnectionState::Connected,
+            AMQP_STATE_RECONNECTING => ConnectionState::Reconnecting,
+            AMQP_STATE_FAILED => ConnectionState::Failed,
+            AMQP_STATE_CLOSED => ConnectionState::Closed,
+        }
+    }
+}
+
+// `ALL[i]` has value `i`: `from_raw` may index by value.
+const _: () = {
+    let mut i = 0;
+    while i < amqp_connection_state::ALL.len() {
+        assert!(amqp_connection_state::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl From<ConnectionState> for amqp_connection_state {
     fn from(s: ConnectionState) -> Self {
@@ -57,6 +114,27 @@ pub struct amqp_connection_stats {
     pub queues: u64,
 }
 
+impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
+    /// Field by field, with no `..` on either side: a field added to one
+    /// struct and not the other does not compile.
+    fn from(s: ConnectionStatsSnapshot) -> Self {
+        let ConnectionStatsSnapshot {
+            state,
+            connects,
+            failed_attempts,
+            consecutive_failures,
+            queues,
+        } = s;
+        amqp_connection_stats {
+            state: state.into(),
+            connects,
+            failed_attempts,
+            consecutive_failures,
+            queues,
+        }
+    }
+}
+
 /// Starts a connection to `uri` (`amqp://user:pass@host:port/vhost?heartbeat=10`)
 /// and returns at once: connecting and every reconnect run in the background,
 /// and a broker that is down is not an error. `options` is NULL or
@@ -72,15 +150,17 @@ pub unsafe extern "C" fn amqp_connect(
     out: *mut amqp_connection_handle,
 ) -> amqp_result {
     ffi_boundary!({
-        let out = out_param(out, "out")?;
-        let address = parse_uri(required_str(uri, "uri")?)?;
-        let options = parse_connection_options(optional_str(options, "options")?)?;
+        // The header's contract for `amqp_connect`: `out` is NULL or
+        // writable, `uri` and `options` NULL or NUL-terminated, all valid for
+        // the duration of this call, which no borrow below outlives.
+        // SAFETY: `out` as the contract says; written only on success.
+        let out = unsafe { out_param(out, "out") }?;
+        // SAFETY: `uri` as the contract says; parsed into owned values.
+        let address = parse_uri(unsafe { required_str(uri, "uri") }?)?;
+        // SAFETY: `options` as the contract says; parsed into owned values.
+        let options = parse_connection_options(unsafe { optional_str(options, "options") }?)?;
         let conn = Connection::connect(address, options)?;
-        let entry = Arc::new(ConnectionEntry {
-            conn: conn.clone(),
-            queue_handles: Mutex::new(Vec::new()),
-            closing: AtomicBool::new(false),
-        });
+        let entry = Arc::new(ConnectionEntry::new(conn.clone()));
         let Some(handle) = CONNECTIONS.insert(entry) else {
             conn.close(Duration::ZERO);
             return Err(Error::internal("too many open connections"));
@@ -120,7 +200,7 @@ pub unsafe extern "C" fn amqp_close_graceful(
 ) -> amqp_result {
     ffi_boundary!({
         let entry = lookup_connection(conn)?;
-        if entry.closing.swap(true, Ordering::SeqCst) {
+        if !entry.begin_close() {
             return Err(Error::new(
                 ErrorKind::InvalidHandle,
                 format!("{conn} is already being closed"),
@@ -137,7 +217,9 @@ pub unsafe extern "C" fn amqp_close_graceful(
             QUEUES.remove(h);
         }
         CONNECTIONS.remove(conn);
-        if let Some(unsent) = unsent.as_mut() {
+        // SAFETY: the caller promises `unsent` is NULL or a writable
+        // uint64_t, valid for the duration of this call.
+        if let Some(unsent) = unsafe { unsent.as_mut() } {
             *unsent = left;
         }
         if left > 0 {
@@ -157,16 +239,11 @@ pub unsafe extern "C" fn amqp_connection_get_stats(
     out: *mut amqp_connection_stats,
 ) -> amqp_result {
     ffi_boundary!({
-        let out = out_param(out, "out")?;
+        // SAFETY: the caller promises `out` is NULL or a writable
+        // amqp_connection_stats, valid for the duration of this call.
+        let out = unsafe { out_param(out, "out") }?;
         let entry = lookup_connection(conn)?;
-        let s = entry.conn.stats();
-        *out = amqp_connection_stats {
-            state: entry.conn.state().into(),
-            connects: s.connects,
-            failed_attempts: s.failed_attempts,
-            consecutive_failures: s.consecutive_failures,
-            queues: s.queues,
-        };
+        *out = entry.conn.stats().into();
         Ok(())
     })
 }
@@ -175,14 +252,32 @@ pub unsafe extern "C" fn amqp_connection_get_stats(
 #[no_mangle]
 pub extern "C" fn amqp_connection_state_str(state: amqp_connection_state_raw) -> *const c_char {
     ffi_boundary!(value c"AMQP_STATE_UNKNOWN".as_ptr(), {
-        let s: &'static std::ffi::CStr = match state {
-            0 => c"AMQP_STATE_CONNECTING",
-            1 => c"AMQP_STATE_CONNECTED",
-            2 => c"AMQP_STATE_RECONNECTING",
-            3 => c"AMQP_STATE_FAILED",
-            4 => c"AMQP_STATE_CLOSED",
-            _ => c"AMQP_STATE_UNKNOWN",
-        };
-        s.as_ptr()
+        amqp_connection_state::from_raw(state)
+            .map_or(c"AMQP_STATE_UNKNOWN", amqp_connection_state::name)
+            .as_ptr()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_is_named_after_its_variant_and_round_trips() {
+        for (i, state) in amqp_connection_state::ALL.into_iter().enumerate() {
+            assert_eq!(state as usize, i);
+            assert_eq!(state.name().to_str().unwrap(), format!("{state:?}"));
+            assert_eq!(amqp_connection_state::from_raw(i as c_int), Some(state));
+            assert_eq!(amqp_connection_state::from(state.core()), state);
+            // SAFETY: amqp_connection_state_str returns a static NUL-terminated string.
+            let name = unsafe { CStr::from_ptr(amqp_connection_state_str(i as c_int)) };
+            assert_eq!(name, state.name());
+        }
+        for unknown in [-1, 5, c_int::MAX, c_int::MIN] {
+            assert_eq!(amqp_connection_state::from_raw(unknown), None);
+            // SAFETY: as above.
+            let name = unsafe { CStr::from_ptr(amqp_connection_state_str(unknown)) };
+            assert_eq!(name, c"AMQP_STATE_UNKNOWN");
+        }
+    }
 }

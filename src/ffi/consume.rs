@@ -4,7 +4,6 @@ use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
 use crate::client::{Callback, DeliveryView, Disposition};
 use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// What the callback decided.
@@ -75,9 +74,7 @@ pub unsafe extern "C" fn amqp_consume(
             return Err(Error::invalid("cb is NULL"));
         };
         let entry = lookup_queue(queue)?;
-        if entry.conn.closing.load(Ordering::SeqCst) {
-            return Err(Error::closed("the connection is closing"));
-        }
+        entry.conn.check_open()?;
         let user = UserData(userdata);
         let handle = entry.handle;
         let callback: Callback = Arc::new(move |d: &DeliveryView<'_>| {
@@ -93,7 +90,11 @@ pub unsafe extern "C" fn amqp_consume(
                 queue: handle,
             };
             let user = &user;
-            match cb(&delivery, user.0) {
+            // SAFETY: `cb` is the application's non-NULL function of this
+            // type; the header lets it run on this library thread with this
+            // userdata, and `delivery` (and the bytes it points into) stays
+            // valid for the whole call, which is all the header promises.
+            match unsafe { cb(&delivery, user.0) } {
                 0 => Disposition::Ack,
                 1 => Disposition::Reject,
                 2 => Disposition::Requeue,
@@ -123,9 +124,7 @@ pub extern "C" fn amqp_consume_stop(queue: amqp_queue_handle) -> amqp_result {
 pub extern "C" fn amqp_consume_start(queue: amqp_queue_handle) -> amqp_result {
     ffi_boundary!({
         let entry = lookup_queue(queue)?;
-        if entry.conn.closing.load(Ordering::SeqCst) {
-            return Err(Error::closed("the connection is closing"));
-        }
+        entry.conn.check_open()?;
         entry.queue.consumers.start();
         Ok(())
     })

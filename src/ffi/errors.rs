@@ -2,7 +2,7 @@
 
 use crate::error::{ErrorKind, Result};
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, CStr};
 
 /// The result of every call that can fail.
 #[repr(C)]
@@ -33,7 +33,81 @@ pub enum amqp_result {
 /// An `amqp_result` as received from C, where any int may arrive.
 pub type amqp_result_raw = c_int;
 
-pub(crate) fn code_of(kind: ErrorKind) -> amqp_result {
+impl amqp_result {
+    /// Every code, in value order (checked at compile time below; the
+    /// header's list is checked against `amqp_result_str` by tests/facts.rs).
+    pub(crate) const ALL: [amqp_result; 10] = {
+        use amqp_result::*;
+        [
+            AMQP_OK,
+            AMQP_ERR_INVALID_ARGUMENT,
+            AMQP_ERR_INVALID_HANDLE,
+            AMQP_ERR_BUFFER_FULL,
+            AMQP_ERR_MESSAGE_TOO_LARGE,
+            AMQP_ERR_CLOSED,
+            AMQP_ERR_TIMEOUT,
+            AMQP_ERR_NOT_CONNECTED,
+            AMQP_ERR_BROKER,
+            AMQP_ERR_INTERNAL,
+        ]
+    };
+
+    /// The code's name as C spells it (the variant's own name).
+    pub(crate) const fn name(self) -> &'static CStr {
+        use amqp_result::*;
+        match self {
+            AMQP_OK => c"AMQP_OK",
+            AMQP_ERR_INVALID_ARGUMENT => c"AMQP_ERR_INVALID_ARGUMENT",
+            AMQP_ERR_INVALID_HANDLE => c"AMQP_ERR_INVALID_HANDLE",
+            AMQP_ERR_BUFFER_FULL => c"AMQP_ERR_BUFFER_FULL",
+            AMQP_ERR_MESSAGE_TOO_LARGE => c"AMQP_ERR_MESSAGE_TOO_LARGE",
+            AMQP_ERR_CLOSED => c"AMQP_ERR_CLOSED",
+            AMQP_ERR_TIMEOUT => c"AMQP_ERR_TIMEOUT",
+            AMQP_ERR_NOT_CONNECTED => c"AMQP_ERR_NOT_CONNECTED",
+            AMQP_ERR_BROKER => c"AMQP_ERR_BROKER",
+            AMQP_ERR_INTERNAL => c"AMQP_ERR_INTERNAL",
+        }
+    }
+
+    /// The code with this value, if any.
+    pub(crate) fn from_raw(raw: amqp_result_raw) -> Option<amqp_result> {
+        usize::try_from(raw)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+    }
+
+    /// The core's error kind for a failure code; `None` for AMQP_OK (the
+    /// inverse of `code_of`, for the test that checks both directions).
+    #[cfg(test)]
+    pub(crate) const fn kind(self) -> Option<ErrorKind> {
+        use amqp_result::*;
+        Some(match self {
+            AMQP_OK => return None,
+            AMQP_ERR_INVALID_ARGUMENT => ErrorKind::InvalidArgument,
+            AMQP_ERR_INVALID_HANDLE => ErrorKind::InvalidHandle,
+            AMQP_ERR_BUFFER_FULL => ErrorKind::BufferFull,
+            AMQP_ERR_MESSAGE_TOO_LARGE => ErrorKind::MessageTooLarge,
+            AMQP_ERR_CLOSED => ErrorKind::Closed,
+            AMQP_ERR_TIMEOUT => ErrorKind::Timeout,
+            AMQP_ERR_NOT_CONNECTED => ErrorKind::NotConnected,
+            AMQP_ERR_BROKER => ErrorKind::Broker,
+            AMQP_ERR_INTERNAL => ErrorKind::Internal,
+        })
+    }
+}
+
+// `ALL[i]` has value `i`: `from_raw` may index by value.
+const _: () = {
+    let mut i = 0;
+    while i < amqp_result::ALL.len() {
+        assert!(amqp_result::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
+/// The C code for a core error kind (the inverse of `amqp_result::kind`;
+/// the unit tests check both directions).
+pub(crate) const fn code_of(kind: ErrorKind) -> amqp_result {
     use amqp_result::*;
     match kind {
         ErrorKind::InvalidArgument => AMQP_ERR_INVALID_ARGUMENT,
@@ -102,20 +176,9 @@ pub(crate) fn run_boundary(body: impl FnOnce() -> Result<()>) -> amqp_result {
 #[no_mangle]
 pub extern "C" fn amqp_result_str(code: amqp_result_raw) -> *const c_char {
     ffi_boundary!(value c"AMQP_ERR_UNKNOWN".as_ptr(), {
-        let s: &'static std::ffi::CStr = match code {
-            0 => c"AMQP_OK",
-            1 => c"AMQP_ERR_INVALID_ARGUMENT",
-            2 => c"AMQP_ERR_INVALID_HANDLE",
-            3 => c"AMQP_ERR_BUFFER_FULL",
-            4 => c"AMQP_ERR_MESSAGE_TOO_LARGE",
-            5 => c"AMQP_ERR_CLOSED",
-            6 => c"AMQP_ERR_TIMEOUT",
-            7 => c"AMQP_ERR_NOT_CONNECTED",
-            8 => c"AMQP_ERR_BROKER",
-            9 => c"AMQP_ERR_INTERNAL",
-            _ => c"AMQP_ERR_UNKNOWN",
-        };
-        s.as_ptr()
+        amqp_result::from_raw(code)
+            .map_or(c"AMQP_ERR_UNKNOWN", amqp_result::name)
+            .as_ptr()
     })
 }
 
@@ -131,11 +194,55 @@ pub unsafe extern "C" fn amqp_last_error(buf: *mut c_char, cap: usize) -> usize 
             let bytes = e.as_bytes();
             if cap > 0 && !buf.is_null() {
                 let n = bytes.len().min(cap - 1);
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, n);
-                *buf.add(n) = 0;
+                // SAFETY: the caller promises `buf` points to `cap` writable
+                // bytes (the snprintf contract); we write `n + 1 <= cap` of
+                // them, and our own String cannot overlap the caller's buffer.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, n);
+                    *buf.add(n) = 0;
+                }
             }
             bytes.len()
         })
         .unwrap_or(0)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_named_after_its_variant_and_round_trips() {
+        for (i, code) in amqp_result::ALL.into_iter().enumerate() {
+            assert_eq!(code as usize, i);
+            assert_eq!(code.name().to_str().unwrap(), format!("{code:?}"));
+            assert_eq!(amqp_result::from_raw(i as c_int), Some(code));
+            // SAFETY: amqp_result_str returns a static NUL-terminated string.
+            let name = unsafe { CStr::from_ptr(amqp_result_str(i as c_int)) };
+            assert_eq!(name, code.name());
+        }
+        for unknown in [-1, 10, 11, c_int::MAX, c_int::MIN] {
+            assert_eq!(amqp_result::from_raw(unknown), None);
+            // SAFETY: as above.
+            let name = unsafe { CStr::from_ptr(amqp_result_str(unknown)) };
+            assert_eq!(name, c"AMQP_ERR_UNKNOWN");
+        }
+    }
+
+    #[test]
+    fn error_kinds_and_codes_map_one_to_one() {
+        let mut kinds = Vec::new();
+        for code in amqp_result::ALL {
+            match code.kind() {
+                None => assert_eq!(code, amqp_result::AMQP_OK),
+                Some(kind) => {
+                    assert_eq!(code_of(kind), code, "{kind:?}");
+                    assert!(!kinds.contains(&kind), "{kind:?} twice");
+                    kinds.push(kind);
+                }
+            }
+        }
+        assert_eq!(kinds.len(), amqp_result::ALL.len() - 1);
+    }
 }

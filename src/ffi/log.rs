@@ -52,7 +52,11 @@ pub unsafe extern "C" fn amqp_set_log_callback(
             Arc::new(move |level: Level, msg: &str| {
                 let user = &user;
                 let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-                cb(level as c_int, msg.as_ptr(), user.0);
+                // SAFETY: `cb` is the application's non-NULL function of
+                // this type, called on the "ramqp-log" thread with its
+                // userdata, as the header says; `msg` is NUL-terminated and
+                // outlives the call.
+                unsafe { cb(level as c_int, msg.as_ptr(), user.0) };
             }) as Sink
         });
         set_sink(sink, level)

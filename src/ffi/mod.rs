@@ -38,7 +38,7 @@ use crate::client::{Connection, Queue};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use std::ffi::{c_char, CStr};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A connection handle: never 0, below 2^53, never valid as a queue handle.
@@ -49,15 +49,45 @@ pub type amqp_queue_handle = u64;
 /// An application pointer (userdata) handed back unchanged to its callback
 /// on the library's threads.
 pub(crate) struct UserData(pub *mut std::ffi::c_void);
-// SAFETY: we never dereference it; the application documents (and promises)
-// that its callbacks may use it from the threads named in the header.
+// SAFETY: we never dereference the pointer, only hand it back to the
+// application's callback; the header says which library thread calls each
+// callback, and by passing the pointer the application promises it may be
+// used there.
 unsafe impl Send for UserData {}
+// SAFETY: shared access only copies the pointer value out (to pass it to a
+// callback); the same promise as for Send covers callbacks running on
+// several library threads at once (`repeat` > 1).
 unsafe impl Sync for UserData {}
 
 pub(crate) struct ConnectionEntry {
     pub conn: Arc<Connection>,
     pub queue_handles: Mutex<Vec<amqp_queue_handle>>,
-    pub closing: AtomicBool,
+    /// Set once by `amqp_close_graceful`; read through `check_open`.
+    closing: AtomicBool,
+}
+
+impl ConnectionEntry {
+    pub fn new(conn: Arc<Connection>) -> Self {
+        ConnectionEntry {
+            conn,
+            queue_handles: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// The check of every export that would add to a connection (open a
+    /// queue, start consumers): AMQP_ERR_CLOSED once a close has begun.
+    pub fn check_open(&self) -> Result<()> {
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(Error::closed("the connection is closing"));
+        }
+        Ok(())
+    }
+
+    /// Marks the connection closing; `false` when a close had already begun.
+    pub fn begin_close(&self) -> bool {
+        !self.closing.swap(true, Ordering::SeqCst)
+    }
 }
 
 pub(crate) struct QueueEntry {
@@ -70,28 +100,45 @@ pub(crate) static CONNECTIONS: Registry<ConnectionEntry> = Registry::new(0);
 pub(crate) static QUEUES: Registry<QueueEntry> = Registry::new(1);
 
 /// A required C string argument.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that stays valid and
+/// unchanged for `'a` (the header's promise for every `const char *`
+/// argument: valid for the duration of the call).
 pub(crate) unsafe fn required_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
     if p.is_null() {
         return Err(Error::invalid(format!("{what} is NULL")));
     }
-    CStr::from_ptr(p)
+    // SAFETY: not NULL, and NUL-terminated and valid for 'a by this
+    // function's contract.
+    unsafe { CStr::from_ptr(p) }
         .to_str()
         .map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
 }
 
 /// An optional C string argument: NULL is `None`.
+///
+/// # Safety
+/// As `required_str`.
 pub(crate) unsafe fn optional_str<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>> {
     if p.is_null() {
         Ok(None)
     } else {
-        required_str(p, what).map(Some)
+        // SAFETY: this function's contract is `required_str`'s.
+        unsafe { required_str(p, what) }.map(Some)
     }
 }
 
 /// An out-parameter: checked for NULL before anything happens.
+///
+/// # Safety
+/// `p` is NULL or points to a `T` the caller lets us write during `'a`
+/// (the header's promise for every out-parameter), aligned, and not
+/// otherwise borrowed by us.
 pub(crate) unsafe fn out_param<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T> {
-    p.as_mut()
-        .ok_or_else(|| Error::invalid(format!("{what} (out-parameter) is NULL")))
+    // SAFETY: NULL is handled by `as_mut`; otherwise valid, aligned and
+    // ours to write for 'a by this function's contract.
+    unsafe { p.as_mut() }.ok_or_else(|| Error::invalid(format!("{what} (out-parameter) is NULL")))
 }
 
 pub(crate) fn lookup_connection(handle: amqp_connection_handle) -> Result<Arc<ConnectionEntry>> {

@@ -22,7 +22,9 @@ pub unsafe extern "C" fn amqp_publish(
     len: usize,
 ) -> amqp_result {
     ffi_boundary!({
-        let bytes = body_slice(body, len)?;
+        // SAFETY: the caller promises `body` points to `len` bytes, valid
+        // for this call; the slice does not outlive it (publish copies).
+        let bytes = unsafe { body_slice(body, len) }?;
         lookup_queue(queue)?.queue.outbox.publish(bytes)
     })
 }
@@ -48,7 +50,8 @@ pub unsafe extern "C" fn amqp_publish_wait(
     timeout_ms: u32,
 ) -> amqp_result {
     ffi_boundary!({
-        let bytes = body_slice(body, len)?;
+        // SAFETY: as in `amqp_publish`; publish_wait copies before returning.
+        let bytes = unsafe { body_slice(body, len) }?;
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         lookup_queue(queue)?
             .queue
@@ -58,12 +61,20 @@ pub unsafe extern "C" fn amqp_publish_wait(
 }
 
 /// The body as a slice; NULL is allowed only for an empty body.
+///
+/// # Safety
+/// `body` is NULL or points to `len` readable bytes that stay valid and
+/// unchanged for `'a` (the header's promise for `amqp_publish`'s body:
+/// valid during the call).
 unsafe fn body_slice<'a>(body: *const c_void, len: usize) -> Result<&'a [u8], Error> {
     if len == 0 {
         Ok(&[])
     } else if body.is_null() {
         Err(Error::invalid(format!("body is NULL but len is {len}")))
     } else {
-        Ok(std::slice::from_raw_parts(body as *const u8, len))
+        // SAFETY: not NULL, and `len` bytes readable for 'a by this
+        // function's contract; `len` > 0 here, and a C object of `len`
+        // bytes cannot exceed isize::MAX.
+        Ok(unsafe { std::slice::from_raw_parts(body as *const u8, len) })
     }
 }

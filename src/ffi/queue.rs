@@ -3,9 +3,9 @@
 use super::{amqp_connection_handle, amqp_queue_handle, amqp_result, QueueEntry, QUEUES};
 use super::{lookup_connection, lookup_queue, optional_str, out_param, required_str};
 use crate::client::options::{check_name, parse_queue_options};
+use crate::client::QueueStatsSnapshot;
 use crate::error::Error;
 use std::ffi::c_char;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// A snapshot of a queue's buffer and counters.
@@ -38,6 +38,41 @@ pub struct amqp_queue_stats {
     pub released: u64,
 }
 
+impl From<QueueStatsSnapshot> for amqp_queue_stats {
+    /// Field by field, with no `..` on either side: a counter added to one
+    /// struct and not the other does not compile.
+    fn from(s: QueueStatsSnapshot) -> Self {
+        let QueueStatsSnapshot {
+            buffered,
+            buffered_bytes,
+            in_flight,
+            published,
+            confirmed,
+            resent,
+            nacked,
+            delivered,
+            acked,
+            rejected,
+            requeued,
+            released,
+        } = s;
+        amqp_queue_stats {
+            buffered,
+            buffered_bytes,
+            in_flight,
+            published,
+            confirmed,
+            resent,
+            nacked,
+            delivered,
+            acked,
+            rejected,
+            requeued,
+            released,
+        }
+    }
+}
+
 /// Opens `queue` on its own channel. `exchange` NULL or "" is the default
 /// exchange (no bind); otherwise the exchange is declared (`exchange_type`,
 /// default direct) and the queue bound with `routing_key` (NULL = "").
@@ -57,11 +92,20 @@ pub unsafe extern "C" fn amqp_queue_open(
     out: *mut amqp_queue_handle,
 ) -> amqp_result {
     ffi_boundary!({
-        let out = out_param(out, "out")?;
-        let name = required_str(queue, "queue")?;
-        let exchange = optional_str(exchange, "exchange")?.unwrap_or("");
-        let routing_key = optional_str(routing_key, "routing_key")?.unwrap_or("");
-        let options = optional_str(options, "options")?;
+        // The header's contract for `amqp_queue_open`: `out` is NULL or
+        // writable, the strings NULL or NUL-terminated, all valid for the
+        // duration of this call, which no borrow below outlives (the queue
+        // copies the names).
+        // SAFETY: `out` as the contract says; written only on success.
+        let out = unsafe { out_param(out, "out") }?;
+        // SAFETY: `queue` as the contract says.
+        let name = unsafe { required_str(queue, "queue") }?;
+        // SAFETY: `exchange` as the contract says.
+        let exchange = unsafe { optional_str(exchange, "exchange") }?.unwrap_or("");
+        // SAFETY: `routing_key` as the contract says.
+        let routing_key = unsafe { optional_str(routing_key, "routing_key") }?.unwrap_or("");
+        // SAFETY: `options` as the contract says; parsed into owned values.
+        let options = unsafe { optional_str(options, "options") }?;
         if name.is_empty() {
             return Err(Error::invalid(
                 "queue name is empty (server-named queues cannot survive a reconnect)",
@@ -71,9 +115,7 @@ pub unsafe extern "C" fn amqp_queue_open(
         check_name("exchange name", exchange)?;
         check_name("routing key", routing_key)?;
         let entry = lookup_connection(conn)?;
-        if entry.closing.load(Ordering::SeqCst) {
-            return Err(Error::closed("the connection is closing"));
-        }
+        entry.check_open()?;
         let options = parse_queue_options(options, &entry.conn.options)?;
         let q = entry
             .conn
@@ -104,22 +146,10 @@ pub unsafe extern "C" fn amqp_queue_get_stats(
     out: *mut amqp_queue_stats,
 ) -> amqp_result {
     ffi_boundary!({
-        let out = out_param(out, "out")?;
-        let s = lookup_queue(queue)?.queue.stats();
-        *out = amqp_queue_stats {
-            buffered: s.buffered,
-            buffered_bytes: s.buffered_bytes,
-            in_flight: s.in_flight,
-            published: s.published,
-            confirmed: s.confirmed,
-            resent: s.resent,
-            nacked: s.nacked,
-            delivered: s.delivered,
-            acked: s.acked,
-            rejected: s.rejected,
-            requeued: s.requeued,
-            released: s.released,
-        };
+        // SAFETY: the caller promises `out` is NULL or a writable
+        // amqp_queue_stats, valid for the duration of this call.
+        let out = unsafe { out_param(out, "out") }?;
+        *out = lookup_queue(queue)?.queue.stats().into();
         Ok(())
     })
 }

@@ -141,8 +141,11 @@ enum Repr {
 }
 
 // SAFETY: a pooled body only reads bytes that no one writes any more, and
-// gives back its reference with an atomic operation (see `Chunk`).
+// gives back its reference with an atomic operation (see `Chunk`), so it may
+// be dropped on any thread; an owned body is a plain Box<[u8]>.
 unsafe impl Send for Body {}
+// SAFETY: `&Body` only reads the body's bytes, which no one writes once the
+// body exists (see `Chunk`); nothing in a Body changes through `&`.
 unsafe impl Sync for Body {}
 
 impl Body {
