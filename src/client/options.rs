@@ -102,46 +102,321 @@ fn pairs(s: &str) -> Result<Vec<(&str, &str)>> {
     Ok(out)
 }
 
-fn parse_u64(key: &str, v: &str, min: u64, max: u64) -> Result<u64> {
-    match v.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(Error::invalid(format!(
-            "option '{key}' has bad value '{v}' (expected an integer from {min} to {max})"
-        ))),
-    }
-}
-
-fn parse_bool(key: &str, v: &str) -> Result<bool> {
-    match v {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(Error::invalid(format!(
-            "option '{key}' has bad value '{v}' (expected true or false)"
-        ))),
-    }
-}
-
 const HOUR_MS: u64 = 3_600_000;
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "documentation, checked by the unit tests")
+)]
+const MIB: u64 = 1 << 20;
+
+/// One option key: the single place its name, default, accepted values and
+/// documentation live. The parser walks these tables, its error messages
+/// quote them, and the README's option tables are rendered from them (a
+/// unit test below fails when README.md or the header's summaries differ).
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "documentation, checked by the unit tests")
+)]
+pub(crate) struct OptionSpec<T: 'static> {
+    pub key: &'static str,
+    pub default: OptionDefault,
+    pub doc: &'static str,
+    pub value: Value<T>,
+}
+
+/// An option's default, as documented.
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "documentation, checked by the unit tests")
+)]
+#[derive(Clone, Copy)]
+pub(crate) enum OptionDefault {
+    /// Text the parser accepts, giving the value the defaults have.
+    Text(&'static str),
+    /// The connection option of the same key (queue buffer bounds).
+    Connection,
+}
+
+/// What an option accepts, and how it is stored.
+#[cfg_attr(
+    not(test),
+    allow(dead_code, reason = "documentation, checked by the unit tests")
+)]
+pub(crate) enum Value<T: 'static> {
+    /// An integer from `min` to `max`; `bytes` shows whole MiB as such.
+    Int {
+        min: u64,
+        max: u64,
+        bytes: bool,
+        set: fn(&mut T, u64),
+    },
+    /// true/1/yes/on or false/0/no/off.
+    Bool { set: fn(&mut T, bool) },
+    /// One of `words`; a word ending in "..." accepts any name with that
+    /// prefix (up to `MAX_NAME_BYTES`).
+    Word {
+        words: &'static [&'static str],
+        set: fn(&mut T, &str),
+    },
+}
+
+/// The options of `amqp_connect`.
+pub(crate) const CONNECTION_OPTIONS: &[OptionSpec<ConnectionOptions>] = &[
+    OptionSpec {
+        key: "reconnect_delay_ms",
+        default: OptionDefault::Text("100"),
+        doc: "first reconnect delay",
+        value: Value::Int {
+            min: 0,
+            max: HOUR_MS,
+            bytes: false,
+            set: |o, n| o.reconnect_delay = Duration::from_millis(n),
+        },
+    },
+    OptionSpec {
+        key: "reconnect_delay_max_ms",
+        default: OptionDefault::Text("5000"),
+        doc: "backoff cap (exponential, with jitter in the upper half)",
+        value: Value::Int {
+            min: 0,
+            max: HOUR_MS,
+            bytes: false,
+            set: |o, n| o.reconnect_delay_max = Duration::from_millis(n),
+        },
+    },
+    OptionSpec {
+        key: "max_reconnects",
+        default: OptionDefault::Text("0"),
+        doc: "consecutive failed attempts before giving up for good; 0 = never",
+        value: Value::Int {
+            min: 0,
+            max: u32::MAX as u64,
+            bytes: false,
+            set: |o, n| o.max_reconnects = n as u32,
+        },
+    },
+    OptionSpec {
+        key: "max_buffered",
+        default: OptionDefault::Text("100000"),
+        doc: "messages held per queue (waiting + unconfirmed)",
+        value: Value::Int {
+            min: 1,
+            max: u32::MAX as u64,
+            bytes: false,
+            set: |o, n| o.max_buffered = n,
+        },
+    },
+    OptionSpec {
+        key: "max_buffered_bytes",
+        default: OptionDefault::Text("67108864"),
+        doc: "body bytes held per queue",
+        value: Value::Int {
+            min: 1,
+            max: u64::MAX >> 1,
+            bytes: true,
+            set: |o, n| o.max_buffered_bytes = n,
+        },
+    },
+    OptionSpec {
+        key: "max_message_bytes",
+        default: OptionDefault::Text("134217728"),
+        doc: "largest body accepted",
+        value: Value::Int {
+            min: 0,
+            max: MAX_MESSAGE_BYTES_LIMIT,
+            bytes: true,
+            set: |o, n| o.max_message_bytes = n,
+        },
+    },
+];
+
+/// The options of `amqp_queue_open`.
+pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
+    OptionSpec {
+        key: "durable",
+        default: OptionDefault::Text("true"),
+        doc: "durable queue (and exchange)",
+        value: Value::Bool {
+            set: |o, b| o.durable = b,
+        },
+    },
+    OptionSpec {
+        key: "persistent",
+        default: OptionDefault::Text("true"),
+        doc: "messages with delivery mode 2",
+        value: Value::Bool {
+            set: |o, b| o.persistent = b,
+        },
+    },
+    OptionSpec {
+        key: "mandatory",
+        default: OptionDefault::Text("true"),
+        doc: "publish with the mandatory flag, so a deleted queue is noticed and declared again \
+              (see Guarantees); `false` saves the broker some work per message (RabbitMQ 3.x) \
+              but lets it confirm and drop messages while the queue is gone",
+        value: Value::Bool {
+            set: |o, b| o.mandatory = b,
+        },
+    },
+    OptionSpec {
+        key: "exchange_type",
+        default: OptionDefault::Text("direct"),
+        doc: "the exchange's type (a plugin type such as x-delayed-message is `x-...`)",
+        value: Value::Word {
+            words: &["direct", "fanout", "topic", "headers", "x-..."],
+            set: |o, w| o.exchange_type = w.to_string(),
+        },
+    },
+    OptionSpec {
+        key: "queue_type",
+        default: OptionDefault::Text("classic"),
+        doc: "the queue's type (quorum needs durable=true)",
+        value: Value::Word {
+            words: &["classic", "quorum"],
+            set: |o, w| {
+                o.queue_type = match w {
+                    "quorum" => QueueType::Quorum,
+                    _ => QueueType::Classic,
+                }
+            },
+        },
+    },
+    OptionSpec {
+        key: "prefetch",
+        default: OptionDefault::Text("100"),
+        doc: "unacknowledged deliveries per consumer (basic.qos)",
+        value: Value::Int {
+            min: 0,
+            max: u16::MAX as u64,
+            bytes: false,
+            set: |o, n| o.prefetch = n as u16,
+        },
+    },
+    OptionSpec {
+        key: "max_buffered",
+        default: OptionDefault::Connection,
+        doc: "this queue's bound on messages held",
+        value: Value::Int {
+            min: 1,
+            max: u32::MAX as u64,
+            bytes: false,
+            set: |o, n| o.max_buffered = n,
+        },
+    },
+    OptionSpec {
+        key: "max_buffered_bytes",
+        default: OptionDefault::Connection,
+        doc: "this queue's bound on body bytes held",
+        value: Value::Int {
+            min: 1,
+            max: u64::MAX >> 1,
+            bytes: true,
+            set: |o, n| o.max_buffered_bytes = n,
+        },
+    },
+];
+
+impl<T> OptionSpec<T> {
+    /// Parses `v` and stores it in `o`; the error names the key and what
+    /// it accepts.
+    fn apply(&self, o: &mut T, v: &str) -> Result<()> {
+        let key = self.key;
+        match &self.value {
+            Value::Int { min, max, set, .. } => match v.parse::<u64>() {
+                Ok(n) if (*min..=*max).contains(&n) => set(o, n),
+                _ => return Err(bad_value(key, v, &self.accepted())),
+            },
+            Value::Bool { set } => match v {
+                "true" | "1" | "yes" | "on" => set(o, true),
+                "false" | "0" | "no" | "off" => set(o, false),
+                _ => return Err(bad_value(key, v, &self.accepted())),
+            },
+            Value::Word { words, set } => {
+                let fits = |w: &&str| match w.strip_suffix("...") {
+                    Some(prefix) => v.starts_with(prefix) && v.len() <= MAX_NAME_BYTES,
+                    None => *w == v,
+                };
+                if !words.iter().any(fits) {
+                    return Err(bad_value(key, v, &self.accepted()));
+                }
+                set(o, v)
+            }
+        }
+        Ok(())
+    }
+
+    /// What the option accepts, as error messages and the README say it.
+    pub(crate) fn accepted(&self) -> String {
+        match &self.value {
+            Value::Int { min, max, .. } => format!("an integer from {min} to {max}"),
+            Value::Bool { .. } => "true or false".to_string(),
+            Value::Word { words, .. } => match words.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            },
+        }
+    }
+
+    /// The default as the documentation shows it: whole MiB for byte
+    /// counts, "the connection's" for inherited bounds.
+    #[cfg_attr(
+        not(test),
+        allow(dead_code, reason = "documentation, checked by the unit tests")
+    )]
+    pub(crate) fn shown_default(&self) -> String {
+        match (self.default, &self.value) {
+            (OptionDefault::Connection, _) => "the connection's".to_string(),
+            (OptionDefault::Text(t), Value::Int { bytes: true, .. }) => match t.parse::<u64>() {
+                Ok(n) if n >= MIB && n % MIB == 0 => format!("{} MiB", n / MIB),
+                _ => t.to_string(),
+            },
+            (OptionDefault::Text(t), _) => t.to_string(),
+        }
+    }
+}
+
+/// The README's table of `table` (between its `<!-- options:KIND -->`
+/// markers; the unit tests check README.md against it).
+#[cfg(test)]
+fn markdown_table<T>(table: &[OptionSpec<T>]) -> String {
+    let mut out = String::from("| key | default | accepted | meaning |\n|---|---|---|---|\n");
+    for spec in table {
+        out += &format!(
+            "| `{}` | {} | {} | {} |\n",
+            spec.key,
+            spec.shown_default(),
+            spec.accepted(),
+            spec.doc
+        );
+    }
+    out
+}
+
+fn bad_value(key: &str, v: &str, accepted: &str) -> Error {
+    Error::invalid(format!(
+        "option '{key}' has bad value '{v}' (expected {accepted})"
+    ))
+}
+
+/// Applies `key=value&...` to `o` through `table`.
+fn parse_with<T>(o: &mut T, s: Option<&str>, table: &[OptionSpec<T>]) -> Result<()> {
+    for (k, v) in pairs(s.unwrap_or(""))? {
+        let Some(spec) = table.iter().find(|spec| spec.key == k) else {
+            let known: Vec<&str> = table.iter().map(|spec| spec.key).collect();
+            return Err(Error::invalid(format!(
+                "unknown option '{k}' (known: {})",
+                known.join(", ")
+            )));
+        };
+        spec.apply(o, v)?;
+    }
+    Ok(())
+}
 
 pub fn parse_connection_options(s: Option<&str>) -> Result<ConnectionOptions> {
     let mut o = ConnectionOptions::default();
-    for (k, v) in pairs(s.unwrap_or(""))? {
-        match k {
-            "reconnect_delay_ms" => {
-                o.reconnect_delay = Duration::from_millis(parse_u64(k, v, 0, HOUR_MS)?)
-            }
-            "reconnect_delay_max_ms" => {
-                o.reconnect_delay_max = Duration::from_millis(parse_u64(k, v, 0, HOUR_MS)?)
-            }
-            "max_reconnects" => o.max_reconnects = parse_u64(k, v, 0, u32::MAX as u64)? as u32,
-            "max_buffered" => o.max_buffered = parse_u64(k, v, 1, u32::MAX as u64)?,
-            "max_buffered_bytes" => o.max_buffered_bytes = parse_u64(k, v, 1, u64::MAX >> 1)?,
-            "max_message_bytes" => {
-                o.max_message_bytes = parse_u64(k, v, 0, MAX_MESSAGE_BYTES_LIMIT)?
-            }
-            _ => return Err(unknown(k, CONNECTION_KEYS)),
-        }
-    }
+    parse_with(&mut o, s, CONNECTION_OPTIONS)?;
     if o.reconnect_delay_max < o.reconnect_delay {
         // A cap below the first delay would make the first delay meaningless.
         o.reconnect_delay_max = o.reconnect_delay;
@@ -149,52 +424,9 @@ pub fn parse_connection_options(s: Option<&str>) -> Result<ConnectionOptions> {
     Ok(o)
 }
 
-const CONNECTION_KEYS: &str = "reconnect_delay_ms, reconnect_delay_max_ms, max_reconnects, \
-     max_buffered, max_buffered_bytes, max_message_bytes";
-const QUEUE_KEYS: &str = "durable, persistent, mandatory, exchange_type, queue_type, prefetch, \
-     max_buffered, max_buffered_bytes";
-
-fn unknown(k: &str, known: &str) -> Error {
-    Error::invalid(format!("unknown option '{k}' (known: {known})"))
-}
-
 pub fn parse_queue_options(s: Option<&str>, conn: &ConnectionOptions) -> Result<QueueOptions> {
     let mut o = QueueOptions::defaults_for(conn);
-    for (k, v) in pairs(s.unwrap_or(""))? {
-        match k {
-            "durable" => o.durable = parse_bool(k, v)?,
-            "persistent" => o.persistent = parse_bool(k, v)?,
-            "mandatory" => o.mandatory = parse_bool(k, v)?,
-            "exchange_type" => {
-                o.exchange_type = match v {
-                    "direct" | "fanout" | "topic" | "headers" => v.to_string(),
-                    // Plugin types such as x-delayed-message or x-consistent-hash.
-                    _ if v.starts_with("x-") && v.len() <= MAX_NAME_BYTES => v.to_string(),
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "option 'exchange_type' has bad value '{v}' \
-                             (expected direct, fanout, topic, headers or x-...)"
-                        )))
-                    }
-                }
-            }
-            "queue_type" => {
-                o.queue_type = match v {
-                    "classic" => QueueType::Classic,
-                    "quorum" => QueueType::Quorum,
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "option 'queue_type' has bad value '{v}' (expected classic or quorum)"
-                        )))
-                    }
-                }
-            }
-            "prefetch" => o.prefetch = parse_u64(k, v, 0, u16::MAX as u64)? as u16,
-            "max_buffered" => o.max_buffered = parse_u64(k, v, 1, u32::MAX as u64)?,
-            "max_buffered_bytes" => o.max_buffered_bytes = parse_u64(k, v, 1, u64::MAX >> 1)?,
-            _ => return Err(unknown(k, QUEUE_KEYS)),
-        }
-    }
+    parse_with(&mut o, s, QUEUE_OPTIONS)?;
     if o.queue_type == QueueType::Quorum && !o.durable {
         return Err(Error::invalid(
             "option 'queue_type=quorum' needs durable=true (quorum queues are always durable)",
@@ -384,6 +616,143 @@ mod tests {
         ] {
             assert!(parse_queue_options(Some(bad), &c).is_err(), "{bad}");
         }
+    }
+
+    /// Each key's default text, parsed, gives the value the defaults have.
+    #[test]
+    fn table_defaults_are_the_real_defaults() {
+        let defaults = ConnectionOptions::default();
+        for spec in CONNECTION_OPTIONS {
+            let OptionDefault::Text(text) = spec.default else {
+                panic!("{}: a connection option needs a literal default", spec.key);
+            };
+            let parsed = parse_connection_options(Some(&format!("{}={text}", spec.key)));
+            assert_eq!(parsed.as_ref(), Ok(&defaults), "{}", spec.key);
+        }
+        // A connection whose bounds differ from the defaults, so an
+        // inherited default is told apart from a literal one.
+        let conn = parse_connection_options(Some("max_buffered=7&max_buffered_bytes=9")).unwrap();
+        let defaults = QueueOptions::defaults_for(&conn);
+        for spec in QUEUE_OPTIONS {
+            let text = match spec.default {
+                OptionDefault::Text(text) => text.to_string(),
+                OptionDefault::Connection => {
+                    let c = CONNECTION_OPTIONS.iter().find(|c| c.key == spec.key);
+                    assert!(c.is_some(), "{}: no connection option to inherit", spec.key);
+                    match spec.key {
+                        "max_buffered" => conn.max_buffered.to_string(),
+                        "max_buffered_bytes" => conn.max_buffered_bytes.to_string(),
+                        other => panic!("{other}: how does it inherit?"),
+                    }
+                }
+            };
+            let parsed = parse_queue_options(Some(&format!("{}={text}", spec.key)), &conn);
+            assert_eq!(parsed.as_ref(), Ok(&defaults), "{}", spec.key);
+        }
+    }
+
+    #[test]
+    fn keys_are_unique_and_every_key_is_known_to_the_parser() {
+        fn check<T>(table: &[OptionSpec<T>], parse: impl Fn(&str) -> Result<T>) {
+            for (i, spec) in table.iter().enumerate() {
+                assert!(
+                    !table[..i].iter().any(|s| s.key == spec.key),
+                    "{} twice",
+                    spec.key
+                );
+                let e = parse(&format!("{}=\u{1}", spec.key)).err().expect(spec.key);
+                assert_eq!(
+                    e.message,
+                    format!(
+                        "option '{}' has bad value '\u{1}' (expected {})",
+                        spec.key,
+                        spec.accepted()
+                    )
+                );
+            }
+            let e = parse("nope=1").err().unwrap();
+            let keys: Vec<_> = table.iter().map(|s| s.key).collect();
+            assert_eq!(
+                e.message,
+                format!("unknown option 'nope' (known: {})", keys.join(", "))
+            );
+        }
+        check(CONNECTION_OPTIONS, |s| parse_connection_options(Some(s)));
+        let conn = ConnectionOptions::default();
+        check(QUEUE_OPTIONS, |s| parse_queue_options(Some(s), &conn));
+    }
+
+    /// The text between `<!-- options:KIND -->` and `<!-- /options:KIND -->`.
+    fn readme_block(kind: &str) -> String {
+        let readme = include_str!("../../README.md");
+        let start = format!("<!-- options:{kind} -->\n");
+        let end = format!("<!-- /options:{kind} -->");
+        let a = readme
+            .find(&start)
+            .unwrap_or_else(|| panic!("README: no {start}"))
+            + start.len();
+        let b = readme[a..]
+            .find(&end)
+            .unwrap_or_else(|| panic!("README: no {end}"))
+            + a;
+        readme[a..b].to_string()
+    }
+
+    /// `RA_BLESS=1 cargo test --lib readme_option_tables` rewrites the
+    /// README's tables from the option tables instead of comparing.
+    #[test]
+    fn readme_option_tables_are_the_tables() {
+        for (kind, rendered) in [
+            ("connection", markdown_table(CONNECTION_OPTIONS)),
+            ("queue", markdown_table(QUEUE_OPTIONS)),
+        ] {
+            if std::env::var_os("RA_BLESS").is_some() {
+                let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+                let readme = std::fs::read_to_string(path).unwrap();
+                let old = readme_block(kind);
+                let marker = format!("<!-- options:{kind} -->\n");
+                let at = readme.find(&marker).unwrap() + marker.len();
+                let readme = format!("{}{rendered}{}", &readme[..at], &readme[at + old.len()..]);
+                std::fs::write(path, readme).unwrap();
+                continue;
+            }
+            assert_eq!(
+                readme_block(kind),
+                rendered,
+                "README.md's {kind} options differ from src/client/options.rs; \
+                 put this between its markers:\n{rendered}"
+            );
+        }
+    }
+
+    /// The header's doc comment of `function`, as one line of text.
+    fn header_doc(function: &str) -> String {
+        let header = include_str!("../../include/resilient_amqp.h");
+        let at = header
+            .find(&format!(" {function}("))
+            .unwrap_or_else(|| panic!("{function} not in the header"));
+        let start = header[..at].rfind("/*").unwrap();
+        let end = header[start..].find("*/").unwrap() + start;
+        header[start + 2..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn header_summaries_name_every_key_and_its_default() {
+        fn check<T>(function: &str, table: &[OptionSpec<T>]) {
+            let doc = header_doc(function);
+            for spec in table {
+                let wanted = format!("{} ({}", spec.key, spec.shown_default());
+                assert!(
+                    doc.contains(&wanted),
+                    "{function}'s doc lacks '{wanted}': {doc}"
+                );
+            }
+        }
+        check("amqp_connect", CONNECTION_OPTIONS);
+        check("amqp_queue_open", QUEUE_OPTIONS);
     }
 
     #[test]

@@ -77,8 +77,9 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// exchange (no bind); otherwise the exchange is declared (`exchange_type`,
 /// default direct) and the queue bound with `routing_key` (NULL = "").
 /// `options`: durable (true), persistent (true), mandatory (true: a deleted
-/// queue is noticed and declared again), exchange_type, queue_type
-/// (classic|quorum), prefetch (100), max_buffered, max_buffered_bytes.
+/// queue is noticed and declared again), exchange_type (direct; or fanout,
+/// topic, headers, x-...), queue_type (classic; or quorum), prefetch (100),
+/// max_buffered (the connection's), max_buffered_bytes (the connection's).
 /// While connected it declares now: AMQP_ERR_BROKER when the broker refuses
 /// (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
 /// declares on connect. The topology is declared again after every reconnect.
