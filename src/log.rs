@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
-pub enum Level {
+pub(crate) enum Level {
     Off = 0,
     Error = 1,
     Warn = 2,
@@ -39,7 +39,7 @@ impl Level {
     }
 }
 
-pub type Sink = Arc<dyn Fn(Level, &str) + Send + Sync>;
+pub(crate) type Sink = Arc<dyn Fn(Level, &str) + Send + Sync>;
 
 /// 255 = not read from the environment yet.
 static STDERR_LEVEL: AtomicU8 = AtomicU8::new(255);
@@ -63,12 +63,12 @@ fn stderr_level() -> u8 {
     l
 }
 
-pub fn enabled(level: Level) -> bool {
+pub(crate) fn enabled(level: Level) -> bool {
     let l = level as u8;
     l <= SINK_LEVEL.load(Ordering::Relaxed) || l <= stderr_level()
 }
 
-pub fn emit(level: Level, message: String) {
+pub(crate) fn emit(level: Level, message: String) {
     let l = level as u8;
     if l <= stderr_level() {
         eprintln!("resilient-amqp {}: {}", level.name(), message);
@@ -87,7 +87,7 @@ extern "C" fn silence_in_forked_child() {
 }
 
 /// Installs (or with `None` removes) the application's sink.
-pub fn set_sink(sink: Option<Sink>, level: Level) -> std::io::Result<()> {
+pub(crate) fn set_sink(sink: Option<Sink>, level: Level) -> std::io::Result<()> {
     static ATFORK: std::sync::Once = std::sync::Once::new();
     // SAFETY: the handler only stores to an atomic.
     ATFORK.call_once(|| unsafe {

@@ -24,18 +24,18 @@ extern "C" fn mark_forked_child() {
 }
 
 /// True in a child forked from a process that had started the library.
-pub fn forked() -> bool {
+pub(crate) fn forked() -> bool {
     FORKED.load(Ordering::Relaxed)
 }
 
-pub fn forked_error() -> Error {
+pub(crate) fn forked_error() -> Error {
     Error::closed(
         "resilient-amqp cannot be used in a child created by fork() after the parent used it \
          (the child has none of the library's threads); connect from the parent, or exec",
     )
 }
 
-pub fn handle() -> Result<&'static Handle> {
+pub(crate) fn handle() -> Result<&'static Handle> {
     if forked() {
         return Err(forked_error());
     }
@@ -56,13 +56,13 @@ pub fn handle() -> Result<&'static Handle> {
 }
 
 /// True on the runtime thread, where blocking would deadlock the library.
-pub fn on_runtime_thread() -> bool {
+pub(crate) fn on_runtime_thread() -> bool {
     Handle::try_current().is_ok()
 }
 
 /// Runs `fut` on the runtime and waits for it on the calling thread, at most
 /// `timeout`. Refuses on the runtime thread itself.
-pub fn block_on<F>(fut: F, timeout: Duration) -> Result<F::Output>
+pub(crate) fn block_on<F>(fut: F, timeout: Duration) -> Result<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -81,7 +81,7 @@ where
 }
 
 /// Spawns a task on the runtime (no-op if it cannot start).
-pub fn spawn<F>(fut: F)
+pub(crate) fn spawn<F>(fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {

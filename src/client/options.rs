@@ -14,7 +14,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// AMQP short strings (queue, exchange, routing key) are at most 255 bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 /// RabbitMQ refuses bodies above 512 MiB whatever its configuration.
-pub const MAX_MESSAGE_BYTES_LIMIT: u64 = 512 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES_LIMIT: u64 = 512 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnectionOptions {
@@ -436,7 +436,7 @@ pub fn parse_queue_options(s: Option<&str>, conn: &ConnectionOptions) -> Result<
 }
 
 /// Checks a queue, exchange or routing key name.
-pub fn check_name(what: &str, name: &str) -> Result<()> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     if name.len() > MAX_NAME_BYTES {
         return Err(Error::invalid(format!(
             "{what} is {} bytes long; AMQP allows at most {MAX_NAME_BYTES}",
