@@ -259,7 +259,7 @@ impl ConsumerSet {
                 let n = self.next_tag.fetch_add(1, Ordering::Relaxed);
                 let tag = format!("resilient-amqp.{}.{}", self.queue_id, n);
                 self.forwarders.fetch_add(1, Ordering::SeqCst);
-                let sink = Box::new(Sink {
+                let sink = Box::new(Forwarder {
                     cs: self.clone(),
                     work: work.clone(),
                     settler: settler.clone(),
@@ -400,7 +400,7 @@ fn spawn_flusher(settler: &Arc<Settler>, cs: Weak<ConsumerSet>) {
 /// Hands one broker consumer's deliveries to its worker thread. Called on
 /// the connection's reader (the runtime thread): it only queues. Dropped
 /// when the consumer ends (cancel, channel closed).
-struct Sink {
+struct Forwarder {
     cs: Arc<ConsumerSet>,
     work: Arc<WorkQueue>,
     settler: Arc<Settler>,
@@ -409,7 +409,7 @@ struct Sink {
     queued: bool,
 }
 
-impl DeliverySink for Sink {
+impl DeliverySink for Forwarder {
     fn deliver(&mut self, delivery: Delivery) {
         let cs = &self.cs;
         cs.queued.fetch_add(1, Ordering::SeqCst);
@@ -430,16 +430,16 @@ impl DeliverySink for Sink {
         }
     }
 
-    fn flush(&mut self) {
+    fn end_of_burst(&mut self) {
         if std::mem::take(&mut self.queued) {
             self.work.wake();
         }
     }
 }
 
-impl Drop for Sink {
+impl Drop for Forwarder {
     fn drop(&mut self) {
-        self.flush();
+        self.end_of_burst();
         self.cs.forwarders.fetch_sub(1, Ordering::SeqCst);
         self.cs.notify();
     }

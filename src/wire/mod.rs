@@ -17,17 +17,20 @@
 
 mod assembly;
 mod channel;
+mod channel_state;
 mod codec;
 mod connection;
 mod handshake;
 mod output;
 mod reader;
+mod shared;
 
 pub(crate) use amq_protocol::auth::{Credentials, SASLMechanism};
 use amq_protocol::protocol::{connection as conn_methods, AMQPClass, AMQPErrorKind};
 pub(crate) use amq_protocol::types::{AMQPValue, FieldTable};
 pub(crate) use assembly::Delivery;
-pub(crate) use channel::{Confirm, DeliverySink, WireChannel};
+pub(crate) use channel::WireChannel;
+pub(crate) use channel_state::{Confirm, DeliverySink};
 pub(crate) use codec::PublishTarget;
 pub(crate) use connection::WireConnection;
 use std::sync::{Mutex, MutexGuard};

@@ -5,9 +5,9 @@
 //! to the consumer's sink, replies to the waiting call.
 
 use super::assembly::{Assembly, Delivery, Event, Step};
-use super::channel::{ChannelState, Confirm};
+use super::channel_state::{ChannelState, Confirm};
 use super::codec::{self, RawFrame};
-use super::connection::ConnShared;
+use super::shared::ConnShared;
 use super::{channel_failure, describe_close};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use std::sync::atomic::Ordering;

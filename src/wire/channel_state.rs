@@ -1,0 +1,145 @@
+//! A channel's state as its handles and the reader share it: the waiting
+//! call's reply slot, the consumers' sinks, the queue of confirms, and
+//! whether it is closed. Knows nothing of the connection.
+
+use super::assembly::Delivery;
+use super::{lock, Failure};
+use amq_protocol::protocol::AMQPClass;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::{oneshot, Notify};
+
+/// Receives the deliveries of one consumer, on the connection's reader
+/// (the runtime thread): it must only hand them on, never block.
+pub trait DeliverySink: Send {
+    /// Queues one delivery.
+    fn deliver(&mut self, delivery: Delivery);
+    /// The end of a burst of frames read at once that brought this
+    /// consumer deliveries: wake the consumer.
+    fn end_of_burst(&mut self);
+}
+
+/// What the broker said about the channel's publishes, in arrival order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirm {
+    /// basic.ack / basic.nack.
+    Settled {
+        tag: u64,
+        multiple: bool,
+        nack: bool,
+    },
+    /// The queue is gone: a publish came back unroutable (basic.return,
+    /// always before that message's ack) or the broker cancelled a
+    /// consumer. The channel must be reopened so the topology is declared
+    /// again; nothing unconfirmed may be taken as delivered.
+    TopologyLost(String),
+}
+
+/// What a channel's handles and the reader share.
+pub(super) struct ChannelState {
+    pub(super) id: u16,
+    /// Set while holding the connection's output: once set, no frame of
+    /// this channel is written, so a stale ack never reaches a reused id.
+    pub(super) closed: AtomicBool,
+    pub(super) receivers: Mutex<Receivers>,
+    /// One call at a time.
+    pub(super) rpc: tokio::sync::Mutex<()>,
+    pub(super) confirms: Mutex<Vec<Confirm>>,
+    pub(super) confirm_wake: Notify,
+}
+
+/// Where the reader hands what arrives on the channel.
+#[derive(Default)]
+pub(super) struct Receivers {
+    /// The call waiting for its reply.
+    pub(super) reply: Option<oneshot::Sender<Result<AMQPClass, Failure>>>,
+    pub(super) consumers: HashMap<Vec<u8>, Box<dyn DeliverySink>>,
+    pub(super) close_reason: Option<Failure>,
+}
+
+impl ChannelState {
+    pub(super) fn new(id: u16) -> ChannelState {
+        ChannelState {
+            id,
+            closed: AtomicBool::new(false),
+            receivers: Mutex::new(Receivers::default()),
+            rpc: tokio::sync::Mutex::new(()),
+            confirms: Mutex::new(Vec::new()),
+            confirm_wake: Notify::new(),
+        }
+    }
+
+    pub(super) fn receivers(&self) -> MutexGuard<'_, Receivers> {
+        lock(&self.receivers)
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The channel is gone (broker close, connection loss, our close):
+    /// fail the waiting call, drop the consumers, wake the publisher.
+    pub(super) fn close_local(&self, why: Failure) {
+        self.closed.store(true, Ordering::Relaxed);
+        let (reply, sinks) = {
+            let mut r = self.receivers();
+            if r.close_reason.is_none() {
+                r.close_reason = Some(why.clone());
+            }
+            (r.reply.take(), std::mem::take(&mut r.consumers))
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(why));
+        }
+        drop(sinks);
+        self.confirm_wake.notify_one();
+    }
+
+    pub(super) fn push_confirm(&self, c: Confirm) {
+        let mut q = lock(&self.confirms);
+        let was_empty = q.is_empty();
+        q.push(c);
+        drop(q);
+        if was_empty {
+            self.confirm_wake.notify_one();
+        }
+    }
+
+    /// Hands a delivery to its consumer; gives it back when the consumer is
+    /// gone (cancelled).
+    pub(super) fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let mut r = self.receivers();
+        match r.consumers.get_mut(delivery.consumer_tag()) {
+            Some(sink) => {
+                sink.deliver(delivery);
+                Ok(())
+            }
+            None => Err(delivery),
+        }
+    }
+
+    /// After a burst of frames that brought deliveries: let the consumers run.
+    pub(super) fn wake_consumers(&self) {
+        for sink in self.receivers().consumers.values_mut() {
+            sink.end_of_burst();
+        }
+    }
+
+    /// Gives the reply to the waiting call; gives it back when none waits.
+    pub(super) fn reply(&self, reply: AMQPClass) -> Result<(), AMQPClass> {
+        let waiting = self.receivers().reply.take();
+        match waiting {
+            Some(w) => {
+                let _ = w.send(Ok(reply));
+                Ok(())
+            }
+            None => Err(reply),
+        }
+    }
+
+    pub(super) fn remove_consumer(&self, tag: &[u8]) {
+        let sink = self.receivers().consumers.remove(tag);
+        drop(sink); // outside the lock: its drop wakes the consumer
+    }
+}

@@ -1,0 +1,104 @@
+//! What a connection's handles, channels, reader and task share: the
+//! output, the table of open channels, and whether (and why) it died.
+
+use super::channel_state::ChannelState;
+use super::output::Output;
+use super::{lock, Failure};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+/// How long we wait for close-ok / to flush the last frames.
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// What a connection's handles, channels and task share.
+pub(super) struct ConnShared {
+    pub(super) output: Output,
+    /// Set by the reader; the heartbeat loop declares the link dead after
+    /// two heartbeat intervals without it (no timer per read).
+    pub(super) read_recently: AtomicBool,
+    pub(super) channels: Mutex<ChannelTable>,
+    pub(super) frame_max: usize,
+    /// The reason the connection ended, once it has.
+    pub(super) dead: watch::Sender<Option<String>>,
+    /// Asks the driver task to stop (after close-ok, or at once).
+    pub(super) stop: Notify,
+}
+
+/// The open channels, by id, and where the search for a free id starts.
+pub(super) struct ChannelTable {
+    pub(super) open: HashMap<u16, Arc<ChannelState>>,
+    pub(super) next: u16,
+    pub(super) max: u16,
+}
+
+impl ConnShared {
+    pub(super) fn new(stream: Arc<TcpStream>, channel_max: u16, frame_max: usize) -> ConnShared {
+        ConnShared {
+            output: Output::new(stream),
+            read_recently: AtomicBool::new(false),
+            channels: Mutex::new(ChannelTable {
+                open: HashMap::new(),
+                next: 1,
+                max: channel_max.max(1),
+            }),
+            frame_max,
+            dead: watch::channel(None).0,
+            stop: Notify::new(),
+        }
+    }
+
+    pub(super) fn is_dead(&self) -> bool {
+        self.dead.borrow().is_some()
+    }
+
+    /// The connection is over: refuse writes, close every channel.
+    pub(super) fn die(&self, why: String) {
+        self.output.close();
+        self.dead.send_if_modified(|d| {
+            if d.is_none() {
+                *d = Some(why.clone());
+                true
+            } else {
+                false
+            }
+        });
+        let chans: Vec<_> = lock(&self.channels).open.drain().map(|(_, c)| c).collect();
+        for c in chans {
+            c.close_local(Failure::Link(why.clone()));
+        }
+    }
+
+    pub(super) fn channel(&self, id: u16) -> Option<Arc<ChannelState>> {
+        lock(&self.channels).open.get(&id).cloned()
+    }
+
+    pub(super) fn remove_channel(&self, id: u16) {
+        lock(&self.channels).open.remove(&id);
+    }
+
+    /// A new channel on the first free id from where the last search ended.
+    pub(super) fn allocate_channel(&self) -> Result<Arc<ChannelState>, Failure> {
+        let mut chans = lock(&self.channels);
+        if self.is_dead() {
+            return Err(Failure::Link("connection closed".into()));
+        }
+        let max = chans.max;
+        let mut id = chans.next;
+        let mut tries = 0u32;
+        while chans.open.contains_key(&id) {
+            id = if id >= max { 1 } else { id + 1 };
+            tries += 1;
+            if tries > u32::from(max) {
+                return Err(Failure::Link(format!("all {max} channels in use")));
+            }
+        }
+        chans.next = if id >= max { 1 } else { id + 1 };
+        let ch = Arc::new(ChannelState::new(id));
+        chans.open.insert(id, ch.clone());
+        Ok(ch)
+    }
+}
