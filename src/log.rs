@@ -1,4 +1,4 @@
-//! Logging: silent unless the application asks. Two sinks:
+//! Logging: silent unless the application asks. Two destinations:
 //! - `RESILIENT_AMQP_LOG=debug|info|warn|error` writes to stderr (never stdout);
 //! - a callback set by the application, always called on the dedicated
 //!   "ramqp-log" thread, one record at a time and in order, so a
@@ -39,12 +39,12 @@ impl Level {
     }
 }
 
-pub(crate) type Sink = Arc<dyn Fn(Level, &str) + Send + Sync>;
+pub(crate) type LogCallback = Arc<dyn Fn(Level, &str) + Send + Sync>;
 
 /// 255 = not read from the environment yet.
 static STDERR_LEVEL: AtomicU8 = AtomicU8::new(255);
 static SINK_LEVEL: AtomicU8 = AtomicU8::new(0);
-/// Feeds the log thread, which owns the application's sink.
+/// Feeds the log thread, which owns the application's callback.
 static SINK: Mutex<Option<Sender<(Level, String)>>> = Mutex::new(None);
 
 fn stderr_level() -> u8 {
@@ -86,26 +86,26 @@ extern "C" fn silence_in_forked_child() {
     SINK_LEVEL.store(0, Ordering::Relaxed);
 }
 
-/// Installs (or with `None` removes) the application's sink.
-pub(crate) fn set_sink(sink: Option<Sink>, level: Level) -> std::io::Result<()> {
+/// Installs (or with `None` removes) the application's callback.
+pub(crate) fn set_callback(callback: Option<LogCallback>, level: Level) -> std::io::Result<()> {
     static ATFORK: std::sync::Once = std::sync::Once::new();
     // SAFETY: the handler only stores to an atomic.
     ATFORK.call_once(|| unsafe {
         libc::pthread_atfork(None, None, Some(silence_in_forked_child));
     });
     let mut guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
-    match sink {
+    match callback {
         None => {
             SINK_LEVEL.store(0, Ordering::Relaxed);
             *guard = None; // the log thread ends once its queue is drained
         }
-        Some(sink) => {
+        Some(callback) => {
             let (tx, rx) = channel::<(Level, String)>();
             std::thread::Builder::new()
                 .name("ramqp-log".into())
                 .spawn(move || {
                     for (level, msg) in rx {
-                        sink(level, &msg);
+                        callback(level, &msg);
                     }
                 })?;
             *guard = Some(tx);

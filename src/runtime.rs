@@ -55,8 +55,9 @@ pub(crate) fn handle() -> Result<&'static Handle> {
     })
 }
 
-/// True on the runtime thread, where blocking would deadlock the library.
-pub(crate) fn on_runtime_thread() -> bool {
+/// True inside any tokio runtime (ours or the application's): blocking on
+/// ours from there could deadlock it, or stall the application's.
+pub(crate) fn inside_a_runtime() -> bool {
     Handle::try_current().is_ok()
 }
 
@@ -67,7 +68,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    if on_runtime_thread() {
+    if inside_a_runtime() {
         return Err(Error::internal(
             "a blocking call was made on the library's runtime thread",
         ));

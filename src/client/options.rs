@@ -54,8 +54,7 @@ pub struct QueueOptions {
     /// (the queue was deleted by someone) comes back and the queue is
     /// declared again, instead of the broker confirming and dropping it.
     /// RabbitMQ 3.x then sends one more internal message per publish (queue
-    /// to channel): 10-15% more broker CPU per durable message with a 256
-    /// window, lost in the noise with the 1024 disk window.
+    /// to channel), which costs the broker CPU (docs/bench/HISTORY.md).
     pub mandatory: bool,
     pub exchange_type: String,
     pub queue_type: QueueType,

@@ -70,7 +70,7 @@ pub(super) struct SettleBook {
     floor: u64,
     /// Tag `floor + 1 + i` is at `slots[i]`: tags are dense per channel, so a
     /// ring replaces a map.
-    slots: VecDeque<Slot>,
+    slots: VecDeque<TagState>,
     /// The tags of the slots in state `Decided`, in the order decided: at
     /// most a batch (the caller flushes when told `Due::Now`), so a flush behind a gap looks at these rather than at
     /// every slot (the ring grows with each delivery while an early one
@@ -79,7 +79,7 @@ pub(super) struct SettleBook {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
+enum TagState {
     /// Still with a callback (or not delivered yet).
     Open,
     /// Decided, not sent yet.
@@ -110,12 +110,12 @@ impl SettleBook {
         }
         let idx = (tag - self.floor - 1) as usize;
         if self.slots.len() <= idx {
-            self.slots.resize(idx + 1, Slot::Open);
+            self.slots.resize(idx + 1, TagState::Open);
         }
-        if self.slots[idx] != Slot::Open {
+        if self.slots[idx] != TagState::Open {
             return Due::Later;
         }
-        self.slots[idx] = Slot::Decided(how);
+        self.slots[idx] = TagState::Decided(how);
         self.decided.push(tag);
         if how == Settle::Release || self.decided.len() >= self.batch {
             Due::Now
@@ -141,13 +141,13 @@ impl SettleBook {
         while let Some(&slot) = self.slots.front() {
             let tag = self.floor + 1;
             match slot {
-                Slot::Open => break,
-                Slot::Decided(Settle::Ack) => {
+                TagState::Open => break,
+                TagState::Decided(Settle::Ack) => {
                     acks += 1;
                     last_ack = tag;
                 }
-                Slot::Decided(how) => out.push(Frame::Reject { tag, how }),
-                Slot::SentAhead => {}
+                TagState::Decided(how) => out.push(Frame::Reject { tag, how }),
+                TagState::SentAhead => {}
             }
             self.slots.pop_front();
             self.floor = tag;
@@ -163,7 +163,7 @@ impl SettleBook {
         self.decided.sort_unstable();
         for tag in self.decided.drain(..).filter(|&t| t > self.floor) {
             let slot = &mut self.slots[(tag - self.floor - 1) as usize];
-            if let Slot::Decided(how) = *slot {
+            if let TagState::Decided(how) = *slot {
                 out.push(match how {
                     Settle::Ack => Frame::Ack {
                         tag,
@@ -172,7 +172,7 @@ impl SettleBook {
                     },
                     how => Frame::Reject { tag, how },
                 });
-                *slot = Slot::SentAhead;
+                *slot = TagState::SentAhead;
             }
         }
     }

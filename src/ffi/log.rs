@@ -1,7 +1,7 @@
 //! Logs to an application callback.
 
 use super::{amqp_result, UserData};
-use crate::log::{set_sink, Level, Sink};
+use crate::log::{set_callback, Level, LogCallback};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Arc;
 
@@ -47,7 +47,7 @@ pub unsafe extern "C" fn amqp_set_log_callback(
             )));
         }
         let level = Level::from_u8(level as u8);
-        let sink: Option<Sink> = cb.map(|cb| {
+        let callback: Option<LogCallback> = cb.map(|cb| {
             let user = UserData(userdata);
             Arc::new(move |level: Level, msg: &str| {
                 let user = &user;
@@ -57,9 +57,9 @@ pub unsafe extern "C" fn amqp_set_log_callback(
                 // userdata, as the header says; `msg` is NUL-terminated and
                 // outlives the call.
                 unsafe { cb(level as c_int, msg.as_ptr(), user.0) };
-            }) as Sink
+            }) as LogCallback
         });
-        set_sink(sink, level)
+        set_callback(callback, level)
             .map_err(|e| crate::Error::internal(format!("cannot start the log thread: {e}")))
     })
 }

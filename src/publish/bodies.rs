@@ -4,8 +4,8 @@
 //! (a bump pointer: no lock, no malloc, no shared write), not into its own
 //! allocation. A new chunk has all its pages touched at once, so the page
 //! faults of fresh memory come in one burst per chunk (once per ~2,000
-//! bodies of 64 B) instead of one in every ~40 publishes (a burst into an
-//! empty buffer paid ~2.7 us at p99 for them), and a chunk whose bodies are
+//! bodies of 64 B) instead of one in every ~40 publishes (they showed in a
+//! cold burst's p99; docs/bench/HISTORY.md), and a chunk whose bodies are
 //! all confirmed goes back to a process-wide free list and is reused (no
 //! faults at all in steady state).
 //!

@@ -84,12 +84,12 @@ pub(super) async fn read_loop(
 /// until its id is reused or the connection ends (at most channel_max).
 #[derive(Default)]
 struct Demux {
-    slots: Vec<Option<Slot>>,
+    channels: Vec<Option<ChannelReader>>,
     /// Channels that got deliveries in this burst.
     delivered: Vec<u16>,
 }
 
-struct Slot {
+struct ChannelReader {
     ch: Arc<ChannelState>,
     assembly: Assembly,
     /// In `Demux::delivered`.
@@ -105,7 +105,7 @@ impl Demux {
             codec::FRAME_METHOD | codec::FRAME_HEADER | codec::FRAME_BODY => {
                 // Frames for a channel we already closed are dropped.
                 let id = f.channel;
-                let Some(slot) = self.slot(conn, id) else {
+                let Some(slot) = self.channel_reader(conn, id) else {
                     return Ok(());
                 };
                 if slot.channel_frame(conn, f)? && !slot.delivered {
@@ -119,16 +119,16 @@ impl Demux {
     }
 
     /// The open channel `id`, if any.
-    fn slot(&mut self, conn: &ConnShared, id: u16) -> Option<&mut Slot> {
+    fn channel_reader(&mut self, conn: &ConnShared, id: u16) -> Option<&mut ChannelReader> {
         let at = usize::from(id);
-        if self.slots.len() <= at {
-            self.slots.resize_with(at + 1, || None);
+        if self.channels.len() <= at {
+            self.channels.resize_with(at + 1, || None);
         }
-        let slot = &mut self.slots[at];
+        let slot = &mut self.channels[at];
         if slot.as_ref().is_none_or(|s| s.ch.is_closed()) {
             // An id is reused only after its channel closed: a new channel,
             // a new assembly.
-            *slot = conn.channel(id).map(|ch| Slot {
+            *slot = conn.channel(id).map(|ch| ChannelReader {
                 ch,
                 assembly: Assembly::Idle,
                 delivered: false,
@@ -140,7 +140,7 @@ impl Demux {
     /// After a burst of frames: let the consumers that got deliveries run.
     fn end_of_burst(&mut self) {
         for id in self.delivered.drain(..) {
-            if let Some(Some(slot)) = self.slots.get_mut(usize::from(id)) {
+            if let Some(Some(slot)) = self.channels.get_mut(usize::from(id)) {
                 slot.delivered = false;
                 slot.ch.wake_consumers();
             }
@@ -148,7 +148,7 @@ impl Demux {
     }
 }
 
-impl Slot {
+impl ChannelReader {
     /// One frame of this channel; true when it completed a delivery.
     fn channel_frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<bool, String> {
         let id = self.ch.id;
