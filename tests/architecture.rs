@@ -3,6 +3,7 @@
 //!   (`ffi -> client -> {publish, consume} -> wire`, and the shared base
 //!   modules beside them), and no module imports form a cycle;
 //! - only `ffi` (the C API) and `testing` (the tests' door) are public;
+//! - every C export is in `ffi/` and its body runs inside `ffi_boundary!`;
 //! - no file over 500 lines of non-test code, no function over 80 lines
 //!   unless a `// Long:` comment right above it says why.
 
@@ -339,4 +340,40 @@ fn functions(code: &[&str]) -> Vec<(String, usize, usize)> {
         }
     }
     out
+}
+
+#[test]
+fn every_c_export_runs_inside_the_boundary() {
+    let mut exports = 0;
+    let mut bad = Vec::new();
+    for f in sources() {
+        let code = production_code(&f.text);
+        for (i, line) in code.iter().enumerate() {
+            if line.trim() != "#[no_mangle]" {
+                continue;
+            }
+            exports += 1;
+            if f.module.first().map(String::as_str) != Some("ffi") {
+                bad.push(format!("{}:{}: an export outside ffi/", f.path.display(), i + 1));
+                continue;
+            }
+            // The body's first statement, after the signature's `{`.
+            let body_start = code[i..].iter().position(|l| l.trim_end().ends_with('{'));
+            let first = body_start.and_then(|at| {
+                code[i + at + 1..]
+                    .iter()
+                    .map(|l| l.trim())
+                    .find(|l| !l.is_empty() && !l.starts_with("//"))
+            });
+            if !first.is_some_and(|l| l.starts_with("ffi_boundary!(")) {
+                bad.push(format!(
+                    "{}:{}: export does not start with ffi_boundary!",
+                    f.path.display(),
+                    i + 1
+                ));
+            }
+        }
+    }
+    assert!(exports >= 15, "only {exports} exports found: the check is broken");
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

@@ -413,7 +413,12 @@ fn limits() -> impl Strategy<Value = (usize, u64, Vec<u64>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Failures are printed with their minimal case; no regression files in src/.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// The window matches the model step by step, and every message ends
     /// up confirmed exactly once.

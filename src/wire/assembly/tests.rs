@@ -225,7 +225,12 @@ fn any_frame() -> impl Strategy<Value = Frame> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // Failures are printed with their minimal case; no regression files in src/.
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     /// Well-formed messages give exactly what was sent: every delivery's
     /// fields and bytes, nothing for a return, and only their last frame
