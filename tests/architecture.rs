@@ -354,7 +354,11 @@ fn every_c_export_runs_inside_the_boundary() {
             }
             exports += 1;
             if f.module.first().map(String::as_str) != Some("ffi") {
-                bad.push(format!("{}:{}: an export outside ffi/", f.path.display(), i + 1));
+                bad.push(format!(
+                    "{}:{}: an export outside ffi/",
+                    f.path.display(),
+                    i + 1
+                ));
                 continue;
             }
             // The body's first statement, after the signature's `{`.
@@ -374,6 +378,9 @@ fn every_c_export_runs_inside_the_boundary() {
             }
         }
     }
-    assert!(exports >= 15, "only {exports} exports found: the check is broken");
+    assert!(
+        exports >= 15,
+        "only {exports} exports found: the check is broken"
+    );
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }

@@ -173,64 +173,57 @@ impl Assembly {
     /// Takes the channel's next frame. After an error the assembly is idle
     /// again (what was pending is dropped); the caller ends the connection.
     pub(super) fn step(&mut self, event: Event<'_>) -> Result<Step, OutOfOrder> {
-        // Fast path for the frames of the data path: method (ack, nack) and
-        // body frames, without moving the state.
+        // Transitions happen in place: a delivery's partial message is
+        // written once and moved out only when complete (this runs for
+        // every frame of the data path).
         match (&mut *self, event) {
-            (Assembly::Idle, Event::Method) => return Ok(Step::Method),
-            (
-                Assembly::Body {
-                    content: Content::Deliver(p),
-                    remaining,
-                },
-                Event::Body(bytes),
-            ) if (bytes.len() as u64) < *remaining => {
-                p.append(bytes, *remaining);
-                *remaining -= bytes.len() as u64;
-                return Ok(Step::Incomplete);
+            (Assembly::Idle, Event::Method) => Ok(Step::Method),
+            (Assembly::Idle, Event::Deliver(d)) => {
+                *self = Assembly::AwaitingHeader(Content::Deliver(Partial::new(d)));
+                Ok(Step::Incomplete)
             }
-            _ => {}
-        }
-        let state = std::mem::take(self);
-        let (next, step) = match (state, event) {
-            (Assembly::Idle, Event::Deliver(d)) => (
-                Assembly::AwaitingHeader(Content::Deliver(Partial::new(d))),
-                Step::Incomplete,
-            ),
             (Assembly::Idle, Event::Return) => {
-                (Assembly::AwaitingHeader(Content::Return), Step::Incomplete)
+                *self = Assembly::AwaitingHeader(Content::Return);
+                Ok(Step::Incomplete)
             }
-            (Assembly::AwaitingHeader(content), Event::Header { body_size: 0 }) => {
-                (Assembly::Idle, content.done())
-            }
-            (Assembly::AwaitingHeader(mut content), Event::Header { body_size }) => {
-                admit_body(&mut content, body_size);
-                (
-                    Assembly::Body {
-                        content,
-                        remaining: body_size,
-                    },
-                    Step::Incomplete,
-                )
+            (Assembly::AwaitingHeader(_), Event::Header { body_size: 0 }) => Ok(self.finish()),
+            (Assembly::AwaitingHeader(content), Event::Header { body_size }) => {
+                admit_body(content, body_size);
+                let content = std::mem::replace(content, Content::Return);
+                *self = Assembly::Body {
+                    content,
+                    remaining: body_size,
+                };
+                Ok(Step::Incomplete)
             }
             (Assembly::Body { content, remaining }, Event::Body(bytes))
-                if bytes.len() as u64 <= remaining =>
+                if bytes.len() as u64 <= *remaining =>
             {
-                let mut content = content;
-                if let Content::Deliver(p) = &mut content {
-                    p.append(bytes, remaining);
+                if let Content::Deliver(p) = content {
+                    p.append(bytes, *remaining);
                 }
-                let remaining = remaining - bytes.len() as u64;
-                if remaining == 0 {
-                    (Assembly::Idle, content.done())
+                *remaining -= bytes.len() as u64;
+                if *remaining == 0 {
+                    Ok(self.finish())
                 } else {
-                    (Assembly::Body { content, remaining }, Step::Incomplete)
+                    Ok(Step::Incomplete)
                 }
             }
             // Everything else is out of order, in every state.
-            (state, event) => return Err(out_of_order(&state, &event)),
-        };
-        *self = next;
-        Ok(step)
+            (_, event) => {
+                let err = out_of_order(self, &event);
+                *self = Assembly::Idle;
+                Err(err)
+            }
+        }
+    }
+
+    /// The message is complete: back to idle, with what it gave.
+    fn finish(&mut self) -> Step {
+        match std::mem::take(self) {
+            Assembly::AwaitingHeader(content) | Assembly::Body { content, .. } => content.done(),
+            Assembly::Idle => Step::Incomplete,
+        }
     }
 }
 
