@@ -102,6 +102,10 @@ fn pairs(s: &str) -> Result<Vec<(&str, &str)>> {
 }
 
 const HOUR_MS: u64 = 3_600_000;
+/// The largest `max_buffered` / `max_buffered_bytes`, for the connection's
+/// bound and a queue's own alike.
+const MAX_BUFFERED_LIMIT: u64 = u32::MAX as u64;
+const MAX_BUFFERED_BYTES_LIMIT: u64 = u64::MAX >> 1;
 #[cfg_attr(
     not(test),
     allow(dead_code, reason = "documentation, checked by the unit tests")
@@ -200,7 +204,7 @@ pub(crate) const CONNECTION_OPTIONS: &[OptionSpec<ConnectionOptions>] = &[
         doc: "messages held per queue (waiting + unconfirmed)",
         value: Value::Int {
             min: 1,
-            max: u32::MAX as u64,
+            max: MAX_BUFFERED_LIMIT,
             bytes: false,
             set: |o, n| o.max_buffered = n,
         },
@@ -211,7 +215,7 @@ pub(crate) const CONNECTION_OPTIONS: &[OptionSpec<ConnectionOptions>] = &[
         doc: "body bytes held per queue",
         value: Value::Int {
             min: 1,
-            max: u64::MAX >> 1,
+            max: MAX_BUFFERED_BYTES_LIMIT,
             bytes: true,
             set: |o, n| o.max_buffered_bytes = n,
         },
@@ -297,7 +301,7 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         doc: "this queue's bound on messages held",
         value: Value::Int {
             min: 1,
-            max: u32::MAX as u64,
+            max: MAX_BUFFERED_LIMIT,
             bytes: false,
             set: |o, n| o.max_buffered = n,
         },
@@ -308,7 +312,7 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         doc: "this queue's bound on body bytes held",
         value: Value::Int {
             min: 1,
-            max: u64::MAX >> 1,
+            max: MAX_BUFFERED_BYTES_LIMIT,
             bytes: true,
             set: |o, n| o.max_buffered_bytes = n,
         },
