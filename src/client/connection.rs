@@ -11,7 +11,6 @@
 use super::options::{BrokerAddress, ConnectionOptions, QueueOptions};
 use super::queue::{declare_error, Queue};
 use super::session::{session, LinkState, SessionEnv};
-use crate::backoff;
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime;
 use crate::wire::{Failure, WireConfig, WireConnection};
@@ -74,16 +73,10 @@ impl Connection {
     /// Starts connecting in the background and returns at once.
     pub fn connect(address: BrokerAddress, options: ConnectionOptions) -> Result<Arc<Connection>> {
         let handle = runtime::handle()?;
-        let env = Arc::new(SessionEnv {
-            link: watch::channel(LinkState {
-                generation: 0,
-                up: false,
-            })
-            .0,
-            last_error: Mutex::new(None),
-            delay: options.reconnect_delay,
-            delay_max: options.reconnect_delay_max,
-        });
+        let env = Arc::new(SessionEnv::new(
+            options.reconnect_delay,
+            options.reconnect_delay_max,
+        ));
         let conn = Arc::new(Connection {
             wire: address.wire_config(),
             address,
@@ -201,11 +194,7 @@ impl Connection {
                     }
                 }
             }
-            let delay = backoff::delay(
-                self.options.reconnect_delay,
-                self.options.reconnect_delay_max,
-                failures.saturating_sub(1),
-            );
+            let delay = self.env.backoff(failures.saturating_sub(1));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait_for(|s| *s) => break,

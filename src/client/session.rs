@@ -26,13 +26,27 @@ pub(super) struct SessionEnv {
     /// The live generation, set by the supervisor.
     pub link: watch::Sender<LinkState>,
     /// The connection's last error; sessions report refused declares here.
-    pub last_error: Mutex<Option<String>>,
-    /// Backoff between refused declares and quick channel losses.
-    pub delay: Duration,
-    pub delay_max: Duration,
+    last_error: Mutex<Option<String>>,
+    /// The connection's backoff: between reconnects, refused declares and
+    /// quick channel losses.
+    delay: Duration,
+    delay_max: Duration,
 }
 
 impl SessionEnv {
+    pub fn new(delay: Duration, delay_max: Duration) -> SessionEnv {
+        SessionEnv {
+            link: watch::channel(LinkState {
+                generation: 0,
+                up: false,
+            })
+            .0,
+            last_error: Mutex::new(None),
+            delay,
+            delay_max,
+        }
+    }
+
     pub fn set_last_error(&self, message: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
     }
@@ -44,7 +58,8 @@ impl SessionEnv {
             .clone()
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The delay before retry `attempt` (0 = the first retry).
+    pub fn backoff(&self, attempt: u32) -> Duration {
         backoff::delay(self.delay, self.delay_max, attempt)
     }
 }
