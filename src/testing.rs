@@ -8,13 +8,22 @@ pub use crate::client::options::{
 pub use crate::error::{Error, ErrorKind};
 pub use crate::registry::Registry;
 
-/// The publish window (messages sent ahead of their confirms) for a queue.
+/// The publish window (messages sent ahead of their confirms) of a queue
+/// with these settings, as the library picks it (RESILIENT_AMQP_WINDOW
+/// included).
 pub fn publish_window(durable: bool, persistent: bool, quorum: bool) -> u64 {
-    if quorum || (durable && persistent) {
-        crate::publish::DISK_PUBLISH_WINDOW as u64
+    let queue_type = if quorum {
+        QueueType::Quorum
     } else {
-        crate::publish::PUBLISH_WINDOW as u64
-    }
+        QueueType::Classic
+    };
+    let options = QueueOptions {
+        durable,
+        persistent,
+        queue_type,
+        ..QueueOptions::defaults_for(&ConnectionOptions::default())
+    };
+    crate::publish::window_limits(options.confirmed_after_disk_write()).0 as u64
 }
 
 /// Tasks alive on the library's runtime (supervisors, sessions, connection

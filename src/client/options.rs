@@ -64,6 +64,12 @@ pub struct QueueOptions {
 }
 
 impl QueueOptions {
+    /// The broker confirms a publish only after writing it to disk: a
+    /// durable queue with persistent messages, or a quorum queue.
+    pub fn confirmed_after_disk_write(&self) -> bool {
+        self.queue_type == QueueType::Quorum || (self.durable && self.persistent)
+    }
+
     /// Queue defaults; the buffer limits come from the connection.
     pub fn defaults_for(conn: &ConnectionOptions) -> Self {
         QueueOptions {

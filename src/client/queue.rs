@@ -49,14 +49,12 @@ impl Queue {
         } else {
             routing_key
         };
-        let to_disk =
-            options.queue_type == QueueType::Quorum || (options.durable && options.persistent);
         let outbox = Outbox::new(PublishSettings {
             exchange: exchange.to_string(),
             routing_key: publish_routing_key.to_string(),
             persistent: options.persistent,
             mandatory: options.mandatory,
-            window: window_limits(to_disk),
+            window: window_limits(options.confirmed_after_disk_write()),
             max_buffered: options.max_buffered,
             max_buffered_bytes: options.max_buffered_bytes,
             max_message_bytes,

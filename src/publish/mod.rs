@@ -14,7 +14,7 @@ mod publisher;
 mod window;
 
 pub(crate) use buffer::PublishBuffer;
-pub(crate) use publisher::{window_limits, PublisherEnd, DISK_PUBLISH_WINDOW, PUBLISH_WINDOW};
+pub(crate) use publisher::{window_limits, PublisherEnd};
 
 use crate::error::{Error, ErrorKind, Result};
 use bodies::Body;

@@ -14,14 +14,14 @@ use std::sync::atomic::Ordering;
 /// allowance between its reader, channel and queue processes (400 by
 /// default): more in flight makes the broker's reader block in flow control
 /// (docs/bench/HISTORY.md has the window sweeps).
-pub(crate) const PUBLISH_WINDOW: usize = 256;
+const PUBLISH_WINDOW: usize = 256;
 /// ... and at most this many body bytes, so large bodies do not pile up in
 /// the broker (its flow control would stall the connection).
 const PUBLISH_WINDOW_BYTES: u64 = 1 << 20;
 /// The window where the broker confirms only after writing to disk
 /// (durable queue + persistent messages, or a quorum queue): a deeper
 /// pipeline covers the fsync wait.
-pub(crate) const DISK_PUBLISH_WINDOW: usize = 1024;
+const DISK_PUBLISH_WINDOW: usize = 1024;
 const DISK_PUBLISH_WINDOW_BYTES: u64 = 4 << 20;
 
 /// The window for a queue, overridable for benchmarking
