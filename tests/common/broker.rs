@@ -4,7 +4,7 @@
 use super::{cstats, poll};
 use resilient_amqp::*;
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 // ---------------------------------------------------------------------------------------------
@@ -31,14 +31,21 @@ pub fn ctl_prefix() -> String {
     }
 }
 
+/// `$RESILIENT_AMQP_TEST_CTL <args>` as a command (stdin closed), to run or
+/// to watch while it runs.
+pub fn ctl_command(args: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("{} {}", ctl_prefix(), args))
+        .stdin(Stdio::null());
+    c
+}
+
 /// Runs `$RESILIENT_AMQP_TEST_CTL <args>`; returns (success, stdout, stderr).
 pub fn ctl_try(args: &str) -> (bool, String, String) {
-    let cmd = format!("{} {}", ctl_prefix(), args);
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(&cmd)
+    let out = ctl_command(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `{cmd}`: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run `{} {args}`: {e}", ctl_prefix()));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

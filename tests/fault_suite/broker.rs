@@ -44,14 +44,6 @@ pub(crate) fn broker_cmd(cfg: &Cfg, args: &[&str]) -> Command {
     c
 }
 
-pub(crate) fn ctl_cmd(args: &str) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg(format!("{} {}", ctl_prefix(), args))
-        .stdin(Stdio::null());
-    c
-}
-
 /// Runs `cmd` and polls the AMQP port while it runs; returns when the command ended, with the
 /// instant the port first accepted connections (None if never).
 pub(crate) fn run_until_port_open(cfg: &Cfg, mut cmd: Command) -> (bool, Option<Instant>, String) {

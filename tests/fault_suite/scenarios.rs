@@ -84,7 +84,7 @@ pub(crate) fn s_stop_app(cfg: &Cfg) -> Vec<Row> {
         ctl("-q stop_app");
         let stopped = Instant::now();
         std::thread::sleep(Duration::from_secs(3));
-        let (ok, open_at, out) = run_until_port_open(cfg, ctl_cmd("-q start_app"));
+        let (ok, open_at, out) = run_until_port_open(cfg, ctl_command("-q start_app"));
         assert!(
             ok,
             "start_app failed ({}): {}",
