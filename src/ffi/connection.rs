@@ -5,7 +5,7 @@ use super::{lookup_connection, optional_str, out_param, required_str};
 use crate::client::options::{parse_connection_options, parse_uri};
 use crate::client::{Connection, ConnectionState, ConnectionStatsSnapshot};
 use crate::error::{Error, ErrorKind};
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,40 +28,19 @@ pub enum amqp_connection_state {
 /// An `amqp_connection_state` as received from C.
 pub type amqp_connection_state_raw = c_int;
 
+c_enum_values!(
+    amqp_connection_state,
+    amqp_connection_state_raw,
+    [
+        AMQP_STATE_CONNECTING,
+        AMQP_STATE_CONNECTED,
+        AMQP_STATE_RECONNECTING,
+        AMQP_STATE_FAILED,
+        AMQP_STATE_CLOSED,
+    ]
+);
+
 impl amqp_connection_state {
-    /// Every state, in value order (checked at compile time below; the
-    /// header's list is checked against `amqp_connection_state_str` by
-    /// tests/facts.rs).
-    pub(crate) const ALL: [amqp_connection_state; 5] = {
-        use amqp_connection_state::*;
-        [
-            AMQP_STATE_CONNECTING,
-            AMQP_STATE_CONNECTED,
-            AMQP_STATE_RECONNECTING,
-            AMQP_STATE_FAILED,
-            AMQP_STATE_CLOSED,
-        ]
-    };
-
-    /// The state's name as C spells it (the variant's own name).
-    pub(crate) const fn name(self) -> &'static CStr {
-        use amqp_connection_state::*;
-        match self {
-            AMQP_STATE_CONNECTING => c"AMQP_STATE_CONNECTING",
-            AMQP_STATE_CONNECTED => c"AMQP_STATE_CONNECTED",
-            AMQP_STATE_RECONNECTING => c"AMQP_STATE_RECONNECTING",
-            AMQP_STATE_FAILED => c"AMQP_STATE_FAILED",
-            AMQP_STATE_CLOSED => c"AMQP_STATE_CLOSED",
-        }
-    }
-
-    /// The state with this value, if any.
-    pub(crate) fn from_raw(raw: amqp_connection_state_raw) -> Option<Self> {
-        usize::try_from(raw)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
-    }
-
     /// The core's state (the inverse of `From<ConnectionState>`, for the
     /// test that checks both directions).
     #[cfg(test)]
@@ -76,15 +55,6 @@ impl amqp_connection_state {
         }
     }
 }
-
-// `ALL[i]` has value `i`: `from_raw` may index by value.
-const _: () = {
-    let mut i = 0;
-    while i < amqp_connection_state::ALL.len() {
-        assert!(amqp_connection_state::ALL[i] as usize == i);
-        i += 1;
-    }
-};
 
 impl From<ConnectionState> for amqp_connection_state {
     fn from(s: ConnectionState) -> Self {
@@ -261,6 +231,7 @@ pub extern "C" fn amqp_connection_state_str(state: amqp_connection_state_raw) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CStr;
 
     #[test]
     fn every_state_is_named_after_its_variant_and_round_trips() {

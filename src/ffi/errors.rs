@@ -2,7 +2,7 @@
 
 use crate::error::{ErrorKind, Result};
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_char, c_int};
 
 /// The result of every call that can fail.
 #[repr(C)]
@@ -33,49 +33,24 @@ pub enum amqp_result {
 /// An `amqp_result` as received from C, where any int may arrive.
 pub type amqp_result_raw = c_int;
 
+c_enum_values!(
+    amqp_result,
+    amqp_result_raw,
+    [
+        AMQP_OK,
+        AMQP_ERR_INVALID_ARGUMENT,
+        AMQP_ERR_INVALID_HANDLE,
+        AMQP_ERR_BUFFER_FULL,
+        AMQP_ERR_MESSAGE_TOO_LARGE,
+        AMQP_ERR_CLOSED,
+        AMQP_ERR_TIMEOUT,
+        AMQP_ERR_NOT_CONNECTED,
+        AMQP_ERR_BROKER,
+        AMQP_ERR_INTERNAL,
+    ]
+);
+
 impl amqp_result {
-    /// Every code, in value order (checked at compile time below; the
-    /// header's list is checked against `amqp_result_str` by tests/facts.rs).
-    pub(crate) const ALL: [amqp_result; 10] = {
-        use amqp_result::*;
-        [
-            AMQP_OK,
-            AMQP_ERR_INVALID_ARGUMENT,
-            AMQP_ERR_INVALID_HANDLE,
-            AMQP_ERR_BUFFER_FULL,
-            AMQP_ERR_MESSAGE_TOO_LARGE,
-            AMQP_ERR_CLOSED,
-            AMQP_ERR_TIMEOUT,
-            AMQP_ERR_NOT_CONNECTED,
-            AMQP_ERR_BROKER,
-            AMQP_ERR_INTERNAL,
-        ]
-    };
-
-    /// The code's name as C spells it (the variant's own name).
-    pub(crate) const fn name(self) -> &'static CStr {
-        use amqp_result::*;
-        match self {
-            AMQP_OK => c"AMQP_OK",
-            AMQP_ERR_INVALID_ARGUMENT => c"AMQP_ERR_INVALID_ARGUMENT",
-            AMQP_ERR_INVALID_HANDLE => c"AMQP_ERR_INVALID_HANDLE",
-            AMQP_ERR_BUFFER_FULL => c"AMQP_ERR_BUFFER_FULL",
-            AMQP_ERR_MESSAGE_TOO_LARGE => c"AMQP_ERR_MESSAGE_TOO_LARGE",
-            AMQP_ERR_CLOSED => c"AMQP_ERR_CLOSED",
-            AMQP_ERR_TIMEOUT => c"AMQP_ERR_TIMEOUT",
-            AMQP_ERR_NOT_CONNECTED => c"AMQP_ERR_NOT_CONNECTED",
-            AMQP_ERR_BROKER => c"AMQP_ERR_BROKER",
-            AMQP_ERR_INTERNAL => c"AMQP_ERR_INTERNAL",
-        }
-    }
-
-    /// The code with this value, if any.
-    pub(crate) fn from_raw(raw: amqp_result_raw) -> Option<amqp_result> {
-        usize::try_from(raw)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
-    }
-
     /// The core's error kind for a failure code; `None` for AMQP_OK (the
     /// inverse of `code_of`, for the test that checks both directions).
     #[cfg(test)]
@@ -95,15 +70,6 @@ impl amqp_result {
         })
     }
 }
-
-// `ALL[i]` has value `i`: `from_raw` may index by value.
-const _: () = {
-    let mut i = 0;
-    while i < amqp_result::ALL.len() {
-        assert!(amqp_result::ALL[i] as usize == i);
-        i += 1;
-    }
-};
 
 /// The C code for a core error kind (the inverse of `amqp_result::kind`;
 /// the unit tests check both directions).
@@ -211,6 +177,7 @@ pub unsafe extern "C" fn amqp_last_error(buf: *mut c_char, cap: usize) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CStr;
 
     #[test]
     fn every_code_is_named_after_its_variant_and_round_trips() {

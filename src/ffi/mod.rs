@@ -20,6 +20,51 @@ macro_rules! ffi_boundary {
     };
 }
 
+/// For a C enum whose values are 0, 1, 2, ...: `ALL` (every variant in
+/// value order), `name` (the variant's own name, as C spells it) and
+/// `from_raw` (the variant with a value that came from C, if any). The
+/// variants are listed once, here: a variant left out does not compile, and
+/// one out of value order fails the compile-time check.
+macro_rules! c_enum_values {
+    ($ty:ident, $raw:ty, [$($variant:ident),+ $(,)?]) => {
+        impl $ty {
+            pub(crate) const ALL: [$ty; [$(stringify!($variant)),+].len()] = [$($ty::$variant),+];
+            const NAMES: [&'static std::ffi::CStr; [$(stringify!($variant)),+].len()] = [$(
+                match std::ffi::CStr::from_bytes_with_nul(
+                    concat!(stringify!($variant), "\0").as_bytes(),
+                ) {
+                    Ok(name) => name,
+                    Err(_) => panic!("a variant name holds a NUL"),
+                }
+            ),+];
+
+            pub(crate) const fn name(self) -> &'static std::ffi::CStr {
+                Self::NAMES[self as usize]
+            }
+
+            pub(crate) fn from_raw(raw: $raw) -> Option<$ty> {
+                usize::try_from(raw)
+                    .ok()
+                    .and_then(|i| Self::ALL.get(i).copied())
+            }
+        }
+
+        const _: () = {
+            // Every variant is listed ...
+            let _every_variant = |v: $ty| match v {
+                $($ty::$variant)|+ => (),
+            };
+            // ... and `ALL[i]` has value `i`, so `name` and `from_raw` may
+            // index by value.
+            let mut i = 0;
+            while i < $ty::ALL.len() {
+                assert!($ty::ALL[i] as usize == i);
+                i += 1;
+            }
+        };
+    };
+}
+
 mod connection;
 mod consume;
 mod errors;
