@@ -26,6 +26,12 @@ pub fn publish_window(durable: bool, persistent: bool, quorum: bool) -> u64 {
     crate::publish::window_limits(options.confirmed_after_disk_write()).0 as u64
 }
 
+/// The README's option tables as the option tables render them, by kind
+/// (README.md has each between `<!-- options:KIND -->` markers).
+pub fn readme_option_tables() -> [(&'static str, String); 2] {
+    crate::client::options::readme_option_tables()
+}
+
 /// Tasks alive on the library's runtime (supervisors, sessions, connection
 /// tasks), for leak checks; `None` when the runtime cannot start.
 pub fn runtime_tasks() -> Option<usize> {

@@ -4,8 +4,9 @@
 //! docs/API-EXTENSIONS.md.
 //!
 //! The README's stats tables are rendered from the header's struct fields and
-//! their doc comments; `RA_BLESS=1 cargo test --test facts -- --test-threads=1`
-//! rewrites them (one thread: the other tests read README.md meanwhile).
+//! their doc comments, its option tables from src/client/options.rs;
+//! `RA_BLESS=1 cargo test --test facts -- --test-threads=1` rewrites them (one
+//! thread: the other tests read README.md meanwhile).
 
 use resilient_amqp::{amqp_connection_state_str, amqp_result_str};
 use std::ffi::{c_char, c_int, CStr};
@@ -177,36 +178,49 @@ fn stats_table(struct_name: &str) -> String {
     out
 }
 
+/// README.md between `<!-- TAG -->` and `<!-- /TAG -->` is `rendered`
+/// (generated from `source`); with RA_BLESS set, it is rewritten instead.
+fn readme_section_is(tag: &str, rendered: &str, source: &str) {
+    let path = format!("{MANIFEST_DIR}/README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let open = format!("<!-- {tag} -->\n");
+    let close = format!("<!-- /{tag} -->");
+    let a = readme
+        .find(&open)
+        .unwrap_or_else(|| panic!("README: no {open}"))
+        + open.len();
+    let b = readme[a..]
+        .find(&close)
+        .unwrap_or_else(|| panic!("README: no {close}"))
+        + a;
+    if std::env::var_os("RA_BLESS").is_some() {
+        let blessed = format!("{}{rendered}{}", &readme[..a], &readme[b..]);
+        std::fs::write(&path, blessed).unwrap();
+        return;
+    }
+    assert_eq!(
+        &readme[a..b],
+        rendered,
+        "README.md's {tag} differs from {source}; put this between its markers:\n{rendered}"
+    );
+}
+
 #[test]
 fn readme_stats_tables_are_the_headers_structs() {
-    let path = format!("{MANIFEST_DIR}/README.md");
     for (kind, struct_name) in [
         ("connection", "amqp_connection_stats"),
         ("queue", "amqp_queue_stats"),
     ] {
-        let rendered = stats_table(struct_name);
-        let readme = std::fs::read_to_string(&path).unwrap();
-        let open = format!("<!-- stats:{kind} -->\n");
-        let close = format!("<!-- /stats:{kind} -->");
-        let a = readme
-            .find(&open)
-            .unwrap_or_else(|| panic!("README: no {open}"))
-            + open.len();
-        let b = readme[a..]
-            .find(&close)
-            .unwrap_or_else(|| panic!("README: no {close}"))
-            + a;
-        if std::env::var_os("RA_BLESS").is_some() {
-            let blessed = format!("{}{rendered}{}", &readme[..a], &readme[b..]);
-            std::fs::write(&path, blessed).unwrap();
-            continue;
-        }
-        assert_eq!(
-            &readme[a..b],
-            rendered,
-            "README.md's {kind} stats differ from {struct_name} in the header; \
-             put this between its markers:\n{rendered}"
-        );
+        let source = format!("{struct_name} in the header");
+        readme_section_is(&format!("stats:{kind}"), &stats_table(struct_name), &source);
+    }
+}
+
+#[test]
+fn readme_option_tables_are_the_option_tables() {
+    for (kind, rendered) in resilient_amqp::testing::readme_option_tables() {
+        let source = "the option tables in src/client/options.rs";
+        readme_section_is(&format!("options:{kind}"), &rendered, source);
     }
 }
 

@@ -112,20 +112,13 @@ const HOUR_MS: u64 = 3_600_000;
 /// bound and a queue's own alike.
 const MAX_BUFFERED_LIMIT: u64 = u32::MAX as u64;
 const MAX_BUFFERED_BYTES_LIMIT: u64 = u64::MAX >> 1;
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "documentation, checked by the unit tests")
-)]
 const MIB: u64 = 1 << 20;
 
 /// One option key: the single place its name, default, accepted values and
 /// documentation live. The parser walks these tables, its error messages
-/// quote them, and the README's option tables are rendered from them (a
-/// unit test below fails when README.md or the header's summaries differ).
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "documentation, checked by the unit tests")
-)]
+/// quote them, and the README's option tables are rendered from them
+/// (tests/facts.rs and the unit tests below fail when README.md or the
+/// header's summaries differ).
 pub(crate) struct OptionSpec<T: 'static> {
     pub key: &'static str,
     pub default: OptionDefault,
@@ -134,10 +127,6 @@ pub(crate) struct OptionSpec<T: 'static> {
 }
 
 /// An option's default, as documented.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "documentation, checked by the unit tests")
-)]
 #[derive(Clone, Copy)]
 pub(crate) enum OptionDefault {
     /// Text the parser accepts, giving the value the defaults have.
@@ -147,10 +136,6 @@ pub(crate) enum OptionDefault {
 }
 
 /// What an option accepts, and how it is stored.
-#[cfg_attr(
-    not(test),
-    allow(dead_code, reason = "documentation, checked by the unit tests")
-)]
 pub(crate) enum Value<T: 'static> {
     /// An integer from `min` to `max`; `bytes` shows whole MiB as such.
     Int {
@@ -369,10 +354,6 @@ impl<T> OptionSpec<T> {
 
     /// The default as the documentation shows it: whole MiB for byte
     /// counts, "the connection's" for inherited bounds.
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "documentation, checked by the unit tests")
-    )]
     pub(crate) fn shown_default(&self) -> String {
         match (self.default, &self.value) {
             (OptionDefault::Connection, _) => "the connection's".to_string(),
@@ -385,9 +366,15 @@ impl<T> OptionSpec<T> {
     }
 }
 
-/// The README's table of `table` (between its `<!-- options:KIND -->`
-/// markers; the unit tests check README.md against it).
-#[cfg(test)]
+/// The README's option tables, by kind (`<!-- options:KIND -->`; checked
+/// against README.md by tests/facts.rs).
+pub(crate) fn readme_option_tables() -> [(&'static str, String); 2] {
+    [
+        ("connection", markdown_table(CONNECTION_OPTIONS)),
+        ("queue", markdown_table(QUEUE_OPTIONS)),
+    ]
+}
+
 fn markdown_table<T>(table: &[OptionSpec<T>]) -> String {
     let mut out = String::from("| key | default | accepted | meaning |\n|---|---|---|---|\n");
     for spec in table {
@@ -689,49 +676,6 @@ mod tests {
         check(CONNECTION_OPTIONS, |s| parse_connection_options(Some(s)));
         let conn = ConnectionOptions::default();
         check(QUEUE_OPTIONS, |s| parse_queue_options(Some(s), &conn));
-    }
-
-    /// The text between `<!-- options:KIND -->` and `<!-- /options:KIND -->`.
-    fn readme_block(kind: &str) -> String {
-        let readme = include_str!("../../README.md");
-        let start = format!("<!-- options:{kind} -->\n");
-        let end = format!("<!-- /options:{kind} -->");
-        let a = readme
-            .find(&start)
-            .unwrap_or_else(|| panic!("README: no {start}"))
-            + start.len();
-        let b = readme[a..]
-            .find(&end)
-            .unwrap_or_else(|| panic!("README: no {end}"))
-            + a;
-        readme[a..b].to_string()
-    }
-
-    /// `RA_BLESS=1 cargo test --lib readme_option_tables` rewrites the
-    /// README's tables from the option tables instead of comparing.
-    #[test]
-    fn readme_option_tables_are_the_tables() {
-        for (kind, rendered) in [
-            ("connection", markdown_table(CONNECTION_OPTIONS)),
-            ("queue", markdown_table(QUEUE_OPTIONS)),
-        ] {
-            if std::env::var_os("RA_BLESS").is_some() {
-                let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-                let readme = std::fs::read_to_string(path).unwrap();
-                let old = readme_block(kind);
-                let marker = format!("<!-- options:{kind} -->\n");
-                let at = readme.find(&marker).unwrap() + marker.len();
-                let readme = format!("{}{rendered}{}", &readme[..at], &readme[at + old.len()..]);
-                std::fs::write(path, readme).unwrap();
-                continue;
-            }
-            assert_eq!(
-                readme_block(kind),
-                rendered,
-                "README.md's {kind} options differ from src/client/options.rs; \
-                 put this between its markers:\n{rendered}"
-            );
-        }
     }
 
     /// The header's doc comment of `function`, as one line of text.
