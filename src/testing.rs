@@ -1,9 +1,12 @@
 //! What the integration tests (tests/) need from inside the crate, and
 //! nothing else: the C API is the library's interface.
 
+pub use crate::client::address::{
+    parse_uri, BrokerAddress, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_S,
+};
 pub use crate::client::options::{
-    parse_connection_options, parse_queue_options, parse_uri, BrokerAddress, ConnectionOptions,
-    QueueOptions, QueueType, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_S, MAX_NAME_BYTES,
+    parse_connection_options, parse_queue_options, ConnectionOptions, QueueOptions, QueueType,
+    MAX_NAME_BYTES,
 };
 pub use crate::error::{Error, ErrorKind};
 pub use crate::registry::Registry;

@@ -8,7 +8,8 @@
 //! generation ends, sessions end and keep their unconfirmed messages for the
 //! next one.
 
-use super::options::{BrokerAddress, ConnectionOptions, QueueOptions};
+use super::address::BrokerAddress;
+use super::options::{ConnectionOptions, QueueOptions};
 use super::queue::{declare_error, Queue};
 use super::session::{session, LinkState, SessionEnv};
 use crate::error::{Error, ErrorKind, Result};

@@ -3,6 +3,7 @@
 //! queue gets a session per connection generation that declares its
 //! topology, attaches its consumers and runs its publisher.
 
+pub(crate) mod address;
 mod connection;
 pub(crate) mod options;
 mod queue;

@@ -1,16 +1,9 @@
-//! Parsing of the URI and of the `key=value&key=value` option strings.
+//! Parsing of the `key=value&key=value` option strings.
 //! Every rejection names the offending key, so `amqp_last_error` is useful.
 
 use crate::error::{Error, Result};
-use crate::wire::{Credentials, WireConfig};
-use amq_protocol::uri::{AMQPScheme, AMQPUri};
 use std::time::Duration;
 
-/// The heartbeat we ask for when the URI names none: a dead peer is noticed
-/// within about two heartbeats.
-pub const DEFAULT_HEARTBEAT_S: u16 = 10;
-/// How long one connect attempt may take when the URI sets no `connection_timeout`.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// AMQP short strings (queue, exchange, routing key) are at most 255 bytes.
 pub const MAX_NAME_BYTES: usize = 255;
 /// RabbitMQ refuses bodies above 512 MiB whatever its configuration.
@@ -442,101 +435,6 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A parsed broker address. The password stays in `uri` and never appears in
-/// `display`, which is what errors and logs use.
-#[derive(Clone, Debug)]
-pub struct BrokerAddress {
-    pub uri: AMQPUri,
-    pub display: String,
-    pub connect_timeout: Duration,
-}
-
-impl BrokerAddress {
-    /// What the engine needs to connect.
-    pub(crate) fn wire_config(&self) -> WireConfig {
-        let uri = &self.uri;
-        WireConfig {
-            host: uri.authority.host.clone(),
-            port: uri.authority.port,
-            vhost: uri.vhost.clone(),
-            credentials: Credentials::from(uri.authority.userinfo.clone()),
-            mechanism: uri.query.auth_mechanism.unwrap_or_default(),
-            heartbeat: uri.query.heartbeat,
-            frame_max: uri.query.frame_max,
-            channel_max: uri.query.channel_max,
-            connect_timeout: self.connect_timeout,
-        }
-    }
-}
-
-pub fn parse_uri(s: &str) -> Result<BrokerAddress> {
-    // Never echo `s`: it may hold a password.
-    let url = url::Url::parse(s).map_err(|e| Error::invalid(format!("bad AMQP URI: {e}")))?;
-    match url.scheme() {
-        "amqp" => {}
-        "amqps" => {
-            return Err(Error::invalid(
-                "amqps:// needs TLS, which this build of resilient-amqp does not include",
-            ))
-        }
-        other => {
-            return Err(Error::invalid(format!(
-                "bad AMQP URI: scheme '{other}' (expected amqp://)"
-            )))
-        }
-    }
-    if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::invalid("bad AMQP URI: no host"));
-    }
-    // An unencoded '/' in a password makes the rest of it look like a path
-    // ("amqp://bob:12/ab@host/v"): refuse, or logs would show part of it.
-    if url.path().contains('@') || url.query().is_some_and(|q| q.contains('@')) {
-        return Err(Error::invalid(
-            "bad AMQP URI: '@' after the host; percent-encode '/', '@' and ':' in the \
-             user name and password",
-        ));
-    }
-    for (k, _) in url.query_pairs() {
-        if !matches!(
-            k.as_ref(),
-            "heartbeat" | "connection_timeout" | "frame_max" | "channel_max" | "auth_mechanism"
-        ) {
-            return Err(Error::invalid(format!(
-                "bad AMQP URI: unknown query parameter '{k}' (known: heartbeat, \
-                 connection_timeout, frame_max, channel_max, auth_mechanism)"
-            )));
-        }
-    }
-    let mut uri: AMQPUri = s.parse().map_err(|_| {
-        Error::invalid("bad AMQP URI: a query parameter or percent-encoding is invalid")
-    })?;
-    debug_assert!(matches!(uri.scheme, AMQPScheme::AMQP));
-    // amq-protocol-uri keeps only DNS names; IP literals would become "localhost".
-    let host = url.host_str().unwrap_or_default();
-    uri.authority.host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    if uri.query.heartbeat.is_none() {
-        uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_S);
-    }
-    let connect_timeout = uri
-        .query
-        .connection_timeout
-        .filter(|ms| *ms > 0)
-        .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis);
-    let vhost = if uri.vhost == "/" { "%2f" } else { &uri.vhost };
-    let display = format!(
-        "amqp://{}@{}:{}/{}",
-        uri.authority.userinfo.username, host, uri.authority.port, vhost
-    );
-    Ok(BrokerAddress {
-        uri,
-        display,
-        connect_timeout,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,38 +604,6 @@ mod tests {
         }
         check("amqp_connect", CONNECTION_OPTIONS);
         check("amqp_queue_open", QUEUE_OPTIONS);
-    }
-
-    #[test]
-    fn uri_parsing_keeps_ip_hosts_and_hides_passwords() {
-        let a = parse_uri("amqp://bob:s3cret@127.0.0.1:5673/%2f").unwrap();
-        assert_eq!(a.uri.authority.host, "127.0.0.1");
-        assert_eq!(a.uri.authority.port, 5673);
-        assert_eq!(a.uri.vhost, "/");
-        assert_eq!(a.uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_S));
-        assert!(!a.display.contains("s3cret"), "{}", a.display);
-        let a = parse_uri("amqp://u:p@[::1]:5672/v?heartbeat=4&connection_timeout=500").unwrap();
-        assert_eq!(a.uri.authority.host, "::1");
-        assert_eq!(a.uri.query.heartbeat, Some(4));
-        assert_eq!(a.connect_timeout, Duration::from_millis(500));
-        for bad in [
-            "",
-            "not a uri",
-            "http://h/",
-            "amqps://h/",
-            "amqp://u:pw@h/?heartbeat=x",
-            "amqp://h/?colour=1",
-        ] {
-            let e = parse_uri(bad).unwrap_err();
-            assert!(!e.message.contains("pw"), "{}", e.message);
-        }
-        let e = parse_uri("amqp://u:hunter2@h:99999/").unwrap_err();
-        assert!(!e.message.contains("hunter2"));
-        // A password with an unencoded '/' must not turn into a logged path.
-        let e = parse_uri("amqp://bob:1234/abc@host/v").unwrap_err();
-        assert!(e.message.contains("percent-encode"), "{}", e.message);
-        assert!(!e.message.contains("abc"), "{}", e.message);
-        assert!(parse_uri("amqp://bob:1234%2Fabc@host/v").is_ok());
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use super::{amqp_connection_handle, amqp_result, ConnectionEntry, CONNECTIONS, QUEUES};
 use super::{lookup_connection, optional_str, out_param, required_str};
-use crate::client::options::{parse_connection_options, parse_uri};
+use crate::client::address::parse_uri;
+use crate::client::options::parse_connection_options;
 use crate::client::{Connection, ConnectionState, ConnectionStatsSnapshot};
 use crate::error::{Error, ErrorKind};
 use std::ffi::{c_char, c_int};
