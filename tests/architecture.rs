@@ -73,12 +73,19 @@ fn sources() -> Vec<SourceFile> {
         .collect()
 }
 
-/// The code of a file without its `#[cfg(test)]` module (by convention the
-/// last item) and without comments.
+/// The code of a file without its test module: everything before the
+/// top-level `#[cfg(test)]` whose item is a `mod` (by convention the last
+/// item). A `#[cfg(test)]` helper elsewhere counts as code.
 fn production_code(text: &str) -> Vec<&str> {
-    text.lines()
-        .take_while(|l| l.trim() != "#[cfg(test)]" || l.starts_with(' '))
-        .collect()
+    let lines: Vec<&str> = text.lines().collect();
+    let test_module = (0..lines.len()).find(|&i| {
+        lines[i] == "#[cfg(test)]"
+            && lines[i + 1..]
+                .iter()
+                .find(|l| !l.starts_with("#["))
+                .is_some_and(|l| l.starts_with("mod "))
+    });
+    lines[..test_module.unwrap_or(lines.len())].to_vec()
 }
 
 fn strip_comment(line: &str) -> &str {
