@@ -10,6 +10,7 @@ pub use crate::client::options::{
 };
 pub use crate::error::{Error, ErrorKind};
 pub use crate::registry::Registry;
+pub use crate::wire::probe::{parse_with_every_parser, ReaderProbe, PROBE_CONSUMER_TAG};
 
 /// The publish window (messages sent ahead of their confirms) of a queue
 /// with these settings, as the library picks it (RESILIENT_AMQP_WINDOW

@@ -41,7 +41,7 @@ impl WireConnection {
         };
         let stream = Arc::new(opened.stream);
         let shared = Arc::new(ConnShared::new(
-            stream.clone(),
+            Some(stream.clone()),
             opened.channel_max,
             opened.frame_max,
         ));
@@ -195,7 +195,7 @@ mod tests {
         // connection that looked connected).
         let (ours, _peer) = socket_pair().await;
         let stream = Arc::new(ours);
-        let shared = Arc::new(ConnShared::new(stream.clone(), 16, 4096));
+        let shared = Arc::new(ConnShared::new(Some(stream.clone()), 16, 4096));
         let task = tokio::spawn(drive(shared.clone(), stream, Vec::new(), None));
         shared.output.close();
         let ended = tokio::time::timeout(Duration::from_secs(5), task).await;

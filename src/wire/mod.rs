@@ -22,6 +22,7 @@ mod codec;
 mod connection;
 mod handshake;
 mod output;
+pub(crate) mod probe;
 mod reader;
 mod shared;
 

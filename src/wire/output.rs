@@ -97,13 +97,14 @@ impl Drop for Appending<'_> {
 }
 
 impl Output {
-    pub(super) fn new(stream: Arc<TcpStream>) -> Output {
+    /// `stream` None: frames only pile up (the reader probe has no socket).
+    pub(super) fn new(stream: Option<Arc<TcpStream>>) -> Output {
         Output {
             buffer: Mutex::new(OutputBuffer {
                 frames: Vec::with_capacity(WRITE_BUFFER),
                 closed: false,
                 writing: false,
-                stream: Some(stream),
+                stream,
             }),
             writer_wake: Notify::new(),
             wrote: AtomicBool::new(false),

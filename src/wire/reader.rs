@@ -30,26 +30,17 @@ pub(super) async fn read_loop(
     let (mut start, mut end) = (0usize, leftover.len());
     let mut demux = Demux::default();
     loop {
-        loop {
-            match codec::parse_frame(&buf[start..end], frame_max) {
-                Ok((f, n)) => {
-                    if let Err(why) = demux.frame(conn, f) {
-                        return why;
-                    }
-                    start += n;
+        match demux.feed(conn, &buf[start..end]) {
+            Ok(fed) => {
+                start += fed.used;
+                if start + fed.need > buf.len() {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
                 }
-                Err(codec::ParseError::Incomplete(need)) => {
-                    if start + need > buf.len() {
-                        buf.copy_within(start..end, 0);
-                        end -= start;
-                        start = 0;
-                    }
-                    break;
-                }
-                Err(codec::ParseError::Invalid(e)) => return e,
             }
+            Err(why) => return why,
         }
-        demux.end_of_burst();
         if start == end {
             start = 0;
             end = 0;
@@ -83,7 +74,7 @@ pub(super) async fn read_loop(
 /// closed; the slot of a closed channel that gets no more frames keeps it
 /// until its id is reused or the connection ends (at most channel_max).
 #[derive(Default)]
-struct Demux {
+pub(super) struct Demux {
     channels: Vec<Option<ChannelReader>>,
     /// Channels that got deliveries in this burst.
     delivered: Vec<u16>,
@@ -96,7 +87,36 @@ struct ChannelReader {
     delivered: bool,
 }
 
+/// What [`Demux::feed`] did with the bytes it was given.
+pub(super) struct Fed {
+    /// Bytes of whole frames, handled.
+    pub(super) used: usize,
+    /// The length the incomplete frame after them needs, counted from its
+    /// start (what to have in the buffer before feeding again).
+    pub(super) need: usize,
+}
+
 impl Demux {
+    /// Handles the whole frames at the start of `buf`, then lets the
+    /// consumers that got deliveries run. Err ends the connection.
+    pub(super) fn feed(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<Fed, String> {
+        let mut used = 0;
+        let result = loop {
+            match codec::parse_frame(&buf[used..], conn.frame_max) {
+                Ok((f, n)) => {
+                    if let Err(why) = self.frame(conn, f) {
+                        break Err(why);
+                    }
+                    used += n;
+                }
+                Err(codec::ParseError::Incomplete(need)) => break Ok(Fed { used, need }),
+                Err(codec::ParseError::Invalid(e)) => break Err(e),
+            }
+        };
+        self.end_of_burst();
+        result
+    }
+
     /// Handles one frame; Err ends the connection.
     fn frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<(), String> {
         match f.kind {

@@ -36,7 +36,11 @@ pub(super) struct ChannelTable {
 }
 
 impl ConnShared {
-    pub(super) fn new(stream: Arc<TcpStream>, channel_max: u16, frame_max: usize) -> ConnShared {
+    pub(super) fn new(
+        stream: Option<Arc<TcpStream>>,
+        channel_max: u16,
+        frame_max: usize,
+    ) -> ConnShared {
         ConnShared {
             output: Output::new(stream),
             read_recently: AtomicBool::new(false),

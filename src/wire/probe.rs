@@ -1,0 +1,114 @@
+//! The frame reader without a socket: bytes in, what the reader did out.
+//! The fuzz targets and the stable property tests drive the reader through
+//! this (via `crate::testing`); the library itself never uses it.
+
+use super::assembly::Delivery;
+use super::channel_state::{ChannelState, DeliverySink};
+use super::codec;
+use super::lock;
+use super::reader::Demux;
+use super::shared::ConnShared;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The consumer tag every probe channel has a consumer for.
+pub const PROBE_CONSUMER_TAG: &str = "probe";
+
+/// A connection's reader with channels 1..=`channels` open, each with one
+/// consumer (tag [`PROBE_CONSUMER_TAG`]) that counts its deliveries.
+pub struct ReaderProbe {
+    conn: ConnShared,
+    channels: Vec<Arc<ChannelState>>,
+    demux: Demux,
+    pending: Vec<u8>,
+    deliveries: Arc<AtomicU64>,
+    ended: Option<String>,
+}
+
+struct CountingSink(Arc<AtomicU64>);
+
+impl DeliverySink for CountingSink {
+    fn deliver(&mut self, _delivery: Delivery) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn end_of_burst(&mut self) {}
+}
+
+impl ReaderProbe {
+    pub fn new(frame_max: usize, channels: u16) -> ReaderProbe {
+        let conn = ConnShared::new(None, channels.max(1), frame_max);
+        let deliveries = Arc::new(AtomicU64::new(0));
+        let mut open = Vec::new();
+        for _ in 0..channels {
+            let Ok(ch) = conn.allocate_channel() else {
+                break;
+            };
+            let sink = Box::new(CountingSink(deliveries.clone()));
+            ch.receivers()
+                .consumers
+                .insert(PROBE_CONSUMER_TAG.as_bytes().to_vec(), sink);
+            open.push(ch);
+        }
+        ReaderProbe {
+            conn,
+            channels: open,
+            demux: Demux::default(),
+            pending: Vec::new(),
+            deliveries,
+            ended: None,
+        }
+    }
+
+    /// Feeds bytes as the socket would give them. Err once the reader
+    /// would have ended the connection (and for every later call).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if let Some(why) = &self.ended {
+            return Err(why.clone());
+        }
+        self.pending.extend_from_slice(bytes);
+        match self.demux.feed(&self.conn, &self.pending) {
+            Ok(fed) => {
+                self.pending.drain(..fed.used);
+                Ok(())
+            }
+            Err(why) => {
+                self.ended = Some(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Deliveries handed to the consumers so far.
+    pub fn deliveries(&self) -> u64 {
+        self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Confirms (acks, nacks, returns) queued for the publishers so far.
+    pub fn confirms(&self) -> usize {
+        let queued: usize = self.channels.iter().map(|c| lock(&c.confirms).len()).sum();
+        queued
+    }
+
+    /// Bytes the reader wrote back (close-ok, rejects of unknown consumers...).
+    pub fn output_len(&self) -> usize {
+        self.conn.output.appending().frames().len()
+    }
+}
+
+/// Runs every parser of the codec over `bytes`: split into frames at
+/// `frame_max`, then each payload through each method and header parser,
+/// whatever its type. Returns how many frames were whole.
+pub fn parse_with_every_parser(mut bytes: &[u8], frame_max: usize) -> usize {
+    let mut frames = 0;
+    while let Ok((f, n)) = codec::parse_frame(bytes, frame_max) {
+        frames += 1;
+        let p = f.payload;
+        let _ = codec::method_ids(p);
+        let _ = codec::parse_confirm(p);
+        let _ = codec::parse_deliver(p);
+        let _ = codec::parse_header_body_size(p);
+        let _ = codec::parse_method(p);
+        bytes = &bytes[n..];
+    }
+    frames
+}
