@@ -163,6 +163,14 @@ typedef struct amqp_connection_stats {
    Queues open on the connection.
    */
   uint64_t queues;
+  /*
+   Connections that ended because the broker broke the protocol or one
+   of our limits (malformed frames, a frame over frame_max, a confirm of
+   a tag never published, more deliveries than the prefetch, ...): each
+   was closed with connection.close 501-505, logged at ERROR and
+   reconnected with backoff.
+   */
+  uint64_t protocol_errors;
 } amqp_connection_stats;
 
 /*
@@ -269,7 +277,8 @@ typedef struct amqp_queue_stats {
    */
   uint64_t acked;
   /*
-   AMQP_REJECT applied.
+   AMQP_REJECT applied, and deliveries over max_message_bytes (rejected
+   unread: dead-lettered if the queue has a dead-letter exchange).
    */
   uint64_t rejected;
   /*

@@ -81,12 +81,35 @@ where
         .map_err(|_| Error::new(crate::ErrorKind::Timeout, "timed out"))
 }
 
-/// Spawns a task on the runtime (no-op if it cannot start).
-pub(crate) fn spawn<F>(fut: F)
+/// Spawns a task on the runtime (no-op if it cannot start); a panic in it
+/// is logged, never silent.
+pub(crate) fn spawn<F>(what: &'static str, fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    spawn_guarded(what, fut, || {});
+}
+
+/// Spawns a task on the runtime (no-op if it cannot start). A panic in it
+/// (a bug: no input may cause one) is caught, logged at ERROR, and
+/// `on_panic` runs, so that the task's owner recovers (reconnects) rather
+/// than waiting on a task that is gone.
+pub(crate) fn spawn_guarded<F>(what: &'static str, fut: F, on_panic: impl FnOnce() + Send + 'static)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    use futures_util::FutureExt;
     if let Ok(h) = handle() {
-        h.spawn(fut);
+        h.spawn(async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+                let text = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!("internal error: the {what} task panicked ({text}); recovering");
+                on_panic();
+            }
+        });
     }
 }

@@ -27,7 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("wire", &["log"]),
     ("error", &[]),
     ("log", &[]),
-    ("runtime", &["error"]),
+    ("runtime", &["error", "log"]),
     ("backoff", &[]),
     ("registry", &[]),
 ];

@@ -23,7 +23,8 @@ pub struct BrokerAddress {
 
 impl BrokerAddress {
     /// What the engine needs to connect.
-    pub(crate) fn wire_config(&self) -> WireConfig {
+    /// `max_body`: the receive limit (the connection's max_message_bytes).
+    pub(crate) fn wire_config(&self, max_body: u64) -> WireConfig {
         let uri = &self.uri;
         WireConfig {
             host: uri.authority.host.clone(),
@@ -35,6 +36,7 @@ impl BrokerAddress {
             frame_max: uri.query.frame_max,
             channel_max: uri.query.channel_max,
             connect_timeout: self.connect_timeout,
+            max_body,
         }
     }
 }

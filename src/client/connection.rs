@@ -42,7 +42,14 @@ pub(crate) struct ConnectionStatsSnapshot {
     pub failed_attempts: u64,
     pub consecutive_failures: u64,
     pub queues: u64,
+    pub protocol_errors: u64,
 }
+
+/// A connection lost sooner than this after it opened (or on a protocol
+/// error) does not reset the reconnect backoff: a broker (or a message)
+/// that breaks every connection at once is retried ever more slowly, not
+/// in a loop.
+const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// How long `open_queue` waits for the broker to answer the declares.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -65,6 +72,9 @@ pub(crate) struct Connection {
     connects: AtomicU64,
     failed_attempts: AtomicU64,
     consecutive_failures: AtomicU64,
+    protocol_errors: AtomicU64,
+    /// The last connection generation started.
+    generation: AtomicU64,
     next_queue_id: AtomicU64,
     /// Gave up for good (the state may since have moved on to Closed).
     failed: std::sync::atomic::AtomicBool,
@@ -73,13 +83,14 @@ pub(crate) struct Connection {
 impl Connection {
     /// Starts connecting in the background and returns at once.
     pub fn connect(address: BrokerAddress, options: ConnectionOptions) -> Result<Arc<Connection>> {
-        let handle = runtime::handle()?;
+        // The runtime must start, or connecting is an error now.
+        runtime::handle()?;
         let env = Arc::new(SessionEnv::new(
             options.reconnect_delay,
             options.reconnect_delay_max,
         ));
         let conn = Arc::new(Connection {
-            wire: address.wire_config(),
+            wire: address.wire_config(options.max_message_bytes),
             address,
             options,
             shared: Mutex::new(Shared {
@@ -93,10 +104,12 @@ impl Connection {
             connects: AtomicU64::new(0),
             failed_attempts: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             next_queue_id: AtomicU64::new(1),
             failed: std::sync::atomic::AtomicBool::new(false),
         });
-        handle.spawn(conn.clone().supervise());
+        conn.spawn_supervisor();
         Ok(conn)
     }
 
@@ -112,6 +125,7 @@ impl Connection {
             failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
             consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
             queues: shared.queues.len() as u64,
+            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
         }
     }
 
@@ -172,30 +186,78 @@ impl Connection {
         *self.shutdown.borrow()
     }
 
+    /// Starts the supervisor. Should it panic (a bug), the live connection
+    /// is dropped and a new supervisor starts after the longest reconnect
+    /// delay: a reconnect, not a connection that silently stops.
+    fn spawn_supervisor(self: &Arc<Self>) {
+        let conn = self.clone();
+        runtime::spawn_guarded(
+            "connection supervisor",
+            self.clone().supervise(),
+            move || {
+                runtime::spawn("supervisor restart", async move {
+                    let current = conn.lock().current.clone();
+                    if let Some((generation, wire)) = current {
+                        conn.uninstall(generation);
+                        wire.abandon("internal error: the connection supervisor panicked");
+                    }
+                    tokio::time::sleep(conn.options.reconnect_delay_max).await;
+                    if !conn.closing() && !conn.failed.load(Ordering::SeqCst) {
+                        conn.set_state(ConnectionState::Reconnecting);
+                        conn.spawn_supervisor();
+                    }
+                });
+            },
+        );
+    }
+
+    /// Starts a queue's session on a generation. Should it panic (a bug),
+    /// the connection is dropped, so that every queue reconnects (a queue
+    /// must never stop silently).
+    fn spawn_session(
+        &self,
+        q: Arc<Queue>,
+        generation: u64,
+        conn: WireConnection,
+        ch: Option<crate::wire::WireChannel>,
+    ) {
+        let wire = conn.clone();
+        let fut = session(self.env.clone(), q, generation, conn, ch);
+        runtime::spawn_guarded("queue session", fut, move || {
+            wire.abandon("internal error: a queue's session panicked");
+        });
+    }
+
     /// The supervisor task: connect, serve the generation until it is lost,
     /// back off, again; until closed or given up.
     async fn supervise(self: Arc<Self>) {
         let mut shutdown = self.shutdown.subscribe();
+        // Consecutive failed attempts (for max_reconnects), and the backoff
+        // step, which short-lived connections keep climbing too.
         let mut failures: u32 = 0;
-        let mut generation: u64 = 0;
+        let mut step: u32 = 0;
         while !self.closing() {
             match WireConnection::connect(&self.wire).await {
                 Ok(conn) => {
                     failures = 0;
-                    generation += 1;
-                    if !self.serve(generation, conn, &mut shutdown).await {
+                    let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                    let opened = Instant::now();
+                    if !self.serve(generation, conn.clone(), &mut shutdown).await {
                         break;
                     }
+                    let stable = opened.elapsed() >= STABLE_AFTER && !conn.broke_protocol();
+                    step = if stable { 0 } else { step.saturating_add(1) };
                 }
                 Err(failure) => {
                     failures = failures.saturating_add(1);
+                    step = step.saturating_add(1);
                     if self.attempt_failed(failure, failures) {
                         self.fail();
                         return;
                     }
                 }
             }
-            let delay = self.env.backoff(failures.saturating_sub(1));
+            let delay = self.env.backoff(step.saturating_sub(1));
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -228,7 +290,12 @@ impl Connection {
             conn.close(200, "closing").await;
             return false;
         };
-        warn!("connection to {} lost: {why}", self.address.display);
+        if conn.broke_protocol() {
+            self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            error!("connection to {} closed: {why}", self.address.display);
+        } else {
+            warn!("connection to {} lost: {why}", self.address.display);
+        }
         self.env.set_last_error(why);
         self.set_state(ConnectionState::Reconnecting);
         // Make sure the old connection's task is gone.
@@ -268,13 +335,7 @@ impl Connection {
         let mut s = self.lock();
         s.current = Some((generation, conn.clone()));
         for q in &s.queues {
-            tokio::spawn(session(
-                self.env.clone(),
-                q.clone(),
-                generation,
-                conn.clone(),
-                None,
-            ));
+            self.spawn_session(q.clone(), generation, conn.clone(), None);
         }
         drop(s);
         self.env.link.send_replace(LinkState {
@@ -366,7 +427,7 @@ impl Connection {
         if let Some((generation, conn)) = s.current.clone() {
             // Use the prepared channel only if it belongs to the live generation.
             let ch = prepared.filter(|(g, _)| *g == generation).map(|(_, ch)| ch);
-            runtime::spawn(session(self.env.clone(), q.clone(), generation, conn, ch));
+            self.spawn_session(q.clone(), generation, conn, ch);
         }
         Ok(q)
     }

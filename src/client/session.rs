@@ -101,7 +101,19 @@ pub(super) async fn session(
                             _ = link.wait_for(|l| !l.is(generation)) => break,
                         }
                     }
-                    break; // the link is going; the supervisor reconnects
+                    if !conn.is_connected() {
+                        break; // the link is gone; the supervisor reconnects
+                    }
+                    // The connection lives on but gave no channel (e.g. all
+                    // channel ids in use): never stop silently; retry.
+                    warn!("queue '{}': cannot open its channel: {e}; retrying", q.name);
+                    env.set_last_error(format!("queue '{}': {e}", q.name));
+                    let delay = env.backoff(refusals);
+                    refusals = refusals.saturating_add(1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => continue,
+                        _ = link.wait_for(|l| !l.is(generation)) => break,
+                    }
                 }
             },
         };

@@ -165,7 +165,13 @@ impl ConsumerSet {
                     let mut batch = std::collections::VecDeque::new();
                     while work2.take(&mut batch) {
                         while let Some(job) = batch.pop_front() {
-                            cs.handle_job(&cb2, job);
+                            // A bug here must not end the thread (its later
+                            // deliveries would never be called back).
+                            let handled =
+                                catch_unwind(AssertUnwindSafe(|| cs.handle_job(&cb2, job)));
+                            if handled.is_err() {
+                                error!("internal error: a consumer's job panicked");
+                            }
                         }
                     }
                 })
@@ -187,7 +193,7 @@ impl ConsumerSet {
             STOP_WAIT,
         )?;
         let cs = self.clone();
-        runtime::spawn(async move { cs.reconcile().await });
+        runtime::spawn("consumer start", async move { cs.reconcile().await });
         Ok(())
     }
 
@@ -201,8 +207,20 @@ impl ConsumerSet {
             self.running.fetch_sub(1, Ordering::SeqCst);
             // Give it back now; on a dead channel this is a no-op and the
             // broker requeues it by itself.
-            job.settler.decide(d.delivery_tag, Settle::Release);
+            job.decide(Settle::Release);
             self.notify();
+            return;
+        }
+        if let Some(size) = d.too_large {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            // It can never be taken in: dead-lettered (or dropped) by the
+            // broker, not redelivered to us forever.
+            warn!(
+                "queue '{}': rejected a message of {size} bytes, over max_message_bytes \
+                 (dead-lettered if the queue has a dead-letter exchange)",
+                self.queue_name
+            );
+            job.decide(Settle::Reject);
             return;
         }
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +244,7 @@ impl ConsumerSet {
         // Held for a batch (or a short delay): acking each burst as it ends
         // kept the broker in lockstep with us, in bursts of a few
         // deliveries, each costing both threads a wake-up.
-        job.settler.decide(d.delivery_tag, how);
+        job.decide(how);
         self.running.fetch_sub(1, Ordering::SeqCst);
         if self.paused.load(Ordering::SeqCst) {
             self.notify();
@@ -265,6 +283,7 @@ impl ConsumerSet {
                     settler: settler.clone(),
                     generation,
                     queued: false,
+                    unsettled: Arc::default(),
                 });
                 if let Err(e) = ch.basic_consume(&self.queue_name, &tag, sink).await {
                     warn!("queue '{}': basic.consume failed: {e}", self.queue_name);
@@ -346,7 +365,8 @@ impl ConsumerSet {
                     settler.flush();
                 }
             },
-            left().max(Duration::from_millis(100)),
+            // Not waited for past the deadline: the flush still runs.
+            left(),
         );
         if !done && !callbacks_stopped {
             return Err(crate::Error::new(
@@ -361,7 +381,7 @@ impl ConsumerSet {
     pub fn start(self: &Arc<Self>) {
         self.paused.store(false, Ordering::SeqCst);
         let cs = self.clone();
-        runtime::spawn(async move { cs.reconcile().await });
+        runtime::spawn("consumer start", async move { cs.reconcile().await });
     }
 
     /// For close: stop (waiting for running callbacks only until
@@ -369,9 +389,8 @@ impl ConsumerSet {
     pub fn shutdown(self: &Arc<Self>, deadline: Instant) {
         let _ = self.stop_until(deadline);
         let cs = self.clone();
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
+        // Not waited for past the deadline: the workers still end.
+        let left = deadline.saturating_duration_since(Instant::now());
         let _ = runtime::block_on(
             async move { drop(std::mem::take(&mut cs.state.lock().await.groups)) },
             left,
@@ -383,7 +402,7 @@ impl ConsumerSet {
 /// the channel or the consumer set.
 fn spawn_flusher(settler: &Arc<Settler>, cs: Weak<ConsumerSet>) {
     let settler = settler.clone();
-    runtime::spawn(async move {
+    runtime::spawn("settle flusher", async move {
         loop {
             settler.wait_for_due().await;
             if cs.strong_count() == 0 {
@@ -407,16 +426,29 @@ struct Forwarder {
     generation: u64,
     /// Jobs queued since the last flush.
     queued: bool,
+    /// Deliveries to this consumer not decided yet: never more than its
+    /// prefetch from a broker that keeps its word (decisions count when made,
+    /// before their ack is sent, so this errs low).
+    unsettled: Arc<AtomicU64>,
 }
 
 impl DeliverySink for Forwarder {
-    fn deliver(&mut self, delivery: Delivery) {
+    fn deliver(&mut self, delivery: Delivery) -> Result<(), String> {
         let cs = &self.cs;
+        let unsettled = self.unsettled.fetch_add(1, Ordering::Relaxed) + 1;
+        if cs.prefetch > 0 && unsettled > u64::from(cs.prefetch) {
+            return Err(format!(
+                "{unsettled} unsettled deliveries to one consumer of queue '{}', \
+                 whose prefetch is {}",
+                cs.queue_name, cs.prefetch
+            ));
+        }
         cs.queued.fetch_add(1, Ordering::SeqCst);
         let job = Job {
             delivery,
             settler: self.settler.clone(),
             generation: self.generation,
+            unsettled: self.unsettled.clone(),
         };
         match self.work.push(job) {
             Ok(()) => self.queued = true,
@@ -424,10 +456,10 @@ impl DeliverySink for Forwarder {
                 cs.queued.fetch_sub(1, Ordering::SeqCst);
                 // The worker is gone (closing): give it back, and keep the
                 // channel's settled prefix moving.
-                let tag = job.delivery.delivery_tag;
-                self.settler.decide(tag, Settle::Release);
+                job.decide(Settle::Release);
             }
         }
+        Ok(())
     }
 
     fn end_of_burst(&mut self) {

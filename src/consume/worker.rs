@@ -2,6 +2,7 @@
 
 use super::settler::Settler;
 use crate::wire::Delivery;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub(super) struct Job {
@@ -9,6 +10,16 @@ pub(super) struct Job {
     /// Settles on the channel the delivery came from, where its disposition must go.
     pub settler: Arc<Settler>,
     pub generation: u64,
+    /// Its consumer's count of deliveries not decided yet.
+    pub unsettled: Arc<AtomicU64>,
+}
+
+impl Job {
+    /// Records the decision on this delivery on its channel.
+    pub fn decide(&self, how: super::settle_book::Settle) {
+        self.unsettled.fetch_sub(1, Ordering::Relaxed);
+        self.settler.decide(self.delivery.delivery_tag, how);
+    }
 }
 
 /// The jobs of one worker thread. The connection's reader queues a whole

@@ -83,6 +83,12 @@ pub struct amqp_connection_stats {
     pub consecutive_failures: u64,
     /// Queues open on the connection.
     pub queues: u64,
+    /// Connections that ended because the broker broke the protocol or one
+    /// of our limits (malformed frames, a frame over frame_max, a confirm of
+    /// a tag never published, more deliveries than the prefetch, ...): each
+    /// was closed with connection.close 501-505, logged at ERROR and
+    /// reconnected with backoff.
+    pub protocol_errors: u64,
 }
 
 impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
@@ -95,6 +101,7 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
             failed_attempts,
             consecutive_failures,
             queues,
+            protocol_errors,
         } = s;
         amqp_connection_stats {
             state: state.into(),
@@ -102,6 +109,7 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
             failed_attempts,
             consecutive_failures,
             queues,
+            protocol_errors,
         }
     }
 }

@@ -30,7 +30,8 @@ pub struct amqp_queue_stats {
     pub delivered: u64,
     /// AMQP_ACK applied.
     pub acked: u64,
-    /// AMQP_REJECT applied.
+    /// AMQP_REJECT applied, and deliveries over max_message_bytes (rejected
+    /// unread: dead-lettered if the queue has a dead-letter exchange).
     pub rejected: u64,
     /// AMQP_REQUEUE applied.
     pub requeued: u64,

@@ -15,10 +15,6 @@
 
 use super::codec::Deliver;
 
-/// What a body-size announcement may reserve at once; a larger body grows
-/// its buffer as its bytes arrive, so the size a header claims never
-/// allocates by itself.
-const RESERVE_UP_FRONT: u64 = 1 << 20;
 /// Room for a small body in the delivery's first allocation, so a message of
 /// up to this size costs one allocation.
 const SMALL_BODY: usize = 256;
@@ -33,6 +29,9 @@ pub struct Delivery {
     routing_key_len: usize,
     pub delivery_tag: u64,
     pub redelivered: bool,
+    /// The body size its header announced when that was over our limit: the
+    /// body was read and dropped, and the message must be rejected.
+    pub too_large: Option<u64>,
 }
 
 impl Delivery {
@@ -60,8 +59,9 @@ pub(super) enum Event<'a> {
     Return,
     /// Any other method on the channel (no content).
     Method,
-    /// A content header, with the body size it announces.
-    Header { body_size: u64 },
+    /// A content header, with the body size it announces and the largest
+    /// body we take in.
+    Header { body_size: u64, limit: u64 },
     /// A body frame.
     Body(&'a [u8]),
 }
@@ -106,6 +106,7 @@ pub(super) struct Partial {
     routing_key_len: usize,
     delivery_tag: u64,
     redelivered: bool,
+    too_large: Option<u64>,
 }
 
 impl Partial {
@@ -122,6 +123,7 @@ impl Partial {
             routing_key_len: d.routing_key.len(),
             delivery_tag: d.delivery_tag,
             redelivered: d.redelivered,
+            too_large: None,
         }
     }
 
@@ -129,6 +131,9 @@ impl Partial {
     /// by doubling, never past the announced size (a body that was not all
     /// reserved up front ends without spare capacity).
     fn append(&mut self, bytes: &[u8], remaining: u64) {
+        if self.too_large.is_some() {
+            return;
+        }
         if bytes.len() > self.data.capacity() - self.data.len() {
             let grow = (self.data.len().max(bytes.len()) as u64).min(remaining);
             self.data.reserve_exact(grow as usize);
@@ -144,6 +149,7 @@ impl Partial {
             routing_key_len: self.routing_key_len,
             delivery_tag: self.delivery_tag,
             redelivered: self.redelivered,
+            too_large: self.too_large,
         }
     }
 }
@@ -186,9 +192,9 @@ impl Assembly {
                 *self = Assembly::AwaitingHeader(Content::Return);
                 Ok(Step::Incomplete)
             }
-            (Assembly::AwaitingHeader(_), Event::Header { body_size: 0 }) => Ok(self.finish()),
-            (Assembly::AwaitingHeader(content), Event::Header { body_size }) => {
-                admit_body(content, body_size);
+            (Assembly::AwaitingHeader(_), Event::Header { body_size: 0, .. }) => Ok(self.finish()),
+            (Assembly::AwaitingHeader(content), Event::Header { body_size, limit }) => {
+                admit_body(content, body_size, limit);
                 let content = std::mem::replace(content, Content::Return);
                 *self = Assembly::Body {
                     content,
@@ -244,13 +250,14 @@ fn out_of_order(state: &Assembly, event: &Event<'_>) -> OutOfOrder {
     OutOfOrder { frame, state }
 }
 
-/// The one place a header's body size is accepted (a limit on it belongs
-/// here). Reserves what is announced, up to `RESERVE_UP_FRONT`; a larger
-/// body grows as it arrives.
-fn admit_body(content: &mut Content, body_size: u64) {
+/// The one place a header's body size is accepted. Nothing is reserved from
+/// it: the body grows as its bytes arrive, so a size the broker claims
+/// never allocates by itself. A body over `limit` is read and dropped.
+fn admit_body(content: &mut Content, body_size: u64, limit: u64) {
     if let Content::Deliver(p) = content {
-        p.data
-            .reserve_exact(body_size.min(RESERVE_UP_FRONT) as usize);
+        if body_size > limit {
+            p.too_large = Some(body_size);
+        }
     }
 }
 

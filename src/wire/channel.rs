@@ -6,9 +6,10 @@ use super::channel_state::{ChannelState, Confirm, DeliverySink};
 use super::codec::{self, PublishTarget};
 use super::output::Appending;
 use super::shared::{ConnShared, CLOSE_WAIT};
-use super::{lock, unexpected, Failure};
+use super::{lock, wrong_reply, Failure};
 use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, AMQPClass};
 use amq_protocol::types::{FieldTable, ShortString};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -76,7 +77,7 @@ impl WireChannel {
         if ok(&r) {
             Ok(())
         } else {
-            Err(unexpected(&r))
+            Err(self.conn.abort(&wrong_reply(&r)))
         }
     }
 
@@ -244,7 +245,7 @@ impl WireChannel {
         }
         Ok(PublishBatch {
             out,
-            channel: self.ch.id,
+            ch: &self.ch,
             target,
             frame_max: self.conn.frame_max,
         })
@@ -283,16 +284,19 @@ impl WireChannel {
 /// the writer) when dropped.
 pub struct PublishBatch<'a> {
     out: Appending<'a>,
-    channel: u16,
+    ch: &'a ChannelState,
     target: PublishTarget<'a>,
     frame_max: usize,
 }
 
 impl PublishBatch<'_> {
     pub fn publish(&mut self, body: &[u8]) {
+        // Before the broker can see it (the output is held), so its confirm
+        // never looks like one for a publish never sent.
+        self.ch.published.fetch_add(1, Ordering::Release);
         codec::encode_publish(
             self.out.frames(),
-            self.channel,
+            self.ch.id,
             &self.target,
             body,
             self.frame_max,

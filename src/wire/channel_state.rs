@@ -6,15 +6,16 @@ use super::assembly::Delivery;
 use super::{lock, Failure};
 use amq_protocol::protocol::AMQPClass;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::{oneshot, Notify};
 
 /// Receives the deliveries of one consumer, on the connection's reader
 /// (the runtime thread): it must only hand them on, never block.
 pub trait DeliverySink: Send {
-    /// Queues one delivery.
-    fn deliver(&mut self, delivery: Delivery);
+    /// Queues one delivery. Err: the broker broke a promise (more unsettled
+    /// deliveries than the consumer's prefetch); the connection ends.
+    fn deliver(&mut self, delivery: Delivery) -> Result<(), String>;
     /// The end of a burst of frames read at once that brought this
     /// consumer deliveries: wake the consumer.
     fn end_of_burst(&mut self);
@@ -36,6 +37,14 @@ pub enum Confirm {
     TopologyLost(String),
 }
 
+/// Why a delivery did not reach a consumer.
+pub(super) enum Undelivered {
+    /// Its consumer is gone (cancelled): it goes back to the queue.
+    NoConsumer(Delivery),
+    /// Its consumer refused it: the broker broke the protocol.
+    Refused(String),
+}
+
 /// What a channel's handles and the reader share.
 pub(super) struct ChannelState {
     pub(super) id: u16,
@@ -46,6 +55,9 @@ pub(super) struct ChannelState {
     /// One call at a time.
     pub(super) rpc: tokio::sync::Mutex<()>,
     pub(super) confirms: Mutex<Vec<Confirm>>,
+    /// Publishes sent since confirm.select: the highest tag a confirm may
+    /// name. Counted as each is appended, before the broker can see it.
+    pub(super) published: AtomicU64,
     pub(super) confirm_wake: Notify,
 }
 
@@ -66,6 +78,7 @@ impl ChannelState {
             receivers: Mutex::new(Receivers::default()),
             rpc: tokio::sync::Mutex::new(()),
             confirms: Mutex::new(Vec::new()),
+            published: AtomicU64::new(0),
             confirm_wake: Notify::new(),
         }
     }
@@ -108,14 +121,11 @@ impl ChannelState {
 
     /// Hands a delivery to its consumer; gives it back when the consumer is
     /// gone (cancelled).
-    pub(super) fn deliver(&self, delivery: Delivery) -> Result<(), Delivery> {
+    pub(super) fn deliver(&self, delivery: Delivery) -> Result<(), Undelivered> {
         let mut r = self.receivers();
         match r.consumers.get_mut(delivery.consumer_tag()) {
-            Some(sink) => {
-                sink.deliver(delivery);
-                Ok(())
-            }
-            None => Err(delivery),
+            Some(sink) => sink.deliver(delivery).map_err(Undelivered::Refused),
+            None => Err(Undelivered::NoConsumer(delivery)),
         }
     }
 

@@ -7,6 +7,8 @@
 use amq_protocol::frame::{gen_frame, AMQPFrame};
 use amq_protocol::protocol::AMQPClass;
 
+use super::{inbound, Violation};
+
 pub const FRAME_METHOD: u8 = 1;
 pub const FRAME_HEADER: u8 = 2;
 pub const FRAME_BODY: u8 = 3;
@@ -251,11 +253,18 @@ pub fn encode_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
     }
 }
 
-/// Any other method, through amq-protocol's generated parser.
-pub fn parse_method(payload: &[u8]) -> Option<AMQPClass> {
-    amq_protocol::protocol::parse_class(payload)
-        .ok()
-        .map(|(_, m)| m)
+/// Any other method, through amq-protocol's generated parser, once
+/// `inbound` has checked that a server may send it and that its tables are
+/// within our limits.
+pub fn parse_method(payload: &[u8]) -> Result<AMQPClass, Violation> {
+    inbound::check_server_method(payload)?;
+    match amq_protocol::protocol::parse_class(payload) {
+        Ok((_, m)) => Ok(m),
+        Err(_) => Err(Violation::syntax(match method_ids(payload) {
+            Some((c, m)) => format!("method {c}.{m} does not parse"),
+            None => "a method that does not parse".into(),
+        })),
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use super::codec;
 use super::output::write_loop;
 use super::reader::read_loop;
 use super::shared::{ConnShared, CLOSE_WAIT};
-use super::{handshake, unexpected, Failure, WireConfig};
+use super::{handshake, wrong_reply, Failure, WireConfig};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,6 +44,7 @@ impl WireConnection {
             Some(stream.clone()),
             opened.channel_max,
             opened.frame_max,
+            config.max_body,
         ));
         tokio::spawn(drive(
             shared.clone(),
@@ -52,6 +53,21 @@ impl WireConnection {
             opened.heartbeat,
         ));
         Ok(WireConnection { shared })
+    }
+
+    /// Ends the connection now (its owner found it unusable, e.g. a task of
+    /// its own panicked): everything on it fails with `why`.
+    pub fn abandon(&self, why: &str) {
+        self.shared.die(why.to_string());
+        self.shared.stop.notify_one();
+    }
+
+    /// The connection ended because the broker broke the protocol (we
+    /// closed it with 501-505).
+    pub fn broke_protocol(&self) -> bool {
+        self.shared
+            .broken
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -75,7 +91,7 @@ impl WireConnection {
             Ok(AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))) => Ok(ch),
             Ok(other) => {
                 self.shared.remove_channel(ch.id());
-                Err(unexpected(&other))
+                Err(self.shared.abort(&wrong_reply(&other)))
             }
             Err(e) => {
                 self.shared.remove_channel(ch.id());
@@ -195,7 +211,7 @@ mod tests {
         // connection that looked connected).
         let (ours, _peer) = socket_pair().await;
         let stream = Arc::new(ours);
-        let shared = Arc::new(ConnShared::new(Some(stream.clone()), 16, 4096));
+        let shared = Arc::new(ConnShared::new(Some(stream.clone()), 16, 4096, 1 << 20));
         let task = tokio::spawn(drive(shared.clone(), stream, Vec::new(), None));
         shared.output.close();
         let ended = tokio::time::timeout(Duration::from_secs(5), task).await;

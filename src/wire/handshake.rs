@@ -174,9 +174,11 @@ impl Handshake {
                         .then(|| codec::parse_method(f.payload));
                     self.buf.drain(..n);
                     match parsed {
-                        Some(Some(m)) => return Ok(m),
-                        Some(None) => {
-                            return Err(Failure::Link("unparsable method from the broker".into()))
+                        Some(Ok(m)) => return Ok(m),
+                        Some(Err(v)) => {
+                            return Err(Failure::Link(format!(
+                                "protocol error by the broker during the handshake: {v}"
+                            )))
                         }
                         None => continue, // heartbeat
                     }

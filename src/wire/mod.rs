@@ -21,6 +21,7 @@ mod channel_state;
 mod codec;
 mod connection;
 mod handshake;
+mod inbound;
 mod output;
 pub(crate) mod probe;
 mod reader;
@@ -56,6 +57,10 @@ pub(crate) struct WireConfig {
     pub channel_max: Option<u16>,
     /// Bound on TCP connect + handshake.
     pub connect_timeout: Duration,
+    /// The largest message body we take in (a receive limit): a delivery
+    /// whose header announces more is read, dropped and handed on marked
+    /// `too_large`, without allocating for it.
+    pub max_body: u64,
 }
 
 /// How a failure on the wire is seen by us: the broker refused something on
@@ -83,6 +88,51 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.text())
+    }
+}
+
+/// The broker broke the protocol (or a limit of ours): the connection ends
+/// with connection.close(`code`, `text`), is counted, and is reconnected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Violation {
+    pub code: u16,
+    pub text: String,
+}
+
+impl Violation {
+    /// 501 FRAME_ERROR: a malformed frame.
+    fn frame(text: impl Into<String>) -> Violation {
+        Violation {
+            code: 501,
+            text: text.into(),
+        }
+    }
+    /// 502 SYNTAX_ERROR: a frame whose fields do not parse.
+    fn syntax(text: impl Into<String>) -> Violation {
+        Violation {
+            code: 502,
+            text: text.into(),
+        }
+    }
+    /// 503 COMMAND_INVALID: a method that makes no sense here.
+    fn command_invalid(text: impl Into<String>) -> Violation {
+        Violation {
+            code: 503,
+            text: text.into(),
+        }
+    }
+    /// 505 UNEXPECTED_FRAME: a frame out of order.
+    fn unexpected_frame(text: impl Into<String>) -> Violation {
+        Violation {
+            code: 505,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.text, code_name(self.code))
     }
 }
 
@@ -132,6 +182,14 @@ fn channel_failure(code: u16, text: &str) -> Failure {
         Some(AMQPErrorKind::Hard(_)) => Failure::ConnectionRefused { code, text },
         _ => Failure::Refused { code, text },
     }
+}
+
+/// A reply to a call that answers another question.
+fn wrong_reply(m: &AMQPClass) -> Violation {
+    let (class, method) = (m.get_amqp_class_id(), m.get_amqp_method_id());
+    Violation::command_invalid(format!(
+        "method {class}.{method} in reply to another method"
+    ))
 }
 
 /// A reply we did not ask for; a connection.close is the broker's refusal.

@@ -6,10 +6,17 @@ use super::assembly::Delivery;
 use super::channel_state::{ChannelState, DeliverySink};
 use super::codec;
 use super::lock;
-use super::reader::Demux;
+use super::reader::{Demux, End};
 use super::shared::ConnShared;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// The probe's receive limit (what `max_message_bytes` sets in the library).
+pub const PROBE_MAX_BODY: u64 = 1 << 20;
+
+/// Publishes each probe channel counts as sent (confirms up to this tag are
+/// valid).
+pub const PROBE_PUBLISHED: u64 = 1 << 20;
 
 /// The consumer tag every probe channel has a consumer for.
 pub const PROBE_CONSUMER_TAG: &str = "probe";
@@ -28,21 +35,24 @@ pub struct ReaderProbe {
 struct CountingSink(Arc<AtomicU64>);
 
 impl DeliverySink for CountingSink {
-    fn deliver(&mut self, _delivery: Delivery) {
+    fn deliver(&mut self, _delivery: Delivery) -> Result<(), String> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
     fn end_of_burst(&mut self) {}
 }
 
 impl ReaderProbe {
     pub fn new(frame_max: usize, channels: u16) -> ReaderProbe {
-        let conn = ConnShared::new(None, channels.max(1), frame_max);
+        let conn = ConnShared::new(None, channels.max(1), frame_max, PROBE_MAX_BODY);
         let deliveries = Arc::new(AtomicU64::new(0));
         let mut open = Vec::new();
         for _ in 0..channels {
             let Ok(ch) = conn.allocate_channel() else {
                 break;
             };
+            // Confirms of tags up to here are valid.
+            ch.published.store(PROBE_PUBLISHED, Ordering::Relaxed);
             let sink = Box::new(CountingSink(deliveries.clone()));
             ch.receivers()
                 .consumers
@@ -71,7 +81,11 @@ impl ReaderProbe {
                 self.pending.drain(..fed.used);
                 Ok(())
             }
-            Err(why) => {
+            Err(end) => {
+                let why = match end {
+                    End::Closed(why) => why,
+                    End::Broken(v) => self.conn.broke_protocol(&v),
+                };
                 self.ended = Some(why.clone());
                 Err(why)
             }
@@ -87,6 +101,13 @@ impl ReaderProbe {
     pub fn confirms(&self) -> usize {
         let queued: usize = self.channels.iter().map(|c| lock(&c.confirms).len()).sum();
         queued
+    }
+
+    /// The reader's channel slots (for tests: a frame for a channel never
+    /// opened must not allocate one).
+    #[cfg(test)]
+    fn demux_slots(&self) -> usize {
+        self.demux.slots()
     }
 
     /// Bytes the reader wrote back (close-ok, rejects of unknown consumers...).
@@ -112,3 +133,6 @@ pub fn parse_with_every_parser(mut bytes: &[u8], frame_max: usize) -> usize {
     }
     frames
 }
+
+#[cfg(test)]
+mod tests;

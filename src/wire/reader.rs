@@ -5,10 +5,10 @@
 //! to the consumer's sink, replies to the waiting call.
 
 use super::assembly::{Assembly, Delivery, Event, Step};
-use super::channel_state::{ChannelState, Confirm};
+use super::channel_state::{ChannelState, Confirm, Undelivered};
 use super::codec::{self, RawFrame};
 use super::shared::ConnShared;
-use super::{channel_failure, describe_close};
+use super::{channel_failure, describe_close, Violation};
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,7 +39,8 @@ pub(super) async fn read_loop(
                     start = 0;
                 }
             }
-            Err(why) => return why,
+            Err(End::Closed(why)) => return why,
+            Err(End::Broken(v)) => return conn.broke_protocol(&v),
         }
         if start == end {
             start = 0;
@@ -83,8 +84,25 @@ pub(super) struct Demux {
 struct ChannelReader {
     ch: Arc<ChannelState>,
     assembly: Assembly,
+    /// The tag of the channel's last delivery (0: none yet).
+    last_delivery_tag: u64,
     /// In `Demux::delivered`.
     delivered: bool,
+}
+
+/// Why the reader ends the connection.
+#[derive(Debug)]
+pub(super) enum End {
+    /// The broker closed it (answered with close-ok), or confirmed our close.
+    Closed(String),
+    /// The broker broke the protocol or one of our limits.
+    Broken(Violation),
+}
+
+impl From<Violation> for End {
+    fn from(v: Violation) -> End {
+        End::Broken(v)
+    }
 }
 
 /// What [`Demux::feed`] did with the bytes it was given.
@@ -99,7 +117,7 @@ pub(super) struct Fed {
 impl Demux {
     /// Handles the whole frames at the start of `buf`, then lets the
     /// consumers that got deliveries run. Err ends the connection.
-    pub(super) fn feed(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<Fed, String> {
+    pub(super) fn feed(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<Fed, End> {
         let mut used = 0;
         let result = loop {
             match codec::parse_frame(&buf[used..], conn.frame_max) {
@@ -110,7 +128,7 @@ impl Demux {
                     used += n;
                 }
                 Err(codec::ParseError::Incomplete(need)) => break Ok(Fed { used, need }),
-                Err(codec::ParseError::Invalid(e)) => break Err(e),
+                Err(codec::ParseError::Invalid(e)) => break Err(Violation::frame(e).into()),
             }
         };
         self.end_of_burst();
@@ -118,7 +136,7 @@ impl Demux {
     }
 
     /// Handles one frame; Err ends the connection.
-    fn frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<(), String> {
+    fn frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<(), End> {
         match f.kind {
             codec::FRAME_HEARTBEAT => Ok(()),
             codec::FRAME_METHOD if f.channel == 0 => connection_method(conn, f.payload),
@@ -134,27 +152,38 @@ impl Demux {
                 }
                 Ok(())
             }
-            other => Err(format!("unexpected frame type {other} from the broker")),
+            other => Err(Violation::frame(format!("unknown frame type {other}")).into()),
         }
     }
 
-    /// The open channel `id`, if any.
+    /// The open channel `id`, if any. Slots exist up to the highest open
+    /// channel id only: a frame for a channel never opened allocates nothing.
     fn channel_reader(&mut self, conn: &ConnShared, id: u16) -> Option<&mut ChannelReader> {
         let at = usize::from(id);
-        if self.channels.len() <= at {
-            self.channels.resize_with(at + 1, || None);
-        }
-        let slot = &mut self.channels[at];
-        if slot.as_ref().is_none_or(|s| s.ch.is_closed()) {
+        let fresh = match self.channels.get(at) {
+            Some(Some(s)) if !s.ch.is_closed() => None,
             // An id is reused only after its channel closed: a new channel,
             // a new assembly.
-            *slot = conn.channel(id).map(|ch| ChannelReader {
+            _ => Some(conn.channel(id)),
+        };
+        if let Some(ch) = fresh {
+            let ch = ch?;
+            if self.channels.len() <= at {
+                self.channels.resize_with(at + 1, || None);
+            }
+            self.channels[at] = Some(ChannelReader {
                 ch,
                 assembly: Assembly::Idle,
+                last_delivery_tag: 0,
                 delivered: false,
             });
         }
-        slot.as_mut()
+        self.channels.get_mut(at)?.as_mut()
+    }
+
+    #[cfg(test)]
+    pub(super) fn slots(&self) -> usize {
+        self.channels.len()
     }
 
     /// After a burst of frames: let the consumers that got deliveries run.
@@ -170,15 +199,17 @@ impl Demux {
 
 impl ChannelReader {
     /// One frame of this channel; true when it completed a delivery.
-    fn channel_frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<bool, String> {
+    fn channel_frame(&mut self, conn: &ConnShared, f: RawFrame<'_>) -> Result<bool, End> {
         let id = self.ch.id;
+        let syntax = |what: &str| Violation::syntax(format!("a bad {what} on channel {id}"));
         let step = match f.kind {
             codec::FRAME_METHOD => match codec::method_ids(f.payload) {
                 Some((codec::CLASS_BASIC, m @ codec::METHOD_BASIC_ACK))
                 | Some((codec::CLASS_BASIC, m @ codec::METHOD_BASIC_NACK)) => {
                     self.step(Event::Method)?;
-                    let (tag, multiple) = codec::parse_confirm(f.payload)
-                        .ok_or_else(|| format!("bad basic.ack/nack on channel {id}"))?;
+                    let (tag, multiple) =
+                        codec::parse_confirm(f.payload).ok_or_else(|| syntax("basic.ack"))?;
+                    self.check_confirm(tag)?;
                     let nack = m == codec::METHOD_BASIC_NACK;
                     self.ch.push_confirm(Confirm::Settled {
                         tag,
@@ -188,38 +219,67 @@ impl ChannelReader {
                     return Ok(false);
                 }
                 Some((codec::CLASS_BASIC, codec::METHOD_BASIC_DELIVER)) => {
-                    let d = codec::parse_deliver(f.payload)
-                        .ok_or_else(|| format!("bad basic.deliver on channel {id}"))?;
+                    let d =
+                        codec::parse_deliver(f.payload).ok_or_else(|| syntax("basic.deliver"))?;
+                    self.check_delivery_tag(d.delivery_tag)?;
                     self.step(Event::Deliver(&d))?
                 }
                 _ => return self.other_method(conn, f.payload).map(|()| false),
             },
             codec::FRAME_HEADER => {
                 let body_size = codec::parse_header_body_size(f.payload)
-                    .ok_or_else(|| format!("bad content header on channel {id}"))?;
-                self.step(Event::Header { body_size })?
+                    .ok_or_else(|| syntax("content header"))?;
+                self.step(Event::Header {
+                    body_size,
+                    limit: conn.max_body,
+                })?
             }
             _ => self.step(Event::Body(f.payload))?,
         };
         Ok(match step {
-            Step::Complete(delivery) => deliver(conn, &self.ch, delivery),
+            Step::Complete(delivery) => deliver(conn, &self.ch, delivery)?,
             Step::Method | Step::Incomplete | Step::Returned => false,
         })
     }
 
-    fn step(&mut self, event: Event<'_>) -> Result<Step, String> {
+    fn step(&mut self, event: Event<'_>) -> Result<Step, Violation> {
         self.assembly
             .step(event)
-            .map_err(|e| format!("{e} on channel {}", self.ch.id))
+            .map_err(|e| Violation::unexpected_frame(format!("{e} on channel {}", self.ch.id)))
+    }
+
+    /// A confirm names a publish we sent: the confirm window must never
+    /// settle a message the broker never saw.
+    fn check_confirm(&self, tag: u64) -> Result<(), Violation> {
+        let published = self.ch.published.load(Ordering::Acquire);
+        if tag > published {
+            return Err(Violation::command_invalid(format!(
+                "a confirm of delivery tag {tag} on channel {}, which has published {published}",
+                self.ch.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// A channel's delivery tags count up from 1 (the settle book relies on
+    /// it and keeps a slot per tag).
+    fn check_delivery_tag(&mut self, tag: u64) -> Result<(), Violation> {
+        let expected = self.last_delivery_tag.wrapping_add(1);
+        if tag != expected {
+            return Err(Violation::command_invalid(format!(
+                "delivery tag {tag} on channel {} where {expected} was due",
+                self.ch.id
+            )));
+        }
+        self.last_delivery_tag = tag;
+        Ok(())
     }
 
     /// The rare methods, parsed by amq-protocol.
-    fn other_method(&mut self, conn: &ConnShared, payload: &[u8]) -> Result<(), String> {
+    fn other_method(&mut self, conn: &ConnShared, payload: &[u8]) -> Result<(), End> {
         use basic::AMQPMethod as B;
         let ch = self.ch.clone();
-        let Some(method) = codec::parse_method(payload) else {
-            return Err(format!("unparsable method on channel {}", ch.id));
-        };
+        let method = codec::parse_method(payload)?;
         match method {
             AMQPClass::Basic(B::Return(r)) => {
                 self.step(Event::Return)?;
@@ -231,10 +291,16 @@ impl ChannelReader {
                 )));
                 Ok(())
             }
-            AMQPClass::Basic(B::GetOk(_)) => Err(format!(
-                "unexpected basic.get-ok on channel {} (we never send basic.get)",
+            AMQPClass::Basic(B::GetOk(_)) => Err(Violation::command_invalid(format!(
+                "basic.get-ok on channel {} (we never send basic.get)",
                 ch.id
-            )),
+            ))
+            .into()),
+            AMQPClass::Connection(_) => Err(Violation::command_invalid(format!(
+                "a connection method on channel {}",
+                ch.id
+            ))
+            .into()),
             method => {
                 self.step(Event::Method)?;
                 channel_method(conn, &ch, method);
@@ -246,14 +312,15 @@ impl ChannelReader {
 
 /// Hands a whole delivery to its consumer; one whose consumer is cancelled
 /// goes back to the queue. True when a consumer got it.
-fn deliver(conn: &ConnShared, ch: &ChannelState, delivery: Delivery) -> bool {
+fn deliver(conn: &ConnShared, ch: &ChannelState, delivery: Delivery) -> Result<bool, End> {
     match ch.deliver(delivery) {
-        Ok(()) => true,
-        Err(delivery) => {
+        Ok(()) => Ok(true),
+        Err(Undelivered::NoConsumer(delivery)) => {
             let (id, tag) = (ch.id, delivery.delivery_tag);
             (conn.output).append(Some(&ch.closed), |o| codec::encode_reject(o, id, tag, true));
-            false
+            Ok(false)
         }
+        Err(Undelivered::Refused(why)) => Err(Violation::command_invalid(why).into()),
     }
 }
 
@@ -300,31 +367,31 @@ fn channel_method(conn: &ConnShared, ch: &ChannelState, method: AMQPClass) {
     }
 }
 
-fn connection_method(conn: &ConnShared, payload: &[u8]) -> Result<(), String> {
+fn connection_method(conn: &ConnShared, payload: &[u8]) -> Result<(), End> {
     use connection::AMQPMethod as M;
-    match codec::parse_method(payload) {
-        Some(AMQPClass::Connection(M::Close(c))) => {
+    match codec::parse_method(payload)? {
+        AMQPClass::Connection(M::Close(c)) => {
             let ok = AMQPClass::Connection(M::CloseOk(connection::CloseOk {}));
             conn.output.append(None, |o| codec::encode_method(o, 0, ok));
             conn.output.close();
-            Err(format!(
+            Err(End::Closed(format!(
                 "the broker closed the connection: {}",
                 describe_close(c.reply_code, c.reply_text.as_str())
-            ))
+            )))
         }
-        Some(AMQPClass::Connection(M::CloseOk(_))) => Err("connection closed".into()),
-        Some(AMQPClass::Connection(M::Blocked(b))) => {
+        AMQPClass::Connection(M::CloseOk(_)) => Err(End::Closed("connection closed".into())),
+        AMQPClass::Connection(M::Blocked(b)) => {
             warn!("the broker blocked publishing: {}", b.reason.as_str());
             Ok(())
         }
-        Some(AMQPClass::Connection(M::Unblocked(_))) => {
+        AMQPClass::Connection(M::Unblocked(_)) => {
             info!("the broker unblocked publishing");
             Ok(())
         }
-        Some(other) => {
+        AMQPClass::Connection(other) => {
             debug!("ignored connection method {other:?}");
             Ok(())
         }
-        None => Err("unparsable connection method from the broker".into()),
+        _ => Err(Violation::command_invalid("a channel's method on channel 0").into()),
     }
 }

@@ -2,10 +2,12 @@
 //! output, the table of open channels, and whether (and why) it died.
 
 use super::channel_state::ChannelState;
+use super::codec;
 use super::output::Output;
-use super::{lock, Failure};
+use super::{lock, Failure, Violation};
+use amq_protocol::protocol::{connection, AMQPClass};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -22,6 +24,11 @@ pub(super) struct ConnShared {
     pub(super) read_recently: AtomicBool,
     pub(super) channels: Mutex<ChannelTable>,
     pub(super) frame_max: usize,
+    /// The largest message body we take in; a larger one is dropped as it
+    /// arrives and rejected.
+    pub(super) max_body: u64,
+    /// The connection ended on a protocol violation by the broker.
+    pub(super) broken: AtomicBool,
     /// The reason the connection ended, once it has.
     pub(super) dead: watch::Sender<Option<String>>,
     /// Asks the driver task to stop (after close-ok, or at once).
@@ -40,6 +47,7 @@ impl ConnShared {
         stream: Option<Arc<TcpStream>>,
         channel_max: u16,
         frame_max: usize,
+        max_body: u64,
     ) -> ConnShared {
         ConnShared {
             output: Output::new(stream),
@@ -50,6 +58,8 @@ impl ConnShared {
                 max: channel_max.max(1),
             }),
             frame_max,
+            max_body,
+            broken: AtomicBool::new(false),
             dead: watch::channel(None).0,
             stop: Notify::new(),
         }
@@ -74,6 +84,32 @@ impl ConnShared {
         for c in chans {
             c.close_local(Failure::Link(why.clone()));
         }
+    }
+
+    /// The broker broke the protocol: connection.close with the violation's
+    /// code (not waited for), and the connection ends. Returns why, for the
+    /// connection's end.
+    pub(super) fn broke_protocol(&self, v: &Violation) -> String {
+        self.broken.store(true, Ordering::Relaxed);
+        let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: v.code,
+            reply_text: v.text.chars().take(200).collect::<String>().into(),
+            class_id: 0,
+            method_id: 0,
+        }));
+        self.output
+            .append(None, |o| codec::encode_method(o, 0, close));
+        self.output.close();
+        format!("protocol error by the broker: {v}")
+    }
+
+    /// A violation found outside the reader (a reply that answers another
+    /// question): the connection ends now, with connection.close.
+    pub(super) fn abort(&self, v: &Violation) -> Failure {
+        let why = self.broke_protocol(v);
+        self.die(why.clone());
+        self.stop.notify_one();
+        Failure::Link(why)
     }
 
     pub(super) fn channel(&self, id: u16) -> Option<Arc<ChannelState>> {

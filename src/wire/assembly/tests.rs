@@ -4,6 +4,10 @@
 use super::*;
 use proptest::prelude::*;
 
+/// The receive limit in these tests: generated bodies go up to 3,000 bytes,
+/// so some are over it (read and dropped, then reported too large).
+const LIMIT: u64 = 2_000;
+
 /// One frame, owned (an `Event` borrows).
 #[derive(Clone, Debug)]
 enum Frame {
@@ -32,6 +36,7 @@ enum Out {
         delivery_tag: u64,
         redelivered: bool,
         body: Vec<u8>,
+        too_large: Option<u64>,
     },
     Returned,
     Unexpected,
@@ -58,7 +63,10 @@ fn feed(a: &mut Assembly, f: &Frame) -> Out {
         }
         Frame::Return => Event::Return,
         Frame::Method => Event::Method,
-        Frame::Header(n) => Event::Header { body_size: *n },
+        Frame::Header(n) => Event::Header {
+            body_size: *n,
+            limit: LIMIT,
+        },
         Frame::Body(b) => Event::Body(b),
     };
     match a.step(event) {
@@ -72,6 +80,7 @@ fn feed(a: &mut Assembly, f: &Frame) -> Out {
             delivery_tag: d.delivery_tag,
             redelivered: d.redelivered,
             body: d.body().to_vec(),
+            too_large: d.too_large,
         },
         Err(_) => Out::Unexpected,
     }
@@ -87,6 +96,8 @@ struct Model {
     /// still due once its header came.
     pending: Option<(Frame, Vec<u8>)>,
     due: Option<u64>,
+    /// The announced size, when over the limit (the body is not kept).
+    too_large: Option<u64>,
 }
 
 impl Model {
@@ -107,10 +118,11 @@ impl Model {
             }
             (true, None, Frame::Header(n)) => {
                 self.due = Some(*n);
+                self.too_large = (*n > LIMIT).then_some(*n);
                 self.finish_if_whole()
             }
             (true, Some(due), Frame::Body(b)) if (b.len() as u64) <= due => {
-                if let Some((_, body)) = &mut self.pending {
+                if let (Some((_, body)), None) = (&mut self.pending, self.too_large) {
                     body.extend_from_slice(b);
                 }
                 self.due = Some(due - b.len() as u64);
@@ -125,6 +137,7 @@ impl Model {
             return Out::Incomplete;
         }
         self.due = None;
+        let too_large = self.too_large.take();
         match self.pending.take() {
             Some((
                 Frame::Deliver {
@@ -142,6 +155,7 @@ impl Model {
                 delivery_tag,
                 redelivered,
                 body,
+                too_large,
             },
             _ => Out::Returned,
         }
@@ -192,7 +206,12 @@ fn message() -> impl Strategy<Value = (Vec<Frame>, Out)> {
                 routing_key: routing_key.clone(),
                 delivery_tag: *delivery_tag,
                 redelivered: *redelivered,
-                body: body.clone(),
+                body: if body.len() as u64 > LIMIT {
+                    Vec::new()
+                } else {
+                    body.clone()
+                },
+                too_large: (body.len() as u64 > LIMIT).then_some(body.len() as u64),
             },
             _ => Out::Returned,
         };
@@ -314,6 +333,7 @@ fn a_delivery_in_one_body_frame() {
             delivery_tag: 7,
             redelivered: true,
             body: b"abc".to_vec(),
+            too_large: None,
         }
     );
     assert!(matches!(a, Assembly::Idle));
@@ -367,31 +387,80 @@ fn frames_out_of_order_are_errors() {
 }
 
 #[test]
-fn a_huge_announced_body_reserves_a_bounded_amount() {
+fn an_announced_body_size_allocates_nothing_by_itself() {
+    // Within the limit: nothing is reserved beyond the first allocation.
     let mut a = Assembly::Idle;
-    for f in deliver_frame(u64::MAX) {
-        assert_eq!(feed(&mut a, &f), Out::Incomplete);
-    }
-    match &a {
-        Assembly::Body {
-            content: Content::Deliver(p),
-            remaining,
-        } => {
-            assert_eq!(*remaining, u64::MAX);
-            assert!(p.data.capacity() <= 2 * RESERVE_UP_FRONT as usize);
-        }
-        _ => panic!("expected the body state"),
-    }
-    assert_eq!(feed(&mut a, &Frame::Body(vec![1; 10])), Out::Incomplete);
+    let frames = deliver_frame(LIMIT);
+    feed(&mut a, &frames[0]);
+    feed(&mut a, &frames[1]);
+    let Assembly::Body {
+        content: Content::Deliver(p),
+        ..
+    } = &a
+    else {
+        panic!("expected the body state");
+    };
+    assert!(p.data.capacity() < SMALL_BODY + 16, "{}", p.data.capacity());
 }
 
 #[test]
-fn a_body_larger_than_the_reservation_grows_to_its_exact_size() {
-    let size = 3 * RESERVE_UP_FRONT as usize + 5;
-    let mut a = Assembly::Idle;
-    for f in deliver_frame(size as u64) {
-        assert_eq!(feed(&mut a, &f), Out::Incomplete);
+fn a_body_over_the_limit_is_read_dropped_and_reported() {
+    for size in [1 << 40, 1 << 62, u64::MAX] {
+        let mut a = Assembly::Idle;
+        for f in deliver_frame(size) {
+            assert_eq!(feed(&mut a, &f), Out::Incomplete);
+        }
+        for _ in 0..100 {
+            assert_eq!(feed(&mut a, &Frame::Body(vec![1; 1000])), Out::Incomplete);
+        }
+        let Assembly::Body {
+            content: Content::Deliver(p),
+            remaining,
+        } = &a
+        else {
+            panic!("expected the body state");
+        };
+        assert_eq!(*remaining, size - 100_000.min(size));
+        assert!(
+            p.data.capacity() < SMALL_BODY + 16,
+            "dropped bytes are not kept"
+        );
     }
+    let mut a = Assembly::Idle;
+    for f in deliver_frame(LIMIT + 1) {
+        feed(&mut a, &f);
+    }
+    feed(&mut a, &Frame::Body(vec![0; LIMIT as usize]));
+    match feed(&mut a, &Frame::Body(vec![0])) {
+        Out::Complete {
+            body,
+            too_large,
+            delivery_tag,
+            ..
+        } => {
+            assert!(body.is_empty());
+            assert_eq!(too_large, Some(LIMIT + 1));
+            assert_eq!(delivery_tag, 7);
+        }
+        other => panic!("expected the delivery, reported too large: {other:?}"),
+    }
+}
+
+#[test]
+fn a_multi_frame_body_grows_to_its_exact_size() {
+    let size = 3 * 131_064 + 5;
+    let mut a = Assembly::Idle;
+    let _ = a.step(Event::Deliver(&Deliver {
+        consumer_tag: b"c",
+        delivery_tag: 1,
+        redelivered: false,
+        exchange: b"",
+        routing_key: b"",
+    }));
+    let _ = a.step(Event::Header {
+        body_size: size as u64,
+        limit: u64::MAX,
+    });
     let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let mut last = None;
     for part in body.chunks(131_064) {

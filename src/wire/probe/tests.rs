@@ -1,0 +1,243 @@
+//! The reader's limits, frame by frame: what a broker may not do ends the
+//! connection with connection.close and the right code; nothing it
+//! announces allocates by itself.
+
+use super::*;
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame};
+use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
+
+const FRAME_MAX: usize = 4096;
+
+fn method(channel: u16, m: AMQPClass) -> Vec<u8> {
+    cookie_factory::gen_simple(gen_frame(&AMQPFrame::Method(channel, m)), Vec::new()).unwrap()
+}
+
+fn raw(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&channel.to_be_bytes());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f.push(0xCE);
+    f
+}
+
+fn deliver(channel: u16, tag: u64) -> Vec<u8> {
+    method(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: PROBE_CONSUMER_TAG.into(),
+            delivery_tag: tag,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "rk".into(),
+        })),
+    )
+}
+
+fn header(channel: u16, body_size: u64) -> Vec<u8> {
+    let mut p = vec![0, 60, 0, 0];
+    p.extend_from_slice(&body_size.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    raw(2, channel, &p)
+}
+
+fn body(channel: u16, bytes: &[u8]) -> Vec<u8> {
+    raw(3, channel, bytes)
+}
+
+fn message(channel: u16, tag: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut v = deliver(channel, tag);
+    v.extend(header(channel, bytes.len() as u64));
+    if !bytes.is_empty() {
+        v.extend(body(channel, bytes));
+    }
+    v
+}
+
+fn confirm(channel: u16, tag: u64, multiple: bool) -> Vec<u8> {
+    method(
+        channel,
+        AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: tag,
+            multiple,
+        })),
+    )
+}
+
+/// The code of the connection.close the probe wrote back, if any.
+fn close_code(p: &ReaderProbe) -> Option<u16> {
+    let out = p.conn.output.appending().frames().clone();
+    let mut rest = &out[..];
+    while let Ok((r, f)) = parse_frame(rest) {
+        if let AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c))) = f {
+            return Some(c.reply_code);
+        }
+        rest = r;
+    }
+    None
+}
+
+fn broken(bytes: &[u8]) -> (String, Option<u16>) {
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let why = p.feed(bytes).expect_err("the connection must end");
+    assert!(p.feed(&[]).is_err(), "it stays ended");
+    let code = close_code(&p);
+    (why, code)
+}
+
+#[test]
+fn well_formed_deliveries_and_confirms_pass() {
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let mut bytes = message(1, 1, b"one");
+    bytes.extend(message(1, 2, b"two"));
+    bytes.extend(message(2, 1, b""));
+    bytes.extend(confirm(3, 5, true));
+    bytes.extend(confirm(3, PROBE_PUBLISHED, false));
+    for chunk in bytes.chunks(7) {
+        p.feed(chunk).unwrap();
+    }
+    assert_eq!(p.deliveries(), 3);
+    assert_eq!(p.confirms(), 2);
+    assert_eq!(close_code(&p), None);
+}
+
+#[test]
+fn delivery_tags_must_count_up_from_one() {
+    for tags in [&[2u64][..], &[1, 1], &[1, 3], &[1 << 40], &[u64::MAX]] {
+        let mut bytes = Vec::new();
+        for &t in tags {
+            bytes.extend(message(1, t, b"x"));
+        }
+        let (why, code) = broken(&bytes);
+        assert!(why.contains("delivery tag"), "{tags:?}: {why}");
+        assert_eq!(code, Some(503));
+    }
+}
+
+#[test]
+fn a_confirm_of_a_tag_never_published_ends_the_connection() {
+    for multiple in [false, true] {
+        let (why, code) = broken(&confirm(1, PROBE_PUBLISHED + 1, multiple));
+        assert!(why.contains("confirm of delivery tag"), "{why}");
+        assert_eq!(code, Some(503));
+    }
+}
+
+#[test]
+fn announced_body_sizes_allocate_nothing_and_over_the_limit_is_marked() {
+    for size in [1u64 << 40, 1 << 62, u64::MAX, 100 << 30] {
+        let mut p = ReaderProbe::new(FRAME_MAX, 3);
+        let mut bytes = deliver(1, 1);
+        bytes.extend(header(1, size));
+        for _ in 0..50 {
+            bytes.extend(body(1, &[7; 4000]));
+        }
+        p.feed(&bytes).unwrap();
+        assert_eq!(p.deliveries(), 0);
+    }
+    // Just over the limit: read, dropped, handed on (to be rejected).
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let mut bytes = deliver(1, 1);
+    bytes.extend(header(1, PROBE_MAX_BODY + 1));
+    let mut left = PROBE_MAX_BODY + 1;
+    while left > 0 {
+        let n = left.min(4000);
+        bytes.extend(body(1, &vec![1; n as usize]));
+        left -= n;
+    }
+    p.feed(&bytes).unwrap();
+    assert_eq!(p.deliveries(), 1);
+}
+
+#[test]
+fn malformed_frames_end_the_connection_with_501() {
+    let mut bad_end = message(1, 1, b"x");
+    let n = bad_end.len();
+    bad_end[n - 1] = 0;
+    let over = raw(1, 1, &vec![0; FRAME_MAX]);
+    let unknown_type = raw(9, 1, b"");
+    for bytes in [bad_end, over, unknown_type] {
+        let (_, code) = broken(&bytes);
+        assert_eq!(code, Some(501));
+    }
+}
+
+#[test]
+fn frames_out_of_order_end_the_connection_with_505() {
+    for bytes in [body(1, b"x"), header(1, 3), {
+        let mut v = deliver(1, 1);
+        v.extend(confirm(1, 1, false));
+        v
+    }] {
+        let (_, code) = broken(&bytes);
+        assert_eq!(code, Some(505));
+    }
+}
+
+#[test]
+fn methods_a_server_never_sends_end_the_connection_with_503() {
+    let declare = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+        queue: "q".into(),
+        ..Default::default()
+    }));
+    for bytes in [
+        method(1, declare.clone()),
+        method(0, declare),
+        method(
+            2,
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "x".into(),
+            })),
+        ),
+    ] {
+        let (_, code) = broken(&bytes);
+        assert_eq!(code, Some(503));
+    }
+}
+
+#[test]
+fn deeply_nested_tables_are_refused_without_recursing() {
+    // connection.start whose server properties nest arrays 1,400 deep
+    // (amq-protocol's parser overflowed the stack on this).
+    let mut value = vec![b'A', 0, 0, 0, 0];
+    for _ in 1..1_400 {
+        let inner = value.clone();
+        value = vec![b'A'];
+        value.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+        value.extend_from_slice(&inner);
+    }
+    let mut table = vec![1, b'k'];
+    table.extend_from_slice(&value);
+    let mut payload = vec![0, 10, 0, 10, 0, 9];
+    payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    payload.extend_from_slice(&table);
+    payload.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    let bytes = raw(1, 0, &payload);
+    // On a small stack, as on any thread of the host.
+    let (_, code) = std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let mut p = ReaderProbe::new(131_072, 3);
+            let why = p.feed(&bytes).expect_err("refused");
+            (why, close_code(&p))
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(code, Some(502));
+}
+
+#[test]
+fn a_channel_close_for_a_channel_never_opened_is_ignored() {
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let close = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+        reply_code: 406,
+        reply_text: "x".into(),
+        class_id: 0,
+        method_id: 0,
+    }));
+    p.feed(&method(4000, close)).unwrap();
+    assert_eq!(p.demux_slots(), 0, "no slot for a channel never opened");
+    p.feed(&message(1, 1, b"still fine")).unwrap();
+    assert_eq!(p.deliveries(), 1);
+}
