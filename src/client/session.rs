@@ -3,7 +3,7 @@
 use super::queue::{declare_error, Queue};
 use crate::backoff;
 use crate::publish::PublisherEnd;
-use crate::wire::{WireChannel, WireConnection};
+use crate::wire::{Failure, WireChannel, WireConnection};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -89,25 +89,9 @@ pub(super) async fn session(
             None => match q.open_channel(&conn).await {
                 Ok(ch) => ch,
                 Err(e) => {
-                    if let Some(err) = declare_error(&q.name, &e) {
-                        // The connection is fine but the broker refuses our
-                        // topology: say so loudly and retry with backoff.
-                        error!("{err}; retrying");
-                        env.set_last_error(err.message);
-                        let delay = env.backoff(refusals);
-                        refusals = refusals.saturating_add(1);
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => continue,
-                            _ = link.wait_for(|l| !l.is(generation)) => break,
-                        }
-                    }
-                    if !conn.is_connected() {
+                    if !retry_open(&env, &q.name, &e, conn.is_connected()) {
                         break; // the link is gone; the supervisor reconnects
                     }
-                    // The connection lives on but gave no channel (e.g. all
-                    // channel ids in use): never stop silently; retry.
-                    warn!("queue '{}': cannot open its channel: {e}; retrying", q.name);
-                    env.set_last_error(format!("queue '{}': {e}", q.name));
                     let delay = env.backoff(refusals);
                     refusals = refusals.saturating_add(1);
                     tokio::select! {
@@ -148,4 +132,24 @@ pub(super) async fn session(
             quick_losses = 0;
         }
     }
+}
+
+/// Reports a failure to open a queue's channel; true when the session must
+/// retry (with backoff) on the same connection.
+fn retry_open(env: &SessionEnv, queue: &str, e: &Failure, connected: bool) -> bool {
+    if let Some(err) = declare_error(queue, e) {
+        // The connection is fine but the broker refuses our topology: say so
+        // loudly and retry.
+        error!("{err}; retrying");
+        env.set_last_error(err.message);
+        return true;
+    }
+    if !connected {
+        return false;
+    }
+    // The connection lives on but gave no channel (e.g. all channel ids in
+    // use): never stop silently.
+    warn!("queue '{queue}': cannot open its channel: {e}; retrying");
+    env.set_last_error(format!("queue '{queue}': {e}"));
+    true
 }
