@@ -66,7 +66,12 @@ fn a_delivery_over_max_message_bytes_is_dead_lettered_unread() {
         .collect();
     assert_eq!(seqs, vec![0, 1]);
     let s = qstats(q);
-    assert_eq!((s.delivered, s.acked, s.rejected), (2, 2, 1), "{}", fmt_qstats(&s));
+    assert_eq!(
+        (s.delivered, s.acked, s.rejected),
+        (2, 2, 1),
+        "{}",
+        fmt_qstats(&s)
+    );
     let cs = cstats(c);
     assert_eq!(cs.connects, 1, "the connection was kept");
     assert_eq!(cs.protocol_errors, 0);

@@ -149,6 +149,11 @@ impl Output {
         lock(&self.buffer).stream = None;
     }
 
+    /// Bytes appended and not yet taken by the writer.
+    pub(super) fn backlog(&self) -> usize {
+        lock(&self.buffer).frames.len()
+    }
+
     /// Whether bytes were written since the last call.
     pub(super) fn take_wrote(&self) -> bool {
         self.wrote.swap(false, Ordering::Relaxed)

@@ -16,6 +16,14 @@ use tokio::net::TcpStream;
 
 /// The read buffer holds many frames, so one read syscall serves many.
 const READ_BUFFER: usize = 256 * 1024;
+/// A link that always has bytes would never give the runtime thread back
+/// (reads that succeed do not wait): after this many bytes read without a
+/// wait, the reader yields, so the publishers drain their confirms and the
+/// writer and heartbeats run while a broker floods us.
+const YIELD_AFTER_BYTES: usize = 4 * READ_BUFFER;
+/// Output waiting for the socket beyond the largest message: the broker
+/// stopped reading.
+const OUTPUT_BACKLOG: u64 = 64 << 20;
 
 /// Reads and dispatches frames until the link fails or a frame ends it;
 /// returns why.
@@ -29,6 +37,8 @@ pub(super) async fn read_loop(
     buf[..leftover.len()].copy_from_slice(&leftover);
     let (mut start, mut end) = (0usize, leftover.len());
     let mut demux = Demux::default();
+    // Bytes read since the last yield, and since the last backlog check.
+    let (mut unyielded, mut unchecked) = (0usize, 0usize);
     loop {
         match demux.feed(conn, &buf[start..end]) {
             Ok(fed) => {
@@ -46,11 +56,25 @@ pub(super) async fn read_loop(
             start = 0;
             end = 0;
         }
+        if unchecked >= YIELD_AFTER_BYTES {
+            unchecked = 0;
+            // What the reader makes us send (acks, rejects, close-oks) must
+            // not pile up without end from a broker that sends but does
+            // not read.
+            if conn.output.backlog() as u64 > conn.max_body.saturating_add(OUTPUT_BACKLOG) {
+                return "the broker does not read what we send (output backlog)".into();
+            }
+        }
+        if unyielded >= YIELD_AFTER_BYTES {
+            unyielded = 0;
+            tokio::task::yield_now().await;
+        }
         // Read what is there before waiting for readiness: a busy link is
         // read again at once, without a trip through epoll.
         let got = loop {
             match stream.try_read(&mut buf[end..]) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    unyielded = 0;
                     if let Err(e) = stream.readable().await {
                         break Err(e);
                     }
@@ -62,6 +86,8 @@ pub(super) async fn read_loop(
             Ok(0) => return "the broker closed the connection (EOF)".into(),
             Ok(n) => {
                 end += n;
+                unyielded += n;
+                unchecked += n;
                 conn.read_recently.store(true, Ordering::Relaxed);
             }
             Err(e) => return format!("I/O error: {e}"),
