@@ -113,3 +113,24 @@ where
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_panicking_task_is_caught_and_its_owner_told() {
+        let (tx, rx) = mpsc::channel();
+        spawn_guarded("test", async { panic!("a bug") }, move || {
+            let _ = tx.send("recovered");
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok("recovered"));
+        // The runtime thread lives on and runs the next task.
+        let (tx, rx) = mpsc::channel();
+        spawn("test", async move {
+            let _ = tx.send(1);
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(1));
+    }
+}
