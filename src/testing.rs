@@ -43,3 +43,50 @@ pub fn runtime_tasks() -> Option<usize> {
         .ok()
         .map(|h| h.metrics().num_alive_tasks())
 }
+
+/// The frame_max a fuzz input's first byte picks: even 4096, odd 131072.
+pub fn fuzz_frame_max(first: u8) -> usize {
+    if first & 1 == 0 {
+        4096
+    } else {
+        131072
+    }
+}
+
+/// One input of the `frames` fuzz target (fuzz/, tests/reader_fuzz.rs):
+/// byte 0 picks frame_max, the rest goes through every codec parser.
+/// Returns how many frames were whole.
+pub fn run_frames_input(data: &[u8]) -> usize {
+    match data.split_first() {
+        Some((&first, rest)) => parse_with_every_parser(rest, fuzz_frame_max(first)),
+        None => 0,
+    }
+}
+
+/// One input of the `reader` fuzz target (fuzz/, tests/reader_fuzz.rs): a
+/// [`ReaderProbe`] with channels 1..=3 is fed the bytes after the first two,
+/// in chunks of 1..=64 bytes, or up to 16 KiB one time in four (sizes from a
+/// xorshift32 seeded by byte 1); byte 0 picks frame_max. Feeding goes on
+/// after an Err (the probe stays ended). None when the input is too short.
+pub fn run_reader_input(data: &[u8]) -> Option<ReaderProbe> {
+    let [first, seed, stream @ ..] = data else {
+        return None;
+    };
+    let mut probe = ReaderProbe::new(fuzz_frame_max(*first), 3);
+    let mut state = u32::from(*seed) | 0x100;
+    let mut rest = stream;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let len = if state & 3 == 0 {
+            1 + (state >> 8) as usize % 16384
+        } else {
+            1 + (state >> 8) as usize % 64
+        };
+        let (chunk, tail) = rest.split_at(len.min(rest.len()));
+        let _ = probe.feed(chunk);
+        rest = tail;
+    }
+    Some(probe)
+}
