@@ -7,6 +7,7 @@
 #   librabbitmq-dev   rabbitmq-c, for the header-coexistence test and benchmarks
 #   valgrind          memory checks of the C programs
 #   git               the header-unchanged check of scripts/test.sh
+#   cargo-fuzz        the fuzz step (scripts/fuzz.sh; cargo install, pinned)
 # Only missing packages are installed (`dpkg -s`), with one `apt-get update`.
 # Installing rabbitmq-server does not start the default RabbitMQ service here
 # (see scripts/apt-install.sh); we never rely on it.
@@ -37,4 +38,11 @@ for comp in rustfmt clippy; do
         fi
     fi
 done
+# cargo-fuzz for scripts/fuzz.sh (the stable toolchain runs it with
+# RUSTC_BOOTSTRAP=1; libFuzzer itself is built by libfuzzer-sys with g++).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "deps.sh: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --version 0.13.2 ||
+        echo "deps.sh: WARNING: could not install cargo-fuzz" >&2
+fi
 echo "deps.sh: ok"
