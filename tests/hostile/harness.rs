@@ -227,7 +227,15 @@ pub fn run(s: Scenario) {
 
     // nothing lost
     let reader = Reader::new();
-    let left: Vec<Vec<u8>> = reader.drain(&name).into_iter().map(|g| g.body).collect();
+    let exists = reader.count(&name).is_some();
+    f.check(exists, || {
+        format!("queue {name} was never declared on the broker")
+    });
+    let left: Vec<Vec<u8>> = if exists {
+        reader.drain(&name).into_iter().map(|g| g.body).collect()
+    } else {
+        Vec::new()
+    };
     reader.delete(&name);
     let consumed = rec.bodies();
     let (forged, consumed): (Vec<_>, Vec<_>) = consumed

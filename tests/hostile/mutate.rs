@@ -62,10 +62,18 @@ struct Mutator {
     countdown: u64,
     done: Arc<AtomicU64>,
     limit: u64,
+    conn: u64,
+    frames: u64,
+    /// the last mutation left a well-formed confirm of another tag
+    forged_confirm: bool,
 }
 
+/// The note of a mutation that left a well-formed confirm of another tag.
+pub const FORGED_CONFIRM: &str = "[a confirm of another tag] ";
+
 impl Mutator {
-    fn mutate(&mut self, f: &Frame) -> Vec<u8> {
+    /// The frame mutated, and what was done, in words.
+    fn mutate(&mut self, f: &Frame) -> (Vec<u8>, String) {
         let mut raw = f.encode();
         // offsets that may change: all but a body frame's payload
         let pick = |rng: &mut Rng, len: usize| -> usize {
@@ -80,32 +88,65 @@ impl Mutator {
                 rng.below(len as u64) as usize
             }
         };
-        match self.rng.below(4) {
+        let len = raw.len();
+        // a confirm changed inside its arguments stays a well-formed confirm of another tag: the
+        // library cannot tell it from a real one, and may then wait for a confirm that the
+        // broker already sent (a stall that is not the library's fault)
+        let confirm = f.is(frames::BASIC_ACK) || f.is(frames::BASIC_NACK);
+        let in_args = |i: usize| confirm && (11..len - 1).contains(&i);
+        let what = match self.rng.below(4) {
             0 => {
                 let i = pick(&mut self.rng, raw.len());
-                raw[i] ^= 1 << self.rng.below(8);
+                let bit = self.rng.below(8);
+                raw[i] ^= 1 << bit;
+                self.forged_confirm = in_args(i);
+                format!("flipped bit {bit} of byte {i}")
             }
             1 => {
                 let i = pick(&mut self.rng, raw.len());
+                let old = raw[i];
                 raw[i] = self.rng.next() as u8;
+                self.forged_confirm = in_args(i);
+                format!("set byte {i} from {old:#04x} to {:#04x}", raw[i])
             }
             2 => {
+                self.forged_confirm = false;
                 let at = pick(&mut self.rng, raw.len());
                 raw.truncate(at);
+                format!("truncated to {at} bytes")
             }
             _ => {
+                self.forged_confirm = false;
                 let at = pick(&mut self.rng, raw.len());
                 let n = 1 + self.rng.below(8) as usize;
                 let junk: Vec<u8> = (0..n).map(|_| self.rng.next() as u8).collect();
                 raw.splice(at..at, junk);
+                format!("inserted {n} random bytes at {at}")
             }
-        }
-        raw
+        };
+        let m = f
+            .method_id()
+            .map_or(String::new(), |m| format!(" method {m:?}"));
+        let desc = format!(
+            "{}connection {} frame #{} (type {} channel {}{m}, {} bytes): {what}",
+            if self.forged_confirm {
+                FORGED_CONFIRM
+            } else {
+                ""
+            },
+            self.conn,
+            self.frames,
+            f.typ,
+            f.channel,
+            f.payload.len() + 8
+        );
+        (raw, desc)
     }
 }
 
 impl Tamper for Mutator {
     fn frame(&mut self, f: &Frame, cx: &Cx) -> Act {
+        self.frames += 1;
         if !self.open {
             self.open = f.is(frames::CONNECTION_OPEN_OK);
             return Act::Forward;
@@ -120,7 +161,9 @@ impl Tamper for Mutator {
         self.countdown = self.rng.below(40);
         self.done.fetch_add(1, Ordering::SeqCst);
         cx.acted();
-        Act::Replace(self.mutate(f))
+        let (raw, desc) = self.mutate(f);
+        *cx.stats.note.lock().unwrap() = desc;
+        Act::Replace(raw)
     }
 }
 
@@ -139,6 +182,9 @@ pub fn mutator(seed: u64, limit: u64, done: Arc<AtomicU64>) -> Factory {
             countdown,
             done: done.clone(),
             limit,
+            conn: n,
+            frames: 0,
+            forged_confirm: false,
         }))
     })
 }

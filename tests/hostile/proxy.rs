@@ -61,6 +61,10 @@ pub struct ProxyStats {
     pub forged_nacks: AtomicU64,
     /// channel.close frames the real broker sent (each one costs the library a resend)
     pub channel_closes: AtomicU64,
+    /// bumped by `cut_all`: every connection older than that is closed
+    pub cut: AtomicU64,
+    /// what the last hostile act was, in words (for reports)
+    pub note: Mutex<String>,
     /// the sequence numbers of the messages the real broker acked
     confirmed: Mutex<HashSet<u64>>,
 }
@@ -180,12 +184,14 @@ impl HostileProxy {
                     let _ = server.set_nodelay(true);
                     let track = Arc::new(Mutex::new(Track::default()));
                     let tamper = factory(n);
+                    let gen = st.cut.load(Ordering::SeqCst);
                     let up = Pump {
                         from: client.try_clone().unwrap(),
                         to: server.try_clone().unwrap(),
                         track: track.clone(),
                         stats: st.clone(),
                         stop: sp.clone(),
+                        gen,
                     };
                     let down = Pump {
                         from: server,
@@ -193,6 +199,7 @@ impl HostileProxy {
                         track,
                         stats: st.clone(),
                         stop: sp.clone(),
+                        gen,
                     };
                     std::thread::spawn(move || up.client_to_broker());
                     std::thread::spawn(move || down.broker_to_client(tamper));
@@ -212,6 +219,13 @@ impl HostileProxy {
     }
     pub fn accepted(&self) -> u64 {
         self.stats.accepted.load(Ordering::SeqCst)
+    }
+    /// Closes every connection open now (both sides); new ones go through as usual.
+    pub fn cut_all(&self) {
+        self.stats.cut.fetch_add(1, Ordering::SeqCst);
+    }
+    pub fn note(&self) -> String {
+        self.stats.note.lock().unwrap().clone()
     }
     /// The sequence numbers the real broker confirmed (acked), as the proxy saw them.
     pub fn confirmed(&self) -> HashSet<u64> {
@@ -235,6 +249,8 @@ struct Pump {
     track: Arc<Mutex<Track>>,
     stats: Arc<ProxyStats>,
     stop: Arc<AtomicBool>,
+    /// `stats.cut` when the connection began
+    gen: u64,
 }
 
 /// What one read gave.
@@ -246,6 +262,9 @@ enum Got {
 
 impl Pump {
     fn read(&mut self, buf: &mut [u8]) -> Got {
+        if self.stats.cut.load(Ordering::SeqCst) != self.gen {
+            return Got::End;
+        }
         match self.from.read(buf) {
             Ok(0) => Got::End,
             Ok(n) => Got::Data(n),

@@ -65,10 +65,51 @@ pub fn random_mutation() {
         }
         (n, slowest, bad)
     });
-    let watchdog = Duration::from_secs(60 + iterations * 2);
+    // until the mutations are done; a connection on which nothing moves (no confirm, no
+    // delivery, no new connection) for STALL is reported and cut, so the run goes on
+    const STALL: Duration = Duration::from_secs(8);
+    let watchdog = Duration::from_secs(30 + iterations / 2);
     let t0 = Instant::now();
-    let finished = poll(watchdog, Duration::from_millis(50), || {
-        done.load(Ordering::SeqCst) >= iterations
+    let (mut report, mut since, mut seen) = (Instant::now(), Instant::now(), (0, 0, 0));
+    let mut stalls: Vec<String> = Vec::new();
+    let mut excused: Vec<String> = Vec::new();
+    let finished = loop {
+        if done.load(Ordering::SeqCst) >= iterations {
+            break true;
+        }
+        if t0.elapsed() > watchdog {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let now = (proxy.accepted(), qstats(q).confirmed, rec.started());
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if since.elapsed() > STALL {
+            let note = proxy.note();
+            eprintln!("random_mutation: STALL for {STALL:?} after: {note}");
+            if note.starts_with(mutate::FORGED_CONFIRM) {
+                excused.push(note);
+            } else {
+                stalls.push(note);
+            }
+            proxy.cut_all();
+            since = Instant::now();
+        }
+        if report.elapsed() >= Duration::from_secs(10) {
+            report = Instant::now();
+            let s = cstats(c);
+            eprintln!(
+                "random_mutation: {} mutations after {:?}; proxy accepted {}, library connects {} failed {}, deliveries {}",
+                done.load(Ordering::SeqCst), t0.elapsed(), proxy.accepted(), s.connects, s.failed_attempts, rec.started()
+            );
+        }
+    };
+    f.check(stalls.is_empty(), || {
+        format!(
+            "{} times the library kept a connection on which nothing moved for {STALL:?} (heartbeat 2 s; the proxy cut it), after: {}",
+            stalls.len(),
+            stalls.join(" | ")
+        )
     });
     let took = t0.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -156,9 +197,9 @@ pub fn random_mutation() {
         format!("VmRSS grew by {} MiB", grew >> 20)
     });
     eprintln!(
-        "HOSTILE random_mutation seed {seed}: {} mutations in {took:?} over {} connections (library: {} connects, {} failed) | \
+        "HOSTILE random_mutation seed {seed}: {} mutations in {took:?}, {} stalls + {} after a forged confirm (cut) over {} connections (library: {} connects, {} failed) | \
          published {n}, broker-confirmed {}, absent (not broker-confirmed) {absent} | deliveries {} | slowest publish {slowest:?} | close {el:?} | rss +{} KiB",
-        done.load(Ordering::SeqCst), proxy.accepted(), cs.connects, cs.failed_attempts, confirmed.len(), rec.started(), grew >> 10
+        done.load(Ordering::SeqCst), stalls.len(), excused.len(), proxy.accepted(), cs.connects, cs.failed_attempts, confirmed.len(), rec.started(), grew >> 10
     );
     drop(proxy);
     f.assert_none("random_mutation");
