@@ -7,11 +7,14 @@
 //! alive, call bounds, memory, nothing lost, reconnect after a protocol violation) is in
 //! `tests/hostile/harness.rs`.
 //!
-//! A reconnect is required (`violation()`) where the byte stream cannot go on: broken framing,
-//! content out of order or beyond any limit. Methods out of place that a library may ignore or
-//! answer (an unsolicited method on channel 0, channel.close of a channel never opened, forged
-//! acks or deliveries) only have to leave the process alive, the bounds kept and nothing lost;
-//! each scenario prints a `HOSTILE` line with what the library did (connects, resends, ...).
+//! `violation()` marks what the library defines as a protocol violation (README, Security):
+//! broken framing, content out of order, a delivery tag out of sequence, a confirm of a tag never
+//! published, a method a server never sends or that answers another call, tables nested too
+//! deep. There the library must close the connection (501-505), count it in
+//! `amqp_connection_stats.protocol_errors` and connect again. What it may ignore or answer
+//! (channel.close of a channel never opened, a rewritten tune, a nack storm) only has to leave
+//! the process alive, the bounds kept and nothing lost; each scenario prints a `HOSTILE` line
+//! with what the library did (connects, resends, ...).
 //!
 //! An abort kills the whole test binary, so every scenario is its own test with a plain name:
 //!   cargo test --release --test hostile_broker -- --test-threads=1 oversized_frame_16mib
@@ -178,7 +181,10 @@ fn body_beyond_announced_size() {
 
 // --- deliveries the library never asked for --------------------------------------------------
 
-/// A well-formed delivery for a consumer tag that does not exist.
+/// A well-formed delivery for a consumer tag that does not exist. Forged into a real stream, its
+/// tag is out of sequence whatever it is (the real deliveries use the same numbers), so this is a
+/// violation; the unknown-consumer path itself (basic.reject requeue) is checked frame by frame
+/// in `src/wire/probe/tests.rs`.
 #[test]
 fn delivery_unknown_consumer_tag() {
     run(Scenario::new(
@@ -187,27 +193,36 @@ fn delivery_unknown_consumer_tag() {
             frames::delivery(ch, b"nobody-consumes-this", 1_000_000, b"hostile-ctag")
         }),
     )
-    .consuming());
+    .consuming()
+    .violation());
 }
 
 #[test]
 fn delivery_tag_2_pow_28() {
-    run(Scenario::new("tag-2p28", forged_tag(1, |_| 1 << 28)).consuming());
+    run(Scenario::new("tag-2p28", forged_tag(1, |_| 1 << 28))
+        .consuming()
+        .violation());
 }
 
 #[test]
 fn delivery_tag_2_pow_40() {
-    run(Scenario::new("tag-2p40", forged_tag(1, |_| 1 << 40)).consuming());
+    run(Scenario::new("tag-2p40", forged_tag(1, |_| 1 << 40))
+        .consuming()
+        .violation());
 }
 
 #[test]
 fn delivery_tag_2_pow_62() {
-    run(Scenario::new("tag-2p62", forged_tag(1, |_| 1 << 62)).consuming());
+    run(Scenario::new("tag-2p62", forged_tag(1, |_| 1 << 62))
+        .consuming()
+        .violation());
 }
 
 #[test]
 fn delivery_tag_u64_max() {
-    run(Scenario::new("tag-max", forged_tag(1, |_| u64::MAX)).consuming());
+    run(Scenario::new("tag-max", forged_tag(1, |_| u64::MAX))
+        .consuming()
+        .violation());
 }
 
 /// At the 20th real delivery, a forged one with the tag of the 10th (going backwards).
@@ -217,7 +232,8 @@ fn delivery_tag_out_of_sequence() {
         "tag-backwards",
         forged_tag(20, |real| real.saturating_sub(10).max(1)),
     )
-    .consuming());
+    .consuming()
+    .violation());
 }
 
 // --- confirms the library never asked for ----------------------------------------------------
@@ -228,7 +244,8 @@ fn ack_for_tag_never_published() {
     run(Scenario::new(
         "ack-unpublished",
         after_first_confirm(|ch, published| frames::ack(ch, published + 100_000, false).encode()),
-    ));
+    )
+    .violation());
 }
 
 /// basic.ack multiple=true beyond the window: would confirm everything in flight at once.
@@ -239,7 +256,8 @@ fn ack_multiple_beyond_window() {
         after_first_confirm(|ch, published| {
             frames::ack(ch, published + publish_window(true, true, false) + 1, true).encode()
         }),
-    ));
+    )
+    .violation());
 }
 
 /// Every ack of the broker turned into a nack (requeue=false) for 3 s.
@@ -273,7 +291,8 @@ fn confirm_select_answered_wrongly() {
             f.is(frames::CONFIRM_SELECT_OK)
                 .then(|| Act::Replace(Frame::method(f.channel, frames::BASIC_QOS_OK, &[]).encode()))
         }),
-    ));
+    )
+    .violation());
 }
 
 // --- connection.tune rewritten (the library then talks to the real broker) -------------------
@@ -322,12 +341,12 @@ fn nested_arrays_in_connection_start() {
                 Act::Replace(frames::start_with_entry(f, "hostile", &deep).encode())
             })
         }),
-    ));
+    )
+    .violation());
 }
 
-/// In an unsolicited connection.start on channel 0, while publishing. (The library ignores
-/// connection methods it does not expect, by design, so no reconnect is required: only that the
-/// table does not take the process down.)
+/// In an unsolicited connection.start on channel 0, while publishing. (A well-formed one is
+/// ignored, by design; one whose table nests too deep is a violation.)
 #[test]
 fn nested_arrays_unsolicited_on_channel_0() {
     let mut start: Option<Frame> = None;
@@ -345,7 +364,8 @@ fn nested_arrays_unsolicited_on_channel_0() {
             out.extend(frames::start_with_entry(start.as_ref()?, "hostile", &deep).encode());
             Some(Act::Replace(out))
         }),
-    ));
+    )
+    .violation());
 }
 
 /// As the arguments of a queue.declare appended after the real queue.declare-ok.
@@ -361,7 +381,8 @@ fn nested_arrays_in_method_on_channel() {
                 Act::Replace(out)
             })
         }),
-    ));
+    )
+    .violation());
 }
 
 // --- random mutation -------------------------------------------------------------------------

@@ -316,6 +316,10 @@ impl Connection {
                 (text, matches!(code, 403 | 530))
             }
             Failure::Link(text) => (text, false),
+            Failure::Protocol(text) => {
+                self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                (text, false)
+            }
         };
         let msg = format!("connect to {} failed: {text}", self.address.display);
         self.env.set_last_error(msg.clone());

@@ -139,6 +139,6 @@ pub(crate) fn declare_error(queue: &str, e: &Failure) -> Option<Error> {
                 format!("broker refused queue '{queue}': {text}"),
             ))
         }
-        Failure::Link(_) => None,
+        Failure::Link(_) | Failure::Protocol(_) => None,
     }
 }

@@ -176,7 +176,7 @@ impl Handshake {
                     match parsed {
                         Some(Ok(m)) => return Ok(m),
                         Some(Err(v)) => {
-                            return Err(Failure::Link(format!(
+                            return Err(Failure::Protocol(format!(
                                 "protocol error by the broker during the handshake: {v}"
                             )))
                         }

@@ -74,13 +74,17 @@ pub(crate) enum Failure {
     ConnectionRefused { code: u16, text: String },
     /// Anything else: the link is gone or going; reconnecting is the answer.
     Link(String),
+    /// The broker broke the protocol while the connection opened (a
+    /// `Violation` in the handshake); reconnecting (with backoff) is the
+    /// answer, and it is counted.
+    Protocol(String),
 }
 
 impl Failure {
     pub fn text(&self) -> &str {
         match self {
             Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => text,
-            Failure::Link(text) => text,
+            Failure::Link(text) | Failure::Protocol(text) => text,
         }
     }
 }

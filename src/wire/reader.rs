@@ -42,6 +42,12 @@ pub(super) async fn read_loop(
     loop {
         match demux.feed(conn, &buf[start..end]) {
             Ok(fed) => {
+                if fed.used > 0 {
+                    // Whole frames, not bytes, tell that the broker lives: a
+                    // frame whose size was garbled would otherwise swallow
+                    // the heartbeats behind it and never end.
+                    conn.read_recently.store(true, Ordering::Relaxed);
+                }
                 start += fed.used;
                 if start + fed.need > buf.len() {
                     buf.copy_within(start..end, 0);
@@ -88,7 +94,6 @@ pub(super) async fn read_loop(
                 end += n;
                 unyielded += n;
                 unchecked += n;
-                conn.read_recently.store(true, Ordering::Relaxed);
             }
             Err(e) => return format!("I/O error: {e}"),
         }

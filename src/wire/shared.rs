@@ -19,8 +19,9 @@ pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// What a connection's handles, channels and task share.
 pub(super) struct ConnShared {
     pub(super) output: Output,
-    /// Set by the reader; the heartbeat loop declares the link dead after
-    /// two heartbeat intervals without it (no timer per read).
+    /// Set by the reader when whole frames arrived; the heartbeat loop
+    /// declares the link dead after 1.5-2 heartbeat intervals without it
+    /// (no timer per read).
     pub(super) read_recently: AtomicBool,
     pub(super) channels: Mutex<ChannelTable>,
     pub(super) frame_max: usize,

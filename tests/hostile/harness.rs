@@ -287,6 +287,9 @@ pub fn run(s: Scenario) {
         format!("{dups} duplicates, bound {dup_bound} ({per} x {incidents} incidents + {nacked} nacked)")
     });
     if s.violation {
+        f.check(cs.protocol_errors >= 1, || {
+            "a protocol violation, but amqp_connection_stats.protocol_errors is 0".to_string()
+        });
         f.check(cs.connects + cs.failed_attempts >= 2 && proxy.accepted() >= 2, || {
             format!(
                 "a protocol violation, but the library did not reconnect (connects {}, failed attempts {}, proxy accepted {})",

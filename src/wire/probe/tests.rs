@@ -241,3 +241,35 @@ fn a_channel_close_for_a_channel_never_opened_is_ignored() {
     p.feed(&message(1, 1, b"still fine")).unwrap();
     assert_eq!(p.deliveries(), 1);
 }
+
+#[test]
+fn a_delivery_for_an_unknown_consumer_goes_back_to_the_queue() {
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let mut bytes = method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+            consumer_tag: "nobody".into(),
+            delivery_tag: 1,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: "rk".into(),
+        })),
+    );
+    bytes.extend(header(1, 1));
+    bytes.extend(body(1, b"x"));
+    bytes.extend(message(1, 2, b"for the probe"));
+    p.feed(&bytes).unwrap();
+    assert_eq!(p.deliveries(), 1);
+    let out = p.conn.output.appending().frames().clone();
+    let (_, f) = parse_frame(&out[..]).expect("a frame was written back");
+    assert_eq!(
+        f,
+        AMQPFrame::Method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+                delivery_tag: 1,
+                requeue: true
+            }))
+        )
+    );
+}
