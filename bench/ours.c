@@ -127,8 +127,9 @@ static int mode_publish(void) {
       if (rc != AMQP_OK) set_err("amqp_publish_wait", rc);
     }
     uint64_t t_calls = now_ns();
-    amqp_queue_stats s;
+    amqp_queue_stats s = {.size = sizeof(amqp_queue_stats)};
     memset(&s, 0, sizeof s);
+    s.size = sizeof s;
     uint64_t t1 = wait_confirmed(q, 300ull * 1000000000ull, &s);
     double c1 = cpu_seconds();
     double secs = (t1 - t0) / 1e9;
@@ -196,8 +197,9 @@ static int mode_consume(void) {
     uint64_t t1 = atomic_load(&st.t_last);
     if (t1 == 0) t1 = now_ns();
     /* every ack handed to the channel (the broker shows 0 messages: checked by bench.sh) */
-    amqp_queue_stats s;
+    amqp_queue_stats s = {.size = sizeof(amqp_queue_stats)};
     memset(&s, 0, sizeof s);
+    s.size = sizeof s;
     uint64_t ack_deadline = now_ns() + 10000000000ull;
     while (amqp_queue_get_stats(q, &s) == AMQP_OK && s.acked < (uint64_t)n &&
            now_ns() < ack_deadline)
@@ -286,8 +288,9 @@ static int mode_latency(void) {
       ts[i] = (lat_thread){q, (size_t)size, per, warm, all + (size_t)i * per, 0, AMQP_OK, &barrier};
       pthread_create(&tid[i], NULL, lat_run, &ts[i]);
     }
-    amqp_queue_stats s;
+    amqp_queue_stats s = {.size = sizeof(amqp_queue_stats)};
     memset(&s, 0, sizeof s);
+    s.size = sizeof s;
     pthread_barrier_wait(&barrier);
     if (warm > 0) (void)wait_confirmed(q, 300ull * 1000000000ull, &s);
     uint64_t warm_confirmed = s.confirmed;
@@ -423,6 +426,7 @@ static int dead_port(void) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   struct sockaddr_in a;
   memset(&a, 0, sizeof a);
+  a.size = sizeof a;
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof a;
@@ -467,11 +471,13 @@ static int mode_memory(void) {
     uint64_t t1 = now_ns();
     double c1 = cpu_seconds();
     long rss1 = proc_status_kb("VmRSS");
-    amqp_queue_stats s;
+    amqp_queue_stats s = {.size = sizeof(amqp_queue_stats)};
     memset(&s, 0, sizeof s);
+    s.size = sizeof s;
     amqp_queue_get_stats(q, &s);
-    amqp_connection_stats cs;
+    amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
     memset(&cs, 0, sizeof cs);
+    cs.size = sizeof cs;
     amqp_connection_get_stats(conn, &cs);
     uint64_t unsent = 0;
     rc = amqp_close_graceful(conn, 0, &unsent);

@@ -133,10 +133,12 @@ static atomic_bool stop_progress;
 static atomic_ulong published, full_retries;
 
 static void print_progress(void) {
-  amqp_connection_stats cs;
-  amqp_queue_stats qs;
+  amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
+  amqp_queue_stats qs = {.size = sizeof(amqp_queue_stats)};
   memset(&cs, 0, sizeof cs);
+  cs.size = sizeof cs;
   memset(&qs, 0, sizeof qs);
+  qs.size = sizeof qs;
   if (amqp_connection_get_stats(conn, &cs) != AMQP_OK || amqp_queue_get_stats(queue, &qs) != AMQP_OK)
     return;
   printf("[%6.2fs] %-12s published %6lu  buffered %6" PRIu64 "  in flight %5" PRIu64
@@ -265,10 +267,12 @@ int main(int argc, char **argv) {
   print_progress();
 
   /* Final numbers, read before close frees the handles. */
-  amqp_connection_stats cs;
-  amqp_queue_stats qs;
+  amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
+  amqp_queue_stats qs = {.size = sizeof(amqp_queue_stats)};
   memset(&cs, 0, sizeof cs);
+  cs.size = sizeof cs;
   memset(&qs, 0, sizeof qs);
+  qs.size = sizeof qs;
   amqp_connection_get_stats(conn, &cs);
   amqp_queue_get_stats(queue, &qs);
 

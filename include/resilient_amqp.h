@@ -5,6 +5,14 @@
  * Every function may be called from any thread at the same time, never aborts
  * or exits the process, and writes its out-parameters only when it returns
  * AMQP_OK. Nothing is printed unless logging is asked for.
+ *
+ * ABI rules (contract v2, AMQP_ABI_VERSION 2): structs the library allocates
+ * and hands out (amqp_delivery) only grow at the end; fields are never
+ * reordered or removed, and a field added in version N exists iff
+ * amqp_abi_version() >= N. Structs the application allocates (the stats)
+ * start with `size_t size`, which the caller sets to sizeof the struct it was
+ * built with; the library reads and writes only what fits, so an older
+ * caller's smaller struct is never overrun.
  */
 
 #ifndef RESILIENT_AMQP_H
@@ -17,6 +25,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+
+/* The C contract version this header describes (amqp_abi_version() returns
+   the loaded library's). */
+#define AMQP_ABI_VERSION 2
 
 /*
  The result of every call that can fail.
@@ -62,6 +74,16 @@ typedef enum amqp_result {
    A bug, including a caught panic.
    */
   AMQP_ERR_INTERNAL = 9,
+  /*
+   amqp_settle: the delivery's channel is gone (a reconnect, or its
+   channel closed); nothing was applied and the broker redelivers it.
+   */
+  AMQP_ERR_STALE_DELIVERY = 10,
+  /*
+   amqp_settle: the delivery was settled already (harmless races may
+   ignore it).
+   */
+  AMQP_ERR_ALREADY_SETTLED = 11,
 } amqp_result;
 
 /*
@@ -91,21 +113,30 @@ typedef enum amqp_connection_state {
 } amqp_connection_state;
 
 /*
- What the callback decided.
+ What the callback decided. The values are ones no accident produces: 0,
+ 1 (`true`), small error codes and garbage are none of them, and any value
+ that is not one of these is applied as the queue's `invalid_disposition`
+ (requeue by default), counted in `invalid_dispositions` and logged at
+ WARN: a handler that threw and made its FFI return 0 loses nothing.
  */
 typedef enum amqp_disposition {
   /*
    Done: basic.ack.
    */
-  AMQP_ACK = 0,
+  AMQP_ACK = 23041,
   /*
    Failed: basic.reject requeue=false (dead-letters if configured).
    */
-  AMQP_REJECT = 1,
+  AMQP_REJECT = 23042,
   /*
    Try again later: basic.reject requeue=true.
    */
-  AMQP_REQUEUE = 2,
+  AMQP_REQUEUE = 23043,
+  /*
+   Settled later with amqp_settle (any thread); until then it counts
+   against the prefetch and in `unsettled`.
+   */
+  AMQP_DEFER = 23044,
 } amqp_disposition;
 
 /*
@@ -143,6 +174,11 @@ typedef uint64_t amqp_connection_handle;
  A snapshot of a connection's state and counters.
  */
 typedef struct amqp_connection_stats {
+  /*
+   sizeof(amqp_connection_stats), set by the caller (the library writes
+   only what fits; ABI rules in the header's introduction).
+   */
+  size_t size;
   /*
    The current state.
    */
@@ -218,14 +254,20 @@ typedef struct amqp_delivery {
    The queue it was consumed from.
    */
   amqp_queue_handle queue;
+  /*
+   Identifies this delivery for amqp_settle (ABI 2): unique in the
+   process for its life, never 0, below 2^53, never a broker tag.
+   */
+  uint64_t delivery_id;
 } amqp_delivery;
 
 /*
  The consume callback. Runs on a library-owned thread named
  "ramqp-consumer" (never the caller's, never the network thread);
  up to `repeat` run at once per amqp_consume call. It may call amqp_publish,
- amqp_consume_stop and amqp_close_graceful. An unknown return value is
- treated as AMQP_REQUEUE (nothing is lost).
+ amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
+ that is no amqp_disposition is applied as the queue's
+ `invalid_disposition` (requeue by default): nothing is lost.
  */
 typedef amqp_disposition (*amqp_consume_fn)(const struct amqp_delivery *delivery, void *userdata);
 
@@ -240,6 +282,11 @@ typedef void (*amqp_log_fn)(amqp_log_level level, const char *message, void *use
  A snapshot of a queue's buffer and counters.
  */
 typedef struct amqp_queue_stats {
+  /*
+   sizeof(amqp_queue_stats), set by the caller (the library writes only
+   what fits; ABI rules in the header's introduction).
+   */
+  size_t size;
   /*
    Messages held until confirmed: waiting + in flight.
    */
@@ -289,6 +336,21 @@ typedef struct amqp_queue_stats {
    Prefetched deliveries given back without a callback (stop, close, stale channel).
    */
   uint64_t released;
+  /*
+   Deliveries deferred (AMQP_DEFER) and not settled yet; they count
+   against the prefetch. (ABI 2)
+   */
+  uint64_t unsettled;
+  /*
+   Callback return values that were no amqp_disposition, applied as the
+   queue's invalid_disposition. (ABI 2)
+   */
+  uint64_t invalid_dispositions;
+  /*
+   Callback return values ignored because amqp_settle settled the
+   delivery while its callback ran. (ABI 2)
+   */
+  uint64_t returns_ignored;
 } amqp_queue_stats;
 
 #ifdef __cplusplus
@@ -364,6 +426,53 @@ enum amqp_result amqp_consume_stop(amqp_queue_handle queue);
 enum amqp_result amqp_consume_start(amqp_queue_handle queue);
 
 /*
+ Settles a delivery by its `delivery_id`: AMQP_ACK, AMQP_REJECT or
+ AMQP_REQUEUE, from any thread (inside a callback too), after its callback
+ returned AMQP_DEFER or even while the callback still runs (its return
+ value is then ignored, and counted in `returns_ignored`). Never blocks,
+ never waits for a callback: AMQP_OK means queued on the delivery's own
+ channel (sent within a few ms). Errors: AMQP_ERR_ALREADY_SETTLED (a second
+ settle), AMQP_ERR_STALE_DELIVERY (its channel is gone: nothing applied, the
+ broker redelivers it), AMQP_ERR_INVALID_ARGUMENT (an unknown id, an id of
+ another queue, or AMQP_DEFER / another value as `disposition`).
+ */
+enum amqp_result amqp_settle(amqp_queue_handle queue,
+                             uint64_t delivery_id,
+                             amqp_disposition disposition);
+
+/*
+ amqp_settle for `n` ids with one disposition; `results` (NULL or `n`
+ entries) gets each id's result. Returns AMQP_OK when all succeeded, else
+ the first failure (its message in amqp_last_error). Never blocks.
+ */
+enum amqp_result amqp_settle_many(amqp_queue_handle queue,
+                                  const uint64_t *ids,
+                                  size_t n,
+                                  amqp_disposition disposition,
+                                  enum amqp_result *results);
+
+/*
+ A copy of a delivery (every field, those added in later ABI versions
+ too) that stays valid until amqp_delivery_free, whatever settle, stop or
+ close do; settle it by its `delivery_id` as usual. NULL for NULL. Call it
+ on a callback's delivery (or a copy); never blocks.
+ */
+const struct amqp_delivery *amqp_delivery_dup(const struct amqp_delivery *d);
+
+/*
+ Frees a delivery from amqp_delivery_dup (or amqp_poll); NULL is a no-op.
+ Never pass a callback's own delivery. Never blocks.
+ */
+void amqp_delivery_free(const struct amqp_delivery *d);
+
+/*
+ The contract version of the loaded library (AMQP_ABI_VERSION it was built
+ with): compare at run time, e.g. before reading a field added later.
+ Never blocks.
+ */
+uint32_t amqp_abi_version(void);
+
+/*
  A static, NUL-terminated name for any value, including unknown ones.
  */
 const char *amqp_result_str(amqp_result code);
@@ -422,7 +531,9 @@ enum amqp_result amqp_publish_wait(amqp_queue_handle queue,
  `options`: durable (true), persistent (true), mandatory (true: a deleted
  queue is noticed and declared again), exchange_type (direct; or fanout,
  topic, headers, x-...), queue_type (classic; or quorum), prefetch (100),
- max_buffered (the connection's), max_buffered_bytes (the connection's).
+ invalid_disposition (requeue; or reject: what a callback's return value
+ that is no amqp_disposition does), max_buffered (the connection's),
+ max_buffered_bytes (the connection's).
  While connected it declares now: AMQP_ERR_BROKER when the broker refuses
  (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
  declares on connect. The topology is declared again after every reconnect.

@@ -15,6 +15,10 @@ pub enum ErrorKind {
     NotConnected,
     Broker,
     Internal,
+    /// The delivery's channel is gone: nothing applied, the broker redelivers.
+    StaleDelivery,
+    /// The delivery was settled already.
+    AlreadySettled,
 }
 
 /// An error with the context a user needs (which option, the broker's reply).

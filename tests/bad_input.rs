@@ -496,6 +496,7 @@ fn bad_handle_rows(t: &mut Table, h: &Handles) {
         "not a valid connection handle",
         || unsafe {
             let mut s: amqp_connection_stats = std::mem::zeroed();
+            s.size = std::mem::size_of::<amqp_connection_stats>();
             amqp_connection_get_stats(q, &mut s)
         },
     );
@@ -888,6 +889,7 @@ fn consume_and_stats_rows(t: &mut Table, h: &Handles) {
         "not a valid queue handle",
         || unsafe {
             let mut s = amqp_queue_stats::default();
+            s.size = std::mem::size_of::<amqp_queue_stats>();
             amqp_queue_get_stats(closed_q, &mut s)
         },
     );
@@ -1102,6 +1104,7 @@ fn last_error_is_per_thread_and_cleared_by_success() {
     assert_eq!(amqp_wait_connected(c, 0), AMQP_ERR_TIMEOUT);
     assert!(!last_error().is_empty());
     let mut s: amqp_connection_stats = unsafe { std::mem::zeroed() };
+    s.size = std::mem::size_of::<amqp_connection_stats>();
     assert_eq!(unsafe { amqp_connection_get_stats(c, &mut s) }, AMQP_OK);
     assert_eq!(last_error(), "");
     assert_eq!(unsafe { amqp_close_graceful(c, 0, null_mut()) }, AMQP_OK);

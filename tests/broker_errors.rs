@@ -167,11 +167,13 @@ fn invalid_handles() {
         amqp_result::AMQP_ERR_INVALID_HANDLE
     );
     let mut s: amqp_queue_stats = unsafe { std::mem::zeroed() };
+    s.size = std::mem::size_of::<amqp_queue_stats>();
     assert_eq!(
         unsafe { amqp_queue_get_stats(c, &mut s) },
         amqp_result::AMQP_ERR_INVALID_HANDLE
     );
     let mut cs_: amqp_connection_stats = unsafe { std::mem::zeroed() };
+    cs_.size = std::mem::size_of::<amqp_connection_stats>();
     assert_eq!(
         unsafe { amqp_connection_get_stats(q, &mut cs_) },
         amqp_result::AMQP_ERR_INVALID_HANDLE

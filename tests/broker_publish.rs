@@ -383,6 +383,7 @@ fn close_graceful_confirms_everything_then_invalidates_handles() {
     );
     assert_eq!(unsafe { amqp_wait_connected(c, 10) }, INV);
     let mut s: amqp_queue_stats = unsafe { std::mem::zeroed() };
+    s.size = std::mem::size_of::<amqp_queue_stats>();
     assert_eq!(unsafe { amqp_queue_get_stats(q, &mut s) }, INV);
     let (r2, unsent2) = close(c, 100);
     assert_eq!(r2, INV, "second close");

@@ -224,15 +224,34 @@ fn readme_option_tables_are_the_option_tables() {
     }
 }
 
-/// The struct layouts the tests above read are the ones Rust has: every
-/// counter a u64, in declaration order (cbindgen keeps the order).
+/// The struct layouts the tests above read are the ones Rust has: a
+/// `size_t size` first (contract v2), then every counter a u64, in
+/// declaration order (cbindgen keeps the order).
 #[test]
 fn the_rust_stats_structs_are_the_headers() {
     use resilient_amqp::{amqp_connection_stats, amqp_queue_stats};
     let queue = struct_fields(&header(), "amqp_queue_stats");
     assert_eq!(std::mem::size_of::<amqp_queue_stats>(), 8 * queue.len());
+    assert_eq!(queue[0].0, "size");
     let conn = struct_fields(&header(), "amqp_connection_stats");
     // `state` is a C enum (an int, padded to 8 before the u64 counters).
     assert_eq!(std::mem::size_of::<amqp_connection_stats>(), 8 * conn.len());
-    assert_eq!(conn[0].0, "state");
+    assert_eq!((conn[0].0.as_str(), conn[1].0.as_str()), ("size", "state"));
+}
+
+/// The header's AMQP_ABI_VERSION macro (written in cbindgen.toml) is the
+/// library's, and amqp_abi_version() returns it.
+#[test]
+fn the_abi_version_is_declared_once() {
+    let h = header();
+    let line = h
+        .lines()
+        .find(|l| l.starts_with("#define AMQP_ABI_VERSION "))
+        .expect("the header defines AMQP_ABI_VERSION");
+    let value: u32 = line["#define AMQP_ABI_VERSION ".len()..]
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(value, resilient_amqp::AMQP_ABI_VERSION);
+    assert_eq!(resilient_amqp::amqp_abi_version(), value);
 }

@@ -1106,6 +1106,7 @@ fn c_queue_open_arbitrary_bytes() {
                     amqp_result::AMQP_ERR_INVALID_HANDLE
                 );
                 let mut st: amqp_queue_stats = Default::default();
+                st.size = std::mem::size_of::<amqp_queue_stats>();
                 prop_assert_eq!(
                     unsafe { amqp_queue_get_stats(out, &mut st) },
                     amqp_result::AMQP_OK
@@ -1137,6 +1138,7 @@ fn c_queue_open_arbitrary_bytes() {
     );
     assert!(!handles.is_empty() && refused > 0);
     let mut stats: amqp_connection_stats = unsafe { std::mem::zeroed() };
+    stats.size = std::mem::size_of::<amqp_connection_stats>();
     assert_eq!(
         unsafe { amqp_connection_get_stats(conn, &mut stats) },
         amqp_result::AMQP_OK
@@ -1145,6 +1147,7 @@ fn c_queue_open_arbitrary_bytes() {
     close_now(conn);
     for h in handles {
         let mut st: amqp_queue_stats = Default::default();
+        st.size = std::mem::size_of::<amqp_queue_stats>();
         assert_eq!(
             unsafe { amqp_queue_get_stats(h, &mut st) },
             amqp_result::AMQP_ERR_INVALID_HANDLE,

@@ -54,6 +54,9 @@ pub struct QueueOptions {
     pub prefetch: u16,
     pub max_buffered: u64,
     pub max_buffered_bytes: u64,
+    /// What a callback's return value that is no amqp_disposition does:
+    /// requeue (false) or reject (true).
+    pub invalid_disposition_rejects: bool,
 }
 
 impl QueueOptions {
@@ -74,6 +77,7 @@ impl QueueOptions {
             prefetch: 100,
             max_buffered: conn.max_buffered,
             max_buffered_bytes: conn.max_buffered_bytes,
+            invalid_disposition_rejects: false,
         }
     }
 }
@@ -277,6 +281,15 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
             max: u16::MAX as u64,
             bytes: false,
             set: |o, n| o.prefetch = n as u16,
+        },
+    },
+    OptionSpec {
+        key: "invalid_disposition",
+        default: OptionDefault::Text("requeue"),
+        doc: "what a callback's return value that is no amqp_disposition does (counted in invalid_dispositions)",
+        value: Value::Word {
+            words: &["requeue", "reject"],
+            set: |o, w| o.invalid_disposition_rejects = w == "reject",
         },
     },
     OptionSpec {

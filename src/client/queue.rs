@@ -23,6 +23,9 @@ pub(crate) struct QueueStatsSnapshot {
     pub rejected: u64,
     pub requeued: u64,
     pub released: u64,
+    pub unsettled: u64,
+    pub invalid_dispositions: u64,
+    pub returns_ignored: u64,
 }
 
 pub(crate) struct Queue {
@@ -63,7 +66,12 @@ impl Queue {
             name: name.to_string(),
             exchange: exchange.to_string(),
             routing_key: routing_key.to_string(),
-            consumers: ConsumerSet::new(id, name, options.prefetch),
+            consumers: ConsumerSet::new(
+                id,
+                name,
+                options.prefetch,
+                options.invalid_disposition_rejects,
+            ),
             options,
             outbox,
         }
@@ -86,6 +94,9 @@ impl Queue {
             rejected: r(&c.rejected),
             requeued: r(&c.requeued),
             released: r(&c.released),
+            unsettled: r(&c.unsettled),
+            invalid_dispositions: r(&c.invalid_dispositions),
+            returns_ignored: r(&c.returns_ignored),
         }
     }
 

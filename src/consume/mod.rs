@@ -8,13 +8,15 @@
 //! callback can start; deliveries that arrive paused are given back with
 //! basic.reject(requeue=true).
 
+mod deferred;
+mod dispatch;
 mod settle_book;
 mod settler;
 mod worker;
 
 use crate::runtime;
 use crate::wire::{Delivery, DeliverySink, WireChannel};
-use settle_book::Settle;
+use deferred::Ticket;
 use settler::Settler;
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,7 +31,14 @@ pub(crate) enum Disposition {
     Ack,
     Reject,
     Requeue,
+    /// Settled later, by id (`ConsumerSet::settle`).
+    Defer,
+    /// A value that is none of these (a handler that failed, an FFI's
+    /// default return): applied as the queue's `invalid_disposition`.
+    Invalid(i64),
 }
+
+use settle_book::Settle;
 
 /// One delivery as the callback sees it; borrowed for the callback only.
 pub(crate) struct DeliveryView<'a> {
@@ -38,6 +47,8 @@ pub(crate) struct DeliveryView<'a> {
     pub redelivered: bool,
     pub exchange: &'a [u8],
     pub routing_key: &'a [u8],
+    /// Unique in the process: settles it by `ConsumerSet::settle`.
+    pub delivery_id: u64,
 }
 
 pub(crate) type Callback = Arc<dyn Fn(&DeliveryView<'_>) -> Disposition + Send + Sync>;
@@ -63,6 +74,12 @@ pub(crate) struct ConsumeStats {
     pub rejected: AtomicU64,
     pub requeued: AtomicU64,
     pub released: AtomicU64,
+    /// Deferred deliveries not settled yet (a gauge).
+    pub unsettled: AtomicU64,
+    /// Callback return values that were no disposition.
+    pub invalid_dispositions: AtomicU64,
+    /// Callback return values ignored: amqp_settle came first.
+    pub returns_ignored: AtomicU64,
 }
 
 struct Group {
@@ -91,6 +108,13 @@ pub(crate) struct ConsumerSet {
     queue_id: u64,
     queue_name: String,
     prefetch: u16,
+    /// How a return value that is no disposition settles.
+    invalid_as: Settle,
+    /// When the last invalid disposition was logged (ms since a process
+    /// start; 0 never).
+    invalid_warned_at: AtomicU64,
+    /// Every worker of the queue, for settles by id while a callback runs.
+    workers: Mutex<Vec<Arc<WorkQueue>>>,
     pub stats: Arc<ConsumeStats>,
     state: tokio::sync::Mutex<State>,
     paused: AtomicBool,
@@ -107,11 +131,23 @@ pub(crate) struct ConsumerSet {
 }
 
 impl ConsumerSet {
-    pub fn new(queue_id: u64, queue_name: &str, prefetch: u16) -> Arc<ConsumerSet> {
+    pub fn new(
+        queue_id: u64,
+        queue_name: &str,
+        prefetch: u16,
+        invalid_rejects: bool,
+    ) -> Arc<ConsumerSet> {
         Arc::new(ConsumerSet {
             queue_id,
             queue_name: queue_name.to_string(),
             prefetch,
+            invalid_as: if invalid_rejects {
+                Settle::Reject
+            } else {
+                Settle::Requeue
+            },
+            invalid_warned_at: AtomicU64::new(0),
+            workers: Mutex::new(Vec::new()),
             stats: Arc::default(),
             state: tokio::sync::Mutex::default(),
             paused: AtomicBool::new(false),
@@ -168,7 +204,7 @@ impl ConsumerSet {
                             // A bug here must not end the thread (its later
                             // deliveries would never be called back).
                             let handled =
-                                catch_unwind(AssertUnwindSafe(|| cs.handle_job(&cb2, job)));
+                                catch_unwind(AssertUnwindSafe(|| cs.handle_job(&work2, &cb2, job)));
                             if handled.is_err() {
                                 error!("internal error: a consumer's job panicked");
                             }
@@ -180,6 +216,7 @@ impl ConsumerSet {
                 })?;
             workers.push(work);
         }
+        (self.workers.lock().unwrap_or_else(|p| p.into_inner())).extend(workers.iter().cloned());
         // Through the runtime rather than tokio's blocking_lock, which needs
         // thread-locals that are gone when called from an atexit handler.
         let cs = self.clone();
@@ -195,60 +232,6 @@ impl ConsumerSet {
         let cs = self.clone();
         runtime::spawn("consumer start", async move { cs.reconcile().await });
         Ok(())
-    }
-
-    fn handle_job(&self, cb: &Callback, job: Job) {
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        self.running.fetch_add(1, Ordering::SeqCst);
-        let d = &job.delivery;
-        if self.paused.load(Ordering::SeqCst)
-            || job.generation != self.channel_generation.load(Ordering::SeqCst)
-        {
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            // Give it back now; on a dead channel this is a no-op and the
-            // broker requeues it by itself.
-            job.decide(Settle::Release);
-            self.notify();
-            return;
-        }
-        if let Some(size) = d.too_large {
-            self.running.fetch_sub(1, Ordering::SeqCst);
-            // It can never be taken in: dead-lettered (or dropped) by the
-            // broker, not redelivered to us forever.
-            warn!(
-                "queue '{}': rejected a message of {size} bytes, over max_message_bytes \
-                 (dead-lettered if the queue has a dead-letter exchange)",
-                self.queue_name
-            );
-            job.decide(Settle::Reject);
-            return;
-        }
-        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-        let view = DeliveryView {
-            body: d.body(),
-            delivery_tag: d.delivery_tag,
-            redelivered: d.redelivered,
-            exchange: d.exchange(),
-            routing_key: d.routing_key(),
-        };
-        IN_CALLBACK.with(|c| c.set(self.queue_id));
-        // A panicking Rust callback must not kill the thread: treat as requeue.
-        let disposition =
-            catch_unwind(AssertUnwindSafe(|| cb(&view))).unwrap_or(Disposition::Requeue);
-        IN_CALLBACK.with(|c| c.set(0));
-        let how = match disposition {
-            Disposition::Ack => Settle::Ack,
-            Disposition::Reject => Settle::Reject,
-            Disposition::Requeue => Settle::Requeue,
-        };
-        // Held for a batch (or a short delay): acking each burst as it ends
-        // kept the broker in lockstep with us, in bursts of a few
-        // deliveries, each costing both threads a wake-up.
-        job.decide(how);
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        if self.paused.load(Ordering::SeqCst) {
-            self.notify();
-        }
     }
 
     /// Brings the broker consumers in line with `paused` and the groups:
@@ -315,6 +298,12 @@ impl ConsumerSet {
     pub async fn detach(&self, generation: u64) {
         let mut st = self.state.lock().await;
         if matches!(st.channel, Some((g, _, _)) if g == generation) {
+            // Deferred deliveries of the lost channel: a settle now gets
+            // AMQP_ERR_STALE_DELIVERY (the broker redelivers them).
+            if let Some((_, _, settler)) = &st.channel {
+                let stale = deferred::mark_stale(self.queue_id, settler);
+                self.stats.unsettled.fetch_sub(stale, Ordering::Relaxed);
+            }
             st.channel = None;
             st.tags.clear();
             for g in &mut st.groups {
@@ -444,11 +433,15 @@ impl DeliverySink for Forwarder {
             ));
         }
         cs.queued.fetch_add(1, Ordering::SeqCst);
+        let ticket = Ticket {
+            settler: self.settler.clone(),
+            tag: delivery.delivery_tag,
+            unsettled: self.unsettled.clone(),
+        };
         let job = Job {
             delivery,
-            settler: self.settler.clone(),
+            ticket,
             generation: self.generation,
-            unsettled: self.unsettled.clone(),
         };
         match self.work.push(job) {
             Ok(()) => self.queued = true,
@@ -456,7 +449,7 @@ impl DeliverySink for Forwarder {
                 cs.queued.fetch_sub(1, Ordering::SeqCst);
                 // The worker is gone (closing): give it back, and keep the
                 // channel's settled prefix moving.
-                job.decide(Settle::Release);
+                job.ticket.decide(Settle::Release);
             }
         }
         Ok(())

@@ -1,25 +1,14 @@
 //! The worker threads' job queues.
 
-use super::settler::Settler;
+use super::deferred::{Running, Ticket};
 use crate::wire::Delivery;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 pub(super) struct Job {
     pub delivery: Delivery,
-    /// Settles on the channel the delivery came from, where its disposition must go.
-    pub settler: Arc<Settler>,
+    /// Settles it on the channel it came from, where its disposition must go.
+    pub ticket: Ticket,
     pub generation: u64,
-    /// Its consumer's count of deliveries not decided yet.
-    pub unsettled: Arc<AtomicU64>,
-}
-
-impl Job {
-    /// Records the decision on this delivery on its channel.
-    pub fn decide(&self, how: super::settle_book::Settle) {
-        self.unsettled.fetch_sub(1, Ordering::Relaxed);
-        self.settler.decide(self.delivery.delivery_tag, how);
-    }
 }
 
 /// The jobs of one worker thread. The connection's reader queues a whole
@@ -29,6 +18,9 @@ impl Job {
 pub(super) struct WorkQueue {
     state: Mutex<WorkState>,
     ready: Condvar,
+    /// The delivery whose callback runs on this worker now, settleable by
+    /// id from other threads meanwhile.
+    running: Mutex<Option<Running>>,
 }
 
 #[derive(Default)]
@@ -52,6 +44,10 @@ impl WorkQueue {
         }
         st.jobs.push_back(job);
         Ok(())
+    }
+
+    pub fn running(&self) -> MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn wake(&self) {

@@ -1,7 +1,7 @@
 //! Connections: connect, wait, close, stats.
 
 use super::{amqp_connection_handle, amqp_result, ConnectionEntry, CONNECTIONS, QUEUES};
-use super::{lookup_connection, optional_str, out_param, required_str};
+use super::{lookup_connection, optional_str, out_param, out_sized, required_str};
 use crate::client::address::parse_uri;
 use crate::client::options::parse_connection_options;
 use crate::client::{Connection, ConnectionState, ConnectionStatsSnapshot};
@@ -73,6 +73,9 @@ impl From<ConnectionState> for amqp_connection_state {
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct amqp_connection_stats {
+    /// sizeof(amqp_connection_stats), set by the caller (the library writes
+    /// only what fits; ABI rules in the header's introduction).
+    pub size: usize,
     /// The current state.
     pub state: amqp_connection_state,
     /// Successful connects, the first one included.
@@ -104,6 +107,7 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
             protocol_errors,
         } = s;
         amqp_connection_stats {
+            size: std::mem::size_of::<amqp_connection_stats>(),
             state: state.into(),
             connects,
             failed_attempts,
@@ -218,12 +222,11 @@ pub unsafe extern "C" fn amqp_connection_get_stats(
     out: *mut amqp_connection_stats,
 ) -> amqp_result {
     ffi_boundary!({
-        // SAFETY: the caller promises `out` is NULL or a writable
-        // amqp_connection_stats, valid for the duration of this call.
-        let out = unsafe { out_param(out, "out") }?;
-        let entry = lookup_connection(conn)?;
-        *out = entry.conn.stats().into();
-        Ok(())
+        let stats = lookup_connection(conn)?.conn.stats().into();
+        // SAFETY: the caller promises `out` is NULL or an
+        // amqp_connection_stats of at least its declared `size`, writable for
+        // this call.
+        unsafe { out_sized(out, stats, "out") }
     })
 }
 

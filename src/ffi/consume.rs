@@ -6,16 +6,34 @@ use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 
-/// What the callback decided.
+/// What the callback decided. The values are ones no accident produces: 0,
+/// 1 (`true`), small error codes and garbage are none of them, and any value
+/// that is not one of these is applied as the queue's `invalid_disposition`
+/// (requeue by default), counted in `invalid_dispositions` and logged at
+/// WARN: a handler that threw and made its FFI return 0 loses nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum amqp_disposition {
     /// Done: basic.ack.
-    AMQP_ACK = 0,
+    AMQP_ACK = 0x5A01,
     /// Failed: basic.reject requeue=false (dead-letters if configured).
-    AMQP_REJECT = 1,
+    AMQP_REJECT = 0x5A02,
     /// Try again later: basic.reject requeue=true.
-    AMQP_REQUEUE = 2,
+    AMQP_REQUEUE = 0x5A03,
+    /// Settled later with amqp_settle (any thread); until then it counts
+    /// against the prefetch and in `unsettled`.
+    AMQP_DEFER = 0x5A04,
+}
+
+/// The core's disposition for a value from C.
+fn disposition_of(raw: amqp_disposition_raw) -> Disposition {
+    match raw {
+        0x5A01 => Disposition::Ack,
+        0x5A02 => Disposition::Reject,
+        0x5A03 => Disposition::Requeue,
+        0x5A04 => Disposition::Defer,
+        other => Disposition::Invalid(i64::from(other)),
+    }
 }
 
 /// An `amqp_disposition` as returned by C code, where any int may arrive.
@@ -42,13 +60,17 @@ pub struct amqp_delivery {
     pub routing_key_len: usize,
     /// The queue it was consumed from.
     pub queue: amqp_queue_handle,
+    /// Identifies this delivery for amqp_settle (ABI 2): unique in the
+    /// process for its life, never 0, below 2^53, never a broker tag.
+    pub delivery_id: u64,
 }
 
 /// The consume callback. Runs on a library-owned thread named
 /// "ramqp-consumer" (never the caller's, never the network thread);
 /// up to `repeat` run at once per amqp_consume call. It may call amqp_publish,
-/// amqp_consume_stop and amqp_close_graceful. An unknown return value is
-/// treated as AMQP_REQUEUE (nothing is lost).
+/// amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
+/// that is no amqp_disposition is applied as the queue's
+/// `invalid_disposition` (requeue by default): nothing is lost.
 pub type amqp_consume_fn = Option<
     unsafe extern "C" fn(
         delivery: *const amqp_delivery,
@@ -88,23 +110,14 @@ pub unsafe extern "C" fn amqp_consume(
                 routing_key: d.routing_key.as_ptr() as *const c_char,
                 routing_key_len: d.routing_key.len(),
                 queue: handle,
+                delivery_id: d.delivery_id,
             };
             let user = &user;
             // SAFETY: `cb` is the application's non-NULL function of this
             // type; the header lets it run on this library thread with this
             // userdata, and `delivery` (and the bytes it points into) stays
             // valid for the whole call, which is all the header promises.
-            match unsafe { cb(&delivery, user.0) } {
-                0 => Disposition::Ack,
-                1 => Disposition::Reject,
-                2 => Disposition::Requeue,
-                other => {
-                    error!(
-                        "consume callback returned {other}, not an amqp_disposition; requeueing"
-                    );
-                    Disposition::Requeue
-                }
-            }
+            disposition_of(unsafe { cb(&delivery, user.0) })
         });
         entry.queue.consumers.add(callback, repeat)
     })
@@ -127,5 +140,158 @@ pub extern "C" fn amqp_consume_start(queue: amqp_queue_handle) -> amqp_result {
         entry.conn.check_open()?;
         entry.queue.consumers.start();
         Ok(())
+    })
+}
+
+/// Settles a delivery by its `delivery_id`: AMQP_ACK, AMQP_REJECT or
+/// AMQP_REQUEUE, from any thread (inside a callback too), after its callback
+/// returned AMQP_DEFER or even while the callback still runs (its return
+/// value is then ignored, and counted in `returns_ignored`). Never blocks,
+/// never waits for a callback: AMQP_OK means queued on the delivery's own
+/// channel (sent within a few ms). Errors: AMQP_ERR_ALREADY_SETTLED (a second
+/// settle), AMQP_ERR_STALE_DELIVERY (its channel is gone: nothing applied, the
+/// broker redelivers it), AMQP_ERR_INVALID_ARGUMENT (an unknown id, an id of
+/// another queue, or AMQP_DEFER / another value as `disposition`).
+#[no_mangle]
+pub extern "C" fn amqp_settle(
+    queue: amqp_queue_handle,
+    delivery_id: u64,
+    disposition: amqp_disposition_raw,
+) -> amqp_result {
+    ffi_boundary!({
+        let entry = lookup_queue(queue)?;
+        entry
+            .queue
+            .consumers
+            .settle(delivery_id, disposition_of(disposition))
+    })
+}
+
+/// amqp_settle for `n` ids with one disposition; `results` (NULL or `n`
+/// entries) gets each id's result. Returns AMQP_OK when all succeeded, else
+/// the first failure (its message in amqp_last_error). Never blocks.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_settle_many(
+    queue: amqp_queue_handle,
+    ids: *const u64,
+    n: usize,
+    disposition: amqp_disposition_raw,
+    results: *mut amqp_result,
+) -> amqp_result {
+    ffi_boundary!({
+        if n > 0 && ids.is_null() {
+            return Err(Error::invalid("ids is NULL"));
+        }
+        let entry = lookup_queue(queue)?;
+        let ids: &[u64] = if n == 0 {
+            &[]
+        } else {
+            // SAFETY: non-NULL, and the caller promises `n` readable u64s.
+            unsafe { std::slice::from_raw_parts(ids, n) }
+        };
+        let disposition = disposition_of(disposition);
+        let mut first_error = None;
+        for (i, &id) in ids.iter().enumerate() {
+            let r = entry.queue.consumers.settle(id, disposition);
+            if !results.is_null() {
+                let code = match &r {
+                    Ok(()) => amqp_result::AMQP_OK,
+                    Err(e) => super::errors::code_of(e.kind),
+                };
+                // SAFETY: non-NULL, and the caller promises `n` writable
+                // entries; i < n.
+                unsafe { results.add(i).write(code) };
+            }
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    })
+}
+
+/// A delivery the application owns (amqp_delivery_dup, and later pull mode):
+/// the struct first, so its address is the amqp_delivery's.
+#[repr(C)]
+pub(crate) struct OwnedDelivery {
+    delivery: amqp_delivery,
+    /// exchange, routing key and body, which `delivery` points into.
+    bytes: Box<[u8]>,
+}
+
+impl OwnedDelivery {
+    /// A copy of every field; the pointers point into the copy's own bytes.
+    pub(crate) fn boxed(d: &amqp_delivery, parts: [&[u8]; 3]) -> *const amqp_delivery {
+        let [exchange, routing_key, body] = parts;
+        let bytes: Box<[u8]> = [exchange, routing_key, body].concat().into_boxed_slice();
+        let base = bytes.as_ptr();
+        let (e, r) = (exchange.len(), routing_key.len());
+        // Offsets within `bytes`, whose heap buffer does not move when the
+        // Box is moved into the struct (wrapping_add: no unsafe needed, and
+        // the result is in bounds or one past the end).
+        let at = |off: usize| base.wrapping_add(off);
+        let owned = Box::new(OwnedDelivery {
+            delivery: amqp_delivery {
+                body: at(e + r),
+                body_len: body.len(),
+                exchange: at(0) as *const c_char,
+                exchange_len: e,
+                routing_key: at(e) as *const c_char,
+                routing_key_len: r,
+                ..*d
+            },
+            bytes,
+        });
+        Box::into_raw(owned) as *const amqp_delivery
+    }
+}
+
+/// The bytes an amqp_delivery points to.
+///
+/// # Safety
+/// `d` is a valid amqp_delivery whose pointers are valid for their lengths.
+unsafe fn parts(d: &amqp_delivery) -> [&[u8]; 3] {
+    let part = |p: *const u8, n: usize| -> &[u8] {
+        if n == 0 || p.is_null() {
+            &[]
+        } else {
+            // SAFETY: the caller promises `p` is valid for `n` bytes.
+            unsafe { std::slice::from_raw_parts(p, n) }
+        }
+    };
+    [
+        part(d.exchange as *const u8, d.exchange_len),
+        part(d.routing_key as *const u8, d.routing_key_len),
+        part(d.body, d.body_len),
+    ]
+}
+
+/// A copy of a delivery (every field, those added in later ABI versions
+/// too) that stays valid until amqp_delivery_free, whatever settle, stop or
+/// close do; settle it by its `delivery_id` as usual. NULL for NULL. Call it
+/// on a callback's delivery (or a copy); never blocks.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_delivery_dup(d: *const amqp_delivery) -> *const amqp_delivery {
+    ffi_boundary!(value std::ptr::null(), {
+        // SAFETY: NULL or a valid amqp_delivery, by the contract.
+        match unsafe { d.as_ref() } {
+            // SAFETY: a valid delivery's pointers are valid for their lengths.
+            Some(d) => OwnedDelivery::boxed(d, unsafe { parts(d) }),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// Frees a delivery from amqp_delivery_dup (or amqp_poll); NULL is a no-op.
+/// Never pass a callback's own delivery. Never blocks.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_delivery_free(d: *const amqp_delivery) {
+    ffi_boundary!(value(), {
+        if !d.is_null() {
+            // SAFETY: by the contract `d` came from OwnedDelivery::boxed
+            // (Box::into_raw of an OwnedDelivery, whose first field it is)
+            // and is freed once.
+            drop(unsafe { Box::from_raw(d as *mut OwnedDelivery) });
+        }
     })
 }

@@ -28,6 +28,12 @@ pub enum amqp_result {
     AMQP_ERR_BROKER = 8,
     /// A bug, including a caught panic.
     AMQP_ERR_INTERNAL = 9,
+    /// amqp_settle: the delivery's channel is gone (a reconnect, or its
+    /// channel closed); nothing was applied and the broker redelivers it.
+    AMQP_ERR_STALE_DELIVERY = 10,
+    /// amqp_settle: the delivery was settled already (harmless races may
+    /// ignore it).
+    AMQP_ERR_ALREADY_SETTLED = 11,
 }
 
 /// An `amqp_result` as received from C, where any int may arrive.
@@ -47,6 +53,8 @@ c_enum_values!(
         AMQP_ERR_NOT_CONNECTED,
         AMQP_ERR_BROKER,
         AMQP_ERR_INTERNAL,
+        AMQP_ERR_STALE_DELIVERY,
+        AMQP_ERR_ALREADY_SETTLED,
     ]
 );
 
@@ -67,6 +75,8 @@ impl amqp_result {
             AMQP_ERR_NOT_CONNECTED => ErrorKind::NotConnected,
             AMQP_ERR_BROKER => ErrorKind::Broker,
             AMQP_ERR_INTERNAL => ErrorKind::Internal,
+            AMQP_ERR_STALE_DELIVERY => ErrorKind::StaleDelivery,
+            AMQP_ERR_ALREADY_SETTLED => ErrorKind::AlreadySettled,
         })
     }
 }
@@ -85,6 +95,8 @@ pub(crate) const fn code_of(kind: ErrorKind) -> amqp_result {
         ErrorKind::NotConnected => AMQP_ERR_NOT_CONNECTED,
         ErrorKind::Broker => AMQP_ERR_BROKER,
         ErrorKind::Internal => AMQP_ERR_INTERNAL,
+        ErrorKind::StaleDelivery => AMQP_ERR_STALE_DELIVERY,
+        ErrorKind::AlreadySettled => AMQP_ERR_ALREADY_SETTLED,
     }
 }
 
@@ -138,6 +150,22 @@ pub(crate) fn run_boundary(body: impl FnOnce() -> Result<()>) -> amqp_result {
     }
 }
 
+/// The version of the C contract this library implements, for compile-time
+/// checks (`#if AMQP_ABI_VERSION >= 2`). ABI rules: structs the library
+/// allocates and hands out (`amqp_delivery`) only grow at the end, and a
+/// field added in version N exists iff `amqp_abi_version() >= N`; structs the
+/// application allocates start with `size_t size` (set it to `sizeof`), and
+/// the library reads and writes only what fits.
+pub const AMQP_ABI_VERSION: u32 = 2;
+
+/// The contract version of the loaded library (AMQP_ABI_VERSION it was built
+/// with): compare at run time, e.g. before reading a field added later.
+/// Never blocks.
+#[no_mangle]
+pub extern "C" fn amqp_abi_version() -> u32 {
+    ffi_boundary!(value AMQP_ABI_VERSION, { AMQP_ABI_VERSION })
+}
+
 /// A static, NUL-terminated name for any value, including unknown ones.
 #[no_mangle]
 pub extern "C" fn amqp_result_str(code: amqp_result_raw) -> *const c_char {
@@ -189,7 +217,7 @@ mod tests {
             let name = unsafe { CStr::from_ptr(amqp_result_str(i as c_int)) };
             assert_eq!(name, code.name());
         }
-        for unknown in [-1, 10, 11, c_int::MAX, c_int::MIN] {
+        for unknown in [-1, 12, 13, c_int::MAX, c_int::MIN] {
             assert_eq!(amqp_result::from_raw(unknown), None);
             // SAFETY: as above.
             let name = unsafe { CStr::from_ptr(amqp_result_str(unknown)) };

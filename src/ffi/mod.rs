@@ -186,6 +186,40 @@ pub(crate) unsafe fn out_param<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T
     unsafe { p.as_mut() }.ok_or_else(|| Error::invalid(format!("{what} (out-parameter) is NULL")))
 }
 
+/// Writes `value` to a caller-allocated struct that starts with `size_t
+/// size` (ABI rule of contract v2): only the first `size` bytes the caller
+/// declared, and never its `size` field, so a caller built against an older,
+/// smaller struct is never overrun.
+///
+/// # Safety
+/// `p` is NULL or points to at least `(*p).size` writable bytes.
+pub(crate) unsafe fn out_sized<T: Copy>(p: *mut T, value: T, what: &str) -> Result<()> {
+    const SIZE_FIELD: usize = std::mem::size_of::<usize>();
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} (out-parameter) is NULL")));
+    }
+    // SAFETY: non-NULL, and by the contract it begins with a size_t the
+    // caller set (read unaligned: we do not rely on its alignment).
+    let declared = unsafe { std::ptr::read_unaligned(p as *const usize) };
+    if declared < SIZE_FIELD {
+        return Err(Error::invalid(format!(
+            "{what}.size is {declared}: set it to sizeof the struct"
+        )));
+    }
+    let n = declared.min(std::mem::size_of::<T>());
+    // SAFETY: `value` is a live T of size_of::<T>() >= n bytes; the caller
+    // promised `declared` >= n writable bytes at `p`; the ranges are
+    // distinct objects; bytes [0, SIZE_FIELD) (the size) are left alone.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&value as *const T as *const u8).add(SIZE_FIELD),
+            (p as *mut u8).add(SIZE_FIELD),
+            n - SIZE_FIELD,
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn lookup_connection(handle: amqp_connection_handle) -> Result<Arc<ConnectionEntry>> {
     CONNECTIONS.get(handle).ok_or_else(|| {
         Error::new(

@@ -1,7 +1,7 @@
 //! Queues: open (declare + bind) and stats.
 
 use super::{amqp_connection_handle, amqp_queue_handle, amqp_result, QueueEntry, QUEUES};
-use super::{lookup_connection, lookup_queue, optional_str, out_param, required_str};
+use super::{lookup_connection, lookup_queue, optional_str, out_param, out_sized, required_str};
 use crate::client::options::{check_name, parse_queue_options};
 use crate::client::QueueStatsSnapshot;
 use crate::error::Error;
@@ -12,6 +12,9 @@ use std::sync::Arc;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct amqp_queue_stats {
+    /// sizeof(amqp_queue_stats), set by the caller (the library writes only
+    /// what fits; ABI rules in the header's introduction).
+    pub size: usize,
     /// Messages held until confirmed: waiting + in flight.
     pub buffered: u64,
     /// Their body bytes.
@@ -37,6 +40,15 @@ pub struct amqp_queue_stats {
     pub requeued: u64,
     /// Prefetched deliveries given back without a callback (stop, close, stale channel).
     pub released: u64,
+    /// Deliveries deferred (AMQP_DEFER) and not settled yet; they count
+    /// against the prefetch. (ABI 2)
+    pub unsettled: u64,
+    /// Callback return values that were no amqp_disposition, applied as the
+    /// queue's invalid_disposition. (ABI 2)
+    pub invalid_dispositions: u64,
+    /// Callback return values ignored because amqp_settle settled the
+    /// delivery while its callback ran. (ABI 2)
+    pub returns_ignored: u64,
 }
 
 impl From<QueueStatsSnapshot> for amqp_queue_stats {
@@ -56,8 +68,12 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             rejected,
             requeued,
             released,
+            unsettled,
+            invalid_dispositions,
+            returns_ignored,
         } = s;
         amqp_queue_stats {
+            size: std::mem::size_of::<amqp_queue_stats>(),
             buffered,
             buffered_bytes,
             in_flight,
@@ -70,6 +86,9 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             rejected,
             requeued,
             released,
+            unsettled,
+            invalid_dispositions,
+            returns_ignored,
         }
     }
 }
@@ -80,7 +99,9 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// `options`: durable (true), persistent (true), mandatory (true: a deleted
 /// queue is noticed and declared again), exchange_type (direct; or fanout,
 /// topic, headers, x-...), queue_type (classic; or quorum), prefetch (100),
-/// max_buffered (the connection's), max_buffered_bytes (the connection's).
+/// invalid_disposition (requeue; or reject: what a callback's return value
+/// that is no amqp_disposition does), max_buffered (the connection's),
+/// max_buffered_bytes (the connection's).
 /// While connected it declares now: AMQP_ERR_BROKER when the broker refuses
 /// (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
 /// declares on connect. The topology is declared again after every reconnect.
@@ -148,10 +169,9 @@ pub unsafe extern "C" fn amqp_queue_get_stats(
     out: *mut amqp_queue_stats,
 ) -> amqp_result {
     ffi_boundary!({
-        // SAFETY: the caller promises `out` is NULL or a writable
-        // amqp_queue_stats, valid for the duration of this call.
-        let out = unsafe { out_param(out, "out") }?;
-        *out = lookup_queue(queue)?.queue.stats().into();
-        Ok(())
+        let stats = lookup_queue(queue)?.queue.stats().into();
+        // SAFETY: the caller promises `out` is NULL or an amqp_queue_stats
+        // of at least its declared `size`, writable for this call.
+        unsafe { out_sized(out, stats, "out") }
     })
 }

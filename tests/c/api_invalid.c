@@ -181,8 +181,8 @@ static void check_bad_handles_conn_fns(const char *what, uint64_t h) {
   char name[96];
   amqp_queue_handle q = SENTINEL;
   uint64_t unsent = SENTINEL;
-  amqp_connection_stats cs;
-  amqp_connection_stats cs_before;
+  amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
+  amqp_connection_stats cs_before = {.size = sizeof(amqp_connection_stats)};
 
   snprintf(name, sizeof name, "wait_connected_%s", what);
   CHECK_RC(name, amqp_wait_connected(h, 0), AMQP_ERR_INVALID_HANDLE);
@@ -207,8 +207,8 @@ static void check_bad_handles_conn_fns(const char *what, uint64_t h) {
 
 static void check_bad_handles_queue_fns(const char *what, uint64_t h) {
   char name[96];
-  amqp_queue_stats qs;
-  amqp_queue_stats qs_before;
+  amqp_queue_stats qs = {.size = sizeof(amqp_queue_stats)};
+  amqp_queue_stats qs_before = {.size = sizeof(amqp_queue_stats)};
 
   snprintf(name, sizeof name, "publish_%s", what);
   CHECK_RC(name, amqp_publish(h, "x", 1), AMQP_ERR_INVALID_HANDLE);
@@ -336,7 +336,7 @@ static void check_queue_open_invalid(amqp_connection_handle conn) {
 static void check_publish_and_limits(void) {
   amqp_connection_handle conn = 0, conn2 = 0;
   amqp_queue_handle q = 0, q2 = 0;
-  amqp_queue_stats st;
+  amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
   char big[200];
   memset(big, 'b', sizeof big);
 
@@ -350,6 +350,7 @@ static void check_publish_and_limits(void) {
   CHECK_RC("publish_body_null_len_0_ok", amqp_publish(q, NULL, 0), AMQP_OK);
   CHECK_RC("publish_empty_body_ok", amqp_publish(q, "", 0), AMQP_OK);
   memset(&st, 0, sizeof st);
+  st.size = sizeof st;
   if (CHECK_RC("queue_get_stats_ok", amqp_queue_get_stats(q, &st), AMQP_OK)) {
     CHECK("stats_after_two_empty_publishes",
           st.published == 2 && st.buffered == 2 && st.buffered_bytes == 0 && st.confirmed == 0,
@@ -361,6 +362,7 @@ static void check_publish_and_limits(void) {
   /* connection-level max_buffered=3 is the queue default: the 4th is refused */
   CHECK_RC("publish_buffer_full_by_count", amqp_publish(q, big, 1), AMQP_ERR_BUFFER_FULL);
   memset(&st, 0, sizeof st);
+  st.size = sizeof st;
   if (CHECK_RC("queue_get_stats_ok_2", amqp_queue_get_stats(q, &st), AMQP_OK)) {
     CHECK("buffer_full_stores_nothing",
           st.published == 3 && st.buffered == 3 && st.buffered_bytes == 100,
@@ -397,8 +399,9 @@ static void check_publish_and_limits(void) {
   CHECK_RC("connection_get_stats_out_null", amqp_connection_get_stats(conn, NULL),
            AMQP_ERR_INVALID_ARGUMENT);
   {
-    amqp_connection_stats cs;
+    amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
     memset(&cs, 0, sizeof cs);
+    cs.size = sizeof cs;
     /* wait for at least one failed attempt */
     RA_WAIT_UNTIL(amqp_connection_get_stats(conn, &cs) == AMQP_OK && cs.failed_attempts > 0, 5000);
     CHECK("connection_stats_while_down",
@@ -475,8 +478,9 @@ static void check_close_in_progress(void) {
   ra_sleep_ms(400);
   CHECK_RC("publish_while_closing_is_closed", amqp_publish(q, "abc", 3), AMQP_ERR_CLOSED);
   {
-    amqp_connection_stats cs;
+    amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
     memset(&cs, 0, sizeof cs);
+    cs.size = sizeof cs;
     amqp_result rc = amqp_connection_get_stats(conn, &cs);
     CHECK("state_while_closing_is_closed", rc == AMQP_OK && cs.state == AMQP_STATE_CLOSED,
           "rc=%s state=%s while amqp_close_graceful runs in another thread",
@@ -527,8 +531,9 @@ static void check_failed_for_good(void) {
   CHECK("wait_connected_gives_up_quickly", ra_now_ms() - t0 < 5000, "took %" PRIu64 " ms",
         ra_now_ms() - t0);
   {
-    amqp_connection_stats cs;
+    amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
     memset(&cs, 0, sizeof cs);
+    cs.size = sizeof cs;
     amqp_result rc = amqp_connection_get_stats(conn, &cs);
     CHECK("failed_state", rc == AMQP_OK && cs.state == AMQP_STATE_FAILED && cs.connects == 0,
           "rc=%s state=%s connects=%" PRIu64, amqp_result_str(rc),

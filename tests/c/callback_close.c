@@ -99,8 +99,9 @@ int main(void) {
   }
   /* all of A confirmed before consuming, so close has only B to wait for */
   {
-    amqp_queue_stats st;
+    amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
     memset(&st, 0, sizeof st);
+    st.size = sizeof st;
     RA_WAIT_UNTIL(amqp_queue_get_stats(qa, &st) == AMQP_OK && st.confirmed == NA, 10000);
     CHECK("a_confirmed", st.confirmed == NA, "confirmed=%" PRIu64, st.confirmed);
   }

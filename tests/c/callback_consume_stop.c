@@ -196,8 +196,9 @@ int main(void) {
     CHECK("concurrency_at_most_4", atomic_load(&max_in_cb2) <= 4, "%d at once",
           atomic_load(&max_in_cb2));
     {
-      amqp_queue_stats st;
+      amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
       memset(&st, 0, sizeof st);
+      st.size = sizeof st;
       amqp_queue_get_stats(q2, &st);
       CHECK("prefetched_released_on_stop", st.released > 0,
             "released=%" PRIu64 " after 4 stops with up to 400 prefetched", st.released);

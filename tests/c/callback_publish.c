@@ -103,8 +103,9 @@ int main(void) {
   CHECK("callbacks_on_b", atomic_load(&b_calls) == SEEDS, "%u (want %d)", atomic_load(&b_calls),
         SEEDS);
   {
-    amqp_queue_stats st;
+    amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
     memset(&st, 0, sizeof st);
+    st.size = sizeof st;
     amqp_queue_get_stats(qa, &st);
     CHECK("stats_a_published", st.published == SEEDS * (HOPS + 1),
           "published=%" PRIu64 " (want %d)", st.published, SEEDS * (HOPS + 1));

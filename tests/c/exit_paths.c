@@ -82,7 +82,7 @@ static void connect_live(void) {
 
 /* a connection that never connects, with 100 messages waiting in its buffer */
 static void buffer_on_down_connection(void) {
-  amqp_queue_stats st;
+  amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
   if (amqp_connect(RA_DOWN_URI, "reconnect_delay_ms=10&reconnect_delay_max_ms=50", &down_conn) !=
       AMQP_OK)
     _exit(96);
@@ -95,7 +95,7 @@ static void buffer_on_down_connection(void) {
 /* Enough messages on B that some are still unconfirmed right after. */
 static void buffer_on_live_connection(void) {
   static char body[512];
-  amqp_queue_stats st;
+  amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
   memset(body, 'b', sizeof body);
   for (int i = 0; i < 20000; i++) {
     amqp_result rc = amqp_publish(qb, body, sizeof body);
@@ -161,7 +161,7 @@ static int scenario(int which) {
     case 4: /* exit() while another thread waits in amqp_close_graceful */
     {
       pthread_t t;
-      amqp_connection_stats cs;
+      amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
       buffer_on_down_connection();
       pthread_create(&t, NULL, close_down_thread, NULL);
       /* close has begun once the state says so */

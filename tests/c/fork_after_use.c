@@ -75,8 +75,8 @@ static int child_calls_everything(void) {
   amqp_connection_handle c2 = 4242;
   amqp_queue_handle q2 = 4343;
   uint64_t unsent = 777;
-  amqp_queue_stats qs;
-  amqp_connection_stats cs;
+  amqp_queue_stats qs = {.size = sizeof(amqp_queue_stats)};
+  amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
   memset(&qs, 0xAB, sizeof qs);
   memset(&cs, 0xAB, sizeof cs);
 
@@ -93,8 +93,8 @@ static int child_calls_everything(void) {
   CHILD_EXPECT_CLOSED("child_queue_get_stats", amqp_queue_get_stats(q, &qs));
   CHILD_EXPECT_CLOSED("child_connection_get_stats", amqp_connection_get_stats(conn, &cs));
   {
-    amqp_queue_stats want;
-    amqp_connection_stats wantc;
+    amqp_queue_stats want = {.size = sizeof(amqp_queue_stats)};
+    amqp_connection_stats wantc = {.size = sizeof(amqp_connection_stats)};
     memset(&want, 0xAB, sizeof want);
     memset(&wantc, 0xAB, sizeof wantc);
     CHECK("child_stats_untouched",
@@ -288,8 +288,9 @@ int main(int argc, char **argv) {
   CHECK("parent_roundtrip_after_fork", atomic_load(&received_after) == AFTER,
         "%u of %d delivered", atomic_load(&received_after), AFTER);
   {
-    amqp_connection_stats cs;
+    amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
     memset(&cs, 0, sizeof cs);
+    cs.size = sizeof cs;
     CHECK("parent_still_connected",
           amqp_connection_get_stats(conn, &cs) == AMQP_OK && cs.state == AMQP_STATE_CONNECTED &&
               cs.connects == 1,

@@ -57,8 +57,9 @@ static int child_main(int k) {
   CHECK(CNAME("roundtrip"), atomic_load(&received) == N, "%u of %d delivered",
         atomic_load(&received), N);
   {
-    amqp_queue_stats st;
+    amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
     memset(&st, 0, sizeof st);
+    st.size = sizeof st;
     RA_WAIT_UNTIL(amqp_queue_get_stats(q, &st) == AMQP_OK && st.confirmed == N, 5000);
     CHECK(CNAME("confirmed"), st.confirmed == N, "confirmed %" PRIu64, st.confirmed);
   }

@@ -23,9 +23,13 @@ _Static_assert(AMQP_ERR_TIMEOUT == 6, "");
 _Static_assert(AMQP_ERR_NOT_CONNECTED == 7, "");
 _Static_assert(AMQP_ERR_BROKER == 8, "");
 _Static_assert(AMQP_ERR_INTERNAL == 9, "");
-_Static_assert(AMQP_ACK == 0, "");
-_Static_assert(AMQP_REJECT == 1, "");
-_Static_assert(AMQP_REQUEUE == 2, "");
+_Static_assert(AMQP_ERR_STALE_DELIVERY == 10, "");
+_Static_assert(AMQP_ERR_ALREADY_SETTLED == 11, "");
+_Static_assert(AMQP_ABI_VERSION == 2, "");
+_Static_assert(AMQP_ACK == 0x5A01, "");
+_Static_assert(AMQP_REJECT == 0x5A02, "");
+_Static_assert(AMQP_REQUEUE == 0x5A03, "");
+_Static_assert(AMQP_DEFER == 0x5A04, "");
 _Static_assert(AMQP_STATE_CONNECTING == 0, "");
 _Static_assert(AMQP_STATE_CONNECTED == 1, "");
 _Static_assert(AMQP_STATE_RECONNECTING == 2, "");
@@ -52,8 +56,11 @@ _Static_assert(IS_TYPE(d0.exchange_len, size_t), "exchange_len is size_t");
 _Static_assert(IS_TYPE(d0.routing_key, const char *), "routing_key is const char *");
 _Static_assert(IS_TYPE(d0.routing_key_len, size_t), "routing_key_len is size_t");
 _Static_assert(IS_TYPE(d0.queue, amqp_queue_handle), "queue is amqp_queue_handle");
+_Static_assert(IS_TYPE(d0.delivery_id, uint64_t), "delivery_id is uint64_t");
 
 static const amqp_connection_stats cs0;
+_Static_assert(offsetof(amqp_connection_stats, size) == 0, "size first");
+_Static_assert(IS_TYPE(cs0.size, size_t), "size");
 _Static_assert(IS_TYPE(cs0.state, amqp_connection_state), "state");
 _Static_assert(IS_TYPE(cs0.connects, uint64_t), "connects");
 _Static_assert(IS_TYPE(cs0.failed_attempts, uint64_t), "failed_attempts");
@@ -61,7 +68,8 @@ _Static_assert(IS_TYPE(cs0.consecutive_failures, uint64_t), "consecutive_failure
 _Static_assert(IS_TYPE(cs0.queues, uint64_t), "queues");
 
 static const amqp_queue_stats qs0;
-_Static_assert(sizeof qs0 == 12 * sizeof(uint64_t), "12 counters");
+_Static_assert(offsetof(amqp_queue_stats, size) == 0, "size first");
+_Static_assert(sizeof qs0 == sizeof(size_t) + 15 * sizeof(uint64_t), "size + 15 counters");
 _Static_assert(IS_TYPE(qs0.buffered, uint64_t) && IS_TYPE(qs0.buffered_bytes, uint64_t) &&
                    IS_TYPE(qs0.in_flight, uint64_t) && IS_TYPE(qs0.published, uint64_t) &&
                    IS_TYPE(qs0.confirmed, uint64_t) && IS_TYPE(qs0.resent, uint64_t) &&

@@ -63,9 +63,12 @@ static_assert(std::is_same<decltype(&amqp_connection_state_str),
                            const char *(*)(amqp_connection_state)>::value,
               "amqp_connection_state_str");
 
-static_assert(AMQP_OK == 0 && AMQP_ERR_INTERNAL == 9 && AMQP_REQUEUE == 2 &&
-                  AMQP_STATE_CLOSED == 4 && AMQP_LOG_DEBUG == 4,
+static_assert(AMQP_OK == 0 && AMQP_ERR_INTERNAL == 9 && AMQP_ERR_ALREADY_SETTLED == 11 &&
+                  AMQP_REQUEUE == 0x5A03 && AMQP_DEFER == 0x5A04 && AMQP_STATE_CLOSED == 4 &&
+                  AMQP_LOG_DEBUG == 4 && AMQP_ABI_VERSION == 2,
               "enum values");
+static_assert(offsetof(amqp_queue_stats, size) == 0 && offsetof(amqp_connection_stats, size) == 0,
+              "size first");
 
 extern "C" amqp_disposition cpp_cb(const amqp_delivery *, void *) { return AMQP_ACK; }
 

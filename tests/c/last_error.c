@@ -36,7 +36,7 @@ int main(void) {
   size_t n, r;
   amqp_connection_handle c = 0;
   amqp_queue_handle q = 0;
-  amqp_queue_stats st;
+  amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
 
   ra_init("last_error", 30);
 

@@ -142,7 +142,7 @@ static void log_cb(amqp_log_level level, const char *message, void *userdata) {
     }
   }
   if (atomic_load(&call_into_library)) {
-    amqp_connection_stats cs;
+    amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
     if (amqp_connection_get_stats(g_conn, &cs) == AMQP_OK || amqp_wait_connected(g_conn, 0) == AMQP_ERR_INVALID_HANDLE)
       atomic_fetch_add(&library_calls_ok, 1);
     else

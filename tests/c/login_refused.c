@@ -85,8 +85,9 @@ int main(void) {
           "\"%s\" does not say the login was refused", msg);
   }
   {
-    amqp_connection_stats cs;
+    amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
     memset(&cs, 0, sizeof cs);
+    cs.size = sizeof cs;
     amqp_connection_get_stats(conn, &cs);
     CHECK("login_refused_state_failed", cs.state == AMQP_STATE_FAILED && cs.connects == 0,
           "state=%s connects=%" PRIu64, amqp_connection_state_str(cs.state), cs.connects);

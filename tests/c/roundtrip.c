@@ -149,8 +149,8 @@ int main(void) {
   amqp_queue_handle q = 0, qx = 0, qd = 0, qr = 0, qr2;
   char qname[128], xname[128], qxname[128], qdname[128], qrname[128];
   uint8_t binary[BINARY_LEN];
-  amqp_queue_stats st;
-  amqp_connection_stats cs;
+  amqp_queue_stats st = {.size = sizeof(amqp_queue_stats)};
+  amqp_connection_stats cs = {.size = sizeof(amqp_connection_stats)};
 
   ra_init("roundtrip", 100);
   uri = ra_broker_uri();
@@ -217,6 +217,7 @@ int main(void) {
             atomic_load(&rt.max_in_cb));
   }
   memset(&st, 0, sizeof st);
+  st.size = sizeof st;
   RA_WAIT_UNTIL(amqp_queue_get_stats(q, &st) == AMQP_OK && st.acked >= N + 2 && st.confirmed >= N + 2, 5000);
   CHECK("queue_stats",
         st.published == N + 2 && st.confirmed == N + 2 && st.buffered == 0 &&
@@ -273,6 +274,7 @@ int main(void) {
       CHECK("disposition_no_other", atomic_load(&ds.other) == 0, "%u unexpected",
             atomic_load(&ds.other));
       memset(&st, 0, sizeof st);
+      st.size = sizeof st;
       amqp_queue_get_stats(qd, &st);
       CHECK("disposition_stats",
             st.delivered == 6 && st.acked == 3 && st.rejected == 1 && st.requeued == 2,
@@ -299,12 +301,15 @@ int main(void) {
     CHECK("delivery_after_refusal", atomic_load(&rt.total) == N + 3, "total %u",
           atomic_load(&rt.total));
     memset(&cs, 0, sizeof cs);
+    cs.size = sizeof cs;
     amqp_connection_get_stats(conn, &cs);
     CHECK("connection_not_reconnected_by_refusal", cs.state == AMQP_STATE_CONNECTED && cs.connects == 1,
           "state=%s connects=%" PRIu64, amqp_connection_state_str(cs.state), cs.connects);
   }
 
   memset(&cs, 0, sizeof cs);
+
+  cs.size = sizeof cs;
   if (CHECK_RC("connection_stats", amqp_connection_get_stats(conn, &cs), AMQP_OK))
     CHECK("connection_stats_values",
           cs.state == AMQP_STATE_CONNECTED && cs.connects == 1 && cs.consecutive_failures == 0 &&

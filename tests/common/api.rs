@@ -134,6 +134,7 @@ pub fn publish_ok(q: u64, body: &[u8]) {
 
 pub fn qstats(q: u64) -> amqp_queue_stats {
     let mut s: amqp_queue_stats = unsafe { std::mem::zeroed() };
+    s.size = std::mem::size_of::<amqp_queue_stats>();
     let r = unsafe { amqp_queue_get_stats(q, &mut s) };
     assert_eq!(
         r,
@@ -146,6 +147,7 @@ pub fn qstats(q: u64) -> amqp_queue_stats {
 
 pub fn cstats(c: u64) -> amqp_connection_stats {
     let mut s: amqp_connection_stats = unsafe { std::mem::zeroed() };
+    s.size = std::mem::size_of::<amqp_connection_stats>();
     let r = unsafe { amqp_connection_get_stats(c, &mut s) };
     assert_eq!(
         r,
@@ -222,6 +224,7 @@ pub const GUARD_CLOSE_MS: u32 = 2000;
 /// Is `conn` a connection handle the library still knows (not closed yet)?
 pub fn conn_is_open(conn: u64) -> bool {
     let mut s: amqp_connection_stats = unsafe { std::mem::zeroed() };
+    s.size = std::mem::size_of::<amqp_connection_stats>();
     unsafe { amqp_connection_get_stats(conn, &mut s) == amqp_result::AMQP_OK }
 }
 

@@ -20,6 +20,8 @@ pub struct Delivered {
     pub body: Vec<u8>,
     pub redelivered: bool,
     pub delivery_tag: u64,
+    /// For amqp_settle.
+    pub delivery_id: u64,
     pub exchange: String,
     pub routing_key: String,
     pub queue: u64,
@@ -133,6 +135,7 @@ impl Recorder {
             body: bytes(d.body, d.body_len),
             redelivered: d.redelivered,
             delivery_tag: d.delivery_tag,
+            delivery_id: d.delivery_id,
             exchange: String::from_utf8_lossy(&bytes(d.exchange as *const u8, d.exchange_len))
                 .into_owned(),
             routing_key: String::from_utf8_lossy(&bytes(

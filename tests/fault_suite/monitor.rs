@@ -33,7 +33,9 @@ impl Monitor {
             .spawn(move || {
                 while !s2.load(Ordering::SeqCst) {
                     let mut cs: amqp_connection_stats = unsafe { std::mem::zeroed() };
+                    cs.size = std::mem::size_of::<amqp_connection_stats>();
                     let mut qs: amqp_queue_stats = unsafe { std::mem::zeroed() };
+                    qs.size = std::mem::size_of::<amqp_queue_stats>();
                     if unsafe { amqp_connection_get_stats(conn, &mut cs) } != amqp_result::AMQP_OK
                         || unsafe { amqp_queue_get_stats(q, &mut qs) } != amqp_result::AMQP_OK
                     {

@@ -1,0 +1,173 @@
+//! One delivery on a worker thread: the callback, what its return value
+//! means, and settling by id (`amqp_settle`) during or after it.
+
+use super::deferred::{self, Running, Ticket, Unparked};
+use super::settle_book::Settle;
+use super::worker::{Job, WorkQueue};
+use super::{Callback, ConsumerSet, DeliveryView, Disposition, IN_CALLBACK};
+use crate::error::Result;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Warnings about a queue's invalid dispositions: at most one per this
+/// long, with the count so far (a failing handler is visible, the log is
+/// not flooded).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl ConsumerSet {
+    /// Runs the callback on one delivery (or gives the delivery back when
+    /// paused or stale) and applies what it returned.
+    pub(super) fn handle_job(&self, work: &WorkQueue, cb: &Callback, job: Job) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let Job {
+            delivery: d,
+            ticket,
+            generation,
+        } = job;
+        if self.paused.load(Ordering::SeqCst)
+            || generation != self.channel_generation.load(Ordering::SeqCst)
+        {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            // Give it back now; on a dead channel this is a no-op and the
+            // broker requeues it by itself.
+            ticket.decide(Settle::Release);
+            self.notify();
+            return;
+        }
+        if let Some(size) = d.too_large {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            // It can never be taken in: dead-lettered (or dropped) by the
+            // broker, not redelivered to us forever.
+            warn!(
+                "queue '{}': rejected a message of {size} bytes, over max_message_bytes \
+                 (dead-lettered if the queue has a dead-letter exchange)",
+                self.queue_name
+            );
+            ticket.decide(Settle::Reject);
+            return;
+        }
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        let id = deferred::next_id();
+        *work.running() = Some(Running {
+            id,
+            ticket: Some(ticket),
+        });
+        let view = DeliveryView {
+            body: d.body(),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: d.exchange(),
+            routing_key: d.routing_key(),
+            delivery_id: id,
+        };
+        IN_CALLBACK.with(|c| c.set(self.queue_id));
+        // A panicking Rust callback must not kill the thread: treat as requeue.
+        let disposition =
+            catch_unwind(AssertUnwindSafe(|| cb(&view))).unwrap_or(Disposition::Requeue);
+        IN_CALLBACK.with(|c| c.set(0));
+        let ticket = work.running().take().and_then(|r| r.ticket);
+        self.apply(id, ticket, disposition);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if self.paused.load(Ordering::SeqCst) {
+            self.notify();
+        }
+    }
+
+    /// Applies a callback's return value. `ticket` None: amqp_settle
+    /// decided the delivery while the callback ran; its return is ignored.
+    fn apply(&self, id: u64, ticket: Option<Ticket>, disposition: Disposition) {
+        let Some(ticket) = ticket else {
+            if disposition != Disposition::Defer {
+                self.stats.returns_ignored.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        // Decisions are held for a batch (or a short delay): acking each
+        // burst as it ends kept the broker in lockstep with us.
+        let how = match disposition {
+            Disposition::Ack => Settle::Ack,
+            Disposition::Reject => Settle::Reject,
+            Disposition::Requeue => Settle::Requeue,
+            Disposition::Defer => {
+                self.stats.unsettled.fetch_add(1, Ordering::Relaxed);
+                deferred::park(id, self.queue_id, ticket);
+                return;
+            }
+            Disposition::Invalid(raw) => {
+                self.invalid_disposition(raw);
+                self.invalid_as
+            }
+        };
+        ticket.decide(how);
+    }
+
+    fn invalid_disposition(&self, raw: i64) {
+        let n = self
+            .stats
+            .invalid_dispositions
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        static START: OnceLock<Instant> = OnceLock::new();
+        let now = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = self.invalid_warned_at.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
+        if due
+            && self
+                .invalid_warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let what = if self.invalid_as == Settle::Reject {
+                "rejected"
+            } else {
+                "requeued"
+            };
+            warn!(
+                "queue '{}': a consume callback returned {raw}, which is no amqp_disposition \
+                 (a handler that failed or threw?); {what} ({n} so far)",
+                self.queue_name
+            );
+        }
+    }
+
+    /// `amqp_settle`: decides the delivery `id` of this queue (Ack, Reject
+    /// or Requeue), whether its callback deferred it or still runs. Never
+    /// blocks on a callback.
+    pub fn settle(&self, id: u64, disposition: Disposition) -> Result<()> {
+        let how = match disposition {
+            Disposition::Ack => Settle::Ack,
+            Disposition::Reject => Settle::Reject,
+            Disposition::Requeue => Settle::Requeue,
+            other => {
+                return Err(crate::error::Error::invalid(format!(
+                    "{other:?} cannot settle a delivery (AMQP_ACK, AMQP_REJECT or AMQP_REQUEUE)"
+                )))
+            }
+        };
+        if let Unparked::Done { result, counted } = deferred::settle_parked(id, self.queue_id, how)
+        {
+            if counted {
+                self.stats.unsettled.fetch_sub(1, Ordering::Relaxed);
+            }
+            return result;
+        }
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for w in &workers {
+            let mut running = w.running();
+            if let Some(r) = running.as_mut().filter(|r| r.id == id) {
+                return match r.ticket.take() {
+                    Some(ticket) => ticket.settle(how),
+                    None => Err(deferred::already_settled()),
+                };
+            }
+        }
+        Err(deferred::not_found(id))
+    }
+}
