@@ -888,8 +888,10 @@ fn consume_and_stats_rows(t: &mut Table, h: &Handles) {
         AMQP_ERR_INVALID_HANDLE,
         "not a valid queue handle",
         || unsafe {
-            let mut s = amqp_queue_stats::default();
-            s.size = std::mem::size_of::<amqp_queue_stats>();
+            let mut s = amqp_queue_stats {
+                size: std::mem::size_of::<amqp_queue_stats>(),
+                ..Default::default()
+            };
             amqp_queue_get_stats(closed_q, &mut s)
         },
     );

@@ -1105,8 +1105,10 @@ fn c_queue_open_arbitrary_bytes() {
                     unsafe { amqp_wait_connected(out, 0) },
                     amqp_result::AMQP_ERR_INVALID_HANDLE
                 );
-                let mut st: amqp_queue_stats = Default::default();
-                st.size = std::mem::size_of::<amqp_queue_stats>();
+                let mut st = amqp_queue_stats {
+                    size: std::mem::size_of::<amqp_queue_stats>(),
+                    ..Default::default()
+                };
                 prop_assert_eq!(
                     unsafe { amqp_queue_get_stats(out, &mut st) },
                     amqp_result::AMQP_OK
@@ -1146,8 +1148,10 @@ fn c_queue_open_arbitrary_bytes() {
     assert_eq!(stats.queues, handles.len() as u64);
     close_now(conn);
     for h in handles {
-        let mut st: amqp_queue_stats = Default::default();
-        st.size = std::mem::size_of::<amqp_queue_stats>();
+        let mut st = amqp_queue_stats {
+            size: std::mem::size_of::<amqp_queue_stats>(),
+            ..Default::default()
+        };
         assert_eq!(
             unsafe { amqp_queue_get_stats(h, &mut st) },
             amqp_result::AMQP_ERR_INVALID_HANDLE,
