@@ -1060,12 +1060,14 @@ fn result_str_for_any_value() {
         "AMQP_ERR_NOT_CONNECTED",
         "AMQP_ERR_BROKER",
         "AMQP_ERR_INTERNAL",
+        "AMQP_ERR_STALE_DELIVERY",
+        "AMQP_ERR_ALREADY_SETTLED",
     ];
     for (i, n) in names.iter().enumerate() {
         let s = unsafe { CStr::from_ptr(amqp_result_str(i as i32)) };
         assert_eq!(s.to_str().unwrap(), *n);
     }
-    for v in [-1, 10, 100, i32::MIN, i32::MAX] {
+    for v in [-1, 12, 100, i32::MIN, i32::MAX] {
         let p1 = amqp_result_str(v);
         assert!(!p1.is_null());
         assert_eq!(
