@@ -5,7 +5,6 @@
 use super::assembly::Delivery;
 use super::{lock, Failure};
 use amq_protocol::protocol::AMQPClass;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::{oneshot, Notify};
@@ -37,6 +36,38 @@ pub enum Confirm {
     TopologyLost(String),
 }
 
+/// A channel's consumers by tag. A handful per channel (`repeat`), so a
+/// scan of short tags beats hashing each delivery's tag (SipHash cost ~130
+/// instructions a delivery); lookups by a broker's tag cannot degrade it.
+#[derive(Default)]
+pub(super) struct Consumers(Vec<(Vec<u8>, Box<dyn DeliverySink>)>);
+
+impl Consumers {
+    /// Adds (or replaces) the consumer `tag`.
+    pub(super) fn insert(&mut self, tag: Vec<u8>, sink: Box<dyn DeliverySink>) {
+        match self.0.iter_mut().find(|(t, _)| *t == tag) {
+            Some(slot) => slot.1 = sink,
+            None => self.0.push((tag, sink)),
+        }
+    }
+
+    fn get_mut(&mut self, tag: &[u8]) -> Option<&mut Box<dyn DeliverySink>> {
+        self.0
+            .iter_mut()
+            .find(|(t, _)| t.as_slice() == tag)
+            .map(|(_, s)| s)
+    }
+
+    fn remove(&mut self, tag: &[u8]) -> Option<Box<dyn DeliverySink>> {
+        let at = self.0.iter().position(|(t, _)| t.as_slice() == tag)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    fn sinks_mut(&mut self) -> impl Iterator<Item = &mut Box<dyn DeliverySink>> {
+        self.0.iter_mut().map(|(_, s)| s)
+    }
+}
+
 /// Why a delivery did not reach a consumer.
 pub(super) enum Undelivered {
     /// Its consumer is gone (cancelled): it goes back to the queue.
@@ -66,7 +97,7 @@ pub(super) struct ChannelState {
 pub(super) struct Receivers {
     /// The call waiting for its reply.
     pub(super) reply: Option<oneshot::Sender<Result<AMQPClass, Failure>>>,
-    pub(super) consumers: HashMap<Vec<u8>, Box<dyn DeliverySink>>,
+    pub(super) consumers: Consumers,
     pub(super) close_reason: Option<Failure>,
 }
 
@@ -131,7 +162,7 @@ impl ChannelState {
 
     /// After a burst of frames that brought deliveries: let the consumers run.
     pub(super) fn wake_consumers(&self) {
-        for sink in self.receivers().consumers.values_mut() {
+        for sink in self.receivers().consumers.sinks_mut() {
             sink.end_of_burst();
         }
     }
