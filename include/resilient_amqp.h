@@ -268,6 +268,18 @@ typedef struct amqp_delivery {
  amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
  that is no amqp_disposition is applied as the queue's
  `invalid_disposition` (requeue by default): nothing is lost.
+
+ It must not throw (a C++ exception that escapes it ends the process, as
+ an uncaught exception does). Exit: the process may exit at any time,
+ without closing, while callbacks run; nothing waits for them. If the
+ application's runtime ends the thread inside the callback (pthread_exit
+ or thread cancellation: Python does so at interpreter exit to every
+ thread that wants the GIL), the unwind passes through the library and
+ ends that thread alone: the delivery in that callback stays unsettled
+ (never acked; amqp_settle by its delivery_id still applies) and the
+ broker redelivers it when the channel closes, at the latest at exit;
+ deliveries queued for that thread go back to the broker; stop and close
+ do not wait for it; other consumers go on.
  */
 typedef amqp_disposition (*amqp_consume_fn)(const struct amqp_delivery *delivery, void *userdata);
 
@@ -275,6 +287,9 @@ typedef amqp_disposition (*amqp_consume_fn)(const struct amqp_delivery *delivery
  The log callback: called on the library's "ramqp-log" thread,
  one message at a time, in order. `message` is valid during the call.
  It may call any function of the library (none waits for the log thread).
+ It must not throw. If the application's runtime ends the thread inside
+ the callback (pthread_exit or cancellation, as Python does at exit), the
+ thread ends without harm: later messages are discarded.
  */
 typedef void (*amqp_log_fn)(amqp_log_level level, const char *message, void *userdata);
 

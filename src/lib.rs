@@ -21,6 +21,7 @@ mod backoff;
 mod client;
 mod consume;
 mod error;
+mod os_thread;
 mod publish;
 mod registry;
 mod runtime;

@@ -39,6 +39,8 @@ impl Level {
     }
 }
 
+/// Called on the "ramqp-log" thread, which has no catch frame
+/// (`os_thread`): it must catch its own Rust panics.
 pub(crate) type LogCallback = Arc<dyn Fn(Level, &str) + Send + Sync>;
 
 /// 255 = not read from the environment yet.
@@ -101,13 +103,15 @@ pub(crate) fn set_callback(callback: Option<LogCallback>, level: Level) -> std::
         }
         Some(callback) => {
             let (tx, rx) = channel::<(Level, String)>();
-            std::thread::Builder::new()
-                .name("ramqp-log".into())
-                .spawn(move || {
-                    for (level, msg) in rx {
-                        callback(level, &msg);
-                    }
-                })?;
+            // Not a std thread: a runtime that ends it inside the callback
+            // (pthread_exit at Python's exit) must not abort the process
+            // (`os_thread`). Then the receiver is dropped, and records sent
+            // to it are discarded.
+            crate::os_thread::spawn(c"ramqp-log", move || {
+                for (level, msg) in rx {
+                    callback(level, &msg);
+                }
+            })?;
             *guard = Some(tx);
             SINK_LEVEL.store(level as u8, Ordering::Relaxed);
         }

@@ -82,7 +82,10 @@ fn publish(q: u64, body: &[u8]) -> amqp_result {
     unsafe { amqp_publish(q, body.as_ptr() as *const c_void, body.len()) }
 }
 
-unsafe extern "C" fn never_cb(_d: *const amqp_delivery, _u: *mut c_void) -> amqp_disposition_raw {
+unsafe extern "C-unwind" fn never_cb(
+    _d: *const amqp_delivery,
+    _u: *mut c_void,
+) -> amqp_disposition_raw {
     panic!("no delivery can arrive on a dead-port connection")
 }
 

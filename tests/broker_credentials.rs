@@ -83,14 +83,14 @@ struct LogLine {
 
 static LOGS: Mutex<Vec<LogLine>> = Mutex::new(Vec::new());
 
-unsafe extern "C" fn log_cb(level: c_int, message: *const c_char, userdata: *mut c_void) {
+unsafe extern "C-unwind" fn log_cb(level: c_int, message: *const c_char, userdata: *mut c_void) {
     assert_eq!(userdata as usize, 0x5EC2E7, "userdata not handed back");
     let text = if message.is_null() {
         "<NULL message>".to_string()
     } else {
         CStr::from_ptr(message).to_string_lossy().into_owned()
     };
-    let thread = std::thread::current().name().unwrap_or("").to_string();
+    let thread = common::os_thread_name().unwrap_or_default();
     LOGS.lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(LogLine {

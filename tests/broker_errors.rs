@@ -568,14 +568,14 @@ struct LogSink {
     lines: std::sync::Mutex<Vec<(i32, String, Option<String>)>>,
 }
 
-unsafe extern "C" fn log_cb(
+unsafe extern "C-unwind" fn log_cb(
     level: amqp_log_level_raw,
     msg: *const std::ffi::c_char,
     ud: *mut c_void,
 ) {
     let sink = &*(ud as *const LogSink);
     let m = std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned();
-    let name = std::thread::current().name().map(str::to_string);
+    let name = crate::common::os_thread_name();
     sink.lines.lock().unwrap().push((level, m, name));
 }
 

@@ -269,7 +269,7 @@ fn a_duplicated_delivery_outlives_its_callback() {
     let q = open_simple(c_guard.h(), &name);
     seed(&Reader::new(), &name, 0..1);
     let kept = Arc::new(Mutex::new(None::<Kept>));
-    unsafe extern "C" fn dup_cb(
+    unsafe extern "C-unwind" fn dup_cb(
         d: *const amqp_delivery,
         ud: *mut std::ffi::c_void,
     ) -> amqp_disposition_raw {

@@ -58,10 +58,7 @@ fn my_slot() -> Arc<Slot> {
         s.borrow_mut()
             .get_or_insert_with(|| {
                 let slot = Arc::new(Slot {
-                    thread: std::thread::current()
-                        .name()
-                        .unwrap_or("unnamed")
-                        .to_string(),
+                    thread: common::os_thread_name().unwrap_or_else(|| "unnamed".into()),
                     current: Mutex::new(None),
                     stats: Mutex::new(BTreeMap::new()),
                 });
@@ -143,7 +140,10 @@ struct Sink {
     calls: AtomicU64,
 }
 
-unsafe extern "C" fn sink_cb(d: *const amqp_delivery, ud: *mut c_void) -> amqp_disposition_raw {
+unsafe extern "C-unwind" fn sink_cb(
+    d: *const amqp_delivery,
+    ud: *mut c_void,
+) -> amqp_disposition_raw {
     let s = &*(ud as *const Sink);
     s.running.fetch_add(1, Ordering::SeqCst);
     if s.stopped.load(Ordering::SeqCst) {
@@ -705,7 +705,10 @@ fn stress_publish_consume_churn_no_confirmed_message_lost() {
 
 static ACKED: AtomicU64 = AtomicU64::new(0);
 
-unsafe extern "C" fn ack_cb(_d: *const amqp_delivery, _u: *mut c_void) -> amqp_disposition_raw {
+unsafe extern "C-unwind" fn ack_cb(
+    _d: *const amqp_delivery,
+    _u: *mut c_void,
+) -> amqp_disposition_raw {
     ACKED.fetch_add(1, Ordering::Relaxed);
     amqp_disposition::AMQP_ACK as amqp_disposition_raw
 }

@@ -1,14 +1,17 @@
-//! One delivery on a worker thread: the callback, what its return value
-//! means, and settling by id (`amqp_settle`) during or after it.
+//! A worker thread: its loop, one delivery's callback, what its return
+//! value means, settling by id (`amqp_settle`) during or after it, and what
+//! happens when the application's runtime ends the thread in a callback.
 
 use super::deferred::{self, Running, Ticket, Unparked};
 use super::settle_book::Settle;
 use super::worker::{Job, WorkQueue};
 use super::{Callback, ConsumerSet, DeliveryView, Disposition, IN_CALLBACK};
 use crate::error::Result;
+use crate::wire::Delivery;
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Warnings about a queue's invalid dispositions: at most one per this
@@ -17,9 +20,51 @@ use std::time::{Duration, Instant};
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl ConsumerSet {
+    /// The body of a worker thread: its jobs, until the queue is closed and
+    /// drained.
+    ///
+    /// The application's callback runs outside `catch_unwind`: a runtime
+    /// that ends the thread inside the callback (a forced unwind:
+    /// `pthread_exit` during Python's finalization, thread cancellation) must
+    /// pass through, and a `catch_unwind` would abort the process instead
+    /// (`os_thread`). The unwind drops `Worker` and `Gone`, which leave the
+    /// queue consistent; everything of ours runs inside `catch_unwind`.
+    pub(super) fn run_worker(self: Arc<Self>, work: Arc<WorkQueue>, cb: Callback) {
+        let mut worker = Worker {
+            cs: self,
+            work,
+            batch: VecDeque::new(),
+            ended: false,
+        };
+        while worker.work.take(&mut worker.batch) {
+            while let Some(job) = worker.batch.pop_front() {
+                worker.cs.handle_job(&worker.work, &cb, job);
+            }
+        }
+        worker.ended = true;
+    }
+
     /// Runs the callback on one delivery (or gives the delivery back when
     /// paused or stale) and applies what it returned.
-    pub(super) fn handle_job(&self, work: &WorkQueue, cb: &Callback, job: Job) {
+    fn handle_job(&self, work: &WorkQueue, cb: &Callback, job: Job) {
+        // A bug in our part must not end the thread (its later deliveries
+        // would never be called back).
+        let begun = catch_unwind(AssertUnwindSafe(|| self.begin(work, job)));
+        let Ok(Some((id, d))) = begun else {
+            if begun.is_err() {
+                error!("internal error: a consumer's job panicked");
+            }
+            return;
+        };
+        let disposition = self.call(cb, &d, id);
+        if catch_unwind(AssertUnwindSafe(|| self.finish(work, id, disposition))).is_err() {
+            error!("internal error: a consumer's job panicked");
+        }
+    }
+
+    /// Before the callback: the delivery (with its new id), or None when it
+    /// was given back or rejected instead.
+    fn begin(&self, work: &WorkQueue, job: Job) -> Option<(u64, Delivery)> {
         self.queued.fetch_sub(1, Ordering::SeqCst);
         self.running.fetch_add(1, Ordering::SeqCst);
         let Job {
@@ -35,7 +80,7 @@ impl ConsumerSet {
             // broker requeues it by itself.
             ticket.decide(Settle::Release);
             self.notify();
-            return;
+            return None;
         }
         if let Some(size) = d.too_large {
             self.running.fetch_sub(1, Ordering::SeqCst);
@@ -47,7 +92,7 @@ impl ConsumerSet {
                 self.queue_name
             );
             ticket.decide(Settle::Reject);
-            return;
+            return None;
         }
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         let id = deferred::next_id();
@@ -55,6 +100,12 @@ impl ConsumerSet {
             id,
             ticket: Some(ticket),
         });
+        Some((id, d))
+    }
+
+    /// The application's callback; not inside `catch_unwind` (see
+    /// `run_worker`).
+    fn call(&self, cb: &Callback, d: &Delivery, id: u64) -> Disposition {
         let view = DeliveryView {
             body: d.body(),
             delivery_tag: d.delivery_tag,
@@ -63,11 +114,16 @@ impl ConsumerSet {
             routing_key: d.routing_key(),
             delivery_id: id,
         };
+        let gone = Gone { cs: self };
         IN_CALLBACK.with(|c| c.set(self.queue_id));
-        // A panicking Rust callback must not kill the thread: treat as requeue.
-        let disposition =
-            catch_unwind(AssertUnwindSafe(|| cb(&view))).unwrap_or(Disposition::Requeue);
+        let disposition = cb(&view);
+        std::mem::forget(gone);
         IN_CALLBACK.with(|c| c.set(0));
+        disposition
+    }
+
+    /// After the callback returned: applies its disposition.
+    fn finish(&self, work: &WorkQueue, id: u64, disposition: Disposition) {
         let ticket = work.running().take().and_then(|r| r.ticket);
         self.apply(id, ticket, disposition);
         self.running.fetch_sub(1, Ordering::SeqCst);
@@ -169,5 +225,49 @@ impl ConsumerSet {
             }
         }
         Err(deferred::not_found(id))
+    }
+}
+
+/// Dropped only when the thread unwinds out of a callback (a forced unwind:
+/// the application's runtime ended the thread). The callback no longer
+/// runs, so stop and close must not wait for it. Its delivery stays in the
+/// worker's running slot, unsettled: never acked by a return value (a
+/// later `amqp_settle` by id still applies); the broker redelivers it when
+/// the channel closes, at the latest when the process exits.
+struct Gone<'a> {
+    cs: &'a ConsumerSet,
+}
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        let _ = IN_CALLBACK.try_with(|c| c.set(0));
+        self.cs.running.fetch_sub(1, Ordering::SeqCst);
+        self.cs.notify();
+    }
+}
+
+/// A worker thread's jobs. Dropped without `ended` when the thread unwinds
+/// out of a callback: no callback will run on it again, so its queue is
+/// closed (the broker consumer's later deliveries are given back as they
+/// arrive) and what waits in it goes back to the broker now, so that
+/// nothing (`queued`, stop, close) waits for it.
+struct Worker {
+    cs: Arc<ConsumerSet>,
+    work: Arc<WorkQueue>,
+    batch: VecDeque<Job>,
+    ended: bool,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let queued = self.work.close_and_drain();
+        for job in self.batch.drain(..).chain(queued) {
+            self.cs.queued.fetch_sub(1, Ordering::SeqCst);
+            job.ticket.decide(Settle::Release);
+        }
+        self.cs.notify();
     }
 }

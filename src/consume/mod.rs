@@ -19,7 +19,6 @@ use crate::wire::{Delivery, DeliverySink, WireChannel};
 use deferred::Ticket;
 use settler::Settler;
 use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -51,6 +50,8 @@ pub(crate) struct DeliveryView<'a> {
     pub delivery_id: u64,
 }
 
+/// A consume callback. It runs outside `catch_unwind` (see
+/// `ConsumerSet::run_worker`), so it must catch its own Rust panics.
 pub(crate) type Callback = Arc<dyn Fn(&DeliveryView<'_>) -> Disposition + Send + Sync>;
 
 /// How long `stop` waits for broker cancels and in-progress callbacks.
@@ -195,25 +196,10 @@ impl ConsumerSet {
         for _ in 0..repeat {
             let work = Arc::new(WorkQueue::default());
             let (cs, cb2, work2) = (self.clone(), cb.clone(), work.clone());
-            std::thread::Builder::new()
-                .name("ramqp-consumer".into())
-                .spawn(move || {
-                    let mut batch = std::collections::VecDeque::new();
-                    while work2.take(&mut batch) {
-                        while let Some(job) = batch.pop_front() {
-                            // A bug here must not end the thread (its later
-                            // deliveries would never be called back).
-                            let handled =
-                                catch_unwind(AssertUnwindSafe(|| cs.handle_job(&work2, &cb2, job)));
-                            if handled.is_err() {
-                                error!("internal error: a consumer's job panicked");
-                            }
-                        }
-                    }
-                })
-                .map_err(|e| {
-                    crate::Error::internal(format!("cannot start a consumer thread: {e}"))
-                })?;
+            // Not a std thread: see `run_worker`.
+            crate::os_thread::spawn(c"ramqp-consumer", move || cs.run_worker(work2, cb2)).map_err(
+                |e| crate::Error::internal(format!("cannot start a consumer thread: {e}")),
+            )?;
             workers.push(work);
         }
         (self.workers.lock().unwrap_or_else(|p| p.into_inner())).extend(workers.iter().cloned());

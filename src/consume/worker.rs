@@ -63,6 +63,14 @@ impl WorkQueue {
         self.ready.notify_one();
     }
 
+    /// Closes the queue and takes what is queued: for a worker thread that
+    /// is gone (ended inside a callback by the application's runtime).
+    pub fn close_and_drain(&self) -> std::collections::VecDeque<Job> {
+        let mut st = self.lock();
+        st.closed = true;
+        std::mem::take(&mut st.jobs)
+    }
+
     /// Takes every queued job, sleeping while there are none; None once
     /// closed and drained.
     pub fn take(&self, into: &mut std::collections::VecDeque<Job>) -> bool {

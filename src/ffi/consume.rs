@@ -71,8 +71,20 @@ pub struct amqp_delivery {
 /// amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
 /// that is no amqp_disposition is applied as the queue's
 /// `invalid_disposition` (requeue by default): nothing is lost.
+///
+/// It must not throw (a C++ exception that escapes it ends the process, as
+/// an uncaught exception does). Exit: the process may exit at any time,
+/// without closing, while callbacks run; nothing waits for them. If the
+/// application's runtime ends the thread inside the callback (pthread_exit
+/// or thread cancellation: Python does so at interpreter exit to every
+/// thread that wants the GIL), the unwind passes through the library and
+/// ends that thread alone: the delivery in that callback stays unsettled
+/// (never acked; amqp_settle by its delivery_id still applies) and the
+/// broker redelivers it when the channel closes, at the latest at exit;
+/// deliveries queued for that thread go back to the broker; stop and close
+/// do not wait for it; other consumers go on.
 pub type amqp_consume_fn = Option<
-    unsafe extern "C" fn(
+    unsafe extern "C-unwind" fn(
         delivery: *const amqp_delivery,
         userdata: *mut c_void,
     ) -> amqp_disposition_raw,
@@ -113,6 +125,8 @@ pub unsafe extern "C" fn amqp_consume(
                 delivery_id: d.delivery_id,
             };
             let user = &user;
+            // Not inside catch_unwind (nothing of ours here can panic): a
+            // forced unwind out of `cb` must pass (see amqp_consume_fn).
             // SAFETY: `cb` is the application's non-NULL function of this
             // type; the header lets it run on this library thread with this
             // userdata, and `delivery` (and the bytes it points into) stays

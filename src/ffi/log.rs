@@ -3,6 +3,7 @@
 use super::{amqp_result, UserData};
 use crate::log::{set_callback, Level, LogCallback};
 use std::ffi::{c_char, c_int, c_void, CString};
+use std::panic::catch_unwind;
 use std::sync::Arc;
 
 /// Log levels, most severe first.
@@ -27,8 +28,15 @@ pub type amqp_log_level_raw = c_int;
 /// The log callback: called on the library's "ramqp-log" thread,
 /// one message at a time, in order. `message` is valid during the call.
 /// It may call any function of the library (none waits for the log thread).
+/// It must not throw. If the application's runtime ends the thread inside
+/// the callback (pthread_exit or cancellation, as Python does at exit), the
+/// thread ends without harm: later messages are discarded.
 pub type amqp_log_fn = Option<
-    unsafe extern "C" fn(level: amqp_log_level_raw, message: *const c_char, userdata: *mut c_void),
+    unsafe extern "C-unwind" fn(
+        level: amqp_log_level_raw,
+        message: *const c_char,
+        userdata: *mut c_void,
+    ),
 >;
 
 /// Sends log messages at `level` and more severe to `cb` (NULL turns callback
@@ -51,7 +59,13 @@ pub unsafe extern "C" fn amqp_set_log_callback(
             let user = UserData(userdata);
             Arc::new(move |level: Level, msg: &str| {
                 let user = &user;
-                let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+                // Our half may not panic out of the log thread (it has no
+                // catch frame); the call into the application is outside
+                // catch_unwind, so a forced unwind passes (`os_thread`).
+                let Ok(msg) = catch_unwind(|| CString::new(msg.replace('\0', " "))) else {
+                    return;
+                };
+                let msg = msg.unwrap_or_default();
                 // SAFETY: `cb` is the application's non-NULL function of
                 // this type, called on the "ramqp-log" thread with its
                 // userdata, as the header says; `msg` is NUL-terminated and

@@ -145,7 +145,7 @@ impl Recorder {
             .into_owned(),
             queue: d.queue,
             thread: std::thread::current().id(),
-            thread_name: std::thread::current().name().map(str::to_string),
+            thread_name: crate::common::os_thread_name(),
             in_tokio: tokio::runtime::Handle::try_current().is_ok(),
         };
         self.log.lock().unwrap().push(rec.clone());
@@ -160,7 +160,7 @@ impl Recorder {
 }
 
 /// The `amqp_consume_fn` used by all tests: userdata is a leaked `Arc<Recorder>`.
-pub unsafe extern "C" fn record_cb(
+pub unsafe extern "C-unwind" fn record_cb(
     d: *const amqp_delivery,
     userdata: *mut c_void,
 ) -> amqp_disposition_raw {

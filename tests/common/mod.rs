@@ -114,3 +114,12 @@ pub fn check_seqs<'a>(
     let missing = (0..n).filter(|s| !seen.contains(s)).collect();
     (missing, dups, foreign)
 }
+
+/// The OS name of the calling thread. The library's callback threads are
+/// POSIX threads it names itself, not std threads (a forced unwind must be
+/// able to end them), so `std::thread::current().name()` does not know it.
+pub fn os_thread_name() -> Option<String> {
+    std::fs::read_to_string("/proc/thread-self/comm")
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
