@@ -365,10 +365,15 @@ impl Connection {
     /// `close_graceful` to report.
     fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
-        for q in self.lock().queues.iter() {
+        let queues = self.lock().queues.clone();
+        for q in &queues {
             q.outbox.close_for_publishing();
         }
         self.set_state(ConnectionState::Failed);
+        // Pollers learn AMQP_ERR_CLOSED; notify descriptors stay readable.
+        for q in &queues {
+            q.consumers.end();
+        }
     }
 
     /// `amqp_queue_open`: while connected, declares now and reports a broker

@@ -100,6 +100,19 @@ pub(super) fn park(id: u64, queue_id: u64, ticket: Ticket) {
     );
 }
 
+/// Keeps a batch of polled deliveries of queue `queue_id` (one lock).
+pub(super) fn park_many(queue_id: u64, tickets: Vec<(u64, Ticket)>) {
+    if tickets.is_empty() {
+        return;
+    }
+    let mut p = parked();
+    let map = p.get_or_insert_with(HashMap::new);
+    for (id, ticket) in tickets {
+        let ticket = Some(ticket);
+        map.insert(id, Parked { queue_id, ticket });
+    }
+}
+
 /// What a settle found in the parked table.
 pub(super) enum Unparked {
     /// A parked delivery (of this queue, or refused as another queue's).

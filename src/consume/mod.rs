@@ -10,19 +10,23 @@
 
 mod deferred;
 mod dispatch;
+mod forwarder;
+mod notifier;
+mod pull;
 mod settle_book;
 mod settler;
 mod worker;
 
 use crate::runtime;
-use crate::wire::{Delivery, DeliverySink, WireChannel};
-use deferred::Ticket;
+use crate::wire::WireChannel;
+pub(crate) use pull::Polled;
+use pull::PullQueue;
 use settler::Settler;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use worker::{Job, WorkQueue};
+use worker::WorkQueue;
 
 /// What the application decided about one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +89,8 @@ pub(crate) struct ConsumeStats {
 
 struct Group {
     workers: Vec<Arc<WorkQueue>>,
+    /// The pull consumer's queue (a group of its own, without workers).
+    pull: Option<Arc<PullQueue>>,
     /// The channel generation its broker consumers run on (0 = not running).
     started_on: u64,
 }
@@ -129,6 +135,10 @@ pub(crate) struct ConsumerSet {
     forwarders: AtomicUsize,
     next_tag: AtomicU64,
     idle: (Mutex<()>, Condvar),
+    /// The pull consumer's waiting deliveries (`pull.rs`), once started.
+    pull: OnceLock<Arc<PullQueue>>,
+    /// Closed or failed for good (`end`).
+    ended: AtomicBool,
 }
 
 impl ConsumerSet {
@@ -159,6 +169,8 @@ impl ConsumerSet {
             forwarders: AtomicUsize::new(0),
             next_tag: AtomicU64::new(0),
             idle: (Mutex::new(()), Condvar::new()),
+            pull: OnceLock::new(),
+            ended: AtomicBool::new(false),
         })
     }
 
@@ -203,16 +215,28 @@ impl ConsumerSet {
             workers.push(work);
         }
         (self.workers.lock().unwrap_or_else(|p| p.into_inner())).extend(workers.iter().cloned());
+        self.add_group(Group {
+            workers,
+            pull: None,
+            started_on: 0,
+        })
+    }
+
+    /// The pull consumer's group: one broker consumer, no worker.
+    fn add_pull_group(self: &Arc<Self>, pull: Arc<PullQueue>) -> crate::Result<()> {
+        self.add_group(Group {
+            workers: Vec::new(),
+            pull: Some(pull),
+            started_on: 0,
+        })
+    }
+
+    fn add_group(self: &Arc<Self>, group: Group) -> crate::Result<()> {
         // Through the runtime rather than tokio's blocking_lock, which needs
         // thread-locals that are gone when called from an atexit handler.
         let cs = self.clone();
         runtime::block_on(
-            async move {
-                cs.state.lock().await.groups.push(Group {
-                    workers,
-                    started_on: 0,
-                });
-            },
+            async move { cs.state.lock().await.groups.push(group) },
             STOP_WAIT,
         )?;
         let cs = self.clone();
@@ -242,18 +266,7 @@ impl ConsumerSet {
         }
         let State { groups, tags, .. } = &mut *st;
         for g in groups.iter_mut().filter(|g| g.started_on != generation) {
-            for work in &g.workers {
-                let n = self.next_tag.fetch_add(1, Ordering::Relaxed);
-                let tag = format!("resilient-amqp.{}.{}", self.queue_id, n);
-                self.forwarders.fetch_add(1, Ordering::SeqCst);
-                let sink = Box::new(Forwarder {
-                    cs: self.clone(),
-                    work: work.clone(),
-                    settler: settler.clone(),
-                    generation,
-                    queued: false,
-                    unsettled: Arc::default(),
-                });
+            for (tag, sink) in self.sinks(g, generation, &settler) {
                 if let Err(e) = ch.basic_consume(&self.queue_name, &tag, sink).await {
                     warn!("queue '{}': basic.consume failed: {e}", self.queue_name);
                     return;
@@ -362,6 +375,7 @@ impl ConsumerSet {
     /// For close: stop (waiting for running callbacks only until
     /// `deadline`), then let the worker threads end once drained.
     pub fn shutdown(self: &Arc<Self>, deadline: Instant) {
+        self.end();
         let _ = self.stop_until(deadline);
         let cs = self.clone();
         // Not waited for past the deadline: the workers still end.
@@ -389,69 +403,4 @@ fn spawn_flusher(settler: &Arc<Settler>, cs: Weak<ConsumerSet>) {
             }
         }
     });
-}
-
-/// Hands one broker consumer's deliveries to its worker thread. Called on
-/// the connection's reader (the runtime thread): it only queues. Dropped
-/// when the consumer ends (cancel, channel closed).
-struct Forwarder {
-    cs: Arc<ConsumerSet>,
-    work: Arc<WorkQueue>,
-    settler: Arc<Settler>,
-    generation: u64,
-    /// Jobs queued since the last flush.
-    queued: bool,
-    /// Deliveries to this consumer not decided yet: never more than its
-    /// prefetch from a broker that keeps its word (decisions count when made,
-    /// before their ack is sent, so this errs low).
-    unsettled: Arc<AtomicU64>,
-}
-
-impl DeliverySink for Forwarder {
-    fn deliver(&mut self, delivery: Delivery) -> Result<(), String> {
-        let cs = &self.cs;
-        let unsettled = self.unsettled.fetch_add(1, Ordering::Relaxed) + 1;
-        if cs.prefetch > 0 && unsettled > u64::from(cs.prefetch) {
-            return Err(format!(
-                "{unsettled} unsettled deliveries to one consumer of queue '{}', \
-                 whose prefetch is {}",
-                cs.queue_name, cs.prefetch
-            ));
-        }
-        cs.queued.fetch_add(1, Ordering::SeqCst);
-        let ticket = Ticket {
-            settler: self.settler.clone(),
-            tag: delivery.delivery_tag,
-            unsettled: self.unsettled.clone(),
-        };
-        let job = Job {
-            delivery,
-            ticket,
-            generation: self.generation,
-        };
-        match self.work.push(job) {
-            Ok(()) => self.queued = true,
-            Err(job) => {
-                cs.queued.fetch_sub(1, Ordering::SeqCst);
-                // The worker is gone (closing): give it back, and keep the
-                // channel's settled prefix moving.
-                job.ticket.decide(Settle::Release);
-            }
-        }
-        Ok(())
-    }
-
-    fn end_of_burst(&mut self) {
-        if std::mem::take(&mut self.queued) {
-            self.work.wake();
-        }
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        self.end_of_burst();
-        self.cs.forwarders.fetch_sub(1, Ordering::SeqCst);
-        self.cs.notify();
-    }
 }

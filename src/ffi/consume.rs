@@ -1,7 +1,7 @@
 //! Consuming: callbacks on library-owned threads, stop and start.
 
 use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
-use crate::client::{Callback, DeliveryView, Disposition};
+use crate::client::{Callback, DeliveryView, Disposition, Polled};
 use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
@@ -39,7 +39,8 @@ fn disposition_of(raw: amqp_disposition_raw) -> Disposition {
 /// An `amqp_disposition` as returned by C code, where any int may arrive.
 pub type amqp_disposition_raw = c_int;
 
-/// One delivery. Every pointer is valid only during the callback.
+/// One delivery. Every pointer is valid only during the callback; in a
+/// delivery from amqp_delivery_dup or amqp_poll, until amqp_delivery_free.
 #[repr(C)]
 pub struct amqp_delivery {
     /// The message body (NULL or dangling when body_len is 0).
@@ -224,13 +225,20 @@ pub unsafe extern "C" fn amqp_settle_many(
     })
 }
 
-/// A delivery the application owns (amqp_delivery_dup, and later pull mode):
-/// the struct first, so its address is the amqp_delivery's.
+/// A delivery the application owns (amqp_delivery_dup, amqp_poll): the
+/// struct first, so its address is the amqp_delivery's.
 #[repr(C)]
 pub(crate) struct OwnedDelivery {
     delivery: amqp_delivery,
-    /// exchange, routing key and body, which `delivery` points into.
-    bytes: Box<[u8]>,
+    /// What `delivery` points into; never read, only kept.
+    _bytes: Kept,
+}
+
+/// The bytes of an owned delivery: a copy (amqp_delivery_dup), or the
+/// polled delivery itself (amqp_poll: no copy).
+enum Kept {
+    Copy(#[allow(dead_code)] Box<[u8]>),
+    Polled(#[allow(dead_code)] Polled),
 }
 
 impl OwnedDelivery {
@@ -254,7 +262,30 @@ impl OwnedDelivery {
                 routing_key_len: r,
                 ..*d
             },
-            bytes,
+            _bytes: Kept::Copy(bytes),
+        });
+        Box::into_raw(owned) as *const amqp_delivery
+    }
+
+    /// A delivery amqp_poll hands out: it keeps the polled delivery, whose
+    /// heap bytes the pointers point into (they do not move with it).
+    pub(crate) fn polled(p: Polled, queue: amqp_queue_handle) -> *const amqp_delivery {
+        let d = p.view();
+        let delivery = amqp_delivery {
+            body: d.body.as_ptr(),
+            body_len: d.body.len(),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: d.exchange.as_ptr() as *const c_char,
+            exchange_len: d.exchange.len(),
+            routing_key: d.routing_key.as_ptr() as *const c_char,
+            routing_key_len: d.routing_key.len(),
+            queue,
+            delivery_id: d.delivery_id,
+        };
+        let owned = Box::new(OwnedDelivery {
+            delivery,
+            _bytes: Kept::Polled(p),
         });
         Box::into_raw(owned) as *const amqp_delivery
     }

@@ -3,7 +3,7 @@
 //! which catches panics (AMQP_ERR_INTERNAL) and records `amqp_last_error`.
 //!
 //! One file per API area: `errors` (codes, last error), `connection`,
-//! `queue`, `publish`, `consume`, `log`. Handles come from the two
+//! `queue`, `publish`, `consume`, `pull`, `log`. Handles come from the two
 //! generation-checked registries below.
 
 #![allow(non_camel_case_types, clippy::missing_safety_doc)]
@@ -70,6 +70,7 @@ mod consume;
 mod errors;
 mod log;
 mod publish;
+mod pull;
 mod queue;
 
 pub use connection::*;
@@ -77,6 +78,7 @@ pub use consume::*;
 pub use errors::*;
 pub use log::*;
 pub use publish::*;
+pub use pull::*;
 pub use queue::*;
 
 use crate::client::{Connection, Queue};
