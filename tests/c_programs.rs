@@ -133,6 +133,7 @@ const C_PROGRAMS: &[&str] = &[
     "fork_before_use.c",
     "exit_paths.c",
     "exit_atexit.c",
+    "pull_mode.c",
 ];
 
 #[test]
@@ -258,6 +259,11 @@ fn exported_symbols_do_not_clash_with_rabbitmq_c() {
 #[test]
 fn c_roundtrip() {
     run_c_test("roundtrip", Build::c("tests/c/roundtrip.c"), true, 120);
+}
+
+#[test]
+fn c_pull_mode() {
+    run_c_test("pull_mode", Build::c("tests/c/pull_mode.c"), true, 120);
 }
 
 #[test]
