@@ -36,6 +36,8 @@ THROUGHPUT = [  # (test, label in the table, short label in the chart)
     ),
     ("pub_transient_4k", "confirmed publish, 4 KiB, transient", "publish 4 KiB transient"),
     ("consume_64", "consume + ack, 64 B, prefetch 500", "consume + ack 64 B"),
+    ("consume_pull_64", "consume + ack, 64 B, prefetch 500, ours in pull mode (amqp_poll)",
+     "consume + ack 64 B, pull"),
 ]
 LATENCY = [("latency_1t", "1 thread"), ("latency_8t", "8 threads")]
 PCTS = [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")]

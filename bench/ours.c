@@ -9,6 +9,10 @@
  *   consume  uri queue n size prefetch      consume a pre-filled queue: amqp_consume repeat 1,
  *                                           callback returns AMQP_ACK; timed from amqp_consume
  *                                           until the callback count reaches n
+ *   consume_pull uri queue n size prefetch batch   the same in pull mode: amqp_consume_pull,
+ *                                           amqp_poll up to `batch` (default 256) at a time,
+ *                                           each batch acked with amqp_settle_many; timed
+ *                                           from amqp_consume_pull until n were polled
  *   latency  uri queue n threads size       the time of each amqp_publish call, n calls in all
  *                                           spread over `threads` threads (one queue handle)
  *   e2e      uri queue rate seconds size    publish at a fixed rate, consume in the same
@@ -221,6 +225,86 @@ static int mode_consume(void) {
     if (g_err[0] == '\0' && atomic_load(&st.bad) != 0)
       set_errf("%" PRIu64 " bodies of the wrong size", (uint64_t)atomic_load(&st.bad));
   }
+  if (conn != 0) close_conn(conn);
+  return finish();
+}
+
+/* ---- consume, pull mode ----------------------------------------------------------- */
+
+static int mode_consume_pull(void) {
+  long long n = arg_int("n", 200000), size = arg_int("size", 64);
+  long long prefetch = arg_int("prefetch", 500), batch = arg_int("batch", 256);
+  json_begin(CLIENT, "consume");
+  json_s("api", "pull");
+  json_i("n", n);
+  json_i("size", size);
+  json_i("prefetch", prefetch);
+  json_i("batch", batch);
+  amqp_connection_handle conn = 0;
+  amqp_queue_handle q = 0;
+  uint64_t count = 0, bad = 0, settle_failed = 0;
+  const amqp_delivery **out = calloc((size_t)batch, sizeof *out);
+  uint64_t *ids = calloc((size_t)batch, sizeof *ids);
+  if (out != NULL && ids != NULL && open_queue(100000, 64ll << 20, 0, prefetch, &conn, &q) == 0) {
+    double c0 = cpu_seconds();
+    uint64_t t0 = now_ns();
+    amqp_result rc = amqp_consume_pull(q, NULL);
+    if (rc != AMQP_OK) set_err("amqp_consume_pull", rc);
+    uint64_t deadline = t0 + 300ull * 1000000000ull;
+    while (g_err[0] == '\0' && count < (uint64_t)n) {
+      size_t got = 0;
+      rc = amqp_poll(q, out, (size_t)batch, 100, &got);
+      if (rc == AMQP_ERR_TIMEOUT) {
+        if (now_ns() > deadline) set_errf("consumed %" PRIu64 " of %lld after 300 s", count, n);
+        continue;
+      }
+      if (rc != AMQP_OK) {
+        set_err("amqp_poll", rc);
+        break;
+      }
+      for (size_t i = 0; i < got; i++) {
+        if (out[i]->body_len != (size_t)size) bad++;
+        ids[i] = out[i]->delivery_id;
+        amqp_delivery_free(out[i]);
+      }
+      if (amqp_settle_many(q, ids, got, AMQP_ACK, NULL) != AMQP_OK) settle_failed++;
+      count += got;
+    }
+    uint64_t t1 = now_ns();
+    double c1 = cpu_seconds();
+    amqp_queue_stats s;
+    memset(&s, 0, sizeof s);
+    s.size = sizeof s;
+    uint64_t ack_deadline = now_ns() + 10000000000ull;
+    while (amqp_queue_get_stats(q, &s) == AMQP_OK && s.acked < (uint64_t)n &&
+           now_ns() < ack_deadline)
+      sleep_us(1000);
+    sleep_us(200000); /* anything beyond n would be a duplicate */
+    size_t extra = 0;
+    if (amqp_poll(q, out, (size_t)batch, 0, &extra) == AMQP_OK) {
+      for (size_t i = 0; i < extra; i++) amqp_delivery_free(out[i]);
+      set_errf("%zu deliveries beyond n", extra);
+    }
+    amqp_queue_get_stats(q, &s);
+    double secs = (t1 - t0) / 1e9;
+    json_f("seconds", secs);
+    json_f("msgs_per_s", n / secs);
+    json_f("cpu_s", c1 - c0);
+    json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_u("consumed", count);
+    json_u("acked", s.acked);
+    json_u("bad_bodies", bad);
+    json_u("redelivered_released", s.released);
+    if (g_err[0] == '\0' && (count != (uint64_t)n || s.acked != (uint64_t)n))
+      set_errf("consumed %" PRIu64 ", acked %" PRIu64 " of %lld", count, s.acked, n);
+    if (g_err[0] == '\0' && (bad != 0 || settle_failed != 0))
+      set_errf("%" PRIu64 " bodies of the wrong size, %" PRIu64 " settle_many failures", bad,
+               settle_failed);
+  } else if (out == NULL || ids == NULL) {
+    set_errf("out of memory");
+  }
+  free(out);
+  free(ids);
   if (conn != 0) close_conn(conn);
   return finish();
 }
@@ -519,9 +603,10 @@ int main(int argc, char **argv) {
   const char *mode = argc > 1 ? argv[1] : "";
   if (strcmp(mode, "publish") == 0) return mode_publish();
   if (strcmp(mode, "consume") == 0) return mode_consume();
+  if (strcmp(mode, "consume_pull") == 0) return mode_consume_pull();
   if (strcmp(mode, "latency") == 0) return mode_latency();
   if (strcmp(mode, "e2e") == 0) return mode_e2e();
   if (strcmp(mode, "memory") == 0) return mode_memory();
-  fprintf(stderr, "usage: ours publish|consume|latency|e2e|memory key=value...\n");
+  fprintf(stderr, "usage: ours publish|consume|consume_pull|latency|e2e|memory key=value...\n");
   return 2;
 }

@@ -19,6 +19,7 @@
 #                           (every other publish case: mandatory, our default, on both sides)
 #        pub_transient_4k   the same as the first with 4 KiB bodies
 #        consume_64         consume + ack (prefetch 500) a queue pre-filled with N x 64 B
+#        consume_pull_64    the same, ours in pull mode (amqp_poll batches, amqp_settle_many)
 #        latency_1t/_8t     the time of each publish call from 1 and from 8 threads
 #        e2e_10k            publish -> consume latency at 10,000 msg/s, same process
 #        memory_1m          (ours only) RSS growth with 1,000,000 buffered 64 B messages
@@ -222,10 +223,12 @@ publish_case() {
     done
 }
 
+# consume_case TEST OURS_MODE: ours consumes with OURS_MODE (consume: callbacks; consume_pull:
+# amqp_poll batches settled with amqp_settle_many), rabbitmq-c as always
 consume_case() {
-    local test=consume_64 n=$N r client q fill
+    local test=$1 ours_mode=$2 n=$N r client q fill mode
     wanted "$test" || return 0
-    say "$test: consume + ack, $n x 64 B pre-filled, prefetch 500 ($RUNS runs each, alternating, ABBA)"
+    say "$test: consume + ack ($ours_mode), $n x 64 B pre-filled, prefetch 500 ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
         for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
@@ -240,7 +243,9 @@ consume_case() {
                 continue
             fi
             settle
-            run "$client" "$test" "$r" consume "queue=$q" "n=$n" size=64 prefetch=500
+            mode=consume
+            [[ $client == ours ]] && mode=$ours_mode
+            run "$client" "$test" "$r" "$mode" "queue=$q" "n=$n" size=64 prefetch=500
             verify "$client" "$test" "$r" "$q" 0
         done
     done
@@ -296,7 +301,8 @@ publish_case pub_transient_64 "$N" 64 0 1
 publish_case pub_durable_64 "$N" 64 1 1
 publish_case pub_durable_64_nomandatory "$N" 64 1 0
 publish_case pub_transient_4k "$N_4K" 4096 0 1
-consume_case
+consume_case consume_64 consume
+consume_case consume_pull_64 consume_pull
 latency_case latency_1t 1
 latency_case latency_8t 8
 e2e_case
