@@ -88,8 +88,18 @@ extern "C" fn silence_in_forked_child() {
     SINK_LEVEL.store(0, Ordering::Relaxed);
 }
 
-/// Installs (or with `None` removes) the application's callback.
-pub(crate) fn set_callback(callback: Option<LogCallback>, level: Level) -> std::io::Result<()> {
+/// Runs once the log thread of a replaced or removed callback has passed
+/// it its last message (`amqp_set_log_callback_ex`'s release).
+pub(crate) type LogRelease = Box<dyn FnOnce() + Send>;
+
+/// Installs (or with `None` removes) the application's callback; `release`
+/// runs on its log thread after its last call, once it is replaced or
+/// removed (never if it could not be installed).
+pub(crate) fn set_callback(
+    callback: Option<LogCallback>,
+    level: Level,
+    release: Option<LogRelease>,
+) -> std::io::Result<()> {
     static ATFORK: std::sync::Once = std::sync::Once::new();
     // SAFETY: the handler only stores to an atomic.
     ATFORK.call_once(|| unsafe {
@@ -106,10 +116,18 @@ pub(crate) fn set_callback(callback: Option<LogCallback>, level: Level) -> std::
             // Not a std thread: a runtime that ends it inside the callback
             // (pthread_exit at Python's exit) must not abort the process
             // (`os_thread`). Then the receiver is dropped, and records sent
-            // to it are discarded.
+            // to it are discarded (and release is not called: the process
+            // is ending).
             crate::os_thread::spawn(c"ramqp-log", move || {
                 for (level, msg) in rx {
                     callback(level, &msg);
+                }
+                // Replaced or removed, and every message sent before was
+                // passed on: the callback is done with.
+                drop(callback);
+                if let Some(release) = release {
+                    // Nothing to log to any more: a panic just ends here.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(release));
                 }
             })?;
             *guard = Some(tx);

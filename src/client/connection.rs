@@ -20,6 +20,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+mod close;
+pub(crate) use close::CloseReport;
+
 /// Where a connection is in its life. The C API's `amqp_connection_state`
 /// mirrors it one to one (src/ffi/connection.rs; exhaustive matches both
 /// ways and a unit test keep the two in step).
@@ -439,36 +442,5 @@ impl Connection {
             self.spawn_session(q.clone(), generation, conn, ch);
         }
         Ok(q)
-    }
-
-    /// `amqp_close_graceful`: refuse publishes, stop consumers, wait up to
-    /// `timeout` for every buffered and in-flight message to be confirmed,
-    /// close. Returns the number of messages not confirmed.
-    pub fn close(&self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
-        let queues = {
-            let s = self.lock();
-            s.queues.clone()
-        };
-        for q in &queues {
-            q.outbox.close_for_publishing();
-        }
-        // Closed from now on (publishes refused, state reported); the link
-        // stays up until the buffers drained.
-        self.set_state(ConnectionState::Closed);
-        for q in &queues {
-            q.consumers.shutdown(deadline);
-        }
-        let unsent = |qs: &[Arc<Queue>]| qs.iter().map(|q| q.outbox.unconfirmed()).sum::<u64>();
-        while unsent(&queues) > 0 && Instant::now() < deadline {
-            if self.failed.load(Ordering::SeqCst) {
-                break; // nothing can drain any more
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let left = unsent(&queues);
-        self.shutdown.send_replace(true);
-        self.env.link.send_modify(|l| l.up = false);
-        left
     }
 }

@@ -10,6 +10,6 @@ mod queue;
 mod session;
 
 /// What the C API hands a consumer.
-pub(crate) use crate::consume::{Callback, DeliveryView, Disposition, Polled};
-pub(crate) use connection::{Connection, ConnectionState, ConnectionStatsSnapshot};
+pub(crate) use crate::consume::{Callback, DeliveryView, Disposition, Polled, Release};
+pub(crate) use connection::{CloseReport, Connection, ConnectionState, ConnectionStatsSnapshot};
 pub(crate) use queue::{Queue, QueueStatsSnapshot};

@@ -3,6 +3,7 @@
 //! happens when the application's runtime ends the thread in a callback.
 
 use super::deferred::{self, Running, Ticket, Unparked};
+use super::group::{SetShared, IN_SET};
 use super::settle_book::Settle;
 use super::worker::{Job, WorkQueue};
 use super::{Callback, ConsumerSet, DeliveryView, Disposition, IN_CALLBACK};
@@ -29,7 +30,9 @@ impl ConsumerSet {
     /// pass through, and a `catch_unwind` would abort the process instead
     /// (`os_thread`). The unwind drops `Worker` and `Gone`, which leave the
     /// queue consistent; everything of ours runs inside `catch_unwind`.
-    pub(super) fn run_worker(self: Arc<Self>, work: Arc<WorkQueue>, cb: Callback) {
+    /// The callback (with the application's userdata) is dropped before this
+    /// returns, so the set's release can follow.
+    pub(super) fn run_worker(self: Arc<Self>, work: Arc<WorkQueue>, set: &SetShared, cb: Callback) {
         let mut worker = Worker {
             cs: self,
             work,
@@ -38,44 +41,50 @@ impl ConsumerSet {
         };
         while worker.work.take(&mut worker.batch) {
             while let Some(job) = worker.batch.pop_front() {
-                worker.cs.handle_job(&worker.work, &cb, job);
+                worker.cs.handle_job(&worker.work, set, &cb, job);
             }
         }
         worker.ended = true;
+        drop(cb);
     }
 
     /// Runs the callback on one delivery (or gives the delivery back when
     /// paused or stale) and applies what it returned.
-    fn handle_job(&self, work: &WorkQueue, cb: &Callback, job: Job) {
+    fn handle_job(&self, work: &WorkQueue, set: &SetShared, cb: &Callback, job: Job) {
         // A bug in our part must not end the thread (its later deliveries
         // would never be called back).
-        let begun = catch_unwind(AssertUnwindSafe(|| self.begin(work, job)));
+        let begun = catch_unwind(AssertUnwindSafe(|| self.begin(work, set, job)));
         let Ok(Some((id, d))) = begun else {
             if begun.is_err() {
                 error!("internal error: a consumer's job panicked");
             }
             return;
         };
-        let disposition = self.call(cb, &d, id);
-        if catch_unwind(AssertUnwindSafe(|| self.finish(work, id, disposition))).is_err() {
+        let disposition = self.call(set, cb, &d, id);
+        if catch_unwind(AssertUnwindSafe(|| self.finish(work, set, id, disposition))).is_err() {
             error!("internal error: a consumer's job panicked");
         }
     }
 
     /// Before the callback: the delivery (with its new id), or None when it
     /// was given back or rejected instead.
-    fn begin(&self, work: &WorkQueue, job: Job) -> Option<(u64, Delivery)> {
+    fn begin(&self, work: &WorkQueue, set: &SetShared, job: Job) -> Option<(u64, Delivery)> {
         self.queued.fetch_sub(1, Ordering::SeqCst);
         self.running.fetch_add(1, Ordering::SeqCst);
+        // Counted before `cancelled` is read: a cancel that sees no callback
+        // running knows none starts.
+        set.running.fetch_add(1, Ordering::SeqCst);
         let Job {
             delivery: d,
             ticket,
             generation,
         } = job;
         if self.paused.load(Ordering::SeqCst)
+            || set.cancelled.load(Ordering::SeqCst)
             || generation != self.channel_generation.load(Ordering::SeqCst)
         {
             self.running.fetch_sub(1, Ordering::SeqCst);
+            set.running.fetch_sub(1, Ordering::SeqCst);
             // Give it back now; on a dead channel this is a no-op and the
             // broker requeues it by itself.
             ticket.decide(Settle::Release);
@@ -84,6 +93,7 @@ impl ConsumerSet {
         }
         if let Some(size) = d.too_large {
             self.running.fetch_sub(1, Ordering::SeqCst);
+            set.running.fetch_sub(1, Ordering::SeqCst);
             // It can never be taken in: dead-lettered (or dropped) by the
             // broker, not redelivered to us forever.
             warn!(
@@ -105,7 +115,7 @@ impl ConsumerSet {
 
     /// The application's callback; not inside `catch_unwind` (see
     /// `run_worker`).
-    fn call(&self, cb: &Callback, d: &Delivery, id: u64) -> Disposition {
+    fn call(&self, set: &SetShared, cb: &Callback, d: &Delivery, id: u64) -> Disposition {
         let view = DeliveryView {
             body: d.body(),
             delivery_tag: d.delivery_tag,
@@ -114,20 +124,23 @@ impl ConsumerSet {
             routing_key: d.routing_key(),
             delivery_id: id,
         };
-        let gone = Gone { cs: self };
+        let gone = Gone { cs: self, set };
         IN_CALLBACK.with(|c| c.set(self.queue_id));
+        IN_SET.with(|c| c.set(set.id));
         let disposition = cb(&view);
         std::mem::forget(gone);
+        IN_SET.with(|c| c.set(0));
         IN_CALLBACK.with(|c| c.set(0));
         disposition
     }
 
     /// After the callback returned: applies its disposition.
-    fn finish(&self, work: &WorkQueue, id: u64, disposition: Disposition) {
+    fn finish(&self, work: &WorkQueue, set: &SetShared, id: u64, disposition: Disposition) {
         let ticket = work.running().take().and_then(|r| r.ticket);
         self.apply(id, ticket, disposition);
         self.running.fetch_sub(1, Ordering::SeqCst);
-        if self.paused.load(Ordering::SeqCst) {
+        set.running.fetch_sub(1, Ordering::SeqCst);
+        if self.paused.load(Ordering::SeqCst) || set.cancelled.load(Ordering::SeqCst) {
             self.notify();
         }
     }
@@ -236,12 +249,15 @@ impl ConsumerSet {
 /// the channel closes, at the latest when the process exits.
 struct Gone<'a> {
     cs: &'a ConsumerSet,
+    set: &'a SetShared,
 }
 
 impl Drop for Gone<'_> {
     fn drop(&mut self) {
         let _ = IN_CALLBACK.try_with(|c| c.set(0));
+        let _ = IN_SET.try_with(|c| c.set(0));
         self.cs.running.fetch_sub(1, Ordering::SeqCst);
+        self.set.running.fetch_sub(1, Ordering::SeqCst);
         self.cs.notify();
     }
 }

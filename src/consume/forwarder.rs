@@ -19,13 +19,13 @@ impl ConsumerSet {
         generation: u64,
         settler: &Arc<Settler>,
     ) -> Vec<(String, Box<dyn DeliverySink>)> {
-        let count = g.workers.len() + usize::from(g.pull.is_some());
+        let count = g.shared.workers.len() + usize::from(g.pull.is_some());
         let mut sinks = Vec::with_capacity(count);
         for i in 0..count {
             let n = self.next_tag.fetch_add(1, Ordering::Relaxed);
             let tag = format!("resilient-amqp.{}.{}", self.queue_id, n);
             self.forwarders.fetch_add(1, Ordering::SeqCst);
-            let sink: Box<dyn DeliverySink> = match (g.workers.get(i), &g.pull) {
+            let sink: Box<dyn DeliverySink> = match (g.shared.workers.get(i), &g.pull) {
                 (Some(work), _) => Box::new(Forwarder {
                     cs: self.clone(),
                     work: work.clone(),

@@ -11,6 +11,7 @@
 mod deferred;
 mod dispatch;
 mod forwarder;
+mod group;
 mod notifier;
 mod pull;
 mod settle_book;
@@ -19,6 +20,8 @@ mod worker;
 
 use crate::runtime;
 use crate::wire::WireChannel;
+pub(crate) use group::Release;
+use group::SetShared;
 pub(crate) use pull::Polled;
 use pull::PullQueue;
 use settler::Settler;
@@ -87,19 +90,37 @@ pub(crate) struct ConsumeStats {
     pub returns_ignored: AtomicU64,
 }
 
+/// One consumer set as the broker sees it.
 struct Group {
-    workers: Vec<Arc<WorkQueue>>,
+    shared: Arc<SetShared>,
     /// The pull consumer's queue (a group of its own, without workers).
     pull: Option<Arc<PullQueue>>,
     /// The channel generation its broker consumers run on (0 = not running).
     started_on: u64,
+    /// Its broker consumers on that channel.
+    tags: Vec<String>,
+}
+
+impl Group {
+    fn new(shared: Arc<SetShared>) -> Group {
+        Group {
+            shared,
+            pull: None,
+            started_on: 0,
+            tags: Vec::new(),
+        }
+    }
+
+    /// Its broker consumers are gone (with their channel, or cancelled).
+    fn stopped(&mut self) {
+        self.started_on = 0;
+        self.tags.clear();
+    }
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
-        for w in &self.workers {
-            w.close();
-        }
+        self.shared.close_workers();
     }
 }
 
@@ -107,7 +128,6 @@ impl Drop for Group {
 struct State {
     groups: Vec<Group>,
     channel: Option<(u64, WireChannel, Arc<Settler>)>,
-    tags: Vec<String>,
 }
 
 /// The consumers of one queue.
@@ -122,6 +142,8 @@ pub(crate) struct ConsumerSet {
     invalid_warned_at: AtomicU64,
     /// Every worker of the queue, for settles by id while a callback runs.
     workers: Mutex<Vec<Arc<WorkQueue>>>,
+    /// The consumer sets not cancelled; None once closing (no set is added).
+    sets: Mutex<Option<Vec<Arc<SetShared>>>>,
     pub stats: Arc<ConsumeStats>,
     state: tokio::sync::Mutex<State>,
     paused: AtomicBool,
@@ -159,6 +181,7 @@ impl ConsumerSet {
             },
             invalid_warned_at: AtomicU64::new(0),
             workers: Mutex::new(Vec::new()),
+            sets: Mutex::new(Some(Vec::new())),
             stats: Arc::default(),
             state: tokio::sync::Mutex::default(),
             paused: AtomicBool::new(false),
@@ -199,39 +222,10 @@ impl ConsumerSet {
         true
     }
 
-    /// Adds `repeat` consumers calling `cb`; they start now if the channel
-    /// is up and the queue is not paused, otherwise on the next connect /
-    /// start.
-    pub fn add(self: &Arc<Self>, cb: Callback, repeat: u32) -> crate::Result<()> {
-        let repeat = repeat.max(1) as usize;
-        let mut workers = Vec::with_capacity(repeat);
-        for _ in 0..repeat {
-            let work = Arc::new(WorkQueue::default());
-            let (cs, cb2, work2) = (self.clone(), cb.clone(), work.clone());
-            // Not a std thread: see `run_worker`.
-            crate::os_thread::spawn(c"ramqp-consumer", move || cs.run_worker(work2, cb2)).map_err(
-                |e| crate::Error::internal(format!("cannot start a consumer thread: {e}")),
-            )?;
-            workers.push(work);
-        }
-        (self.workers.lock().unwrap_or_else(|p| p.into_inner())).extend(workers.iter().cloned());
-        self.add_group(Group {
-            workers,
-            pull: None,
-            started_on: 0,
-        })
-    }
-
     /// The pull consumer's group: one broker consumer, no worker.
     fn add_pull_group(self: &Arc<Self>, pull: Arc<PullQueue>) -> crate::Result<()> {
-        self.add_group(Group {
-            workers: Vec::new(),
-            pull: Some(pull),
-            started_on: 0,
-        })
-    }
-
-    fn add_group(self: &Arc<Self>, group: Group) -> crate::Result<()> {
+        let mut group = Group::new(SetShared::without_workers());
+        group.pull = Some(pull);
         // Through the runtime rather than tokio's blocking_lock, which needs
         // thread-locals that are gone when called from an atexit handler.
         let cs = self.clone();
@@ -253,25 +247,27 @@ impl ConsumerSet {
             return;
         };
         if self.paused.load(Ordering::SeqCst) {
-            let tags = std::mem::take(&mut st.tags);
-            for tag in tags {
-                if let Err(e) = ch.basic_cancel(&tag).await {
-                    debug!("queue '{}': cancel failed: {e}", self.queue_name);
-                }
-            }
             for g in &mut st.groups {
-                g.started_on = 0;
+                for tag in std::mem::take(&mut g.tags) {
+                    if let Err(e) = ch.basic_cancel(&tag).await {
+                        debug!("queue '{}': cancel failed: {e}", self.queue_name);
+                    }
+                }
+                g.stopped();
             }
             return;
         }
-        let State { groups, tags, .. } = &mut *st;
-        for g in groups.iter_mut().filter(|g| g.started_on != generation) {
+        let to_start = st
+            .groups
+            .iter_mut()
+            .filter(|g| g.started_on != generation && !g.shared.cancelled.load(Ordering::SeqCst));
+        for g in to_start {
             for (tag, sink) in self.sinks(g, generation, &settler) {
                 if let Err(e) = ch.basic_consume(&self.queue_name, &tag, sink).await {
                     warn!("queue '{}': basic.consume failed: {e}", self.queue_name);
                     return;
                 }
-                tags.push(tag);
+                g.tags.push(tag);
             }
             g.started_on = generation;
         }
@@ -284,10 +280,7 @@ impl ConsumerSet {
             let settler = Settler::new(ch.clone(), self.prefetch, self.stats.clone());
             spawn_flusher(&settler, Arc::downgrade(self));
             st.channel = Some((generation, ch, settler));
-            st.tags.clear();
-            for g in &mut st.groups {
-                g.started_on = 0;
-            }
+            st.groups.iter_mut().for_each(Group::stopped);
             self.channel_generation.store(generation, Ordering::SeqCst);
         }
         self.reconcile().await;
@@ -304,18 +297,28 @@ impl ConsumerSet {
                 self.stats.unsettled.fetch_sub(stale, Ordering::Relaxed);
             }
             st.channel = None;
-            st.tags.clear();
-            for g in &mut st.groups {
-                g.started_on = 0;
-            }
+            st.groups.iter_mut().for_each(Group::stopped);
             self.channel_generation.store(0, Ordering::SeqCst);
         }
     }
 
     /// `amqp_consume_stop`: no callback runs or starts once this returns (a
-    /// caller inside a callback of this queue only excludes itself).
+    /// caller inside a callback of this queue only excludes itself);
+    /// AMQP_ERR_TIMEOUT when one still runs after 30 s.
     pub fn stop(self: &Arc<Self>) -> crate::Result<()> {
         self.stop_until(Instant::now() + STOP_WAIT)
+    }
+
+    /// `amqp_consume_stop_timeout`: `stop` bounded by `timeout`; zero
+    /// begins the stop and returns.
+    pub fn stop_timeout(self: &Arc<Self>, timeout: Duration) -> crate::Result<()> {
+        if timeout.is_zero() {
+            self.paused.store(true, Ordering::SeqCst);
+            let cs = self.clone();
+            runtime::spawn("consumer stop", async move { cs.reconcile().await });
+            return Ok(());
+        }
+        self.stop_until(Instant::now() + timeout)
     }
 
     fn stop_until(self: &Arc<Self>, deadline: Instant) -> crate::Result<()> {
@@ -373,16 +376,33 @@ impl ConsumerSet {
     }
 
     /// For close: stop (waiting for running callbacks only until
-    /// `deadline`), then let the worker threads end once drained.
+    /// `deadline`), then let the worker threads end once drained (each
+    /// set's release follows its last callback).
     pub fn shutdown(self: &Arc<Self>, deadline: Instant) {
         self.end();
         let _ = self.stop_until(deadline);
+        self.close_sets();
         let cs = self.clone();
         // Not waited for past the deadline: the workers still end.
         let left = deadline.saturating_duration_since(Instant::now());
         let _ = runtime::block_on(
             async move { drop(std::mem::take(&mut cs.state.lock().await.groups)) },
             left,
+        );
+    }
+
+    /// Sends every decision still held for a batch (close: before the
+    /// connection goes).
+    pub fn flush(self: &Arc<Self>, timeout: Duration) {
+        let cs = self.clone();
+        let _ = runtime::block_on(
+            async move {
+                let settler = cs.state.lock().await.channel.clone();
+                if let Some((_, _, settler)) = settler {
+                    settler.flush();
+                }
+            },
+            timeout,
         );
     }
 }

@@ -1,0 +1,232 @@
+//! Consumer sets: the broker consumers and worker threads of one
+//! `amqp_consume_ex` call, their `release`, and cancelling one set.
+//!
+//! A set's `release` runs on the last of its worker threads to end: a worker
+//! ends once its queue is closed (cancel, close) and drained, so by then no
+//! callback of the set runs and none can start; the callback (which holds
+//! the application's userdata) is dropped with the threads.
+
+use super::worker::WorkQueue;
+use super::{in_callback_of, Callback, ConsumerSet, Group, STOP_WAIT};
+use crate::error::{Error, ErrorKind, Result};
+use crate::runtime;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Called once when a consumer set has ended (its last callback returned).
+pub(crate) type Release = Box<dyn FnOnce() + Send>;
+
+/// Consumer set ids: unique in the process, never 0, below 2^53.
+static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The consumer set whose callback runs on this thread (0 = none).
+    pub(super) static IN_SET: Cell<u64> = const { Cell::new(0) };
+}
+
+/// What a consumer set's worker threads share.
+pub(super) struct SetShared {
+    pub id: u64,
+    pub workers: Vec<Arc<WorkQueue>>,
+    /// amqp_consume_cancel: no callback of the set starts any more; its
+    /// queued deliveries are given back.
+    pub cancelled: AtomicBool,
+    /// Callbacks of the set running now.
+    pub running: AtomicUsize,
+    /// Worker threads not ended yet.
+    live: AtomicUsize,
+    release: Mutex<Option<Release>>,
+}
+
+impl SetShared {
+    /// The set of the pull consumer: no workers, no release.
+    pub fn without_workers() -> Arc<SetShared> {
+        Arc::new(SetShared {
+            id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
+            workers: Vec::new(),
+            cancelled: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            release: Mutex::new(None),
+        })
+    }
+
+    /// Lets the workers end once their queues are drained.
+    pub fn close_workers(&self) {
+        for w in &self.workers {
+            w.close();
+        }
+    }
+
+    fn take_release(&self) -> Option<Release> {
+        self.release
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// A worker thread ended; the last one calls `release`.
+    pub(super) fn worker_ended(&self) {
+        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(release) = self.take_release() {
+                if catch_unwind(AssertUnwindSafe(release)).is_err() {
+                    error!("internal error: a consumer set's release panicked");
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerSet {
+    /// Adds a set of `repeat` consumers calling `cb`; they start now if the
+    /// channel is up and the queue is not paused, otherwise on the next
+    /// connect / start. Returns the set's id; `release` runs once the set
+    /// ended (never when this fails).
+    pub fn add(
+        self: &Arc<Self>,
+        cb: Callback,
+        repeat: u32,
+        release: Option<Release>,
+    ) -> Result<u64> {
+        let repeat = repeat.max(1) as usize;
+        let workers: Vec<Arc<WorkQueue>> = (0..repeat)
+            .map(|_| Arc::new(WorkQueue::default()))
+            .collect();
+        let shared = Arc::new(SetShared {
+            id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
+            workers,
+            cancelled: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            release: Mutex::new(None),
+        });
+        let spawned = self.spawn_workers(&shared, &cb);
+        drop(cb);
+        if let Err(e) = spawned {
+            shared.close_workers();
+            return Err(e);
+        }
+        (self.workers.lock().unwrap_or_else(|p| p.into_inner()))
+            .extend(shared.workers.iter().cloned());
+        // Through the runtime rather than tokio's blocking_lock, which needs
+        // thread-locals that are gone when called from an atexit handler.
+        let (cs, group) = (self.clone(), Group::new(shared.clone()));
+        let pushed = runtime::block_on(
+            async move { cs.state.lock().await.groups.push(group) },
+            STOP_WAIT,
+        );
+        if let Err(e) = pushed {
+            shared.cancelled.store(true, Ordering::SeqCst);
+            shared.close_workers();
+            return Err(e);
+        }
+        {
+            let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+            if sets.is_none() {
+                // Closed meanwhile: the set never starts, release never runs.
+                shared.cancelled.store(true, Ordering::SeqCst);
+                shared.close_workers();
+                return Err(Error::closed("the connection is closing"));
+            }
+            *shared.release.lock().unwrap_or_else(|p| p.into_inner()) = release;
+            sets.get_or_insert_with(Vec::new).push(shared.clone());
+        }
+        let cs = self.clone();
+        runtime::spawn("consumer start", async move { cs.reconcile().await });
+        Ok(shared.id)
+    }
+
+    fn spawn_workers(self: &Arc<Self>, shared: &Arc<SetShared>, cb: &Callback) -> Result<()> {
+        for work in &shared.workers {
+            let (cs, cb, work, set) = (self.clone(), cb.clone(), work.clone(), shared.clone());
+            set.live.fetch_add(1, Ordering::SeqCst);
+            // Not a std thread: see `ConsumerSet::run_worker`.
+            let spawned = crate::os_thread::spawn(c"ramqp-consumer", move || {
+                cs.clone().run_worker(work.clone(), &set, cb);
+                // Nothing can call back any more (the callback, and with it
+                // the userdata, went with the worker).
+                (cs.workers.lock().unwrap_or_else(|p| p.into_inner()))
+                    .retain(|w| !Arc::ptr_eq(w, &work));
+                set.worker_ended();
+            });
+            if let Err(e) = spawned {
+                shared.live.fetch_sub(1, Ordering::SeqCst);
+                return Err(Error::internal(format!(
+                    "cannot start a consumer thread: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `amqp_consume_cancel`: ends the consumer set `id` (basic.cancel, its
+    /// queued deliveries given back); `timeout` None begins and returns,
+    /// otherwise waits that long for its running callbacks (a caller inside
+    /// one of them does not wait for itself).
+    pub fn cancel(self: &Arc<Self>, id: u64, timeout: Option<Duration>) -> Result<()> {
+        let shared = {
+            let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+            let list = sets.as_mut().map(std::mem::take).unwrap_or_default();
+            let (found, rest): (Vec<_>, Vec<_>) = list.into_iter().partition(|s| s.id == id);
+            if let Some(s) = sets.as_mut() {
+                *s = rest;
+            }
+            found.into_iter().next().ok_or_else(|| {
+                Error::invalid(format!(
+                    "{id} is not a consumer of this queue (or was cancelled already)"
+                ))
+            })?
+        };
+        shared.cancelled.store(true, Ordering::SeqCst);
+        shared.close_workers();
+        let cs = self.clone();
+        runtime::spawn("consumer cancel", async move {
+            let mut st = cs.state.lock().await;
+            let Some(i) = st.groups.iter().position(|g| g.shared.id == id) else {
+                return;
+            };
+            let group = st.groups.remove(i);
+            if let Some((_, ch, _)) = st.channel.clone() {
+                for tag in &group.tags {
+                    if let Err(e) = ch.basic_cancel(tag).await {
+                        debug!("queue '{}': cancel failed: {e}", cs.queue_name);
+                    }
+                }
+            }
+        });
+        let Some(timeout) = timeout else {
+            return Ok(());
+        };
+        let inside = usize::from(in_callback_of(self.queue_id) && IN_SET.with(Cell::get) == id);
+        if !self.wait_until(timeout, || shared.running.load(Ordering::SeqCst) <= inside) {
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!("consume_cancel: a callback of consumer {id} is still running"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For close: no set starts any more and every worker ends once drained
+    /// (each set's release follows its last callback).
+    pub(super) fn close_sets(&self) {
+        let sets = self
+            .sets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        for s in sets {
+            s.close_workers();
+        }
+    }
+
+    /// Callbacks of this queue running now, not counting the caller's own.
+    pub fn callbacks_running(&self) -> u64 {
+        let inside = usize::from(in_callback_of(self.queue_id));
+        self.running.load(Ordering::SeqCst).saturating_sub(inside) as u64
+    }
+}
