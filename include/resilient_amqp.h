@@ -13,6 +13,26 @@
  * start with `size_t size`, which the caller sets to sizeof the struct it was
  * built with; the library reads and writes only what fits, so an older
  * caller's smaller struct is never overrun.
+ *
+ * Blocking: every function's comment says whether and how long it can block
+ * ("Blocks: never", "Blocks: up to timeout_ms", ...). Bindings run the ones
+ * that block off their event loop, or with their interpreter lock released.
+ *
+ * Error text: amqp_last_error is per thread. The blocking calls also exist
+ * as _e variants with trailing `char *errbuf, size_t errcap` (written only on
+ * failure, like snprintf), for bindings whose call may finish on another
+ * thread (Node's asynchronous calls, Go). For the other calls from Go, call
+ * and read the error in one cgo call, with a helper in the cgo preamble:
+ *
+ *   static amqp_result ra_publish(amqp_queue_handle q, const void *body,
+ *                                 size_t len, char *err, size_t cap) {
+ *     amqp_result r = amqp_publish(q, body, len);
+ *     if (r != AMQP_OK) amqp_last_error(err, cap);
+ *     return r;
+ *   }
+ *
+ * (a goroutine may move to another OS thread between two cgo calls, so a
+ * separate C.amqp_last_error call could read another thread's message).
  */
 
 #ifndef RESILIENT_AMQP_H
@@ -171,6 +191,30 @@ typedef enum amqp_log_level {
 typedef uint64_t amqp_connection_handle;
 
 /*
+ What amqp_close_ex left undone at its deadline (all 0 after AMQP_OK).
+ */
+typedef struct amqp_close_report {
+  /*
+   sizeof(amqp_close_report), set by the caller (the library writes
+   only what fits).
+   */
+  size_t size;
+  /*
+   Publishes not confirmed by the broker.
+   */
+  uint64_t unsent;
+  /*
+   Deliveries deferred (AMQP_DEFER) or polled and not settled.
+   */
+  uint64_t unsettled;
+  /*
+   Consume callbacks still running at the deadline (a close called from
+   a callback does not count its own).
+   */
+  uint64_t callbacks_running;
+} amqp_close_report;
+
+/*
  A snapshot of a connection's state and counters.
  */
 typedef struct amqp_connection_stats {
@@ -285,6 +329,15 @@ typedef struct amqp_delivery {
 typedef amqp_disposition (*amqp_consume_fn)(const struct amqp_delivery *delivery, void *userdata);
 
 /*
+ Called once when a consumer set (amqp_consume_ex) has ended, with its
+ userdata: on a library thread, after the last callback that could see
+ userdata returned, when no callback of the set can start any more; free
+ userdata here. It may call any function of the library; no API call
+ waits for it.
+ */
+typedef void (*amqp_release_fn)(void *userdata);
+
+/*
  The log callback: called on the library's "ramqp-log" thread,
  one message at a time, in order. `message` is valid during the call.
  It may call any function of the library (none waits for the log thread).
@@ -381,7 +434,7 @@ extern "C" {
  max_reconnects (0 = never give up), max_buffered (100000 per queue),
  max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB).
  Errors: AMQP_ERR_INVALID_ARGUMENT (NULL, bad URI or option; amqp_last_error
- names it; the password is never repeated).
+ names it; the password is never repeated). Blocks: never.
  */
 enum amqp_result amqp_connect(const char *uri, const char *options, amqp_connection_handle *out);
 
@@ -389,39 +442,77 @@ enum amqp_result amqp_connect(const char *uri, const char *options, amqp_connect
  Waits until the connection is up: AMQP_OK once connected,
  AMQP_ERR_TIMEOUT after `timeout_ms`, AMQP_ERR_CLOSED once it gave up for
  good (amqp_last_error says why, e.g. the broker's 403 ACCESS_REFUSED).
+ Blocks: up to timeout_ms.
  */
 enum amqp_result amqp_wait_connected(amqp_connection_handle conn, uint32_t timeout_ms);
 
 /*
+ amqp_wait_connected, and on failure the error message also goes to
+ `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+ `errcap` > 0; untouched on success), for bindings that cannot call
+ amqp_last_error on the same thread. Blocks: up to timeout_ms.
+ */
+enum amqp_result amqp_wait_connected_e(amqp_connection_handle conn,
+                                       uint32_t timeout_ms,
+                                       char *errbuf,
+                                       size_t errcap);
+
+/*
  Stops accepting publishes (AMQP_ERR_CLOSED from then on), stops consumers,
  waits up to `timeout_ms` until every buffered and in-flight message is
- confirmed, closes the connection and frees it and its queue handles.
- AMQP_OK when everything was confirmed, AMQP_ERR_TIMEOUT otherwise;
- `unsent` (may be NULL) receives the number not confirmed. A second call
- gets AMQP_ERR_INVALID_HANDLE. May be called from a consume callback.
+ confirmed, no consume callback runs any more, and every deferred (or
+ polled) delivery is settled; then closes the connection and frees it and
+ its queue handles (in every case; a second call gets
+ AMQP_ERR_INVALID_HANDLE). AMQP_OK when all of that happened in time;
+ AMQP_ERR_TIMEOUT otherwise, never AMQP_OK while a callback still runs
+ (it keeps running; the consumer's release comes after it returns).
+ `unsent` (may be NULL) receives the number of messages not confirmed,
+ on AMQP_OK and AMQP_ERR_TIMEOUT. Deferred deliveries not settled by then
+ go back to the broker with the connection. May be called from a consume
+ callback (it does not wait for that one). amqp_close_ex tells which
+ wait ran out. Blocks: up to timeout_ms.
  */
 enum amqp_result amqp_close_graceful(amqp_connection_handle conn,
                                      uint32_t timeout_ms,
                                      uint64_t *unsent);
 
 /*
+ amqp_close_graceful that reports what was left at the deadline: `out`
+ (may be NULL; else its `size` set to sizeof(amqp_close_report)) is
+ written on AMQP_OK (all 0) and on AMQP_ERR_TIMEOUT (unsent, unsettled,
+ callbacks_running). Blocks: up to timeout_ms.
+ */
+enum amqp_result amqp_close_ex(amqp_connection_handle conn,
+                               uint32_t timeout_ms,
+                               struct amqp_close_report *out);
+
+/*
+ amqp_close_ex, and on failure the error message also goes to `errbuf`
+ (as amqp_wait_connected_e). Blocks: up to timeout_ms.
+ */
+enum amqp_result amqp_close_ex_e(amqp_connection_handle conn,
+                                 uint32_t timeout_ms,
+                                 struct amqp_close_report *out,
+                                 char *errbuf,
+                                 size_t errcap);
+
+/*
  Writes a snapshot of the connection's state and counters to `out`.
+ Blocks: never.
  */
 enum amqp_result amqp_connection_get_stats(amqp_connection_handle conn,
                                            struct amqp_connection_stats *out);
 
 /*
  A static, NUL-terminated name for any state value, including unknown ones.
+ Blocks: never.
  */
 const char *amqp_connection_state_str(amqp_connection_state state);
 
 /*
- Starts `repeat` consumers (0 means 1) on the queue, each delivering to `cb`
- on its own library thread; callbacks may run concurrently up to `repeat`.
- The returned disposition is applied on the channel the delivery came from;
- a delivery whose channel died is never acked on a new one (the broker
- redelivers it). Consumers restart after every reconnect; while
- disconnected they start on connect. Calling it again adds more consumers.
+ amqp_consume_ex with no release and no consumer id (the consumers end
+ with amqp_close_graceful). Blocks: briefly; it may wait for a consumer
+ (re)start in progress on the broker (a round trip), at most 30 s.
  */
 enum amqp_result amqp_consume(amqp_queue_handle queue,
                               amqp_consume_fn cb,
@@ -429,15 +520,89 @@ enum amqp_result amqp_consume(amqp_queue_handle queue,
                               uint32_t repeat);
 
 /*
- Pauses all consumers of the queue. When it returns, no callback of the
- queue is running or will start (called from inside one of its callbacks,
- it does not wait for that one); prefetched deliveries not yet handed to a
- callback go back to the broker.
+ Starts a consumer set: `repeat` broker consumers (0 means 1) on the queue,
+ each delivering to `cb` on its own library thread; callbacks may run
+ concurrently up to `repeat`. The returned disposition is applied on the
+ channel the delivery came from; a delivery whose channel died is never
+ acked on a new one (the broker redelivers it). Consumers restart after
+ every reconnect; while disconnected they start on connect. Calling it
+ again adds another set.
+ `release` (may be NULL) is called exactly once, on a library thread,
+ after the last callback that can see `userdata` returned and none can
+ start: after amqp_consume_cancel of this set, or after close (also when
+ the close timed out with a callback still running: release then comes
+ after that callback returns). Never called when this fails.
+ `consumer_id` (may be NULL) receives the set's id for
+ amqp_consume_cancel: unique in the process, never 0, below 2^53.
+ Blocks: briefly; it may wait for a consumer (re)start in progress on the
+ broker (a round trip), at most 30 s.
+ */
+enum amqp_result amqp_consume_ex(amqp_queue_handle queue,
+                                 amqp_consume_fn cb,
+                                 void *userdata,
+                                 amqp_release_fn release,
+                                 uint32_t repeat,
+                                 uint64_t *consumer_id);
+
+/*
+ Ends one consumer set (amqp_consume_ex's `consumer_id`): its broker
+ consumers are cancelled, its prefetched deliveries not yet handed to a
+ callback go back to the broker, no callback of it starts any more; the
+ queue's other sets go on. Deferred deliveries stay settleable.
+ `timeout_ms` 0 begins and returns (the set's release reports the end);
+ otherwise it waits up to `timeout_ms` for the set's running callbacks:
+ AMQP_ERR_TIMEOUT if one still runs then (it ends later; release follows
+ it). Called from one of the set's own callbacks it does not wait for
+ that one. AMQP_ERR_INVALID_ARGUMENT for an id that is not a live set of
+ this queue (a second cancel included). Blocks: up to timeout_ms.
+ */
+enum amqp_result amqp_consume_cancel(amqp_queue_handle queue,
+                                     uint64_t consumer_id,
+                                     uint32_t timeout_ms);
+
+/*
+ amqp_consume_cancel, and on failure the error message also goes to
+ `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+ `errcap` > 0; untouched on success). Blocks: up to timeout_ms.
+ */
+enum amqp_result amqp_consume_cancel_e(amqp_queue_handle queue,
+                                       uint64_t consumer_id,
+                                       uint32_t timeout_ms,
+                                       char *errbuf,
+                                       size_t errcap);
+
+/*
+ Pauses all consumers of the queue. When it returns AMQP_OK, no callback
+ of the queue is running or will start (called from inside one of its
+ callbacks, it does not wait for that one); prefetched deliveries not yet
+ handed to a callback go back to the broker. Deferred deliveries stay
+ settleable. It waits at most 30 s: AMQP_ERR_TIMEOUT when a callback still
+ runs then (none starts after it). amqp_consume_stop_timeout takes your
+ bound. Blocks: up to 30 s.
  */
 enum amqp_result amqp_consume_stop(amqp_queue_handle queue);
 
 /*
- Resumes the queue's consumers after amqp_consume_stop.
+ amqp_consume_stop waiting at most `timeout_ms` (AMQP_ERR_TIMEOUT if a
+ callback still runs then); 0 begins the stop and returns at once (no
+ callback starts after this call, but one may still be running).
+ Blocks: up to timeout_ms.
+ */
+enum amqp_result amqp_consume_stop_timeout(amqp_queue_handle queue, uint32_t timeout_ms);
+
+/*
+ amqp_consume_stop_timeout, and on failure the error message also goes
+ to `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+ `errcap` > 0; untouched on success). Blocks: up to timeout_ms.
+ */
+enum amqp_result amqp_consume_stop_timeout_e(amqp_queue_handle queue,
+                                             uint32_t timeout_ms,
+                                             char *errbuf,
+                                             size_t errcap);
+
+/*
+ Resumes the queue's consumers after amqp_consume_stop (cancelled sets
+ stay ended). Blocks: never.
  */
 enum amqp_result amqp_consume_start(amqp_queue_handle queue);
 
@@ -447,7 +612,7 @@ enum amqp_result amqp_consume_start(amqp_queue_handle queue);
  returned AMQP_DEFER or even while the callback still runs (its return
  value is then ignored, and counted in `returns_ignored`). Never blocks,
  never waits for a callback: AMQP_OK means queued on the delivery's own
- channel (sent within a few ms). Errors: AMQP_ERR_ALREADY_SETTLED (a second
+ channel (sent within a few ms). Blocks: never. Errors: AMQP_ERR_ALREADY_SETTLED (a second
  settle), AMQP_ERR_STALE_DELIVERY (its channel is gone: nothing applied, the
  broker redelivers it), AMQP_ERR_INVALID_ARGUMENT (an unknown id, an id of
  another queue, or AMQP_DEFER / another value as `disposition`).
@@ -459,7 +624,7 @@ enum amqp_result amqp_settle(amqp_queue_handle queue,
 /*
  amqp_settle for `n` ids with one disposition; `results` (NULL or `n`
  entries) gets each id's result. Returns AMQP_OK when all succeeded, else
- the first failure (its message in amqp_last_error). Never blocks.
+ the first failure (its message in amqp_last_error). Blocks: never.
  */
 enum amqp_result amqp_settle_many(amqp_queue_handle queue,
                                   const uint64_t *ids,
@@ -471,25 +636,26 @@ enum amqp_result amqp_settle_many(amqp_queue_handle queue,
  A copy of a delivery (every field, those added in later ABI versions
  too) that stays valid until amqp_delivery_free, whatever settle, stop or
  close do; settle it by its `delivery_id` as usual. NULL for NULL. Call it
- on a callback's delivery (or a copy); never blocks.
+ on a callback's delivery (or a copy). Blocks: never.
  */
 const struct amqp_delivery *amqp_delivery_dup(const struct amqp_delivery *d);
 
 /*
  Frees a delivery from amqp_delivery_dup (or amqp_poll); NULL is a no-op.
- Never pass a callback's own delivery. Never blocks.
+ Never pass a callback's own delivery. Blocks: never.
  */
 void amqp_delivery_free(const struct amqp_delivery *d);
 
 /*
  The contract version of the loaded library (AMQP_ABI_VERSION it was built
  with): compare at run time, e.g. before reading a field added later.
- Never blocks.
+ Blocks: never.
  */
 uint32_t amqp_abi_version(void);
 
 /*
  A static, NUL-terminated name for any value, including unknown ones.
+ Blocks: never.
  */
 const char *amqp_result_str(amqp_result code);
 
@@ -498,15 +664,30 @@ const char *amqp_result_str(amqp_result code);
  like snprintf (always NUL-terminated when `cap` > 0; `buf` may be NULL
  when `cap` is 0) and returns its full length. 0 when the last call on
  this thread succeeded. Does not itself change the last error.
+ Blocks: never.
  */
 size_t amqp_last_error(char *buf, size_t cap);
 
 /*
  Sends log messages at `level` and more severe to `cb` (NULL turns callback
  logging off). Independent of RESILIENT_AMQP_LOG, which logs to stderr.
- Messages never contain passwords.
+ Messages never contain passwords. amqp_set_log_callback_ex with no
+ release. Blocks: never.
  */
 enum amqp_result amqp_set_log_callback(amqp_log_fn cb, amqp_log_level level, void *userdata);
+
+/*
+ amqp_set_log_callback with a `release` (may be NULL) for `userdata`:
+ called once, on the "ramqp-log" thread, when this callback is replaced
+ (by another amqp_set_log_callback / _ex call) or turned off (cb NULL),
+ after its last call returned. Never called when this call fails, nor
+ for a NULL `cb` (nothing to release). No API call waits for it.
+ Blocks: never.
+ */
+enum amqp_result amqp_set_log_callback_ex(amqp_log_fn cb,
+                                          amqp_log_level level,
+                                          void *userdata,
+                                          amqp_release_fn release);
 
 /*
  Copies `len` bytes of `body` into the queue's buffer and returns at once.
@@ -516,7 +697,7 @@ enum amqp_result amqp_set_log_callback(amqp_log_fn cb, amqp_log_level level, voi
  Errors: AMQP_ERR_INVALID_ARGUMENT (NULL body with len > 0),
  AMQP_ERR_INVALID_HANDLE, AMQP_ERR_MESSAGE_TOO_LARGE, AMQP_ERR_BUFFER_FULL
  (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good).
- Callable from any thread, including a consume callback.
+ Callable from any thread, including a consume callback. Blocks: never.
  */
 enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t len);
 
@@ -534,11 +715,25 @@ enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t 
  While the broker is away nothing is confirmed, so a full buffer stays
  full: it then waits the whole `timeout_ms`. From a consume callback it
  holds that consumer for as long as it waits.
+ Blocks: up to timeout_ms (only while the buffer is full).
  */
 enum amqp_result amqp_publish_wait(amqp_queue_handle queue,
                                    const void *body,
                                    size_t len,
                                    uint32_t timeout_ms);
+
+/*
+ amqp_publish_wait, and on failure the error message also goes to
+ `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+ `errcap` > 0; untouched on success).
+ Blocks: up to timeout_ms (only while the buffer is full).
+ */
+enum amqp_result amqp_publish_wait_e(amqp_queue_handle queue,
+                                     const void *body,
+                                     size_t len,
+                                     uint32_t timeout_ms,
+                                     char *errbuf,
+                                     size_t errcap);
 
 /*
  Starts the queue's pull consumer: one broker consumer (prefetch from the
@@ -624,6 +819,8 @@ enum amqp_result amqp_poll_wake(amqp_queue_handle queue);
  While connected it declares now: AMQP_ERR_BROKER when the broker refuses
  (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
  declares on connect. The topology is declared again after every reconnect.
+ Blocks: up to 30 s for the declares while connected (AMQP_ERR_TIMEOUT if
+ the broker does not answer); never while disconnected.
  */
 enum amqp_result amqp_queue_open(amqp_connection_handle conn,
                                  const char *queue,
@@ -633,7 +830,23 @@ enum amqp_result amqp_queue_open(amqp_connection_handle conn,
                                  amqp_queue_handle *out);
 
 /*
+ amqp_queue_open, and on failure the error message also goes to `errbuf`
+ (like snprintf: at most `errcap` bytes, NUL-terminated when `errcap` > 0;
+ untouched on success), e.g. the broker's 406 text.
+ Blocks: up to 30 s for the declares while connected.
+ */
+enum amqp_result amqp_queue_open_e(amqp_connection_handle conn,
+                                   const char *queue,
+                                   const char *exchange,
+                                   const char *routing_key,
+                                   const char *options,
+                                   amqp_queue_handle *out,
+                                   char *errbuf,
+                                   size_t errcap);
+
+/*
  Writes a snapshot of the queue's buffer and counters to `out`.
+ Blocks: never.
  */
 enum amqp_result amqp_queue_get_stats(amqp_queue_handle queue, struct amqp_queue_stats *out);
 

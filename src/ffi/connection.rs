@@ -1,10 +1,10 @@
 //! Connections: connect, wait, close, stats.
 
 use super::{amqp_connection_handle, amqp_result, ConnectionEntry, CONNECTIONS, QUEUES};
-use super::{lookup_connection, optional_str, out_param, out_sized, required_str};
+use super::{check_sized, lookup_connection, optional_str, out_param, out_sized, required_str};
 use crate::client::address::parse_uri;
 use crate::client::options::parse_connection_options;
-use crate::client::{Connection, ConnectionState, ConnectionStatsSnapshot};
+use crate::client::{CloseReport, Connection, ConnectionState, ConnectionStatsSnapshot};
 use crate::error::{Error, ErrorKind};
 use std::ffi::{c_char, c_int};
 use std::sync::Arc;
@@ -125,7 +125,7 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
 /// max_reconnects (0 = never give up), max_buffered (100000 per queue),
 /// max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB).
 /// Errors: AMQP_ERR_INVALID_ARGUMENT (NULL, bad URI or option; amqp_last_error
-/// names it; the password is never repeated).
+/// names it; the password is never repeated). Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_connect(
     uri: *const c_char,
@@ -156,25 +156,82 @@ pub unsafe extern "C" fn amqp_connect(
 /// Waits until the connection is up: AMQP_OK once connected,
 /// AMQP_ERR_TIMEOUT after `timeout_ms`, AMQP_ERR_CLOSED once it gave up for
 /// good (amqp_last_error says why, e.g. the broker's 403 ACCESS_REFUSED).
+/// Blocks: up to timeout_ms.
 #[no_mangle]
 pub extern "C" fn amqp_wait_connected(
     conn: amqp_connection_handle,
     timeout_ms: u32,
 ) -> amqp_result {
-    ffi_boundary!({
-        let entry = lookup_connection(conn)?;
-        entry
-            .conn
-            .wait_connected(Duration::from_millis(timeout_ms as u64))
-    })
+    ffi_boundary!({ wait_connected(conn, timeout_ms) })
+}
+
+/// amqp_wait_connected, and on failure the error message also goes to
+/// `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+/// `errcap` > 0; untouched on success), for bindings that cannot call
+/// amqp_last_error on the same thread. Blocks: up to timeout_ms.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_wait_connected_e(
+    conn: amqp_connection_handle,
+    timeout_ms: u32,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    ffi_boundary!(errbuf errbuf, errcap, { wait_connected(conn, timeout_ms) })
+}
+
+fn wait_connected(conn: amqp_connection_handle, timeout_ms: u32) -> crate::Result<()> {
+    lookup_connection(conn)?
+        .conn
+        .wait_connected(Duration::from_millis(u64::from(timeout_ms)))
+}
+
+/// What amqp_close_ex left undone at its deadline (all 0 after AMQP_OK).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct amqp_close_report {
+    /// sizeof(amqp_close_report), set by the caller (the library writes
+    /// only what fits).
+    pub size: usize,
+    /// Publishes not confirmed by the broker.
+    pub unsent: u64,
+    /// Deliveries deferred (AMQP_DEFER) or polled and not settled.
+    pub unsettled: u64,
+    /// Consume callbacks still running at the deadline (a close called from
+    /// a callback does not count its own).
+    pub callbacks_running: u64,
+}
+
+impl From<CloseReport> for amqp_close_report {
+    /// Field by field, with no `..`: a field added on one side only does
+    /// not compile.
+    fn from(r: CloseReport) -> Self {
+        let CloseReport {
+            unsent,
+            unsettled,
+            callbacks_running,
+        } = r;
+        amqp_close_report {
+            size: std::mem::size_of::<amqp_close_report>(),
+            unsent,
+            unsettled,
+            callbacks_running,
+        }
+    }
 }
 
 /// Stops accepting publishes (AMQP_ERR_CLOSED from then on), stops consumers,
 /// waits up to `timeout_ms` until every buffered and in-flight message is
-/// confirmed, closes the connection and frees it and its queue handles.
-/// AMQP_OK when everything was confirmed, AMQP_ERR_TIMEOUT otherwise;
-/// `unsent` (may be NULL) receives the number not confirmed. A second call
-/// gets AMQP_ERR_INVALID_HANDLE. May be called from a consume callback.
+/// confirmed, no consume callback runs any more, and every deferred (or
+/// polled) delivery is settled; then closes the connection and frees it and
+/// its queue handles (in every case; a second call gets
+/// AMQP_ERR_INVALID_HANDLE). AMQP_OK when all of that happened in time;
+/// AMQP_ERR_TIMEOUT otherwise, never AMQP_OK while a callback still runs
+/// (it keeps running; the consumer's release comes after it returns).
+/// `unsent` (may be NULL) receives the number of messages not confirmed,
+/// on AMQP_OK and AMQP_ERR_TIMEOUT. Deferred deliveries not settled by then
+/// go back to the broker with the connection. May be called from a consume
+/// callback (it does not wait for that one). amqp_close_ex tells which
+/// wait ran out. Blocks: up to timeout_ms.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_close_graceful(
     conn: amqp_connection_handle,
@@ -182,40 +239,119 @@ pub unsafe extern "C" fn amqp_close_graceful(
     unsent: *mut u64,
 ) -> amqp_result {
     ffi_boundary!({
-        let entry = lookup_connection(conn)?;
-        if !entry.begin_close() {
-            return Err(Error::new(
-                ErrorKind::InvalidHandle,
-                format!("{conn} is already being closed"),
-            ));
-        }
-        let left = entry.conn.close(Duration::from_millis(timeout_ms as u64));
-        let handles = std::mem::take(
-            &mut *entry
-                .queue_handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        for h in handles {
-            QUEUES.remove(h);
-        }
-        CONNECTIONS.remove(conn);
+        let report = close_connection(conn, timeout_ms)?;
         // SAFETY: the caller promises `unsent` is NULL or a writable
         // uint64_t, valid for the duration of this call.
         if let Some(unsent) = unsafe { unsent.as_mut() } {
-            *unsent = left;
+            *unsent = report.unsent;
         }
-        if left > 0 {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                format!("{left} message(s) were not confirmed by the broker before the timeout"),
-            ));
-        }
-        Ok(())
+        close_result(&report)
     })
 }
 
+/// amqp_close_graceful that reports what was left at the deadline: `out`
+/// (may be NULL; else its `size` set to sizeof(amqp_close_report)) is
+/// written on AMQP_OK (all 0) and on AMQP_ERR_TIMEOUT (unsent, unsettled,
+/// callbacks_running). Blocks: up to timeout_ms.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_close_ex(
+    conn: amqp_connection_handle,
+    timeout_ms: u32,
+    out: *mut amqp_close_report,
+) -> amqp_result {
+    // SAFETY: the caller promises `out` is NULL or a writable
+    // amqp_close_report of its declared `size`, valid for this call.
+    ffi_boundary!({ unsafe { close_ex(conn, timeout_ms, out) } })
+}
+
+/// amqp_close_ex, and on failure the error message also goes to `errbuf`
+/// (as amqp_wait_connected_e). Blocks: up to timeout_ms.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_close_ex_e(
+    conn: amqp_connection_handle,
+    timeout_ms: u32,
+    out: *mut amqp_close_report,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    // SAFETY: as in amqp_close_ex.
+    ffi_boundary!(errbuf errbuf, errcap, { unsafe { close_ex(conn, timeout_ms, out) } })
+}
+
+/// # Safety
+/// `out` is NULL or a writable amqp_close_report of its declared `size`.
+unsafe fn close_ex(
+    conn: amqp_connection_handle,
+    timeout_ms: u32,
+    out: *mut amqp_close_report,
+) -> crate::Result<()> {
+    if !out.is_null() {
+        // Refused before anything closes.
+        // SAFETY: as this function's contract.
+        unsafe { check_sized(out, "out") }?;
+    }
+    let report = close_connection(conn, timeout_ms)?;
+    if !out.is_null() {
+        // SAFETY: as this function's contract.
+        unsafe { out_sized(out, report.into(), "out") }?;
+    }
+    close_result(&report)
+}
+
+/// Closes the connection and frees its handles; what was left undone.
+fn close_connection(conn: amqp_connection_handle, timeout_ms: u32) -> crate::Result<CloseReport> {
+    let entry = lookup_connection(conn)?;
+    if !entry.begin_close() {
+        return Err(Error::new(
+            ErrorKind::InvalidHandle,
+            format!("{conn} is already being closed"),
+        ));
+    }
+    let report = entry
+        .conn
+        .close(Duration::from_millis(u64::from(timeout_ms)));
+    let handles = std::mem::take(
+        &mut *entry
+            .queue_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    for h in handles {
+        QUEUES.remove(h);
+    }
+    CONNECTIONS.remove(conn);
+    Ok(report)
+}
+
+/// AMQP_ERR_TIMEOUT, saying what was left, unless the close was clean.
+fn close_result(r: &CloseReport) -> crate::Result<()> {
+    if r.clean() {
+        return Ok(());
+    }
+    let mut left = Vec::new();
+    if r.unsent > 0 {
+        left.push(format!(
+            "{} message(s) were not confirmed by the broker",
+            r.unsent
+        ));
+    }
+    if r.unsettled > 0 {
+        left.push(format!(
+            "{} deferred delivery(ies) not settled",
+            r.unsettled
+        ));
+    }
+    if r.callbacks_running > 0 {
+        left.push(format!("{} callback(s) still running", r.callbacks_running));
+    }
+    Err(Error::new(
+        ErrorKind::Timeout,
+        format!("close: at the deadline, {}", left.join(", ")),
+    ))
+}
+
 /// Writes a snapshot of the connection's state and counters to `out`.
+/// Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_connection_get_stats(
     conn: amqp_connection_handle,
@@ -231,6 +367,7 @@ pub unsafe extern "C" fn amqp_connection_get_stats(
 }
 
 /// A static, NUL-terminated name for any state value, including unknown ones.
+/// Blocks: never.
 #[no_mangle]
 pub extern "C" fn amqp_connection_state_str(state: amqp_connection_state_raw) -> *const c_char {
     ffi_boundary!(value c"AMQP_STATE_UNKNOWN".as_ptr(), {

@@ -1,10 +1,11 @@
 //! Consuming: callbacks on library-owned threads, stop and start.
 
 use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
-use crate::client::{Callback, DeliveryView, Disposition, Polled};
+use crate::client::{Callback, DeliveryView, Disposition, Polled, Release};
 use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What the callback decided. The values are ones no accident produces: 0,
 /// 1 (`true`), small error codes and garbage are none of them, and any value
@@ -91,12 +92,16 @@ pub type amqp_consume_fn = Option<
     ) -> amqp_disposition_raw,
 >;
 
-/// Starts `repeat` consumers (0 means 1) on the queue, each delivering to `cb`
-/// on its own library thread; callbacks may run concurrently up to `repeat`.
-/// The returned disposition is applied on the channel the delivery came from;
-/// a delivery whose channel died is never acked on a new one (the broker
-/// redelivers it). Consumers restart after every reconnect; while
-/// disconnected they start on connect. Calling it again adds more consumers.
+/// Called once when a consumer set (amqp_consume_ex) has ended, with its
+/// userdata: on a library thread, after the last callback that could see
+/// userdata returned, when no callback of the set can start any more; free
+/// userdata here. It may call any function of the library; no API call
+/// waits for it.
+pub type amqp_release_fn = Option<unsafe extern "C" fn(userdata: *mut c_void)>;
+
+/// amqp_consume_ex with no release and no consumer id (the consumers end
+/// with amqp_close_graceful). Blocks: briefly; it may wait for a consumer
+/// (re)start in progress on the broker (a round trip), at most 30 s.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_consume(
     queue: amqp_queue_handle,
@@ -104,50 +109,177 @@ pub unsafe extern "C" fn amqp_consume(
     userdata: *mut c_void,
     repeat: u32,
 ) -> amqp_result {
+    ffi_boundary!({ consume_ex(queue, cb, userdata, None, repeat).map(drop) })
+}
+
+/// Starts a consumer set: `repeat` broker consumers (0 means 1) on the queue,
+/// each delivering to `cb` on its own library thread; callbacks may run
+/// concurrently up to `repeat`. The returned disposition is applied on the
+/// channel the delivery came from; a delivery whose channel died is never
+/// acked on a new one (the broker redelivers it). Consumers restart after
+/// every reconnect; while disconnected they start on connect. Calling it
+/// again adds another set.
+/// `release` (may be NULL) is called exactly once, on a library thread,
+/// after the last callback that can see `userdata` returned and none can
+/// start: after amqp_consume_cancel of this set, or after close (also when
+/// the close timed out with a callback still running: release then comes
+/// after that callback returns). Never called when this fails.
+/// `consumer_id` (may be NULL) receives the set's id for
+/// amqp_consume_cancel: unique in the process, never 0, below 2^53.
+/// Blocks: briefly; it may wait for a consumer (re)start in progress on the
+/// broker (a round trip), at most 30 s.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_consume_ex(
+    queue: amqp_queue_handle,
+    cb: amqp_consume_fn,
+    userdata: *mut c_void,
+    release: amqp_release_fn,
+    repeat: u32,
+    consumer_id: *mut u64,
+) -> amqp_result {
     ffi_boundary!({
-        let Some(cb) = cb else {
-            return Err(Error::invalid("cb is NULL"));
-        };
-        let entry = lookup_queue(queue)?;
-        entry.conn.check_open()?;
+        // SAFETY: the caller promises `consumer_id` is NULL or a writable
+        // uint64_t for this call; written only on success.
+        let out = unsafe { consumer_id.as_mut() };
         let user = UserData(userdata);
-        let handle = entry.handle;
-        let callback: Callback = Arc::new(move |d: &DeliveryView<'_>| {
-            let delivery = amqp_delivery {
-                body: d.body.as_ptr(),
-                body_len: d.body.len(),
-                delivery_tag: d.delivery_tag,
-                redelivered: d.redelivered,
-                exchange: d.exchange.as_ptr() as *const c_char,
-                exchange_len: d.exchange.len(),
-                routing_key: d.routing_key.as_ptr() as *const c_char,
-                routing_key_len: d.routing_key.len(),
-                queue: handle,
-                delivery_id: d.delivery_id,
-            };
-            let user = &user;
-            // Not inside catch_unwind (nothing of ours here can panic): a
-            // forced unwind out of `cb` must pass (see amqp_consume_fn).
-            // SAFETY: `cb` is the application's non-NULL function of this
-            // type; the header lets it run on this library thread with this
-            // userdata, and `delivery` (and the bytes it points into) stays
-            // valid for the whole call, which is all the header promises.
-            disposition_of(unsafe { cb(&delivery, user.0) })
+        let release = release.map(|release| {
+            Box::new(move || {
+                let user = user;
+                // SAFETY: the application's non-NULL release function,
+                // called once on a library thread with its userdata, as
+                // the header says.
+                unsafe { release(user.0) }
+            }) as Release
         });
-        entry.queue.consumers.add(callback, repeat)
+        let id = consume_ex(queue, cb, userdata, release, repeat)?;
+        if let Some(out) = out {
+            *out = id;
+        }
+        Ok(())
     })
 }
 
-/// Pauses all consumers of the queue. When it returns, no callback of the
-/// queue is running or will start (called from inside one of its callbacks,
-/// it does not wait for that one); prefetched deliveries not yet handed to a
-/// callback go back to the broker.
+fn consume_ex(
+    queue: amqp_queue_handle,
+    cb: amqp_consume_fn,
+    userdata: *mut c_void,
+    release: Option<Release>,
+    repeat: u32,
+) -> crate::Result<u64> {
+    let Some(cb) = cb else {
+        return Err(Error::invalid("cb is NULL"));
+    };
+    let entry = lookup_queue(queue)?;
+    entry.conn.check_open()?;
+    let user = UserData(userdata);
+    let handle = entry.handle;
+    let callback: Callback = Arc::new(move |d: &DeliveryView<'_>| {
+        let delivery = amqp_delivery {
+            body: d.body.as_ptr(),
+            body_len: d.body.len(),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: d.exchange.as_ptr() as *const c_char,
+            exchange_len: d.exchange.len(),
+            routing_key: d.routing_key.as_ptr() as *const c_char,
+            routing_key_len: d.routing_key.len(),
+            queue: handle,
+            delivery_id: d.delivery_id,
+        };
+        let user = &user;
+        // Not inside catch_unwind (nothing of ours here can panic): a
+        // forced unwind out of `cb` must pass (see amqp_consume_fn).
+        // SAFETY: `cb` is the application's non-NULL function of this
+        // type; the header lets it run on this library thread with this
+        // userdata, and `delivery` (and the bytes it points into) stays
+        // valid for the whole call, which is all the header promises.
+        disposition_of(unsafe { cb(&delivery, user.0) })
+    });
+    entry.queue.consumers.add(callback, repeat, release)
+}
+
+/// Ends one consumer set (amqp_consume_ex's `consumer_id`): its broker
+/// consumers are cancelled, its prefetched deliveries not yet handed to a
+/// callback go back to the broker, no callback of it starts any more; the
+/// queue's other sets go on. Deferred deliveries stay settleable.
+/// `timeout_ms` 0 begins and returns (the set's release reports the end);
+/// otherwise it waits up to `timeout_ms` for the set's running callbacks:
+/// AMQP_ERR_TIMEOUT if one still runs then (it ends later; release follows
+/// it). Called from one of the set's own callbacks it does not wait for
+/// that one. AMQP_ERR_INVALID_ARGUMENT for an id that is not a live set of
+/// this queue (a second cancel included). Blocks: up to timeout_ms.
+#[no_mangle]
+pub extern "C" fn amqp_consume_cancel(
+    queue: amqp_queue_handle,
+    consumer_id: u64,
+    timeout_ms: u32,
+) -> amqp_result {
+    ffi_boundary!({ consume_cancel(queue, consumer_id, timeout_ms) })
+}
+
+/// amqp_consume_cancel, and on failure the error message also goes to
+/// `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+/// `errcap` > 0; untouched on success). Blocks: up to timeout_ms.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_consume_cancel_e(
+    queue: amqp_queue_handle,
+    consumer_id: u64,
+    timeout_ms: u32,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    ffi_boundary!(errbuf errbuf, errcap, { consume_cancel(queue, consumer_id, timeout_ms) })
+}
+
+fn consume_cancel(queue: amqp_queue_handle, id: u64, timeout_ms: u32) -> crate::Result<()> {
+    let timeout = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+    lookup_queue(queue)?.queue.consumers.cancel(id, timeout)
+}
+
+/// Pauses all consumers of the queue. When it returns AMQP_OK, no callback
+/// of the queue is running or will start (called from inside one of its
+/// callbacks, it does not wait for that one); prefetched deliveries not yet
+/// handed to a callback go back to the broker. Deferred deliveries stay
+/// settleable. It waits at most 30 s: AMQP_ERR_TIMEOUT when a callback still
+/// runs then (none starts after it). amqp_consume_stop_timeout takes your
+/// bound. Blocks: up to 30 s.
 #[no_mangle]
 pub extern "C" fn amqp_consume_stop(queue: amqp_queue_handle) -> amqp_result {
     ffi_boundary!({ lookup_queue(queue)?.queue.consumers.stop() })
 }
 
-/// Resumes the queue's consumers after amqp_consume_stop.
+/// amqp_consume_stop waiting at most `timeout_ms` (AMQP_ERR_TIMEOUT if a
+/// callback still runs then); 0 begins the stop and returns at once (no
+/// callback starts after this call, but one may still be running).
+/// Blocks: up to timeout_ms.
+#[no_mangle]
+pub extern "C" fn amqp_consume_stop_timeout(
+    queue: amqp_queue_handle,
+    timeout_ms: u32,
+) -> amqp_result {
+    ffi_boundary!({ consume_stop_timeout(queue, timeout_ms) })
+}
+
+/// amqp_consume_stop_timeout, and on failure the error message also goes
+/// to `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+/// `errcap` > 0; untouched on success). Blocks: up to timeout_ms.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_consume_stop_timeout_e(
+    queue: amqp_queue_handle,
+    timeout_ms: u32,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    ffi_boundary!(errbuf errbuf, errcap, { consume_stop_timeout(queue, timeout_ms) })
+}
+
+fn consume_stop_timeout(queue: amqp_queue_handle, timeout_ms: u32) -> crate::Result<()> {
+    let timeout = Duration::from_millis(u64::from(timeout_ms));
+    lookup_queue(queue)?.queue.consumers.stop_timeout(timeout)
+}
+
+/// Resumes the queue's consumers after amqp_consume_stop (cancelled sets
+/// stay ended). Blocks: never.
 #[no_mangle]
 pub extern "C" fn amqp_consume_start(queue: amqp_queue_handle) -> amqp_result {
     ffi_boundary!({
@@ -163,7 +295,7 @@ pub extern "C" fn amqp_consume_start(queue: amqp_queue_handle) -> amqp_result {
 /// returned AMQP_DEFER or even while the callback still runs (its return
 /// value is then ignored, and counted in `returns_ignored`). Never blocks,
 /// never waits for a callback: AMQP_OK means queued on the delivery's own
-/// channel (sent within a few ms). Errors: AMQP_ERR_ALREADY_SETTLED (a second
+/// channel (sent within a few ms). Blocks: never. Errors: AMQP_ERR_ALREADY_SETTLED (a second
 /// settle), AMQP_ERR_STALE_DELIVERY (its channel is gone: nothing applied, the
 /// broker redelivers it), AMQP_ERR_INVALID_ARGUMENT (an unknown id, an id of
 /// another queue, or AMQP_DEFER / another value as `disposition`).
@@ -184,7 +316,7 @@ pub extern "C" fn amqp_settle(
 
 /// amqp_settle for `n` ids with one disposition; `results` (NULL or `n`
 /// entries) gets each id's result. Returns AMQP_OK when all succeeded, else
-/// the first failure (its message in amqp_last_error). Never blocks.
+/// the first failure (its message in amqp_last_error). Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_settle_many(
     queue: amqp_queue_handle,
@@ -314,7 +446,7 @@ unsafe fn parts(d: &amqp_delivery) -> [&[u8]; 3] {
 /// A copy of a delivery (every field, those added in later ABI versions
 /// too) that stays valid until amqp_delivery_free, whatever settle, stop or
 /// close do; settle it by its `delivery_id` as usual. NULL for NULL. Call it
-/// on a callback's delivery (or a copy); never blocks.
+/// on a callback's delivery (or a copy). Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_delivery_dup(d: *const amqp_delivery) -> *const amqp_delivery {
     ffi_boundary!(value std::ptr::null(), {
@@ -328,7 +460,7 @@ pub unsafe extern "C" fn amqp_delivery_dup(d: *const amqp_delivery) -> *const am
 }
 
 /// Frees a delivery from amqp_delivery_dup (or amqp_poll); NULL is a no-op.
-/// Never pass a callback's own delivery. Never blocks.
+/// Never pass a callback's own delivery. Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_delivery_free(d: *const amqp_delivery) {
     ffi_boundary!(value(), {

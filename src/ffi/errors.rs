@@ -160,13 +160,14 @@ pub const AMQP_ABI_VERSION: u32 = 2;
 
 /// The contract version of the loaded library (AMQP_ABI_VERSION it was built
 /// with): compare at run time, e.g. before reading a field added later.
-/// Never blocks.
+/// Blocks: never.
 #[no_mangle]
 pub extern "C" fn amqp_abi_version() -> u32 {
     ffi_boundary!(value AMQP_ABI_VERSION, { AMQP_ABI_VERSION })
 }
 
 /// A static, NUL-terminated name for any value, including unknown ones.
+/// Blocks: never.
 #[no_mangle]
 pub extern "C" fn amqp_result_str(code: amqp_result_raw) -> *const c_char {
     ffi_boundary!(value c"AMQP_ERR_UNKNOWN".as_ptr(), {
@@ -180,10 +181,23 @@ pub extern "C" fn amqp_result_str(code: amqp_result_raw) -> *const c_char {
 /// like snprintf (always NUL-terminated when `cap` > 0; `buf` may be NULL
 /// when `cap` is 0) and returns its full length. 0 when the last call on
 /// this thread succeeded. Does not itself change the last error.
+/// Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_last_error(buf: *mut c_char, cap: usize) -> usize {
     ffi_boundary!(value 0, {
-        LAST_ERROR.try_with(|e| {
+        // SAFETY: the caller promises `buf` is NULL or `cap` writable bytes.
+        unsafe { copy_last_error(buf, cap) }
+    })
+}
+
+/// Copies this thread's last error into `buf` like snprintf; returns its
+/// full length.
+///
+/// # Safety
+/// `buf` is NULL or points to `cap` writable bytes.
+unsafe fn copy_last_error(buf: *mut c_char, cap: usize) -> usize {
+    LAST_ERROR
+        .try_with(|e| {
             let Ok(e) = e.try_borrow() else { return 0 };
             let bytes = e.as_bytes();
             if cap > 0 && !buf.is_null() {
@@ -199,7 +213,31 @@ pub unsafe extern "C" fn amqp_last_error(buf: *mut c_char, cap: usize) -> usize 
             bytes.len()
         })
         .unwrap_or(0)
-    })
+}
+
+/// `run_boundary` for the `_e` variants of the blocking calls (a binding
+/// whose call may finish on another thread than the one that reads
+/// `amqp_last_error`: Node's worker pool, Go's goroutines): on failure the
+/// message also goes to `errbuf` (like snprintf: at most `errcap` bytes,
+/// NUL-terminated when `errcap` > 0; NULL allowed when `errcap` is 0); on
+/// success `errbuf` is left alone. Reached through `ffi_boundary!(errbuf
+/// buf, cap, { ... })`, which any later blocking export (amqp_poll_e) can
+/// use as it is.
+///
+/// # Safety
+/// `errbuf` is NULL or points to `errcap` writable bytes for this call.
+pub(crate) unsafe fn run_boundary_e(
+    errbuf: *mut c_char,
+    errcap: usize,
+    body: impl FnOnce() -> Result<()>,
+) -> amqp_result {
+    let code = run_boundary(body);
+    if code != amqp_result::AMQP_OK {
+        // Never unwind out of here: at worst the buffer stays as it was.
+        // SAFETY: this function's contract is copy_last_error's.
+        let _ = std::panic::catch_unwind(|| unsafe { copy_last_error(errbuf, errcap) });
+    }
+    code
 }
 
 #[cfg(test)]

@@ -14,6 +14,15 @@ macro_rules! ffi_boundary {
     ($body:block) => {
         $crate::ffi::errors::run_boundary(move || -> $crate::error::Result<()> { $body })
     };
+    // The `_e` variants: also copy the error message into the caller's
+    // buffer on failure (`errors::run_boundary_e`; the export is `unsafe
+    // extern "C"` and its header promises `errbuf` holds `errcap` bytes).
+    (errbuf $buf:expr, $cap:expr, $body:block) => {{
+        let body = move || -> $crate::error::Result<()> { $body };
+        // SAFETY: the export's caller promises `$buf` is NULL or `$cap`
+        // writable bytes for the duration of the call.
+        unsafe { $crate::ffi::errors::run_boundary_e($buf, $cap, body) }
+    }};
     // For the few exports that return a value rather than a code.
     (value $fallback:expr, $body:block) => {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || $body)).unwrap_or($fallback)
@@ -188,15 +197,15 @@ pub(crate) unsafe fn out_param<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T
     unsafe { p.as_mut() }.ok_or_else(|| Error::invalid(format!("{what} (out-parameter) is NULL")))
 }
 
-/// Writes `value` to a caller-allocated struct that starts with `size_t
-/// size` (ABI rule of contract v2): only the first `size` bytes the caller
-/// declared, and never its `size` field, so a caller built against an older,
-/// smaller struct is never overrun.
+const SIZE_FIELD: usize = std::mem::size_of::<usize>();
+
+/// The `size` a caller declared in a struct that starts with `size_t size`,
+/// checked (not NULL, at least the size field itself) before anything
+/// happens.
 ///
 /// # Safety
-/// `p` is NULL or points to at least `(*p).size` writable bytes.
-pub(crate) unsafe fn out_sized<T: Copy>(p: *mut T, value: T, what: &str) -> Result<()> {
-    const SIZE_FIELD: usize = std::mem::size_of::<usize>();
+/// `p` is NULL or points to a struct that begins with a readable size_t.
+pub(crate) unsafe fn check_sized<T>(p: *mut T, what: &str) -> Result<usize> {
     if p.is_null() {
         return Err(Error::invalid(format!("{what} (out-parameter) is NULL")));
     }
@@ -208,6 +217,19 @@ pub(crate) unsafe fn out_sized<T: Copy>(p: *mut T, value: T, what: &str) -> Resu
             "{what}.size is {declared}: set it to sizeof the struct"
         )));
     }
+    Ok(declared)
+}
+
+/// Writes `value` to a caller-allocated struct that starts with `size_t
+/// size` (ABI rule of contract v2): only the first `size` bytes the caller
+/// declared, and never its `size` field, so a caller built against an older,
+/// smaller struct is never overrun.
+///
+/// # Safety
+/// `p` is NULL or points to at least `(*p).size` writable bytes.
+pub(crate) unsafe fn out_sized<T: Copy>(p: *mut T, value: T, what: &str) -> Result<()> {
+    // SAFETY: this function's contract covers check_sized's.
+    let declared = unsafe { check_sized(p, what) }?;
     let n = declared.min(std::mem::size_of::<T>());
     // SAFETY: `value` is a live T of size_of::<T>() >= n bytes; the caller
     // promised `declared` >= n writable bytes at `p`; the ranges are

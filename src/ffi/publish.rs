@@ -4,7 +4,7 @@
 
 use super::{amqp_queue_handle, amqp_result, lookup_queue};
 use crate::error::Error;
-use std::ffi::c_void;
+use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 /// Copies `len` bytes of `body` into the queue's buffer and returns at once.
@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Errors: AMQP_ERR_INVALID_ARGUMENT (NULL body with len > 0),
 /// AMQP_ERR_INVALID_HANDLE, AMQP_ERR_MESSAGE_TOO_LARGE, AMQP_ERR_BUFFER_FULL
 /// (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good).
-/// Callable from any thread, including a consume callback.
+/// Callable from any thread, including a consume callback. Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_publish(
     queue: amqp_queue_handle,
@@ -42,6 +42,7 @@ pub unsafe extern "C" fn amqp_publish(
 /// While the broker is away nothing is confirmed, so a full buffer stays
 /// full: it then waits the whole `timeout_ms`. From a consume callback it
 /// holds that consumer for as long as it waits.
+/// Blocks: up to timeout_ms (only while the buffer is full).
 #[no_mangle]
 pub unsafe extern "C" fn amqp_publish_wait(
     queue: amqp_queue_handle,
@@ -49,15 +50,42 @@ pub unsafe extern "C" fn amqp_publish_wait(
     len: usize,
     timeout_ms: u32,
 ) -> amqp_result {
-    ffi_boundary!({
-        // SAFETY: as in `amqp_publish`; publish_wait copies before returning.
-        let bytes = unsafe { body_slice(body, len) }?;
-        let timeout = Duration::from_millis(u64::from(timeout_ms));
-        lookup_queue(queue)?
-            .queue
-            .outbox
-            .publish_wait(bytes, Some(timeout))
-    })
+    // SAFETY: the caller's promises are publish_wait's.
+    ffi_boundary!({ unsafe { publish_wait(queue, body, len, timeout_ms) } })
+}
+
+/// amqp_publish_wait, and on failure the error message also goes to
+/// `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+/// `errcap` > 0; untouched on success).
+/// Blocks: up to timeout_ms (only while the buffer is full).
+#[no_mangle]
+pub unsafe extern "C" fn amqp_publish_wait_e(
+    queue: amqp_queue_handle,
+    body: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    // SAFETY: the caller's promises are publish_wait's.
+    ffi_boundary!(errbuf errbuf, errcap, { unsafe { publish_wait(queue, body, len, timeout_ms) } })
+}
+
+/// # Safety
+/// As `body_slice`.
+unsafe fn publish_wait(
+    queue: amqp_queue_handle,
+    body: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+) -> crate::Result<()> {
+    // SAFETY: as in `amqp_publish`; publish_wait copies before returning.
+    let bytes = unsafe { body_slice(body, len) }?;
+    let timeout = Duration::from_millis(u64::from(timeout_ms));
+    lookup_queue(queue)?
+        .queue
+        .outbox
+        .publish_wait(bytes, Some(timeout))
 }
 
 /// The body as a slice; NULL is allowed only for an empty body.

@@ -105,6 +105,8 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// While connected it declares now: AMQP_ERR_BROKER when the broker refuses
 /// (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
 /// declares on connect. The topology is declared again after every reconnect.
+/// Blocks: up to 30 s for the declares while connected (AMQP_ERR_TIMEOUT if
+/// the broker does not answer); never while disconnected.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_queue_open(
     conn: amqp_connection_handle,
@@ -114,55 +116,91 @@ pub unsafe extern "C" fn amqp_queue_open(
     options: *const c_char,
     out: *mut amqp_queue_handle,
 ) -> amqp_result {
-    ffi_boundary!({
-        // The header's contract for `amqp_queue_open`: `out` is NULL or
-        // writable, the strings NULL or NUL-terminated, all valid for the
-        // duration of this call, which no borrow below outlives (the queue
-        // copies the names).
-        // SAFETY: `out` as the contract says; written only on success.
-        let out = unsafe { out_param(out, "out") }?;
-        // SAFETY: `queue` as the contract says.
-        let name = unsafe { required_str(queue, "queue") }?;
-        // SAFETY: `exchange` as the contract says.
-        let exchange = unsafe { optional_str(exchange, "exchange") }?.unwrap_or("");
-        // SAFETY: `routing_key` as the contract says.
-        let routing_key = unsafe { optional_str(routing_key, "routing_key") }?.unwrap_or("");
-        // SAFETY: `options` as the contract says; parsed into owned values.
-        let options = unsafe { optional_str(options, "options") }?;
-        if name.is_empty() {
-            return Err(Error::invalid(
-                "queue name is empty (server-named queues cannot survive a reconnect)",
-            ));
-        }
-        check_name("queue name", name)?;
-        check_name("exchange name", exchange)?;
-        check_name("routing key", routing_key)?;
-        let entry = lookup_connection(conn)?;
-        entry.check_open()?;
-        let options = parse_queue_options(options, &entry.conn.options)?;
-        let q = entry
-            .conn
-            .open_queue(name, exchange, routing_key, options)?;
-        let mut handles = entry
-            .queue_handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let handle = QUEUES
-            .insert_with(|handle| {
-                Arc::new(QueueEntry {
-                    queue: q.clone(),
-                    handle,
-                    conn: entry.clone(),
-                })
-            })
-            .ok_or_else(|| Error::internal("too many open queues"))?;
-        handles.push(handle);
-        *out = handle;
-        Ok(())
+    // SAFETY: the caller's promises are queue_open's.
+    ffi_boundary!({ unsafe { queue_open(conn, queue, exchange, routing_key, options, out) } })
+}
+
+/// amqp_queue_open, and on failure the error message also goes to `errbuf`
+/// (like snprintf: at most `errcap` bytes, NUL-terminated when `errcap` > 0;
+/// untouched on success), e.g. the broker's 406 text.
+/// Blocks: up to 30 s for the declares while connected.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn amqp_queue_open_e(
+    conn: amqp_connection_handle,
+    queue: *const c_char,
+    exchange: *const c_char,
+    routing_key: *const c_char,
+    options: *const c_char,
+    out: *mut amqp_queue_handle,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    ffi_boundary!(errbuf errbuf, errcap, {
+        // SAFETY: the caller's promises are queue_open's.
+        unsafe { queue_open(conn, queue, exchange, routing_key, options, out) }
     })
 }
 
+/// # Safety
+/// `out` is NULL or writable, the strings NULL or NUL-terminated, all valid
+/// for the duration of the call.
+unsafe fn queue_open(
+    conn: amqp_connection_handle,
+    queue: *const c_char,
+    exchange: *const c_char,
+    routing_key: *const c_char,
+    options: *const c_char,
+    out: *mut amqp_queue_handle,
+) -> crate::Result<()> {
+    // The header's contract for `amqp_queue_open`: `out` is NULL or
+    // writable, the strings NULL or NUL-terminated, all valid for the
+    // duration of this call, which no borrow below outlives (the queue
+    // copies the names).
+    // SAFETY: `out` as the contract says; written only on success.
+    let out = unsafe { out_param(out, "out") }?;
+    // SAFETY: `queue` as the contract says.
+    let name = unsafe { required_str(queue, "queue") }?;
+    // SAFETY: `exchange` as the contract says.
+    let exchange = unsafe { optional_str(exchange, "exchange") }?.unwrap_or("");
+    // SAFETY: `routing_key` as the contract says.
+    let routing_key = unsafe { optional_str(routing_key, "routing_key") }?.unwrap_or("");
+    // SAFETY: `options` as the contract says; parsed into owned values.
+    let options = unsafe { optional_str(options, "options") }?;
+    if name.is_empty() {
+        return Err(Error::invalid(
+            "queue name is empty (server-named queues cannot survive a reconnect)",
+        ));
+    }
+    check_name("queue name", name)?;
+    check_name("exchange name", exchange)?;
+    check_name("routing key", routing_key)?;
+    let entry = lookup_connection(conn)?;
+    entry.check_open()?;
+    let options = parse_queue_options(options, &entry.conn.options)?;
+    let q = entry
+        .conn
+        .open_queue(name, exchange, routing_key, options)?;
+    let mut handles = entry
+        .queue_handles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let handle = QUEUES
+        .insert_with(|handle| {
+            Arc::new(QueueEntry {
+                queue: q.clone(),
+                handle,
+                conn: entry.clone(),
+            })
+        })
+        .ok_or_else(|| Error::internal("too many open queues"))?;
+    handles.push(handle);
+    *out = handle;
+    Ok(())
+}
+
 /// Writes a snapshot of the queue's buffer and counters to `out`.
+/// Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_queue_get_stats(
     queue: amqp_queue_handle,
