@@ -127,6 +127,7 @@ const C_PROGRAMS: &[&str] = &[
     "callback_publish.c",
     "callback_consume_stop.c",
     "callback_close.c",
+    "consume_release.c",
     "exit_without_close.c",
     "login_refused.c",
     "fork_after_use.c",
@@ -291,6 +292,16 @@ fn c_callback_close() {
     run_c_test(
         "callback_close",
         Build::c("tests/c/callback_close.c"),
+        true,
+        90,
+    );
+}
+
+#[test]
+fn c_consume_release() {
+    run_c_test(
+        "consume_release",
+        Build::c("tests/c/consume_release.c"),
         true,
         90,
     );
