@@ -126,8 +126,9 @@ pub(crate) fn set_callback(
                 // passed on: the callback is done with.
                 drop(callback);
                 if let Some(release) = release {
-                    // Nothing to log to any more: a panic just ends here.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(release));
+                    // Not inside catch_unwind: a forced unwind must pass
+                    // (`os_thread`); our wrapper of it cannot panic.
+                    release();
                 }
             })?;
             *guard = Some(tx);

@@ -57,7 +57,10 @@ impl Probe {
     }
 }
 
-unsafe extern "C" fn probe_cb(d: *const amqp_delivery, ud: *mut c_void) -> amqp_disposition_raw {
+unsafe extern "C-unwind" fn probe_cb(
+    d: *const amqp_delivery,
+    ud: *mut c_void,
+) -> amqp_disposition_raw {
     let probe = &*(ud as *const Probe);
     if probe.released() > 0 {
         probe.used_after_release.fetch_add(1, Ordering::SeqCst);
@@ -65,13 +68,10 @@ unsafe extern "C" fn probe_cb(d: *const amqp_delivery, ud: *mut c_void) -> amqp_
     record_cb(d, Arc::as_ptr(&probe.rec) as *mut c_void)
 }
 
-unsafe extern "C" fn probe_release(ud: *mut c_void) {
+unsafe extern "C-unwind" fn probe_release(ud: *mut c_void) {
     let probe = &*(ud as *const Probe);
-    *probe.at_release.lock().unwrap() = Some((
-        probe.rec.started(),
-        probe.rec.finished(),
-        std::thread::current().name().map(str::to_string),
-    ));
+    *probe.at_release.lock().unwrap() =
+        Some((probe.rec.started(), probe.rec.finished(), os_thread_name()));
     probe.released.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -497,7 +497,11 @@ struct LogProbe {
     calls_after_release: AtomicU64,
 }
 
-unsafe extern "C" fn log_cb(_level: amqp_log_level_raw, _msg: *const c_char, ud: *mut c_void) {
+unsafe extern "C-unwind" fn log_cb(
+    _level: amqp_log_level_raw,
+    _msg: *const c_char,
+    ud: *mut c_void,
+) {
     let p = &*(ud as *const LogProbe);
     if p.released.load(Ordering::SeqCst) > 0 {
         p.calls_after_release.fetch_add(1, Ordering::SeqCst);
@@ -506,7 +510,7 @@ unsafe extern "C" fn log_cb(_level: amqp_log_level_raw, _msg: *const c_char, ud:
     std::thread::sleep(Duration::from_millis(2));
 }
 
-unsafe extern "C" fn log_release(ud: *mut c_void) {
+unsafe extern "C-unwind" fn log_release(ud: *mut c_void) {
     let p = &*(ud as *const LogProbe);
     p.released.fetch_add(1, Ordering::SeqCst);
 }

@@ -97,7 +97,7 @@ pub type amqp_consume_fn = Option<
 /// userdata returned, when no callback of the set can start any more; free
 /// userdata here. It may call any function of the library; no API call
 /// waits for it.
-pub type amqp_release_fn = Option<unsafe extern "C" fn(userdata: *mut c_void)>;
+pub type amqp_release_fn = Option<unsafe extern "C-unwind" fn(userdata: *mut c_void)>;
 
 /// amqp_consume_ex with no release and no consumer id (the consumers end
 /// with amqp_close_graceful). Blocks: briefly; it may wait for a consumer
