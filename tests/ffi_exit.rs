@@ -7,6 +7,8 @@
 //!   with `pthread_exit`, a forced unwind through the library;
 //! - `node_exit.js`: `process.exit()` from the main thread (no close) while
 //!   deliveries arrive and the consumer and log threads call into koffi;
+//! - `node_pull_drain.js`: Node ends by draining its event loop while a pull
+//!   consumer (no callbacks into JavaScript) still receives;
 //! - `py_throws.py` / `node_throws.js`: a handler that raises / throws
 //!   (the FFI then returns 0) must not ack: the message is redelivered and
 //!   counted in `invalid_dispositions`.
@@ -157,6 +159,14 @@ fn python_exits_while_callbacks_run_without_abort() {
 #[test]
 fn node_process_exit_while_deliveries_arrive_without_abort() {
     exit_runs("node", "node_exit.js");
+}
+
+/// Node's own way to end: its event loop drains (no process.exit(), no close)
+/// while a pull consumer still receives. Event loops consume through pull
+/// mode, so no library thread calls into JavaScript and nothing can abort.
+#[test]
+fn node_event_loop_drains_while_a_pull_consumer_runs_without_abort() {
+    exit_runs("node", "node_pull_drain.js");
 }
 
 #[test]
