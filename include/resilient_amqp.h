@@ -796,6 +796,21 @@ enum amqp_result amqp_poll(amqp_queue_handle queue,
                            size_t *count);
 
 /*
+ amqp_poll, and on failure the error message also goes to `errbuf` (like
+ snprintf: at most `errcap` bytes, NUL-terminated when `errcap` > 0;
+ untouched on success; an empty string for AMQP_ERR_TIMEOUT), for
+ bindings that poll on a worker thread (Node's asynchronous calls) or from
+ Go. Blocks: up to timeout_ms, as amqp_poll.
+ */
+enum amqp_result amqp_poll_e(amqp_queue_handle queue,
+                             const struct amqp_delivery **out,
+                             size_t max,
+                             uint32_t timeout_ms,
+                             size_t *count,
+                             char *errbuf,
+                             size_t errcap);
+
+/*
  Makes every amqp_poll of the queue blocked right now return
  AMQP_ERR_TIMEOUT at once (cancellation: a Go context, Ctrl-C in Python).
  When none is blocked, the wake is kept for the next amqp_poll that would

@@ -473,3 +473,67 @@ fn invalid_arguments() {
     assert_eq!(poll_batch(0, 2, 0).0, amqp_result::AMQP_ERR_INVALID_HANDLE);
     c_guard.close_ok();
 }
+
+/// amqp_poll_e: the error text goes to the caller's buffer on failure (a Node worker or a
+/// goroutine cannot read amqp_last_error on the calling thread); untouched on success.
+#[test]
+fn poll_e_writes_the_error_to_the_buffer() {
+    let _s = serial();
+    let c_guard = ConnGuard::connect_ok(None);
+    let name = unique_name("pull-e");
+    let q = open_simple(c_guard.h(), &name);
+    let mut out = [std::ptr::null::<amqp_delivery>(); 4];
+    let mut count = 7usize;
+    let mut buf = [b'#' as std::ffi::c_char; 128];
+    let poll_e = |out: &mut [*const amqp_delivery; 4],
+                  count: &mut usize,
+                  buf: &mut [std::ffi::c_char; 128]| unsafe {
+        amqp_poll_e(
+            q,
+            out.as_mut_ptr(),
+            4,
+            0,
+            count,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    let r = poll_e(&mut out, &mut count, &mut buf);
+    assert_eq!(
+        r,
+        amqp_result::AMQP_ERR_INVALID_ARGUMENT,
+        "no pull consumer yet"
+    );
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    assert!(text.contains("pull"), "errbuf: {text:?}");
+    assert_eq!(count, 0);
+    assert_eq!(
+        unsafe { amqp_consume_pull(q, std::ptr::null_mut()) },
+        amqp_result::AMQP_OK
+    );
+    seed(&name, 0..1);
+    let mut buf = [b'#' as std::ffi::c_char; 128];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = poll_e(&mut out, &mut count, &mut buf);
+        if r != amqp_result::AMQP_ERR_TIMEOUT || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(r, amqp_result::AMQP_OK);
+    assert_eq!(count, 1);
+    assert_eq!(
+        buf[0], b'#' as std::ffi::c_char,
+        "errbuf untouched on success"
+    );
+    let id = unsafe { (*out[0]).delivery_id };
+    assert_eq!(
+        amqp_settle(q, id, amqp_disposition::AMQP_ACK as amqp_disposition_raw),
+        amqp_result::AMQP_OK
+    );
+    unsafe { amqp_delivery_free(out[0]) };
+    c_guard.close_ok();
+}

@@ -3,7 +3,7 @@
 use super::consume::{amqp_delivery, OwnedDelivery};
 use super::{amqp_queue_handle, amqp_result, lookup_queue, out_param};
 use crate::error::Error;
-use std::ffi::c_int;
+use std::ffi::{c_char, c_int};
 use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
@@ -81,29 +81,64 @@ pub unsafe extern "C" fn amqp_poll(
     timeout_ms: u32,
     count: *mut usize,
 ) -> amqp_result {
-    ffi_boundary!({
-        // SAFETY: NULL or a size_t the caller lets us write (the header).
-        let count = unsafe { out_param(count, "count") }?;
-        *count = 0;
-        if out.is_null() {
-            return Err(Error::invalid("out (the array of pointers) is NULL"));
-        }
-        if max == 0 {
-            return Err(Error::invalid("max is 0"));
-        }
-        let entry = lookup_queue(queue)?;
-        let handle = entry.handle;
-        let timeout = Duration::from_millis(u64::from(timeout_ms));
-        let mut n = 0;
-        entry.queue.consumers.poll(max, timeout, |p| {
-            // SAFETY: `out` is non-NULL and the caller promises `max`
-            // writable pointers; the core hands out at most `max`, so n < max.
-            unsafe { out.add(n).write(OwnedDelivery::polled(p, handle)) };
-            n += 1;
-        })?;
-        *count = n;
-        Ok(())
+    // SAFETY: the caller's promises for `out`, `max` and `count` (above).
+    ffi_boundary!({ unsafe { poll(queue, out, max, timeout_ms, count) } })
+}
+
+/// amqp_poll, and on failure the error message also goes to `errbuf` (like
+/// snprintf: at most `errcap` bytes, NUL-terminated when `errcap` > 0;
+/// untouched on success; an empty string for AMQP_ERR_TIMEOUT), for
+/// bindings that poll on a worker thread (Node's asynchronous calls) or from
+/// Go. Blocks: up to timeout_ms, as amqp_poll.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_poll_e(
+    queue: amqp_queue_handle,
+    out: *mut *const amqp_delivery,
+    max: usize,
+    timeout_ms: u32,
+    count: *mut usize,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    ffi_boundary!(errbuf errbuf, errcap, {
+        // SAFETY: as in amqp_poll.
+        unsafe { poll(queue, out, max, timeout_ms, count) }
     })
+}
+
+/// amqp_poll's body.
+///
+/// # Safety
+/// `out` is NULL or `max` writable pointers; `count` NULL or a writable
+/// size_t.
+unsafe fn poll(
+    queue: amqp_queue_handle,
+    out: *mut *const amqp_delivery,
+    max: usize,
+    timeout_ms: u32,
+    count: *mut usize,
+) -> crate::Result<()> {
+    // SAFETY: NULL or a size_t the caller lets us write (the header).
+    let count = unsafe { out_param(count, "count") }?;
+    *count = 0;
+    if out.is_null() {
+        return Err(Error::invalid("out (the array of pointers) is NULL"));
+    }
+    if max == 0 {
+        return Err(Error::invalid("max is 0"));
+    }
+    let entry = lookup_queue(queue)?;
+    let handle = entry.handle;
+    let timeout = Duration::from_millis(u64::from(timeout_ms));
+    let mut n = 0;
+    entry.queue.consumers.poll(max, timeout, |p| {
+        // SAFETY: `out` is non-NULL and the caller promises `max` writable
+        // pointers; the core hands out at most `max`, so n < max.
+        unsafe { out.add(n).write(OwnedDelivery::polled(p, handle)) };
+        n += 1;
+    })?;
+    *count = n;
+    Ok(())
 }
 
 /// Makes every amqp_poll of the queue blocked right now return
