@@ -67,6 +67,26 @@ pub struct amqp_delivery {
     pub delivery_id: u64,
 }
 
+impl amqp_delivery {
+    /// The C view of a delivery, pointing into `d`'s bytes (valid while
+    /// they are): the one place the fields are filled, for callbacks and
+    /// polled deliveries alike.
+    fn borrowing(d: &DeliveryView<'_>, queue: amqp_queue_handle) -> amqp_delivery {
+        amqp_delivery {
+            body: d.body.as_ptr(),
+            body_len: d.body.len(),
+            delivery_tag: d.delivery_tag,
+            redelivered: d.redelivered,
+            exchange: d.exchange.as_ptr() as *const c_char,
+            exchange_len: d.exchange.len(),
+            routing_key: d.routing_key.as_ptr() as *const c_char,
+            routing_key_len: d.routing_key.len(),
+            queue,
+            delivery_id: d.delivery_id,
+        }
+    }
+}
+
 /// The consume callback. Runs on a library-owned thread named
 /// "ramqp-consumer" (never the caller's, never the network thread);
 /// up to `repeat` run at once per amqp_consume call. It may call amqp_publish,
@@ -174,18 +194,7 @@ fn consume_ex(
     let user = UserData(userdata);
     let handle = entry.handle;
     let callback: Callback = Arc::new(move |d: &DeliveryView<'_>| {
-        let delivery = amqp_delivery {
-            body: d.body.as_ptr(),
-            body_len: d.body.len(),
-            delivery_tag: d.delivery_tag,
-            redelivered: d.redelivered,
-            exchange: d.exchange.as_ptr() as *const c_char,
-            exchange_len: d.exchange.len(),
-            routing_key: d.routing_key.as_ptr() as *const c_char,
-            routing_key_len: d.routing_key.len(),
-            queue: handle,
-            delivery_id: d.delivery_id,
-        };
+        let delivery = amqp_delivery::borrowing(d, handle);
         let user = &user;
         // Not inside catch_unwind (nothing of ours here can panic): a
         // forced unwind out of `cb` must pass (see amqp_consume_fn).
@@ -403,18 +412,7 @@ impl OwnedDelivery {
     /// heap bytes the pointers point into (they do not move with it).
     pub(crate) fn polled(p: Polled, queue: amqp_queue_handle) -> *const amqp_delivery {
         let d = p.view();
-        let delivery = amqp_delivery {
-            body: d.body.as_ptr(),
-            body_len: d.body.len(),
-            delivery_tag: d.delivery_tag,
-            redelivered: d.redelivered,
-            exchange: d.exchange.as_ptr() as *const c_char,
-            exchange_len: d.exchange.len(),
-            routing_key: d.routing_key.as_ptr() as *const c_char,
-            routing_key_len: d.routing_key.len(),
-            queue,
-            delivery_id: d.delivery_id,
-        };
+        let delivery = amqp_delivery::borrowing(&d, queue);
         let owned = Box::new(OwnedDelivery {
             delivery,
             _bytes: Kept::Polled(p),
