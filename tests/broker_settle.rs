@@ -13,6 +13,18 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
+/// One test closes every connection on the broker (the independent reader's too): it runs
+/// alone (write), the others side by side (read).
+static BROKER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    BROKER.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    BROKER.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn seed(reader: &Reader, queue: &str, range: std::ops::Range<u64>) {
     let bodies: Vec<Vec<u8>> = range.map(seq_body).collect();
     reader.publish(queue, &bodies);
@@ -26,6 +38,7 @@ fn settle(q: u64, id: u64, d: amqp_disposition) -> amqp_result {
 /// disposition: the message is requeued (or rejected, by option) and counted, never acked.
 #[test]
 fn values_no_accident_produces_never_ack() {
+    let _broker = shared();
     for (options, expect_requeue) in [(None, true), (Some("invalid_disposition=reject"), false)] {
         let c_guard = ConnGuard::connect_ok(None);
         let name = unique_name("invalid-disposition");
@@ -72,6 +85,7 @@ fn values_no_accident_produces_never_ack() {
 /// thread acks them, and a second settle is AMQP_ERR_ALREADY_SETTLED.
 #[test]
 fn deferred_deliveries_are_settled_from_another_thread() {
+    let _broker = shared();
     let c_guard = ConnGuard::connect_ok(None);
     let name = unique_name("defer");
     let q = queue_open(c_guard.h(), &name, None, None, Some("prefetch=5"));
@@ -124,6 +138,7 @@ fn deferred_deliveries_are_settled_from_another_thread() {
 /// return value is then ignored and counted.
 #[test]
 fn a_settle_during_the_callback_wins_over_its_return() {
+    let _broker = shared();
     let c_guard = ConnGuard::connect_ok(None);
     let name = unique_name("settle-inside");
     let q = open_simple(c_guard.h(), &name);
@@ -166,6 +181,7 @@ fn a_settle_during_the_callback_wins_over_its_return() {
 /// redelivers it, and the redelivery is settleable as usual).
 #[test]
 fn a_deferred_delivery_from_a_lost_connection_is_stale() {
+    let _broker = alone();
     let c_guard = ConnGuard::connect_ok(Some("reconnect_delay_ms=50"));
     let c = c_guard.h();
     let name = unique_name("stale");
@@ -197,6 +213,7 @@ fn a_deferred_delivery_from_a_lost_connection_is_stale() {
 /// settle are AMQP_ERR_INVALID_ARGUMENT and apply nothing.
 #[test]
 fn settle_many_and_bad_settles() {
+    let _broker = shared();
     let c_guard = ConnGuard::connect_ok(None);
     let c = c_guard.h();
     let (a, b) = (unique_name("many-a"), unique_name("many-b"));
@@ -261,6 +278,7 @@ fn settle_many_and_bad_settles() {
 /// amqp_delivery_dup keeps every field past the callback; the copy settles by its id.
 #[test]
 fn a_duplicated_delivery_outlives_its_callback() {
+    let _broker = shared();
     struct Kept(*const amqp_delivery);
     // SAFETY (test): the copy is owned by this test and freed once, from one thread.
     unsafe impl Send for Kept {}
