@@ -44,7 +44,8 @@ impl DeliverySink for CountingSink {
 
 impl ReaderProbe {
     pub fn new(frame_max: usize, channels: u16) -> ReaderProbe {
-        let conn = ConnShared::new(None, channels.max(1), frame_max, PROBE_MAX_BODY);
+        // RabbitMQ's channel_max; channels 1..=`channels` are opened.
+        let conn = ConnShared::new(None, 2047, frame_max, PROBE_MAX_BODY);
         let deliveries = Arc::new(AtomicU64::new(0));
         let mut open = Vec::new();
         for _ in 0..channels {

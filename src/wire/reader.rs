@@ -172,8 +172,17 @@ impl Demux {
             codec::FRAME_HEARTBEAT => Ok(()),
             codec::FRAME_METHOD if f.channel == 0 => connection_method(conn, f.payload),
             codec::FRAME_METHOD | codec::FRAME_HEADER | codec::FRAME_BODY => {
-                // Frames for a channel we already closed are dropped.
+                // Frames for a channel we already closed are dropped; one
+                // beyond channel_max was garbled or forged (a lost confirm
+                // would stall its publisher).
                 let id = f.channel;
+                if id > conn.channel_max {
+                    return Err(Violation::frame(format!(
+                        "a frame for channel {id}, beyond channel_max {}",
+                        conn.channel_max
+                    ))
+                    .into());
+                }
                 let Some(slot) = self.channel_reader(conn, id) else {
                     return Ok(());
                 };

@@ -25,6 +25,9 @@ pub(super) struct ConnShared {
     pub(super) read_recently: AtomicBool,
     pub(super) channels: Mutex<ChannelTable>,
     pub(super) frame_max: usize,
+    /// The highest channel id agreed in tune: a frame beyond it is for no
+    /// channel that can ever exist.
+    pub(super) channel_max: u16,
     /// The largest message body we take in; a larger one is dropped as it
     /// arrives and rejected.
     pub(super) max_body: u64,
@@ -59,6 +62,7 @@ impl ConnShared {
                 max: channel_max.max(1),
             }),
             frame_max,
+            channel_max: channel_max.max(1),
             max_body,
             broken: AtomicBool::new(false),
             dead: watch::channel(None).0,

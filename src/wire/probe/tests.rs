@@ -236,7 +236,7 @@ fn a_channel_close_for_a_channel_never_opened_is_ignored() {
         class_id: 0,
         method_id: 0,
     }));
-    p.feed(&method(4000, close)).unwrap();
+    p.feed(&method(1000, close)).unwrap();
     assert_eq!(p.demux_slots(), 0, "no slot for a channel never opened");
     p.feed(&message(1, 1, b"still fine")).unwrap();
     assert_eq!(p.deliveries(), 1);
@@ -272,4 +272,12 @@ fn a_delivery_for_an_unknown_consumer_goes_back_to_the_queue() {
             }))
         )
     );
+}
+
+#[test]
+fn a_frame_beyond_channel_max_ends_the_connection() {
+    // The probe's channel_max is 2047.
+    let (why, code) = broken(&confirm(0x8001, 1, false));
+    assert!(why.contains("beyond channel_max"), "{why}");
+    assert_eq!(code, Some(501));
 }
