@@ -347,18 +347,9 @@ impl ConsumerSet {
         if inside {
             self.stopping_inside.fetch_sub(1, Ordering::SeqCst);
         }
-        // Send every decision still waiting for a batch before returning.
-        let cs = self.clone();
-        let _ = runtime::block_on(
-            async move {
-                let settler = cs.state.lock().await.channel.clone();
-                if let Some((_, _, settler)) = settler {
-                    settler.flush();
-                }
-            },
-            // Not waited for past the deadline: the flush still runs.
-            left(),
-        );
+        // Send every decision still waiting for a batch before returning
+        // (not waited for past the deadline: the flush still runs).
+        self.flush(left());
         if !done && !callbacks_stopped {
             return Err(crate::Error::new(
                 crate::ErrorKind::Timeout,
