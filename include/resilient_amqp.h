@@ -133,6 +133,41 @@ typedef enum amqp_connection_state {
 } amqp_connection_state;
 
 /*
+ How a published message ended (amqp_delivery_report.status).
+ */
+typedef enum amqp_report_status {
+  /*
+   The broker confirmed it: it is in the queue (or routed by the exchange).
+   */
+  AMQP_REPORT_CONFIRMED = 0,
+  /*
+   The broker nacked it publish_retries + 1 times (e.g. a full queue
+   with x-overflow=reject-publish).
+   */
+  AMQP_REPORT_NACKED = 1,
+  /*
+   The broker refused it: it closed the channel on this message alone
+   (reply_code, reason), or it refuses the queue (no write permission,
+   a declare it rejects).
+   */
+  AMQP_REPORT_REFUSED = 2,
+  /*
+   Larger than the broker's max_message_size.
+   */
+  AMQP_REPORT_TOO_LARGE = 3,
+  /*
+   Not confirmed within the queue's publish_timeout_ms. It may still
+   have reached the queue (a confirm lost with its connection).
+   */
+  AMQP_REPORT_EXPIRED = 4,
+  /*
+   Still unconfirmed when the connection closed (amqp_close_graceful
+   counted it in `unsent`).
+   */
+  AMQP_REPORT_UNSENT = 5,
+} amqp_report_status;
+
+/*
  What the callback decided. The values are ones no accident produces: 0,
  1 (`true`), small error codes and garbage are none of them, and any value
  that is not one of these is applied as the queue's `invalid_disposition`
@@ -420,7 +455,73 @@ typedef struct amqp_queue_stats {
    delivery while its callback ran. (ABI 2)
    */
   uint64_t returns_ignored;
+  /*
+   Messages that ended in a failure report: nacked more than
+   publish_retries times, refused or too large for the broker, expired
+   (publish_timeout_ms), or unsent at close. (ABI 2)
+   */
+  uint64_t failed;
+  /*
+   Of `failed`: expired. (ABI 2)
+   */
+  uint64_t expired;
+  /*
+   Of `failed`: refused by the broker (incl. too large). (ABI 2)
+   */
+  uint64_t refused;
+  /*
+   1 while the broker refuses the queue (its declare, or publishing:
+   amqp_publish returns AMQP_ERR_BROKER), else 0. (ABI 2)
+   */
+  uint64_t queue_failed;
 } amqp_queue_stats;
+
+/*
+ The end of one published message, handed to the queue's report function.
+ Valid only during the call (copy what you keep).
+ */
+typedef struct amqp_delivery_report {
+  /*
+   sizeof(amqp_delivery_report) as the library knows it: fields are
+   only ever appended, so read a field only if `size` covers it.
+   */
+  size_t size;
+  /*
+   The tag given to amqp_publish_tagged (0 for amqp_publish).
+   */
+  uint64_t tag;
+  enum amqp_report_status status;
+  /*
+   Times the message was sent to the broker (0 if it never was).
+   */
+  uint32_t attempts;
+  /*
+   The broker's reply code for REFUSED and TOO_LARGE (e.g. 403, 406); 0 otherwise.
+   */
+  uint32_t reply_code;
+  /*
+   Why it failed, NUL-terminated; NULL for CONFIRMED.
+   */
+  const char *reason;
+} amqp_delivery_report;
+
+/*
+ A queue's report function: called once for every message published on
+ the queue after amqp_set_report_callback, when it ends (confirmed, or
+ failed for good), with the userdata given there. Called on the
+ connection's report thread (one per connection, started by the first
+ amqp_set_report_callback), one report at a time, in the order the
+ messages ended (for one queue: confirms in publish order; a failed
+ message may be reported before earlier ones still in flight). A message
+ keeps its place in the buffer (max_buffered, max_buffered_bytes) until
+ its report returned, so a slow report function slows amqp_publish
+ (AMQP_ERR_BUFFER_FULL) rather than growing memory. It may call any
+ function of the library except amqp_close_graceful / amqp_close_ex on
+ its own connection (they wait for this thread). A runtime that ends the
+ thread inside it (pthread_exit) ends reporting for the connection: later
+ messages end unreported (still counted in the stats).
+ */
+typedef void (*amqp_report_fn)(const struct amqp_delivery_report *report, void *userdata);
 
 #ifdef __cplusplus
 extern "C" {
@@ -695,11 +796,25 @@ enum amqp_result amqp_set_log_callback_ex(amqp_log_fn cb,
  confirmed it and is sent again after a reconnect (at-least-once).
  `len` 0 is a valid empty message (`body` may then be NULL).
  Errors: AMQP_ERR_INVALID_ARGUMENT (NULL body with len > 0),
- AMQP_ERR_INVALID_HANDLE, AMQP_ERR_MESSAGE_TOO_LARGE, AMQP_ERR_BUFFER_FULL
- (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good).
+ AMQP_ERR_INVALID_HANDLE, AMQP_ERR_MESSAGE_TOO_LARGE (over
+ max_message_bytes, over the queue's max_buffered_bytes, or over the
+ broker's max_message_size once a refusal named it), AMQP_ERR_BUFFER_FULL
+ (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good),
+ AMQP_ERR_BROKER (the broker refuses the queue: see amqp_last_error).
  Callable from any thread, including a consume callback. Blocks: never.
  */
 enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t len);
+
+/*
+ amqp_publish with the application's `tag`, handed back in the
+ message's delivery report (amqp_set_report_callback): e.g. an id, an
+ index or a pointer of the application's own. Errors as amqp_publish.
+ Callable from any thread, including a consume callback. Blocks: never.
+ */
+enum amqp_result amqp_publish_tagged(amqp_queue_handle queue,
+                                     const void *body,
+                                     size_t len,
+                                     uint64_t tag);
 
 /*
  `amqp_publish` for producers that would rather wait than handle
@@ -708,8 +823,7 @@ enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t 
  sixteenth of the bound (they wake it; it also looks again every 10 ms),
  for at most `timeout_ms`.
  Returns AMQP_OK once stored; AMQP_ERR_BUFFER_FULL when it is still full
- after `timeout_ms` (at once when `timeout_ms` is 0, or when the body is
- larger than `max_buffered_bytes`), with nothing stored; AMQP_ERR_CLOSED
+ after `timeout_ms` (at once when `timeout_ms` is 0), with nothing stored; AMQP_ERR_CLOSED
  as soon as the connection starts closing or fails for good, also while
  waiting. Other errors as `amqp_publish`.
  While the broker is away nothing is confirmed, so a full buffer stays
@@ -829,8 +943,10 @@ enum amqp_result amqp_poll_wake(amqp_queue_handle queue);
  queue is noticed and declared again), exchange_type (direct; or fanout,
  topic, headers, x-...), queue_type (classic; or quorum), prefetch (100),
  invalid_disposition (requeue; or reject: what a callback's return value
- that is no amqp_disposition does), max_buffered (the connection's),
- max_buffered_bytes (the connection's).
+ that is no amqp_disposition does), publish_retries (3: times a nacked
+ message is sent again, after a backoff), publish_timeout_ms (0: no
+ limit; a message not confirmed this long fails as AMQP_REPORT_EXPIRED),
+ max_buffered (the connection's), max_buffered_bytes (the connection's).
  While connected it declares now: AMQP_ERR_BROKER when the broker refuses
  (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
  declares on connect. The topology is declared again after every reconnect.
@@ -864,6 +980,19 @@ enum amqp_result amqp_queue_open_e(amqp_connection_handle conn,
  Blocks: never.
  */
 enum amqp_result amqp_queue_get_stats(amqp_queue_handle queue, struct amqp_queue_stats *out);
+
+/*
+ Sets the queue's report function (NULL: no reports from now on).
+ Reports cover the messages that end after this call, whenever they were
+ published. Without a report function the outcomes are only counted
+ (amqp_queue_stats: confirmed, failed, expired, refused) and failures
+ logged at WARN or ERROR once per incident.
+ Errors: AMQP_ERR_INVALID_HANDLE; AMQP_ERR_INTERNAL if the report thread
+ cannot be started. Blocks: never (starting the thread the first time).
+ */
+enum amqp_result amqp_set_report_callback(amqp_queue_handle queue,
+                                          amqp_report_fn cb,
+                                          void *userdata);
 
 #ifdef __cplusplus
 }  // extern "C"

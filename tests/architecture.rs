@@ -22,7 +22,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "publish", "consume", "wire", "error", "log", "runtime", "backoff",
         ],
     ),
-    ("publish", &["wire", "error", "log", "runtime"]),
+    (
+        "publish",
+        &["wire", "error", "log", "runtime", "backoff", "os_thread"],
+    ),
     ("consume", &["wire", "error", "log", "runtime", "os_thread"]),
     ("wire", &["log"]),
     ("error", &[]),

@@ -10,9 +10,10 @@
 
 use super::address::BrokerAddress;
 use super::options::{ConnectionOptions, QueueOptions};
-use super::queue::{declare_error, Queue};
+use super::queue::Queue;
 use super::session::{session, LinkState, SessionEnv};
 use crate::error::{Error, ErrorKind, Result};
+use crate::publish::ReportThread;
 use crate::runtime;
 use crate::wire::{Failure, WireConfig, WireConnection};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +22,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod close;
+mod reports;
 pub(crate) use close::CloseReport;
+use reports::spawn_expiry;
 
 /// Where a connection is in its life. The C API's `amqp_connection_state`
 /// mirrors it one to one (src/ffi/connection.rs; exhaustive matches both
@@ -81,6 +84,8 @@ pub(crate) struct Connection {
     next_queue_id: AtomicU64,
     /// Gave up for good (the state may since have moved on to Closed).
     failed: std::sync::atomic::AtomicBool,
+    /// Calls the queues' report functions; started with the first one.
+    reports: Mutex<Option<Arc<ReportThread>>>,
 }
 
 impl Connection {
@@ -111,6 +116,7 @@ impl Connection {
             generation: AtomicU64::new(0),
             next_queue_id: AtomicU64::new(1),
             failed: std::sync::atomic::AtomicBool::new(false),
+            reports: Mutex::new(None),
         });
         conn.spawn_supervisor();
         Ok(conn)
@@ -395,7 +401,7 @@ impl Connection {
             exchange,
             routing_key,
             options,
-            self.options.max_message_bytes,
+            &self.options,
         ));
         let current = {
             let s = self.lock();
@@ -415,7 +421,7 @@ impl Connection {
             match opened {
                 Ok(Ok(ch)) => prepared = Some((generation, ch)),
                 Ok(Err(e)) => {
-                    if let Some(err) = declare_error(name, &e) {
+                    if let Some(err) = q.declare_error(&e) {
                         return Err(err);
                     }
                     debug!("queue '{name}': declare deferred, link failed: {e}");
@@ -441,6 +447,8 @@ impl Connection {
             let ch = prepared.filter(|(g, _)| *g == generation).map(|(_, ch)| ch);
             self.spawn_session(q.clone(), generation, conn, ch);
         }
+        drop(s);
+        spawn_expiry(&q);
         Ok(q)
     }
 }

@@ -11,5 +11,7 @@ mod session;
 
 /// What the C API hands a consumer.
 pub(crate) use crate::consume::{Callback, DeliveryView, Disposition, Polled, Release};
+/// What the C API hands a report function.
+pub(crate) use crate::publish::{Outcome, Report, ReportFn};
 pub(crate) use connection::{CloseReport, Connection, ConnectionState, ConnectionStatsSnapshot};
 pub(crate) use queue::{Queue, QueueStatsSnapshot};

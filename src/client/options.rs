@@ -57,6 +57,10 @@ pub struct QueueOptions {
     /// What a callback's return value that is no amqp_disposition does:
     /// requeue (false) or reject (true).
     pub invalid_disposition_rejects: bool,
+    /// Nacks a message survives (resent after a backoff each time).
+    pub publish_retries: u16,
+    /// A message not confirmed this long after its publish fails; 0 = never.
+    pub publish_timeout_ms: u64,
 }
 
 impl QueueOptions {
@@ -78,6 +82,8 @@ impl QueueOptions {
             max_buffered: conn.max_buffered,
             max_buffered_bytes: conn.max_buffered_bytes,
             invalid_disposition_rejects: false,
+            publish_retries: 3,
+            publish_timeout_ms: 0,
         }
     }
 }
@@ -290,6 +296,31 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         value: Value::Word {
             words: &["requeue", "reject"],
             set: |o, w| o.invalid_disposition_rejects = w == "reject",
+        },
+    },
+    OptionSpec {
+        key: "publish_retries",
+        default: OptionDefault::Text("3"),
+        doc: "times a message nacked by the broker is sent again (after a backoff from \
+              reconnect_delay_ms to reconnect_delay_max_ms); one more nack fails it \
+              (report AMQP_REPORT_NACKED)",
+        value: Value::Int {
+            min: 0,
+            max: 1000,
+            bytes: false,
+            set: |o, n| o.publish_retries = n as u16,
+        },
+    },
+    OptionSpec {
+        key: "publish_timeout_ms",
+        default: OptionDefault::Text("0"),
+        doc: "a message not confirmed this long after amqp_publish fails (report \
+              AMQP_REPORT_EXPIRED; it may still have reached the queue); 0 = no limit",
+        value: Value::Int {
+            min: 0,
+            max: 24 * HOUR_MS,
+            bytes: false,
+            set: |o, n| o.publish_timeout_ms = n,
         },
     },
     OptionSpec {

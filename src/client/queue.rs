@@ -1,13 +1,14 @@
 //! A queue as the application opened it: its topology (declared again on
 //! every channel), its outbox (publish side) and its consumers.
 
-use super::options::{QueueOptions, QueueType};
+use super::options::{ConnectionOptions, QueueOptions, QueueType};
 use crate::consume::ConsumerSet;
 use crate::error::{Error, ErrorKind};
 use crate::publish::{window_limits, Outbox, PublishSettings};
 use crate::wire::{AMQPValue, Failure, FieldTable, WireChannel, WireConnection};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct QueueStatsSnapshot {
@@ -26,6 +27,10 @@ pub(crate) struct QueueStatsSnapshot {
     pub unsettled: u64,
     pub invalid_dispositions: u64,
     pub returns_ignored: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub refused: u64,
+    pub queue_failed: bool,
 }
 
 pub(crate) struct Queue {
@@ -35,6 +40,9 @@ pub(crate) struct Queue {
     options: QueueOptions,
     pub outbox: Outbox,
     pub consumers: Arc<ConsumerSet>,
+    /// Its topology broke the whole connection (e.g. an exchange type the
+    /// broker does not know): it is never declared again.
+    refused_for_good: AtomicBool,
 }
 
 impl Queue {
@@ -44,7 +52,7 @@ impl Queue {
         exchange: &str,
         routing_key: &str,
         options: QueueOptions,
-        max_message_bytes: u64,
+        conn: &ConnectionOptions,
     ) -> Self {
         // Default exchange: route by queue name. Otherwise by the routing key.
         let publish_routing_key = if exchange.is_empty() {
@@ -53,6 +61,7 @@ impl Queue {
             routing_key
         };
         let outbox = Outbox::new(PublishSettings {
+            queue: name.to_string(),
             exchange: exchange.to_string(),
             routing_key: publish_routing_key.to_string(),
             persistent: options.persistent,
@@ -60,7 +69,12 @@ impl Queue {
             window: window_limits(options.confirmed_after_disk_write()),
             max_buffered: options.max_buffered,
             max_buffered_bytes: options.max_buffered_bytes,
-            max_message_bytes,
+            max_message_bytes: conn.max_message_bytes,
+            publish_retries: options.publish_retries,
+            publish_timeout: (options.publish_timeout_ms > 0)
+                .then(|| Duration::from_millis(options.publish_timeout_ms)),
+            retry_delay: conn.reconnect_delay.max(Duration::from_millis(10)),
+            retry_delay_max: conn.reconnect_delay_max.max(Duration::from_millis(10)),
         });
         Queue {
             name: name.to_string(),
@@ -74,6 +88,7 @@ impl Queue {
             ),
             options,
             outbox,
+            refused_for_good: AtomicBool::new(false),
         }
     }
 
@@ -97,6 +112,10 @@ impl Queue {
             unsettled: r(&c.unsettled),
             invalid_dispositions: r(&c.invalid_dispositions),
             returns_ignored: r(&c.returns_ignored),
+            failed: r(&p.failed),
+            expired: r(&p.expired),
+            refused: r(&p.refused),
+            queue_failed: self.outbox.is_failed(),
         }
     }
 
@@ -140,16 +159,35 @@ impl Queue {
     }
 }
 
-/// Maps a failed declare to what `amqp_queue_open` returns; `None` when the
-/// link failed (then the declare is retried on the next connection).
-pub(crate) fn declare_error(queue: &str, e: &Failure) -> Option<Error> {
-    match e {
-        Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => {
-            Some(Error::new(
-                ErrorKind::Broker,
-                format!("broker refused queue '{queue}': {text}"),
-            ))
-        }
-        Failure::Link(_) | Failure::Protocol(_) => None,
+impl Queue {
+    /// Maps a failed declare to what `amqp_queue_open` returns: `Some` when
+    /// the broker refused this queue's topology; `None` when the link
+    /// failed (then the declare is retried on the next connection). A
+    /// connection closed by the broker is this queue's doing only when the
+    /// broker's text names its exchange type (an unknown or disabled
+    /// type: RabbitMQ closes the connection, not the channel); it is then
+    /// refused for good, so it does not break the connection again.
+    pub fn declare_error(&self, e: &Failure) -> Option<Error> {
+        let text = match e {
+            Failure::Refused { text, .. } => text,
+            Failure::ConnectionRefused { text, .. } if self.broke_connection(text) => {
+                self.refused_for_good.store(true, Ordering::SeqCst);
+                text
+            }
+            _ => return None,
+        };
+        Some(Error::new(
+            ErrorKind::Broker,
+            format!("broker refused queue '{}': {text}", self.name),
+        ))
+    }
+
+    fn broke_connection(&self, text: &str) -> bool {
+        !self.exchange.is_empty() && text.contains(&format!("'{}'", self.options.exchange_type))
+    }
+
+    /// Its topology broke a connection: no session declares it again.
+    pub fn refused_for_good(&self) -> bool {
+        self.refused_for_good.load(Ordering::SeqCst)
     }
 }

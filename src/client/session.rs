@@ -1,8 +1,8 @@
 //! A queue's session: its life on one connection generation.
 
-use super::queue::{declare_error, Queue};
+use super::queue::Queue;
 use crate::backoff;
-use crate::publish::PublisherEnd;
+use crate::publish::{self, Outcome, PublisherEnd};
 use crate::wire::{Failure, WireChannel, WireConnection};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -62,6 +62,11 @@ impl SessionEnv {
     pub fn backoff(&self, attempt: u32) -> Duration {
         backoff::delay(self.delay, self.delay_max, attempt)
     }
+
+    /// How long a refused queue waits before it tries again.
+    pub fn refused_retry(&self) -> Duration {
+        self.delay_max.max(Duration::from_millis(100))
+    }
 }
 
 /// One queue on one connection generation: open the channel (retrying while
@@ -81,7 +86,7 @@ pub(super) async fn session(
     // every publish) does not spin.
     let mut quick_losses: u32 = 0;
     loop {
-        if !link.borrow().is(generation) {
+        if !link.borrow().is(generation) || q.refused_for_good() {
             break;
         }
         let ch = match prepared.take() {
@@ -89,10 +94,11 @@ pub(super) async fn session(
             None => match q.open_channel(&conn).await {
                 Ok(ch) => ch,
                 Err(e) => {
-                    if !retry_open(&env, &q.name, &e, conn.is_connected()) {
-                        break; // the link is gone; the supervisor reconnects
-                    }
-                    let delay = env.backoff(refusals);
+                    let delay = match retry_open(&env, &q, &e, conn.is_connected()) {
+                        Retry::No => break, // the link is gone; the supervisor reconnects
+                        Retry::Refused => env.refused_retry(),
+                        Retry::Soon => env.backoff(refusals),
+                    };
                     refusals = refusals.saturating_add(1);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,
@@ -102,6 +108,7 @@ pub(super) async fn session(
             },
         };
         refusals = 0;
+        q.outbox.recover();
         let opened_at = std::time::Instant::now();
         q.consumers.attach(generation, ch.clone()).await;
         let link_over = async {
@@ -109,47 +116,116 @@ pub(super) async fn session(
         };
         let end = q.outbox.run(&ch, link_over).await;
         q.consumers.detach(generation).await;
-        let why = match end {
-            PublisherEnd::LinkDown => break,
-            PublisherEnd::ChannelLost(e) => format!("channel lost ({e}); reopening"),
-            PublisherEnd::TopologyLost(e) => {
-                format!("{e}; reopening its channel to declare it again")
+        let (why, mut pause) = match ended(&env, &q, end) {
+            After::Stop => break,
+            After::ReopenNow => {
+                ch.close().await;
+                continue;
             }
+            After::Reopen { why, pause } => (why, pause),
         };
         if !conn.is_connected() {
             break;
         }
         warn!("queue '{}': {why}", q.name);
         ch.close().await;
-        if opened_at.elapsed() < Duration::from_secs(1) {
-            let delay = env.backoff(quick_losses);
+        if pause.is_none() && opened_at.elapsed() < Duration::from_secs(1) {
+            pause = Some(env.backoff(quick_losses));
             quick_losses = quick_losses.saturating_add(1);
+        } else {
+            quick_losses = 0;
+        }
+        if let Some(delay) = pause {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = link.wait_for(|l| !l.is(generation)) => break,
             }
-        } else {
-            quick_losses = 0;
         }
     }
 }
 
-/// Reports a failure to open a queue's channel; true when the session must
-/// retry (with backoff) on the same connection.
-fn retry_open(env: &SessionEnv, queue: &str, e: &Failure, connected: bool) -> bool {
-    if let Some(err) = declare_error(queue, e) {
-        // The connection is fine but the broker refuses our topology: say so
-        // loudly and retry.
-        error!("{err}; retrying");
-        env.set_last_error(err.message);
-        return true;
+/// What a session does once its publisher ended.
+enum After {
+    /// The generation is over.
+    Stop,
+    /// At once, without backoff (a message failed; the others go on).
+    ReopenNow,
+    /// After `pause` (or the quick-loss backoff), with `why` logged.
+    Reopen {
+        why: String,
+        pause: Option<Duration>,
+    },
+}
+
+fn ended(env: &SessionEnv, q: &Queue, end: PublisherEnd) -> After {
+    let why = match end {
+        PublisherEnd::LinkDown => return After::Stop,
+        PublisherEnd::ChannelLost(Failure::Refused { code: 403, text }) => {
+            // Publishing itself is refused (no write permission): a state,
+            // retried slowly, not a loop.
+            let text = format!("the broker refused publishing: {text}");
+            env.set_last_error(format!("queue '{}': {text}", q.name));
+            q.outbox
+                .fail_all(&publish::Failure::new(Outcome::Refused, 403, text.clone()));
+            let pause = env.refused_retry();
+            return After::Reopen {
+                why: format!("{text}; trying again in {pause:?}"),
+                pause: Some(pause),
+            };
+        }
+        PublisherEnd::ChannelLost(e) => format!("channel lost ({e}); reopening"),
+        PublisherEnd::TopologyLost(e) => format!("{e}; reopening its channel to declare it again"),
+        PublisherEnd::Poisoned(e) => {
+            warn!(
+                "queue '{}': the broker refused a message ({e}); it failed, the others go on",
+                q.name
+            );
+            return After::ReopenNow;
+        }
+        PublisherEnd::Stuck(e) => format!("{e}; replacing its channel"),
+    };
+    After::Reopen { why, pause: None }
+}
+
+enum Retry {
+    /// The link is gone.
+    No,
+    /// The broker refused the queue: slowly.
+    Refused,
+    /// With the usual backoff.
+    Soon,
+}
+
+/// Reports a failure to open a queue's channel; says whether and how soon
+/// the session retries on the same connection.
+fn retry_open(env: &SessionEnv, q: &Queue, e: &Failure, connected: bool) -> Retry {
+    if let Some(err) = q.declare_error(e) {
+        // The broker refuses our topology: the queue fails (its messages
+        // are reported), publishes are refused; tried again slowly (or
+        // never, when it broke the connection).
+        env.set_last_error(err.message.clone());
+        if !q.outbox.is_failed() {
+            let code = match e {
+                Failure::Refused { code, .. } | Failure::ConnectionRefused { code, .. } => *code,
+                _ => 0,
+            };
+            q.outbox
+                .fail_all(&publish::Failure::new(Outcome::Refused, code, err.message));
+        } else {
+            debug!("queue '{}': still refused: {e}", q.name);
+        }
+        return if q.refused_for_good() {
+            Retry::No
+        } else {
+            Retry::Refused
+        };
     }
     if !connected {
-        return false;
+        return Retry::No;
     }
     // The connection lives on but gave no channel (e.g. all channel ids in
     // use): never stop silently.
-    warn!("queue '{queue}': cannot open its channel: {e}; retrying");
-    env.set_last_error(format!("queue '{queue}': {e}"));
-    true
+    warn!("queue '{}': cannot open its channel: {e}; retrying", q.name);
+    env.set_last_error(format!("queue '{}': {e}", q.name));
+    Retry::Soon
 }

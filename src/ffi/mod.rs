@@ -81,6 +81,7 @@ mod log;
 mod publish;
 mod pull;
 mod queue;
+mod report;
 
 pub use connection::*;
 pub use consume::*;
@@ -89,6 +90,7 @@ pub use log::*;
 pub use publish::*;
 pub use pull::*;
 pub use queue::*;
+pub use report::*;
 
 use crate::client::{Connection, Queue};
 use crate::error::{Error, Result};

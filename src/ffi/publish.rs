@@ -12,8 +12,11 @@ use std::time::Duration;
 /// confirmed it and is sent again after a reconnect (at-least-once).
 /// `len` 0 is a valid empty message (`body` may then be NULL).
 /// Errors: AMQP_ERR_INVALID_ARGUMENT (NULL body with len > 0),
-/// AMQP_ERR_INVALID_HANDLE, AMQP_ERR_MESSAGE_TOO_LARGE, AMQP_ERR_BUFFER_FULL
-/// (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good).
+/// AMQP_ERR_INVALID_HANDLE, AMQP_ERR_MESSAGE_TOO_LARGE (over
+/// max_message_bytes, over the queue's max_buffered_bytes, or over the
+/// broker's max_message_size once a refusal named it), AMQP_ERR_BUFFER_FULL
+/// (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good),
+/// AMQP_ERR_BROKER (the broker refuses the queue: see amqp_last_error).
 /// Callable from any thread, including a consume callback. Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_publish(
@@ -29,14 +32,31 @@ pub unsafe extern "C" fn amqp_publish(
     })
 }
 
+/// amqp_publish with the application's `tag`, handed back in the
+/// message's delivery report (amqp_set_report_callback): e.g. an id, an
+/// index or a pointer of the application's own. Errors as amqp_publish.
+/// Callable from any thread, including a consume callback. Blocks: never.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_publish_tagged(
+    queue: amqp_queue_handle,
+    body: *const c_void,
+    len: usize,
+    tag: u64,
+) -> amqp_result {
+    ffi_boundary!({
+        // SAFETY: as in `amqp_publish`.
+        let bytes = unsafe { body_slice(body, len) }?;
+        lookup_queue(queue)?.queue.outbox.publish_tagged(bytes, tag)
+    })
+}
+
 /// `amqp_publish` for producers that would rather wait than handle
 /// AMQP_ERR_BUFFER_FULL: when the queue's buffer is at `max_buffered` or
 /// `max_buffered_bytes`, the calling thread sleeps until confirms free a
 /// sixteenth of the bound (they wake it; it also looks again every 10 ms),
 /// for at most `timeout_ms`.
 /// Returns AMQP_OK once stored; AMQP_ERR_BUFFER_FULL when it is still full
-/// after `timeout_ms` (at once when `timeout_ms` is 0, or when the body is
-/// larger than `max_buffered_bytes`), with nothing stored; AMQP_ERR_CLOSED
+/// after `timeout_ms` (at once when `timeout_ms` is 0), with nothing stored; AMQP_ERR_CLOSED
 /// as soon as the connection starts closing or fails for good, also while
 /// waiting. Other errors as `amqp_publish`.
 /// While the broker is away nothing is confirmed, so a full buffer stays

@@ -49,6 +49,17 @@ pub struct amqp_queue_stats {
     /// Callback return values ignored because amqp_settle settled the
     /// delivery while its callback ran. (ABI 2)
     pub returns_ignored: u64,
+    /// Messages that ended in a failure report: nacked more than
+    /// publish_retries times, refused or too large for the broker, expired
+    /// (publish_timeout_ms), or unsent at close. (ABI 2)
+    pub failed: u64,
+    /// Of `failed`: expired. (ABI 2)
+    pub expired: u64,
+    /// Of `failed`: refused by the broker (incl. too large). (ABI 2)
+    pub refused: u64,
+    /// 1 while the broker refuses the queue (its declare, or publishing:
+    /// amqp_publish returns AMQP_ERR_BROKER), else 0. (ABI 2)
+    pub queue_failed: u64,
 }
 
 impl From<QueueStatsSnapshot> for amqp_queue_stats {
@@ -71,6 +82,10 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             unsettled,
             invalid_dispositions,
             returns_ignored,
+            failed,
+            expired,
+            refused,
+            queue_failed,
         } = s;
         amqp_queue_stats {
             size: std::mem::size_of::<amqp_queue_stats>(),
@@ -89,6 +104,10 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             unsettled,
             invalid_dispositions,
             returns_ignored,
+            failed,
+            expired,
+            refused,
+            queue_failed: u64::from(queue_failed),
         }
     }
 }
@@ -100,8 +119,10 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// queue is noticed and declared again), exchange_type (direct; or fanout,
 /// topic, headers, x-...), queue_type (classic; or quorum), prefetch (100),
 /// invalid_disposition (requeue; or reject: what a callback's return value
-/// that is no amqp_disposition does), max_buffered (the connection's),
-/// max_buffered_bytes (the connection's).
+/// that is no amqp_disposition does), publish_retries (3: times a nacked
+/// message is sent again, after a backoff), publish_timeout_ms (0: no
+/// limit; a message not confirmed this long fails as AMQP_REPORT_EXPIRED),
+/// max_buffered (the connection's), max_buffered_bytes (the connection's).
 /// While connected it declares now: AMQP_ERR_BROKER when the broker refuses
 /// (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
 /// declares on connect. The topology is declared again after every reconnect.

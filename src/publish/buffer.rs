@@ -14,10 +14,10 @@ use tokio::sync::Notify;
 /// not yet undone reservations, and could skip the last wake-up.
 const ROOM_RECHECK: Duration = Duration::from_millis(10);
 
-use super::bodies::Body;
+use super::message::Message;
 
 pub struct PublishBuffer {
-    queue: SegQueue<Body>,
+    queue: SegQueue<Message>,
     count: AtomicU64,
     bytes: AtomicU64,
     max_count: u64,
@@ -55,7 +55,14 @@ impl PublishBuffer {
     }
 
     /// Copies `body` in. Nothing is stored when a bound would be exceeded.
+    #[cfg(test)]
     pub fn push(&self, body: &[u8]) -> Result<()> {
+        self.push_message(body, 0, 0)
+    }
+
+    /// Copies `body` in, with the caller's tag and its publish time.
+    /// Nothing is stored when a bound would be exceeded.
+    pub fn push_message(&self, body: &[u8], tag: u64, born_ms: u32) -> Result<()> {
         let len = body.len() as u64;
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max_count {
             self.count.fetch_sub(1, Ordering::AcqRel);
@@ -79,14 +86,14 @@ impl PublishBuffer {
                 ),
             ));
         }
-        self.queue.push(Body::copy_from(body));
+        self.queue.push(Message::new(body, tag, born_ms));
         if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
         }
         Ok(())
     }
 
-    pub fn pop(&self) -> Option<Body> {
+    pub fn pop(&self) -> Option<Message> {
         self.queue.pop()
     }
 
@@ -195,7 +202,7 @@ mod tests {
         let m = b.pop().unwrap();
         // Popping is not confirming: still counted until released.
         assert_eq!(b.push(b"x").unwrap_err().kind, ErrorKind::BufferFull);
-        b.release(m.len());
+        b.release(m.body.len());
         b.push(b"y").unwrap();
         assert_eq!(b.count(), 3);
     }
@@ -219,8 +226,8 @@ mod tests {
         let b = PublishBuffer::new(10, 10);
         b.push(b"").unwrap();
         b.push(b"ab").unwrap();
-        assert_eq!(&*b.pop().unwrap(), b"");
-        assert_eq!(&*b.pop().unwrap(), b"ab");
+        assert_eq!(&*b.pop().unwrap().body, b"");
+        assert_eq!(&*b.pop().unwrap().body, b"ab");
         assert!(b.pop().is_none());
     }
 
@@ -278,11 +285,14 @@ mod tests {
         while got < 8000 {
             match b.pop() {
                 Some(m) => {
-                    let (p, i) = (m[0] as usize, u16::from_be_bytes([m[1], m[2]]));
+                    let (p, i) = (
+                        m.body[0] as usize,
+                        u16::from_be_bytes([m.body[1], m.body[2]]),
+                    );
                     assert_eq!(i, next[p], "producer {p} out of order");
                     next[p] += 1;
                     got += 1;
-                    b.release(m.len());
+                    b.release(m.body.len());
                 }
                 None => std::thread::yield_now(),
             }

@@ -10,22 +10,29 @@
 
 mod bodies;
 mod buffer;
+mod ends;
+mod message;
 mod publisher;
+mod report;
 mod window;
 
 pub(crate) use buffer::PublishBuffer;
+pub(crate) use message::{Failure, Outcome, Report};
 pub(crate) use publisher::{window_limits, PublisherEnd};
+pub(crate) use report::{ReportFn, ReportThread};
 
 use crate::error::{Error, ErrorKind, Result};
-use bodies::Body;
+use message::Message;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 /// Where and how a queue's messages are published.
 #[derive(Clone, Debug)]
 pub(crate) struct PublishSettings {
+    /// The queue's name, for the log.
+    pub queue: String,
     pub exchange: String,
     /// The exchange's routing key (the queue's name on the default exchange).
     pub routing_key: String,
@@ -39,6 +46,14 @@ pub(crate) struct PublishSettings {
     pub max_buffered: u64,
     pub max_buffered_bytes: u64,
     pub max_message_bytes: u64,
+    /// Nacks a message survives (resent after each); one more fails it.
+    pub publish_retries: u16,
+    /// A message not confirmed this long after `amqp_publish` fails
+    /// (`Expired`); `None`: no limit.
+    pub publish_timeout: Option<Duration>,
+    /// The backoff before resending nacked messages: first step and cap.
+    pub retry_delay: Duration,
+    pub retry_delay_max: Duration,
 }
 
 /// Publish counters; all monotonic but `in_flight`.
@@ -50,52 +65,139 @@ pub(crate) struct PublishStats {
     pub nacked: AtomicU64,
     /// Gauge: sent, confirm outstanding.
     pub in_flight: AtomicU64,
+    /// Messages that ended in a failure report (nacked too often, refused,
+    /// too large, expired or unsent at close).
+    pub failed: AtomicU64,
+    /// ... of which expired (`publish_timeout_ms`).
+    pub expired: AtomicU64,
+    /// ... of which the broker refused (incl. too large).
+    pub refused: AtomicU64,
 }
 
-/// A queue's messages from `amqp_publish` until the broker confirmed them.
+const OPEN: u8 = 0;
+const CLOSED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// What a publisher run leaves to the next: the messages to send first and
+/// the state of the nack backoff and of an isolation.
+#[derive(Default)]
+pub(crate) struct Carry {
+    /// Unconfirmed messages from an earlier channel or nacked ones, to be
+    /// sent before anything new from the buffer.
+    pub retry: VecDeque<Message>,
+    /// The first `suspects` messages of `retry` were in flight when the
+    /// broker closed the channel on a publish: they are sent one at a time
+    /// until the one it refuses is known.
+    pub suspects: usize,
+    /// Nacked batches in a row (no ack between): the backoff's step.
+    pub nack_streak: u32,
+    /// Resends wait until then after a nack.
+    pub resume_at: Option<Instant>,
+}
+
+/// The report function and the thread that calls it.
+#[derive(Clone)]
+pub(crate) struct Reporting {
+    pub callback: ReportFn,
+    pub thread: Arc<ReportThread>,
+}
+
+/// A queue's messages from `amqp_publish` until their report.
 pub(crate) struct Outbox {
     settings: PublishSettings,
-    pub buffer: PublishBuffer,
+    pub buffer: Arc<PublishBuffer>,
     pub stats: PublishStats,
-    /// Unconfirmed messages from an earlier channel, to be sent first.
-    retry: Mutex<VecDeque<Body>>,
+    carry: Mutex<Carry>,
     /// Held by the one running publisher: a new session's publisher waits
     /// until the previous one has put its unconfirmed messages back.
     running: tokio::sync::Mutex<()>,
-    closed: AtomicBool,
+    /// OPEN, CLOSED (for good) or FAILED (the broker refused the queue).
+    state: AtomicU8,
+    /// Why it FAILED: what `amqp_publish` says.
+    failure: Mutex<String>,
+    reporting: RwLock<Option<Reporting>>,
+    /// `Message::born_ms` counts from here.
+    epoch: Instant,
+    /// The broker's `max_message_size` once a refusal named it.
+    broker_max: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Outbox {
     pub fn new(settings: PublishSettings) -> Self {
         Outbox {
-            buffer: PublishBuffer::new(settings.max_buffered, settings.max_buffered_bytes),
+            buffer: Arc::new(PublishBuffer::new(
+                settings.max_buffered,
+                settings.max_buffered_bytes,
+            )),
             settings,
             stats: PublishStats::default(),
-            retry: Mutex::new(VecDeque::new()),
+            carry: Mutex::new(Carry::default()),
             running: tokio::sync::Mutex::new(()),
-            closed: AtomicBool::new(false),
+            state: AtomicU8::new(OPEN),
+            failure: Mutex::new(String::new()),
+            reporting: RwLock::new(None),
+            epoch: Instant::now(),
+            broker_max: AtomicU64::new(u64::MAX),
         }
+    }
+
+    fn now_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
     }
 
     /// Copies `body` into the buffer; never touches the network.
     pub fn publish(&self, body: &[u8]) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::closed(
-                "the connection is closing or has failed for good",
-            ));
+        self.publish_tagged(body, 0)
+    }
+
+    /// `publish` with the caller's tag for the report.
+    pub fn publish_tagged(&self, body: &[u8], tag: u64) -> Result<()> {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => {}
+            CLOSED => {
+                return Err(Error::closed(
+                    "the connection is closing or has failed for good",
+                ))
+            }
+            _ => return Err(Error::new(ErrorKind::Broker, lock(&self.failure).clone())),
         }
-        let max = self.settings.max_message_bytes;
-        if body.len() as u64 > max {
-            return Err(Error::new(
-                ErrorKind::MessageTooLarge,
-                format!(
-                    "body of {} bytes exceeds max_message_bytes {max}",
-                    body.len()
-                ),
-            ));
-        }
-        self.buffer.push(body)?;
+        self.check_size(body.len() as u64)?;
+        let born = match self.settings.publish_timeout {
+            Some(_) => self.now_ms(),
+            None => 0,
+        };
+        self.buffer.push_message(body, tag, born)?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A body that can never be sent is an error now, not a full buffer
+    /// forever or a refusal later.
+    fn check_size(&self, len: u64) -> Result<()> {
+        let too_large = |why: String| {
+            Err(Error::new(
+                ErrorKind::MessageTooLarge,
+                format!("body of {len} bytes exceeds {why}"),
+            ))
+        };
+        let max = self.settings.max_message_bytes;
+        if len > max {
+            return too_large(format!("max_message_bytes {max}"));
+        }
+        let broker = self.broker_max.load(Ordering::Relaxed);
+        if len > broker {
+            return too_large(format!("the broker's max_message_size {broker}"));
+        }
+        if len > self.buffer.max_bytes() {
+            return too_large(format!(
+                "max_buffered_bytes {} (it could never be buffered)",
+                self.buffer.max_bytes()
+            ));
+        }
         Ok(())
     }
 
@@ -110,16 +212,6 @@ impl Outbox {
         };
         if timeout == Some(Duration::ZERO) {
             return Err(first);
-        }
-        if body.len() as u64 > self.buffer.max_bytes() {
-            return Err(Error::new(
-                ErrorKind::BufferFull,
-                format!(
-                    "a body of {} bytes never fits max_buffered_bytes {}",
-                    body.len(),
-                    self.buffer.max_bytes()
-                ),
-            ));
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let outcome = self
@@ -140,12 +232,175 @@ impl Outbox {
     /// From now on `publish` returns `Closed`; producers waiting for room
     /// are woken to see it.
     pub fn close_for_publishing(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.state.store(CLOSED, Ordering::Release);
         self.buffer.wake_room_waiters();
+    }
+
+    pub fn publish_timeout(&self) -> Option<Duration> {
+        self.settings.publish_timeout
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == CLOSED
     }
 
     /// Messages not confirmed yet (waiting, in flight or to be resent).
     pub fn unconfirmed(&self) -> u64 {
         self.buffer.count()
     }
+
+    /// Sends the reports of this queue's messages to `reporting` from now on.
+    pub fn set_reporting(&self, reporting: Option<Reporting>) {
+        *self.reporting.write().unwrap_or_else(|p| p.into_inner()) = reporting;
+    }
+
+    fn ends(&self) -> ends::Ends {
+        let reporting = self
+            .reporting
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        ends::Ends::new(reporting)
+    }
+
+    /// Whether the broker refused the queue (`fail_all`) and no channel has
+    /// worked since.
+    pub fn is_failed(&self) -> bool {
+        self.state.load(Ordering::Acquire) == FAILED
+    }
+
+    /// The broker refused the queue: every message held fails with
+    /// `failure` and later publishes return `AMQP_ERR_BROKER` with its text,
+    /// until `recover`. Call only while no publisher runs.
+    pub fn fail_all(&self, failure: &Failure) {
+        *lock(&self.failure) = format!("queue '{}': {}", self.settings.queue, failure.reason);
+        let _ = self
+            .state
+            .compare_exchange(OPEN, FAILED, Ordering::AcqRel, Ordering::Acquire);
+        let n = self.drain(failure);
+        error!(
+            "queue '{}': {}; {n} message(s) failed, publishes are refused until a channel works again",
+            self.settings.queue, failure.reason
+        );
+    }
+
+    /// A channel works again after `fail_all`: publishes are taken again.
+    pub fn recover(&self) {
+        if self
+            .state
+            .compare_exchange(FAILED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            warn!(
+                "queue '{}': works again; publishes are taken",
+                self.settings.queue
+            );
+        }
+    }
+
+    /// The connection closed: what is left fails as `Unsent` (reported),
+    /// once the last publisher has stopped (waits up to `wait`). Returns
+    /// how many.
+    pub fn abandon(&self, wait: Duration) -> u64 {
+        let deadline = Instant::now() + wait;
+        let _running = loop {
+            match self.running.try_lock() {
+                Ok(held) => break Some(held),
+                Err(_) if Instant::now() >= deadline => break None,
+                Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            }
+        };
+        let failure = Failure::new(
+            Outcome::Unsent,
+            0,
+            "not confirmed when the connection closed",
+        );
+        self.drain(&failure)
+    }
+
+    /// Fails every message held (`carry` and the buffer) with `failure`.
+    fn drain(&self, failure: &Failure) -> u64 {
+        let mut ends = self.ends();
+        let mut carry = lock(&self.carry);
+        carry.suspects = 0;
+        for m in carry.retry.drain(..) {
+            ends.failed(m, failure);
+        }
+        drop(carry);
+        while let Some(m) = self.buffer.pop() {
+            ends.failed(m, failure);
+        }
+        let n = ends.count();
+        self.finish(ends);
+        n
+    }
+
+    /// Without a publisher running (no channel), fails the messages whose
+    /// publish timeout passed, oldest first.
+    pub fn sweep_expired(&self) {
+        let Some(timeout) = self.settings.publish_timeout else {
+            return;
+        };
+        let Ok(_running) = self.running.try_lock() else {
+            return; // a publisher runs: it checks as it sends
+        };
+        let now = self.now_ms();
+        let f = self.expiry(timeout);
+        let mut ends = self.ends();
+        let mut carry = lock(&self.carry);
+        while carry
+            .retry
+            .front()
+            .is_some_and(|m| expired(m, now, timeout))
+        {
+            if let Some(m) = carry.retry.pop_front() {
+                carry.suspects = carry.suspects.saturating_sub(1);
+                ends.failed(m, &f);
+            }
+        }
+        if carry.retry.is_empty() {
+            while let Some(m) = self.buffer.pop() {
+                if expired(&m, now, timeout) {
+                    ends.failed(m, &f);
+                } else {
+                    // Next in line either way: sent before the buffer.
+                    carry.retry.push_back(m);
+                    break;
+                }
+            }
+        }
+        drop(carry);
+        self.finish(ends);
+    }
+
+    fn expiry(&self, timeout: Duration) -> Failure {
+        Failure::new(
+            Outcome::Expired,
+            0,
+            format!(
+                "not confirmed within publish_timeout_ms {}",
+                timeout.as_millis()
+            ),
+        )
+    }
+
+    /// Counts, reports and releases messages that ended.
+    fn finish(&self, ends: ends::Ends) {
+        let s = &self.stats;
+        let t = ends.tally();
+        if t.confirmed > 0 {
+            s.confirmed.fetch_add(t.confirmed, Ordering::Relaxed);
+        }
+        if t.failed > 0 {
+            s.failed.fetch_add(t.failed, Ordering::Relaxed);
+            s.expired.fetch_add(t.expired, Ordering::Relaxed);
+            s.refused.fetch_add(t.refused, Ordering::Relaxed);
+        }
+        ends.hand_on(&self.buffer);
+    }
+}
+
+/// Whether `m` was published `timeout` or longer before `now_ms`.
+fn expired(m: &Message, now_ms: u32, timeout: Duration) -> bool {
+    u128::from(now_ms.wrapping_sub(m.born_ms)) >= timeout.as_millis()
 }

@@ -1,14 +1,15 @@
 //! The publisher: drains a queue's buffer over its channel, keeping a
 //! window of messages ahead of their confirms.
 
-use super::bodies::Body;
-use super::window::{ByteLen, ConfirmWindow, Released};
-use super::Outbox;
-use crate::wire::{Confirm, PublishTarget, WireChannel};
-use std::collections::VecDeque;
+use super::message::{self, Message, Outcome};
+use super::window::ConfirmWindow;
+use super::{lock, Carry, Outbox};
+use crate::backoff;
+use crate::wire::{Confirm, Failure, PublishTarget, WireChannel};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// Messages sent ahead of their confirms. Below RabbitMQ's credit-flow
 /// allowance between its reader, channel and queue processes (400 by
@@ -44,23 +45,23 @@ pub(crate) enum PublisherEnd {
     LinkDown,
     /// The queue disappeared (deleted by someone): reopen and declare again.
     TopologyLost(String),
-    /// A publish or confirm failed: the channel (or the link) broke.
-    ChannelLost(String),
-}
-
-impl ByteLen for Body {
-    fn byte_len(&self) -> u64 {
-        self.len() as u64
-    }
+    /// A publish or confirm failed: the channel (or the link) broke. A
+    /// broker refusal says why (`Failure::Refused`).
+    ChannelLost(Failure),
+    /// The broker closed the channel on the one message in flight: it
+    /// failed (reported) and the others go on at once on a new channel.
+    Poisoned(String),
+    /// The oldest message in flight had no confirm within the publish
+    /// timeout: the channel is presumed stuck and replaced.
+    Stuck(String),
 }
 
 /// One run's state besides the outbox: what it sends on and what it holds.
 struct Run<'a> {
     ch: &'a WireChannel,
     target: PublishTarget<'a>,
-    window: ConfirmWindow<Body>,
-    /// Unconfirmed messages to send before anything new from the buffer.
-    retry: VecDeque<Body>,
+    window: ConfirmWindow<Message>,
+    carry: Carry,
     confirms: Vec<Confirm>,
 }
 
@@ -73,7 +74,8 @@ impl Outbox {
     /// one writer wake-up for up to the whole window), in buffer order, so
     /// the wire order is the publish order. The window (`ConfirmWindow`)
     /// keeps the delivery tags and what the broker settled; this loop only
-    /// moves messages between the buffer, `retry` and the window, and waits.
+    /// moves messages between the buffer, the carry and the window, and
+    /// waits.
     pub async fn run(&self, ch: &WireChannel, stop: impl Future<Output = ()>) -> PublisherEnd {
         let _running = self.running.lock().await;
         let mut stop = std::pin::pin!(stop);
@@ -87,7 +89,7 @@ impl Outbox {
                 mandatory: self.settings.mandatory,
             },
             window: ConfirmWindow::new(max_count, max_bytes),
-            retry: std::mem::take(&mut *self.retry.lock().unwrap_or_else(|p| p.into_inner())),
+            carry: std::mem::take(&mut *lock(&self.carry)),
             confirms: Vec::new(),
         };
         let end = loop {
@@ -105,47 +107,58 @@ impl Outbox {
                 break PublisherEnd::TopologyLost(why);
             }
         };
-        self.put_back(run);
-        end
+        self.put_back(run, end)
     }
 
-    /// Sends what the window has room for, resends first, in one batch.
+    /// Sends what the window has room for, resends first, in one batch;
+    /// nothing while a nack backoff runs, one at a time while isolating.
     /// Err: the channel is closed.
-    fn fill(&self, run: &mut Run<'_>) -> Result<(), String> {
+    fn fill(&self, run: &mut Run<'_>) -> Result<(), Failure> {
         let Run {
             ch,
             target,
             window,
-            retry,
+            carry,
             ..
         } = run;
-        if !window.has_room() || (retry.is_empty() && self.buffer.count() <= window.len() as u64) {
+        if let Some(at) = carry.resume_at {
+            if Instant::now() < at {
+                return Ok(());
+            }
+            carry.resume_at = None;
+        }
+        let isolating = carry.suspects > 0;
+        let room = |w: &ConfirmWindow<Message>| w.has_room() && !(isolating && !w.is_empty());
+        if !room(window) || (carry.retry.is_empty() && self.buffer.count() <= window.len() as u64) {
             return Ok(());
         }
+        let timeout = self.settings.publish_timeout;
+        let now = timeout.map_or(0, |_| self.now_ms());
+        let broker_max = self.broker_max.load(Ordering::Relaxed);
+        let mut ends = self.ends();
         let mut resent = 0u64;
-        let sent = match ch.start_publish(*target) {
-            Ok(mut batch) => {
-                while window.has_room() {
-                    let body = match retry.pop_front() {
-                        Some(b) => {
-                            resent += 1;
-                            b
-                        }
-                        None => match self.buffer.pop() {
-                            Some(b) => b,
-                            None => break,
-                        },
-                    };
-                    batch.publish(&body);
-                    window.push(body);
+        let sent = ch.start_publish(*target).map(|mut batch| {
+            while room(window) {
+                let Some(mut msg) = carry.retry.pop_front().or_else(|| self.buffer.pop()) else {
+                    break;
+                };
+                if let Some(f) = self.unsendable(&msg, now, broker_max) {
+                    carry.suspects = carry.suspects.saturating_sub(1);
+                    ends.failed(msg, &f);
+                    continue;
                 }
-                Ok(())
+                if msg.sends > 0 {
+                    resent += 1;
+                }
+                msg.sends = msg.sends.saturating_add(1);
+                batch.publish(&msg.body);
+                window.push(msg);
             }
-            Err(e) => Err(e.to_string()),
-        };
+        });
         if resent > 0 {
             self.stats.resent.fetch_add(resent, Ordering::Relaxed);
         }
+        self.finish(ends);
         sent?;
         self.stats
             .in_flight
@@ -153,7 +166,29 @@ impl Outbox {
         Ok(())
     }
 
-    /// No confirms arrived: sleeps until a push, a confirm or `stop`.
+    /// Why `msg` must not be sent: its publish timeout passed, or it is
+    /// larger than the broker said it takes.
+    fn unsendable(&self, msg: &Message, now: u32, broker_max: u64) -> Option<message::Failure> {
+        if let Some(t) = self.settings.publish_timeout {
+            if super::expired(msg, now, t) {
+                return Some(self.expiry(t));
+            }
+        }
+        if msg.body.len() as u64 > broker_max {
+            return Some(message::Failure::new(
+                Outcome::TooLarge,
+                406,
+                format!(
+                    "body of {} bytes exceeds the broker's max_message_size {broker_max}",
+                    msg.body.len()
+                ),
+            ));
+        }
+        None
+    }
+
+    /// No confirms arrived: sleeps until a push, a confirm, the end of a
+    /// nack backoff, the oldest message's publish timeout or `stop`.
     /// Some: the run is over.
     async fn wait(
         &self,
@@ -162,10 +197,30 @@ impl Outbox {
     ) -> Option<PublisherEnd> {
         let ch = run.ch;
         if !ch.is_open() {
-            let why = ch.close_reason().map(|f| f.to_string()).unwrap_or_default();
+            let why = ch
+                .close_reason()
+                .unwrap_or_else(|| Failure::Link("channel closed".into()));
             return Some(PublisherEnd::ChannelLost(why));
         }
-        if run.window.is_empty() {
+        let overdue = self.front_deadline(run);
+        if overdue.is_some_and(|d| d <= Instant::now()) {
+            let t = self.settings.publish_timeout.unwrap_or_default();
+            return Some(PublisherEnd::Stuck(format!(
+                "no confirm within publish_timeout_ms {}",
+                t.as_millis()
+            )));
+        }
+        let wake_at = match (run.carry.resume_at, overdue) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = async {
+            match wake_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        if run.window.is_empty() && run.carry.resume_at.is_none() {
             // Nothing in flight: sleep until a push or a link change.
             if !self.buffer.set_idle_if_empty() {
                 return None;
@@ -176,20 +231,31 @@ impl Outbox {
                 _ = &mut stop => return Some(PublisherEnd::LinkDown),
             }
         } else {
+            let may_send = run.window.has_room() && run.carry.resume_at.is_none();
             tokio::select! {
                 biased;
                 _ = ch.confirms_changed() => {}
-                _ = self.buffer.wake.notified(), if run.window.has_room() => {}
+                _ = self.buffer.wake.notified(), if may_send => {}
+                _ = sleep => {}
                 _ = &mut stop => return Some(PublisherEnd::LinkDown),
             }
         }
         None
     }
 
+    /// When the oldest message in flight runs out of publish timeout.
+    fn front_deadline(&self, run: &Run<'_>) -> Option<Instant> {
+        let t = self.settings.publish_timeout?;
+        let front = run.window.front()?;
+        let age = Duration::from_millis(u64::from(self.now_ms().wrapping_sub(front.born_ms)));
+        Some(Instant::now() + t.saturating_sub(age))
+    }
+
     /// Applies the confirms taken, in arrival order, then releases the
-    /// settled ones from the front of the window (acked: the buffer frees
-    /// them; nacked: to the front of `retry`, in order). Some: a
-    /// `TopologyLost`, with nothing after it applied.
+    /// settled ones from the front of the window: acked ones are confirmed;
+    /// nacked ones go to the front of the retry queue, in order, after a
+    /// backoff, or fail once nacked more than `publish_retries` times.
+    /// Some: a `TopologyLost`, with nothing after it applied.
     fn apply_confirms(&self, run: &mut Run<'_>) -> Option<String> {
         let mut lost = None;
         let mut nacked = 0;
@@ -211,31 +277,128 @@ impl Outbox {
         if nacked > 0 {
             self.stats.nacked.fetch_add(nacked, Ordering::Relaxed);
         }
-        let released = run.window.release_settled(&mut run.retry);
-        self.confirmed(released);
+        let mut ends = self.ends();
+        let retries = self.settings.publish_retries;
+        let too_often = || {
+            message::Failure::new(
+                Outcome::Nacked,
+                0,
+                format!("nacked by the broker {} times", u32::from(retries) + 1),
+            )
+        };
+        let (mut resend, mut failed, mut acked) = (Vec::new(), None, false);
+        let carry = &mut run.carry;
+        run.window.release_settled_with(|mut msg, ack| {
+            carry.suspects = carry.suspects.saturating_sub(1);
+            if ack {
+                acked = true;
+                ends.confirmed(msg);
+                return;
+            }
+            msg.nacks = msg.nacks.saturating_add(1);
+            if msg.nacks > retries {
+                ends.failed(msg, failed.get_or_insert_with(too_often));
+            } else {
+                resend.push(msg);
+            }
+        });
+        if let Some(f) = &failed {
+            warn!(
+                "queue '{}': messages {}: failed",
+                self.settings.queue, f.reason
+            );
+        }
+        if !resend.is_empty() {
+            self.back_off(carry, resend);
+        } else if acked {
+            carry.nack_streak = 0;
+        }
+        self.finish(ends);
         self.stats
             .in_flight
             .store(run.window.len() as u64, Ordering::Relaxed);
         lost
     }
 
-    /// The run is over: confirmed ones behind an unconfirmed one are done;
-    /// the rest go back in order, ahead of what was never sent.
-    fn put_back(&self, mut run: Run<'_>) {
-        let released = run.window.take_unconfirmed(&mut run.retry);
-        self.confirmed(released);
-        self.stats.in_flight.store(0, Ordering::Relaxed);
-        let mut slot = self.retry.lock().unwrap_or_else(|p| p.into_inner());
-        run.retry.extend(slot.drain(..));
-        *slot = run.retry;
+    /// Nacked messages go first, after a delay that grows while the broker
+    /// keeps nacking (a full queue with `reject-publish` nacks everything).
+    fn back_off(&self, carry: &mut Carry, resend: Vec<Message>) {
+        let delay = backoff::delay(
+            self.settings.retry_delay,
+            self.settings.retry_delay_max,
+            carry.nack_streak,
+        );
+        if carry.nack_streak == 0 {
+            warn!(
+                "queue '{}': the broker nacked {} message(s); resending after {delay:?} (up to publish_retries {} times each)",
+                self.settings.queue,
+                resend.len(),
+                self.settings.publish_retries
+            );
+        }
+        carry.nack_streak = carry.nack_streak.saturating_add(1);
+        carry.resume_at = Some(Instant::now() + delay);
+        for msg in resend.into_iter().rev() {
+            carry.retry.push_front(msg);
+        }
     }
 
-    fn confirmed(&self, released: Released) {
-        if released.count > 0 {
-            self.buffer.release_many(released.count, released.bytes);
-            self.stats
-                .confirmed
-                .fetch_add(released.count, Ordering::Relaxed);
+    /// The run is over: confirmed ones behind an unconfirmed one are done;
+    /// the rest go back in order, ahead of what was never sent. When the
+    /// broker closed the channel on a publish, the messages in flight are
+    /// suspects: alone in flight, the message is the culprit and fails;
+    /// with several, they are sent one at a time next time.
+    fn put_back(&self, mut run: Run<'_>, end: PublisherEnd) -> PublisherEnd {
+        let mut ends = self.ends();
+        let mut kept = Vec::new();
+        run.window.take_all_with(|msg, acked| {
+            if acked {
+                ends.confirmed(msg)
+            } else {
+                kept.push(msg)
+            }
+        });
+        let in_flight = kept.len();
+        let carry = &mut run.carry;
+        for msg in kept.into_iter().rev() {
+            carry.retry.push_front(msg);
+        }
+        let mut end = end;
+        if let PublisherEnd::ChannelLost(Failure::Refused { code, text }) = &end {
+            // 403: the queue is refused as a whole (the session fails it);
+            // 404: its exchange is gone (declared again on the new channel).
+            if !matches!(code, 403 | 404) && in_flight > 0 {
+                if in_flight == 1 {
+                    if let Some(msg) = carry.retry.pop_front() {
+                        ends.failed(msg, &self.refusal(*code, text));
+                        end = PublisherEnd::Poisoned(text.clone());
+                    }
+                    carry.suspects = 0;
+                } else {
+                    carry.suspects = in_flight;
+                }
+            }
+        }
+        self.finish(ends);
+        self.stats.in_flight.store(0, Ordering::Relaxed);
+        *lock(&self.carry) = std::mem::take(&mut run.carry);
+        end
+    }
+
+    /// The failure of a message the broker closed the channel on; a size
+    /// refusal teaches the broker's limit (RabbitMQ: "message size N is
+    /// larger than configured max size M").
+    fn refusal(&self, code: u16, text: &str) -> message::Failure {
+        let max = text
+            .split_once("max size ")
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse::<u64>().ok());
+        match max {
+            Some(max) => {
+                self.broker_max.store(max, Ordering::Relaxed);
+                message::Failure::new(Outcome::TooLarge, code, text)
+            }
+            None => message::Failure::new(Outcome::Refused, code, text),
         }
     }
 }

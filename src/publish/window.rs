@@ -24,6 +24,7 @@ enum State {
 
 /// Acked messages that left the window: the buffer releases them and they
 /// count as confirmed.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Released {
     pub count: u64,
@@ -123,54 +124,74 @@ impl<T: ByteLen> ConfirmWindow<T> {
         }
     }
 
+    /// The oldest message in the window.
+    pub fn front(&self) -> Option<&T> {
+        self.slots.front().map(|(m, _)| m)
+    }
+
     /// Takes the settled messages off the front, up to the first pending
-    /// one: acked ones are dropped and reported, nacked ones are put at the
-    /// front of `resend`, in send order, ahead of what it held.
-    pub fn release_settled(&mut self, resend: &mut VecDeque<T>) -> Released {
-        let mut released = Released::default();
-        let mut nacked = 0;
+    /// one, in send order: `ended(msg, acked)` for each.
+    pub fn release_settled_with(&mut self, mut ended: impl FnMut(T, bool)) {
         while matches!(self.slots.front(), Some((_, s)) if *s != State::Pending) {
             let Some((msg, state)) = self.slots.pop_front() else {
                 break;
             };
-            let len = msg.byte_len();
-            self.bytes -= len;
+            self.bytes -= msg.byte_len();
             self.front_tag += 1;
-            if state == State::Acked {
-                released.count += 1;
-                released.bytes += len;
-            } else {
-                resend.push_back(msg);
-                nacked += 1;
-            }
+            ended(msg, state == State::Acked);
         }
-        if nacked > 0 {
-            resend.rotate_right(nacked);
+    }
+
+    /// The channel is gone: empties the window, in send order:
+    /// `ended(msg, acked)` for each (acked: those that sat behind an
+    /// unconfirmed one; the others were never confirmed). The window is
+    /// then as new: the next push gets tag 1.
+    pub fn take_all_with(&mut self, mut ended: impl FnMut(T, bool)) {
+        for (msg, state) in self.slots.drain(..) {
+            ended(msg, state == State::Acked);
+        }
+        self.front_tag = 1;
+        self.bytes = 0;
+    }
+
+    /// Takes the settled messages off the front, up to the first pending
+    /// one: acked ones are dropped and reported, nacked ones are put at the
+    /// front of `resend`, in send order, ahead of what it held.
+    #[cfg(test)]
+    pub fn release_settled(&mut self, resend: &mut VecDeque<T>) -> Released {
+        let mut released = Released::default();
+        let mut nacked = Vec::new();
+        self.release_settled_with(|msg, acked| {
+            if acked {
+                released.count += 1;
+                released.bytes += msg.byte_len();
+            } else {
+                nacked.push(msg);
+            }
+        });
+        for msg in nacked.into_iter().rev() {
+            resend.push_front(msg);
         }
         released
     }
 
-    /// The channel is gone: empties the window. Acked messages (those that
-    /// sat behind an unconfirmed one) are done and reported; the rest go to
-    /// the front of `resend`, in send order, ahead of what it held. The
-    /// window is then as new: the next push gets tag 1.
+    /// The channel is gone: empties the window. Acked messages are done and
+    /// reported; the rest go to the front of `resend`, in send order.
+    #[cfg(test)]
     pub fn take_unconfirmed(&mut self, resend: &mut VecDeque<T>) -> Released {
         let mut released = Released::default();
-        let mut kept = 0;
-        for (msg, state) in self.slots.drain(..) {
-            if state == State::Acked {
+        let mut kept = Vec::new();
+        self.take_all_with(|msg, acked| {
+            if acked {
                 released.count += 1;
                 released.bytes += msg.byte_len();
             } else {
-                resend.push_back(msg);
-                kept += 1;
+                kept.push(msg);
             }
+        });
+        for msg in kept.into_iter().rev() {
+            resend.push_front(msg);
         }
-        if kept > 0 {
-            resend.rotate_right(kept);
-        }
-        self.front_tag = 1;
-        self.bytes = 0;
         released
     }
 }

@@ -70,6 +70,21 @@ impl Connection {
         }
         self.shutdown.send_replace(true);
         self.env.link.send_modify(|l| l.up = false);
+        // What is left is reported (Unsent) once its publisher stopped.
+        for q in &queues {
+            q.outbox.abandon(Duration::from_millis(500));
+        }
+        let thread = self
+            .reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
+            let wait = deadline.max(Instant::now() + Duration::from_secs(1));
+            if !t.close(wait) {
+                warn!("close: a delivery report function is still running");
+            }
+        }
         report
     }
 }

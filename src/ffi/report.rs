@@ -1,0 +1,124 @@
+//! Delivery reports: one per published message, confirmed or failed.
+
+use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
+use crate::client::{Outcome, Report, ReportFn};
+use std::ffi::{c_char, c_void, CString};
+use std::sync::Arc;
+
+/// How a published message ended (amqp_delivery_report.status).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum amqp_report_status {
+    /// The broker confirmed it: it is in the queue (or routed by the exchange).
+    AMQP_REPORT_CONFIRMED = 0,
+    /// The broker nacked it publish_retries + 1 times (e.g. a full queue
+    /// with x-overflow=reject-publish).
+    AMQP_REPORT_NACKED = 1,
+    /// The broker refused it: it closed the channel on this message alone
+    /// (reply_code, reason), or it refuses the queue (no write permission,
+    /// a declare it rejects).
+    AMQP_REPORT_REFUSED = 2,
+    /// Larger than the broker's max_message_size.
+    AMQP_REPORT_TOO_LARGE = 3,
+    /// Not confirmed within the queue's publish_timeout_ms. It may still
+    /// have reached the queue (a confirm lost with its connection).
+    AMQP_REPORT_EXPIRED = 4,
+    /// Still unconfirmed when the connection closed (amqp_close_graceful
+    /// counted it in `unsent`).
+    AMQP_REPORT_UNSENT = 5,
+}
+
+impl From<Outcome> for amqp_report_status {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Confirmed => amqp_report_status::AMQP_REPORT_CONFIRMED,
+            Outcome::Nacked => amqp_report_status::AMQP_REPORT_NACKED,
+            Outcome::Refused => amqp_report_status::AMQP_REPORT_REFUSED,
+            Outcome::TooLarge => amqp_report_status::AMQP_REPORT_TOO_LARGE,
+            Outcome::Expired => amqp_report_status::AMQP_REPORT_EXPIRED,
+            Outcome::Unsent => amqp_report_status::AMQP_REPORT_UNSENT,
+        }
+    }
+}
+
+/// The end of one published message, handed to the queue's report function.
+/// Valid only during the call (copy what you keep).
+#[repr(C)]
+pub struct amqp_delivery_report {
+    /// sizeof(amqp_delivery_report) as the library knows it: fields are
+    /// only ever appended, so read a field only if `size` covers it.
+    pub size: usize,
+    /// The tag given to amqp_publish_tagged (0 for amqp_publish).
+    pub tag: u64,
+    pub status: amqp_report_status,
+    /// Times the message was sent to the broker (0 if it never was).
+    pub attempts: u32,
+    /// The broker's reply code for REFUSED and TOO_LARGE (e.g. 403, 406); 0 otherwise.
+    pub reply_code: u32,
+    /// Why it failed, NUL-terminated; NULL for CONFIRMED.
+    pub reason: *const c_char,
+}
+
+/// A queue's report function: called once for every message published on
+/// the queue after amqp_set_report_callback, when it ends (confirmed, or
+/// failed for good), with the userdata given there. Called on the
+/// connection's report thread (one per connection, started by the first
+/// amqp_set_report_callback), one report at a time, in the order the
+/// messages ended (for one queue: confirms in publish order; a failed
+/// message may be reported before earlier ones still in flight). A message
+/// keeps its place in the buffer (max_buffered, max_buffered_bytes) until
+/// its report returned, so a slow report function slows amqp_publish
+/// (AMQP_ERR_BUFFER_FULL) rather than growing memory. It may call any
+/// function of the library except amqp_close_graceful / amqp_close_ex on
+/// its own connection (they wait for this thread). A runtime that ends the
+/// thread inside it (pthread_exit) ends reporting for the connection: later
+/// messages end unreported (still counted in the stats).
+pub type amqp_report_fn =
+    Option<unsafe extern "C-unwind" fn(report: *const amqp_delivery_report, userdata: *mut c_void)>;
+
+/// Sets the queue's report function (NULL: no reports from now on).
+/// Reports cover the messages that end after this call, whenever they were
+/// published. Without a report function the outcomes are only counted
+/// (amqp_queue_stats: confirmed, failed, expired, refused) and failures
+/// logged at WARN or ERROR once per incident.
+/// Errors: AMQP_ERR_INVALID_HANDLE; AMQP_ERR_INTERNAL if the report thread
+/// cannot be started. Blocks: never (starting the thread the first time).
+#[no_mangle]
+pub unsafe extern "C" fn amqp_set_report_callback(
+    queue: amqp_queue_handle,
+    cb: amqp_report_fn,
+    userdata: *mut c_void,
+) -> amqp_result {
+    ffi_boundary!({
+        let entry = lookup_queue(queue)?;
+        let callback = cb.map(|cb| report_fn(cb, UserData(userdata)));
+        entry.conn.conn.set_report_callback(&entry.queue, callback)
+    })
+}
+
+fn report_fn(
+    cb: unsafe extern "C-unwind" fn(*const amqp_delivery_report, *mut c_void),
+    user: UserData,
+) -> ReportFn {
+    Arc::new(move |r: &Report| {
+        let reason = r
+            .reason
+            .as_ref()
+            .map(|t| CString::new(t.replace('\0', " ")).unwrap_or_default());
+        let report = amqp_delivery_report {
+            size: std::mem::size_of::<amqp_delivery_report>(),
+            tag: r.tag,
+            status: r.outcome.into(),
+            attempts: u32::from(r.attempts),
+            reply_code: u32::from(r.code),
+            reason: reason.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        };
+        let user = &user;
+        // Not inside catch_unwind: a forced unwind out of `cb` must pass
+        // (see amqp_report_fn).
+        // SAFETY: the application's non-NULL function of this type; the
+        // header lets it run on the report thread with this userdata, and
+        // `report` (and `reason`) stay valid for the whole call.
+        unsafe { cb(&report, user.0) }
+    })
+}

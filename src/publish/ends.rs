@@ -1,0 +1,95 @@
+//! Messages that ended (confirmed or failed) in one step of the outbox:
+//! their counts, their reports when the queue has a report function, and
+//! the buffer room they free.
+
+use super::buffer::PublishBuffer;
+use super::message::{Failure, Message, Outcome, Report};
+use super::report::Batch;
+use super::Reporting;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Tally {
+    pub confirmed: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub refused: u64,
+}
+
+pub(super) struct Ends {
+    reporting: Option<Reporting>,
+    reports: Vec<Report>,
+    tally: Tally,
+    count: u64,
+    bytes: u64,
+}
+
+impl Ends {
+    pub fn new(reporting: Option<Reporting>) -> Ends {
+        Ends {
+            reporting,
+            reports: Vec::new(),
+            tally: Tally::default(),
+            count: 0,
+            bytes: 0,
+        }
+    }
+
+    fn ended(&mut self, m: &Message) {
+        self.count += 1;
+        self.bytes += m.body.len() as u64;
+    }
+
+    pub fn confirmed(&mut self, m: Message) {
+        self.ended(&m);
+        self.tally.confirmed += 1;
+        if self.reporting.is_some() {
+            self.reports.push(Report {
+                tag: m.tag,
+                outcome: Outcome::Confirmed,
+                attempts: m.sends,
+                code: 0,
+                reason: None,
+            });
+        }
+    }
+
+    pub fn failed(&mut self, m: Message, f: &Failure) {
+        self.ended(&m);
+        self.tally.failed += 1;
+        match f.outcome {
+            Outcome::Expired => self.tally.expired += 1,
+            Outcome::Refused | Outcome::TooLarge => self.tally.refused += 1,
+            _ => {}
+        }
+        if self.reporting.is_some() {
+            self.reports.push(f.report(&m));
+        }
+    }
+
+    /// Messages that ended here.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// Reports go to the report thread, which frees their room after the
+    /// report function saw them; without one the room is freed now.
+    pub fn hand_on(self, buffer: &Arc<PublishBuffer>) {
+        if self.count == 0 {
+            return;
+        }
+        match self.reporting {
+            Some(r) => r.thread.push(Batch {
+                reports: self.reports,
+                callback: r.callback,
+                buffer: buffer.clone(),
+                bytes: self.bytes,
+            }),
+            None => buffer.release_many(self.count, self.bytes),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! A message from `amqp_publish` until its report: the body and what the
+//! outbox tracks about it, and the report that ends it.
+
+use super::bodies::Body;
+use super::window::ByteLen;
+use std::sync::Arc;
+
+/// A buffered message. 40 bytes besides its body's bytes.
+pub(crate) struct Message {
+    pub body: Body,
+    /// The caller's tag (`amqp_publish_tagged`), handed back in the report.
+    pub tag: u64,
+    /// When it was published, in ms since the outbox's epoch; 0 unless the
+    /// queue has a publish timeout (reading the clock costs a publish).
+    pub born_ms: u32,
+    /// Times sent to the broker.
+    pub sends: u16,
+    /// Times the broker nacked it.
+    pub nacks: u16,
+}
+
+impl Message {
+    pub fn new(body: &[u8], tag: u64, born_ms: u32) -> Message {
+        Message {
+            body: Body::copy_from(body),
+            tag,
+            born_ms,
+            sends: 0,
+            nacks: 0,
+        }
+    }
+}
+
+impl ByteLen for Message {
+    fn byte_len(&self) -> u64 {
+        self.body.len() as u64
+    }
+}
+
+/// How a message ended. Every message published ends in exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The broker confirmed it (basic.ack).
+    Confirmed,
+    /// The broker nacked it more often than `publish_retries` allows.
+    Nacked,
+    /// The broker refused it (closed the channel on it, or refused the
+    /// queue); the report has the broker's code and text.
+    Refused,
+    /// Larger than the broker accepts (its `max_message_size`).
+    TooLarge,
+    /// Not confirmed within the queue's `publish_timeout_ms`. It may still
+    /// have reached the queue (a confirm lost with its connection).
+    Expired,
+    /// Still unconfirmed when the connection closed.
+    Unsent,
+}
+
+/// A message's end, as the report callback sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub tag: u64,
+    pub outcome: Outcome,
+    pub attempts: u16,
+    /// The broker's reply code for `Refused` and `TooLarge`, else 0.
+    pub code: u16,
+    /// Why, for every outcome but `Confirmed`.
+    pub reason: Option<Arc<str>>,
+}
+
+/// Why messages failed: one per incident, shared by its reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub outcome: Outcome,
+    pub code: u16,
+    pub reason: Arc<str>,
+}
+
+impl Failure {
+    pub fn new(outcome: Outcome, code: u16, reason: impl Into<Arc<str>>) -> Failure {
+        Failure {
+            outcome,
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn report(&self, m: &Message) -> Report {
+        Report {
+            tag: m.tag,
+            outcome: self.outcome,
+            attempts: m.sends,
+            code: self.code,
+            reason: Some(self.reason.clone()),
+        }
+    }
+}
