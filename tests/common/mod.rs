@@ -18,6 +18,7 @@
 //!   panics (a failed assert must not leave an open connection on the shared broker);
 //! - `consume`: the consume callback `record_cb` and its `Recorder`;
 //! - `reader`: `Reader`, the independent lapin client;
+//! - `reports`: `Reports`, which records a queue's delivery reports;
 //! - here: names, polling, sequenced bodies.
 #![allow(dead_code, unused_unsafe)]
 
@@ -25,6 +26,7 @@ mod api;
 mod broker;
 mod consume;
 mod reader;
+mod reports;
 
 #[allow(unused_imports)]
 pub use api::*;
@@ -34,6 +36,8 @@ pub use broker::*;
 pub use consume::*;
 #[allow(unused_imports)]
 pub use reader::*;
+#[allow(unused_imports)]
+pub use reports::*;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

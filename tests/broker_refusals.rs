@@ -1,0 +1,346 @@
+//! The broker saying "no" (issue 11), against the real broker: nacks,
+//! a message over the broker's max_message_size, refused publishing, a
+//! refused declare after a reconnect; every message ends in one report.
+#![allow(unused_unsafe)]
+
+mod common;
+
+use common::*;
+use resilient_amqp::*;
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::time::{Duration, Instant};
+
+/// close_all_connections disturbs every test of this file: that test runs alone.
+static BROKER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    BROKER.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    BROKER.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn publish_tagged(q: u64, body: &[u8], tag: u64) -> amqp_result {
+    unsafe { amqp_publish_tagged(q, body.as_ptr() as *const c_void, body.len(), tag) }
+}
+
+fn publish_tagged_ok(q: u64, body: &[u8], tag: u64) {
+    let r = publish_tagged(q, body, tag);
+    assert_eq!(r, amqp_result::AMQP_OK, "publish {tag}: {}", last_error());
+}
+
+/// Removes a policy when dropped (also when the test fails).
+struct Policy(String);
+
+impl Policy {
+    fn set(name: &str, pattern: &str, definition: &str) -> Policy {
+        ctl(&format!(
+            "set_policy {name} '{pattern}' '{definition}' --apply-to queues"
+        ));
+        Policy(name.to_string())
+    }
+}
+
+impl Drop for Policy {
+    fn drop(&mut self) {
+        let _ = ctl_try(&format!("clear_policy {}", self.0));
+    }
+}
+
+#[test]
+fn nacked_messages_back_off_and_fail_after_publish_retries() {
+    let _broker = shared();
+    // A queue that holds 10 messages and nacks the rest (reject-publish):
+    // the 90 others are resent publish_retries (2) times with a backoff,
+    // then each fails with one NACKED report; nothing spins.
+    let name = unique_name("nack");
+    let _policy = Policy::set(
+        &format!("{name}-p"),
+        &format!("^{name}$"),
+        r#"{"max-length":10,"overflow":"reject-publish"}"#,
+    );
+    let c = ConnGuard::connect_ok(Some("reconnect_delay_ms=100&reconnect_delay_max_ms=400"));
+    let q = queue_open(
+        c.h(),
+        &name,
+        None,
+        None,
+        Some("durable=false&persistent=false&publish_retries=2"),
+    );
+    // The policy applies once the queue exists.
+    wait_for("the policy to apply", Duration::from_secs(10), || {
+        queue_info(&name, &["policy"]).is_some_and(|p| p[0] == format!("{name}-p"))
+    });
+    let reports = Reports::attach(q);
+    let t0 = Instant::now();
+    for i in 0..100 {
+        publish_tagged_ok(q, &seq_body(i), 1000 + i);
+    }
+    let all = reports.wait_for(100, Duration::from_secs(30));
+    let took = t0.elapsed();
+    let by_status = |s| all.iter().filter(|r| r.status == s).count();
+    assert_eq!(by_status(amqp_report_status::AMQP_REPORT_CONFIRMED), 10);
+    assert_eq!(by_status(amqp_report_status::AMQP_REPORT_NACKED), 90);
+    let mut tags: Vec<u64> = all.iter().map(|r| r.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (1000..1100).collect::<Vec<_>>(), "one report per tag");
+    for r in all
+        .iter()
+        .filter(|r| r.status == amqp_report_status::AMQP_REPORT_NACKED)
+    {
+        assert_eq!(r.attempts, 3, "{r:?}");
+        assert!(r.reason.contains("nacked"), "{r:?}");
+    }
+    let s = qstats(q);
+    assert_eq!(s.nacked, 90 * 3, "{}", fmt_qstats(&s));
+    assert_eq!(s.resent, 90 * 2, "{}", fmt_qstats(&s));
+    assert_eq!((s.failed, s.confirmed, s.buffered), (90, 10, 0));
+    // Two backoffs of 50-100 ms and 100-200 ms (jitter) between the rounds.
+    assert!(
+        took >= Duration::from_millis(150),
+        "resent without backoff: {took:?}"
+    );
+    assert_eq!(queue_messages(&name), 10);
+    // Nothing is resent any more.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(qstats(q).resent, 90 * 2);
+    c.close_ok();
+}
+
+/// Sets the broker's max_message_size, and restores the default when dropped.
+struct MaxMessageSize;
+
+impl MaxMessageSize {
+    fn set(bytes: u64) -> MaxMessageSize {
+        ctl(&format!(
+            "eval 'application:set_env(rabbit, max_message_size, {bytes}).'"
+        ));
+        MaxMessageSize
+    }
+}
+
+impl Drop for MaxMessageSize {
+    fn drop(&mut self) {
+        let _ = ctl_try("eval 'application:set_env(rabbit, max_message_size, 134217728).'");
+    }
+}
+
+#[test]
+fn a_message_over_the_brokers_max_size_fails_alone_and_the_others_go_on() {
+    let _broker = shared();
+    let _limit = MaxMessageSize::set(1 << 20);
+    let name = unique_name("toolarge");
+    let c = ConnGuard::connect_ok(None);
+    let q = queue_open(
+        c.h(),
+        &name,
+        None,
+        None,
+        Some("durable=false&persistent=false"),
+    );
+    let reports = Reports::attach(q);
+    let big = vec![7u8; 2 << 20];
+    for i in 0..5 {
+        publish_tagged_ok(q, &seq_body(i), i);
+    }
+    publish_tagged_ok(q, &big, 99);
+    for i in 5..10 {
+        publish_tagged_ok(q, &seq_body(i), i);
+    }
+    let all = reports.wait_for(11, Duration::from_secs(30));
+    let failed: Vec<_> = all
+        .iter()
+        .filter(|r| r.status != amqp_report_status::AMQP_REPORT_CONFIRMED)
+        .collect();
+    assert_eq!(failed.len(), 1, "{all:?}");
+    assert_eq!(failed[0].tag, 99);
+    assert_eq!(failed[0].status, amqp_report_status::AMQP_REPORT_TOO_LARGE);
+    assert_eq!(failed[0].code, 406);
+    assert!(failed[0].reason.contains("max size"), "{:?}", failed[0]);
+    // Every good message arrived; those in flight with the big one may
+    // have been sent twice (one window per incident), nothing more.
+    let got = Reader::new().drain_at_least(&name, 10, Duration::from_secs(10));
+    let mut counts = BTreeMap::new();
+    for g in &got {
+        *counts
+            .entry(parse_seq(&g.body).expect("a seq body"))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
+    assert!(counts.values().all(|&n| n <= 2), "{counts:?}");
+    // The broker's limit is known now: a body over it fails at once.
+    let r = publish_tagged(q, &big, 100);
+    assert_eq!(r, amqp_result::AMQP_ERR_MESSAGE_TOO_LARGE);
+    assert!(
+        last_error().contains("max_message_size"),
+        "{}",
+        last_error()
+    );
+    let s = qstats(q);
+    assert_eq!((s.failed, s.refused, s.queue_failed), (1, 1, 0));
+    c.close_ok();
+}
+
+struct User(&'static str);
+
+impl User {
+    /// A user that may configure and read everything but write only to
+    /// exchanges matching `write`.
+    fn create(name: &'static str, write: &str) -> User {
+        let _ = ctl_try(&format!("delete_user '{name}'"));
+        ctl(&format!("add_user '{name}' pw"));
+        ctl(&format!(
+            "set_permissions -p / '{name}' '.*' '{write}' '.*'"
+        ));
+        User(name)
+    }
+
+    fn uri(&self) -> String {
+        uri().replacen("guest:guest", &format!("{}:pw", self.0), 1)
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = ctl_try(&format!("delete_user '{}'", self.0));
+    }
+}
+
+#[test]
+fn refused_publishing_fails_the_queue_not_its_neighbours() {
+    let _broker = shared();
+    // Binding needs write permission on the queue as well.
+    let user = User::create("ra-nowrite", "^ra-allowed-x$|^ra-test-canwrite-");
+    let c = ConnGuard::connect(&user.uri(), Some("reconnect_delay_max_ms=1000"));
+    assert_eq!(
+        unsafe { amqp_wait_connected(c.h(), 10_000) },
+        amqp_result::AMQP_OK
+    );
+    let refused_name = unique_name("nowrite");
+    let ok_name = unique_name("canwrite");
+    let refused = queue_open(c.h(), &refused_name, None, None, Some("durable=false"));
+    let ok = queue_open(
+        c.h(),
+        &ok_name,
+        Some("ra-allowed-x"),
+        Some("k"),
+        Some("durable=false"),
+    );
+    let reports = Reports::attach(refused);
+    for i in 0..5 {
+        publish_tagged_ok(refused, &seq_body(i), i);
+    }
+    let all = reports.wait_for(5, Duration::from_secs(20));
+    for r in &all {
+        assert_eq!(r.status, amqp_report_status::AMQP_REPORT_REFUSED, "{r:?}");
+        assert_eq!(r.code, 403, "{r:?}");
+        assert!(r.reason.contains("ACCESS_REFUSED"), "{r:?}");
+    }
+    let s = qstats(refused);
+    assert_eq!(
+        (s.queue_failed, s.failed, s.buffered),
+        (1, 5, 0),
+        "{}",
+        fmt_qstats(&s)
+    );
+    assert_eq!(publish(refused, b"later"), amqp_result::AMQP_ERR_BROKER);
+    assert!(last_error().contains("ACCESS_REFUSED"), "{}", last_error());
+    // The neighbour on the same connection is unaffected.
+    for i in 0..1000 {
+        publish_ok(ok, &seq_body(i));
+    }
+    wait_drained(ok, Duration::from_secs(20));
+    assert_eq!(qstats(ok).confirmed, 1000);
+    assert_eq!(cstats(c.h()).connects, 1);
+    // Granted: after the slow retry (reconnect_delay_max_ms) it works again.
+    ctl(&format!("set_permissions -p / '{}' '.*' '.*' '.*'", user.0));
+    wait_for("the queue to work again", Duration::from_secs(20), || {
+        publish(refused, b"again") == amqp_result::AMQP_OK
+    });
+    wait_for("its confirm", Duration::from_secs(20), || {
+        qstats(refused).confirmed >= 1
+    });
+    assert_eq!(qstats(refused).queue_failed, 0);
+    c.close_ok();
+}
+
+#[test]
+fn a_declare_refused_after_a_reconnect_fails_the_queue_until_it_can_be_declared() {
+    let _broker = alone();
+    let c = ConnGuard::connect_ok(Some("reconnect_delay_max_ms=500"));
+    let name = unique_name("redeclared");
+    let other_name = unique_name("neighbour");
+    let q = queue_open(c.h(), &name, None, None, None);
+    let other = open_simple(c.h(), &other_name);
+    publish_ok(q, b"before");
+    wait_drained(q, Duration::from_secs(10));
+    // Someone replaces the queue with an inequivalent one (not durable).
+    let reader = Reader::new();
+    reader.delete(&name);
+    reader
+        .declare(
+            &name,
+            lapin::options::QueueDeclareOptions {
+                durable: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let reports = Reports::attach(q);
+    let connects = cstats(c.h()).connects;
+    close_all_connections();
+    wait_reconnected(c.h(), connects, Duration::from_secs(20));
+    wait_for("the queue to fail", Duration::from_secs(20), || {
+        qstats(q).queue_failed == 1
+    });
+    let r = publish_tagged(q, b"while refused", 7);
+    assert_eq!(r, amqp_result::AMQP_ERR_BROKER);
+    assert!(
+        last_error().contains("PRECONDITION_FAILED"),
+        "{}",
+        last_error()
+    );
+    // The neighbour works.
+    publish_ok(other, b"fine");
+    wait_drained(other, Duration::from_secs(20));
+    // Fixed by an operator: the queue comes back on its own. (A new
+    // reader: close_all_connections closed the first one too.)
+    Reader::new().delete(&name);
+    wait_for("the queue to work again", Duration::from_secs(20), || {
+        publish_tagged(q, b"after", 8) == amqp_result::AMQP_OK
+    });
+    let all = reports.wait_for(1, Duration::from_secs(20));
+    assert_eq!(all[0].tag, 8);
+    assert_eq!(all[0].status, amqp_report_status::AMQP_REPORT_CONFIRMED);
+    assert_eq!(qstats(q).queue_failed, 0);
+    c.close_ok();
+}
+
+#[test]
+fn a_body_that_never_fits_the_buffer_is_too_large_not_buffer_full() {
+    let _broker = shared();
+    let c = ConnGuard::connect_ok(None);
+    let q = queue_open(
+        c.h(),
+        &unique_name("neverfits"),
+        None,
+        None,
+        Some("durable=false&max_buffered_bytes=1000"),
+    );
+    let body = vec![1u8; 1001];
+    assert_eq!(publish(q, &body), amqp_result::AMQP_ERR_MESSAGE_TOO_LARGE);
+    assert!(
+        last_error().contains("max_buffered_bytes"),
+        "{}",
+        last_error()
+    );
+    let r = unsafe { amqp_publish_wait(q, body.as_ptr() as *const c_void, body.len(), 1000) };
+    assert_eq!(r, amqp_result::AMQP_ERR_MESSAGE_TOO_LARGE);
+    publish_ok(q, &body[..1000]);
+    c.close_ok();
+}
