@@ -128,7 +128,8 @@ impl Outbox {
             carry.resume_at = None;
         }
         let isolating = carry.suspects > 0;
-        let room = |w: &ConfirmWindow<Message>| w.has_room() && !(isolating && !w.is_empty());
+        // While isolating, one message in flight at a time.
+        let room = |w: &ConfirmWindow<Message>| w.has_room() && (!isolating || w.is_empty());
         if !room(window) || (carry.retry.is_empty() && self.buffer.count() <= window.len() as u64) {
             return Ok(());
         }
