@@ -20,6 +20,7 @@
 use super::proxy::{Factory, HostileProxy};
 use super::*;
 use std::collections::HashSet;
+use std::ffi::c_void;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -152,6 +153,7 @@ pub fn run(s: Scenario) {
     });
     assert_eq!(r, amqp_result::AMQP_OK, "amqp_queue_open: {}", last_error());
     let rec = Recorder::acking(Duration::ZERO);
+    let reports = Reports::attach(q);
     if s.consume {
         consume(q, &rec, 1);
     }
@@ -161,7 +163,8 @@ pub fn run(s: Scenario) {
     let start = Instant::now();
     for i in 0..s.messages {
         let t = Instant::now();
-        let r = publish(q, &seq_body(i));
+        let body = seq_body(i);
+        let r = unsafe { amqp_publish_tagged(q, body.as_ptr() as *const c_void, body.len(), i) };
         slowest = slowest.max(t.elapsed());
         f.check(r == amqp_result::AMQP_OK, || {
             format!("amqp_publish #{i}: {} {}", result_str(r), last_error())
@@ -261,12 +264,48 @@ pub fn run(s: Scenario) {
             &lost_confirmed[..lost_confirmed.len().min(10)]
         )
     });
-    f.check(missing.is_empty(), || {
+    // Every message ends in exactly one report; a message may be missing
+    // only if its report said it failed (e.g. nacked too often), and every
+    // message reported confirmed is there.
+    let reported = reports.all();
+    let mut tags: Vec<u64> = reported.iter().map(|r| r.tag).collect();
+    tags.sort_unstable();
+    f.check(tags == (0..s.messages).collect::<Vec<_>>(), || {
         format!(
-            "{} of {} published messages missing, e.g. {:?}",
-            missing.len(),
+            "{} reports for {} messages (each must have exactly one)",
+            reported.len(),
+            s.messages
+        )
+    });
+    let failed: HashSet<u64> = reported
+        .iter()
+        .filter(|r| r.status != amqp_report_status::AMQP_REPORT_CONFIRMED)
+        .map(|r| r.tag)
+        .collect();
+    let unreported: Vec<u64> = missing
+        .iter()
+        .filter(|n| !failed.contains(n))
+        .copied()
+        .collect();
+    f.check(unreported.is_empty(), || {
+        format!(
+            "{} of {} published messages missing without a failure report, e.g. {:?}",
+            unreported.len(),
             s.messages,
-            &missing[..missing.len().min(10)]
+            &unreported[..unreported.len().min(10)]
+        )
+    });
+    let lost_reported: Vec<u64> = reported
+        .iter()
+        .filter(|r| r.status == amqp_report_status::AMQP_REPORT_CONFIRMED)
+        .filter(|r| !present.contains(&r.tag))
+        .map(|r| r.tag)
+        .collect();
+    f.check(lost_reported.is_empty(), || {
+        format!(
+            "{} messages reported confirmed are lost, e.g. {:?}",
+            lost_reported.len(),
+            &lost_reported[..lost_reported.len().min(10)]
         )
     });
     f.check(foreign == 0, || {
@@ -308,7 +347,7 @@ pub fn run(s: Scenario) {
     });
     eprintln!(
         "HOSTILE {}: acts {} | connects {} failed {} proxy-accepted {} channel-closes {} | \
-         confirmed-by-broker {} missing {} dups {} forged-delivered {} | slowest publish {:?} | \
+         confirmed-by-broker {} missing {} (failed reports {}) dups {} forged-delivered {} | slowest publish {:?} | \
          close {:?} | rss +{} KiB | {}",
         s.name,
         proxy.acts(),
@@ -318,6 +357,7 @@ pub fn run(s: Scenario) {
         channel_closes,
         confirmed.len(),
         missing.len(),
+        failed.len(),
         dups,
         forged.len(),
         slowest,
