@@ -269,6 +269,18 @@ fn nack_storm() {
     ));
 }
 
+/// One ack of the broker dropped: the message stays unconfirmed while later ones are acked, and
+/// the window stops moving once it is full. With publish_timeout_ms the channel is replaced
+/// when that message's time is up: it is reported EXPIRED (it did arrive), the rest go on.
+#[test]
+fn lost_ack_with_publish_timeout() {
+    run(Scenario::new(
+        "lost-ack",
+        once(|f, _| f.is(frames::BASIC_ACK).then(|| Act::Replace(Vec::new()))),
+    )
+    .queue_options("&publish_timeout_ms=1500"));
+}
+
 // --- methods out of place --------------------------------------------------------------------
 
 /// channel.close for channel 999, which was never opened.

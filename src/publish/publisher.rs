@@ -56,6 +56,11 @@ pub(crate) enum PublisherEnd {
     Stuck(String),
 }
 
+/// While messages are in flight, pushes do not wake the publisher (the
+/// next confirm does, and it sends what came meanwhile in one batch); if no
+/// confirm comes, it looks at the buffer again after this long.
+const NUDGE: Duration = Duration::from_millis(5);
+
 /// One run's state besides the outbox: what it sends on and what it holds.
 struct Run<'a> {
     ch: &'a WireChannel,
@@ -63,6 +68,9 @@ struct Run<'a> {
     window: ConfirmWindow<Message>,
     carry: Carry,
     confirms: Vec<Confirm>,
+    /// When the window's front last moved (or the run began): a channel
+    /// whose front does not move for the publish timeout is stuck.
+    progress: Instant,
 }
 
 impl Outbox {
@@ -91,6 +99,7 @@ impl Outbox {
             window: ConfirmWindow::new(max_count, max_bytes),
             carry: std::mem::take(&mut *lock(&self.carry)),
             confirms: Vec::new(),
+            progress: Instant::now(),
         };
         let end = loop {
             if let Err(why) = self.fill(&mut run) {
@@ -211,10 +220,15 @@ impl Outbox {
                 t.as_millis()
             )));
         }
-        let wake_at = match (run.carry.resume_at, overdue) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let may_send = run.window.has_room()
+            && run.carry.resume_at.is_none()
+            && (run.carry.suspects == 0 || run.window.is_empty());
+        let nudge = (may_send && (self.buffer.has_waiting() || !run.carry.retry.is_empty()))
+            .then(|| Instant::now() + NUDGE);
+        let wake_at = [run.carry.resume_at, overdue, nudge]
+            .into_iter()
+            .flatten()
+            .min();
         let sleep = async {
             match wake_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -232,7 +246,6 @@ impl Outbox {
                 _ = &mut stop => return Some(PublisherEnd::LinkDown),
             }
         } else {
-            let may_send = run.window.has_room() && run.carry.resume_at.is_none();
             tokio::select! {
                 biased;
                 _ = ch.confirms_changed() => {}
@@ -244,12 +257,12 @@ impl Outbox {
         None
     }
 
-    /// When the oldest message in flight runs out of publish timeout.
+    /// When the channel counts as stuck: messages in flight and no confirm
+    /// moved the window's front for the publish timeout.
     fn front_deadline(&self, run: &Run<'_>) -> Option<Instant> {
         let t = self.settings.publish_timeout?;
-        let front = run.window.front()?;
-        let age = Duration::from_millis(u64::from(self.now_ms().wrapping_sub(front.born_ms)));
-        Some(Instant::now() + t.saturating_sub(age))
+        run.window.front()?;
+        Some(run.progress + t)
     }
 
     /// Applies the confirms taken, in arrival order, then releases the
@@ -289,6 +302,7 @@ impl Outbox {
         };
         let (mut resend, mut failed, mut acked) = (Vec::new(), None, false);
         let carry = &mut run.carry;
+        let before = run.window.len();
         run.window.release_settled_with(|mut msg, ack| {
             carry.suspects = carry.suspects.saturating_sub(1);
             if ack {
@@ -303,6 +317,9 @@ impl Outbox {
                 resend.push(msg);
             }
         });
+        if run.window.len() < before {
+            run.progress = Instant::now();
+        }
         if let Some(f) = &failed {
             warn!(
                 "queue '{}': messages {}: failed",

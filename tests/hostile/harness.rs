@@ -83,6 +83,8 @@ pub struct Scenario {
     pub violation: bool,
     /// extra URI query, e.g. "heartbeat=2"
     pub query: &'static str,
+    /// extra queue options, e.g. "&publish_timeout_ms=1500"
+    pub queue_options: &'static str,
     pub messages: u64,
     /// bodies the proxy forged into deliveries start with this; the callback may see them
     pub forged_prefix: &'static [u8],
@@ -96,6 +98,7 @@ impl Scenario {
             consume: false,
             violation: false,
             query: "",
+            queue_options: "",
             messages: 1500,
             forged_prefix: b"hostile",
         }
@@ -110,6 +113,10 @@ impl Scenario {
     }
     pub fn query(mut self, q: &'static str) -> Scenario {
         self.query = q;
+        self
+    }
+    pub fn queue_options(mut self, o: &'static str) -> Scenario {
+        self.queue_options = o;
         self
     }
 }
@@ -146,7 +153,8 @@ pub fn run(s: Scenario) {
     let name = unique_name(s.name);
 
     let t = Instant::now();
-    let (r, q) = try_queue_open(c, &name, None, None, Some("prefetch=50"));
+    let options = format!("prefetch=50{}", s.queue_options);
+    let (r, q) = try_queue_open(c, &name, None, None, Some(&options));
     let el = t.elapsed();
     f.check(el <= Duration::from_secs(30) + CLOSE_SLACK, || {
         format!("amqp_queue_open took {el:?} (bound 30 s)")
