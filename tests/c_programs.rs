@@ -135,6 +135,7 @@ const C_PROGRAMS: &[&str] = &[
     "exit_paths.c",
     "exit_atexit.c",
     "pull_mode.c",
+    "delivery_reports.c",
 ];
 
 #[test]
@@ -260,6 +261,16 @@ fn exported_symbols_do_not_clash_with_rabbitmq_c() {
 #[test]
 fn c_roundtrip() {
     run_c_test("roundtrip", Build::c("tests/c/roundtrip.c"), true, 120);
+}
+
+#[test]
+fn c_delivery_reports() {
+    run_c_test(
+        "delivery_reports",
+        Build::c("tests/c/delivery_reports.c"),
+        true,
+        120,
+    );
 }
 
 #[test]

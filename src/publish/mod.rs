@@ -120,6 +120,9 @@ pub(crate) struct Outbox {
     epoch: Instant,
     /// The broker's `max_message_size` once a refusal named it.
     broker_max: AtomicU64,
+    /// Failures logged in the current incident (bits of `Outcome`): one
+    /// line per incident, not per message; a confirm ends the incident.
+    logged: AtomicU8,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +145,7 @@ impl Outbox {
             reporting: RwLock::new(None),
             epoch: Instant::now(),
             broker_max: AtomicU64::new(u64::MAX),
+            logged: AtomicU8::new(0),
         }
     }
 
@@ -390,6 +394,17 @@ impl Outbox {
         let t = ends.tally();
         if t.confirmed > 0 {
             s.confirmed.fetch_add(t.confirmed, Ordering::Relaxed);
+            if self.logged.load(Ordering::Relaxed) != 0 {
+                self.logged.store(0, Ordering::Relaxed);
+            }
+        }
+        if t.expired > 0 && self.first_of_incident(Outcome::Expired) {
+            warn!(
+                "queue '{}': {} message(s) not confirmed within publish_timeout_ms {}: failed (expired)",
+                self.settings.queue,
+                t.expired,
+                self.settings.publish_timeout.unwrap_or_default().as_millis()
+            );
         }
         if t.failed > 0 {
             s.failed.fetch_add(t.failed, Ordering::Relaxed);
@@ -397,6 +412,14 @@ impl Outbox {
             s.refused.fetch_add(t.refused, Ordering::Relaxed);
         }
         ends.hand_on(&self.buffer);
+    }
+}
+
+impl Outbox {
+    /// True once per incident for `outcome` (until a confirm).
+    fn first_of_incident(&self, outcome: Outcome) -> bool {
+        let bit = 1u8 << (outcome as u8);
+        self.logged.fetch_or(bit, Ordering::Relaxed) & bit == 0
     }
 }
 

@@ -320,10 +320,16 @@ impl Outbox {
         if run.window.len() < before {
             run.progress = Instant::now();
         }
-        if let Some(f) = &failed {
+        if let Some(f) = failed
+            .as_ref()
+            .filter(|_| self.first_of_incident(Outcome::Nacked))
+        {
             warn!(
-                "queue '{}': messages {}: failed",
-                self.settings.queue, f.reason
+                "queue '{}': {} message(s) {}: failed (publish_retries {})",
+                self.settings.queue,
+                ends.tally().failed,
+                f.reason,
+                retries
             );
         }
         if !resend.is_empty() {

@@ -43,7 +43,7 @@ impl ReportThread {
     pub fn start() -> Option<Arc<ReportThread>> {
         let rt = Arc::new(ReportThread::default());
         let worker = rt.clone();
-        match crate::os_thread::spawn(c"amqp-reports", move || worker.serve()) {
+        match crate::os_thread::spawn(c"ramqp-reports", move || worker.serve()) {
             Ok(()) => Some(rt),
             Err(e) => {
                 error!("cannot start the delivery report thread: {e}");
