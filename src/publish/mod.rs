@@ -10,6 +10,7 @@
 
 mod bodies;
 mod buffer;
+mod carry;
 mod ends;
 mod message;
 mod publisher;
@@ -22,8 +23,8 @@ pub(crate) use publisher::{window_limits, PublisherEnd};
 pub(crate) use report::{ReportFn, ReportThread};
 
 use crate::error::{Error, ErrorKind, Result};
+use carry::Carry;
 use message::Message;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -77,23 +78,6 @@ pub(crate) struct PublishStats {
 const OPEN: u8 = 0;
 const CLOSED: u8 = 1;
 const FAILED: u8 = 2;
-
-/// What a publisher run leaves to the next: the messages to send first and
-/// the state of the nack backoff and of an isolation.
-#[derive(Default)]
-pub(crate) struct Carry {
-    /// Unconfirmed messages from an earlier channel or nacked ones, to be
-    /// sent before anything new from the buffer.
-    pub retry: VecDeque<Message>,
-    /// The first `suspects` messages of `retry` were in flight when the
-    /// broker closed the channel on a publish: they are sent one at a time
-    /// until the one it refuses is known.
-    pub suspects: usize,
-    /// Nacked batches in a row (no ack between): the backoff's step.
-    pub nack_streak: u32,
-    /// Resends wait until then after a nack.
-    pub resume_at: Option<Instant>,
-}
 
 /// The report function and the thread that calls it.
 #[derive(Clone)]

@@ -1,9 +1,10 @@
 //! The publisher: drains a queue's buffer over its channel, keeping a
 //! window of messages ahead of their confirms.
 
+use super::carry::{Carry, Verdict};
 use super::message::{self, Message, Outcome};
 use super::window::ConfirmWindow;
-use super::{lock, Carry, Outbox};
+use super::{lock, Outbox};
 use crate::backoff;
 use crate::wire::{Confirm, Failure, PublishTarget, WireChannel};
 use std::future::Future;
@@ -130,16 +131,10 @@ impl Outbox {
             carry,
             ..
         } = run;
-        if let Some(at) = carry.resume_at {
-            if Instant::now() < at {
-                return Ok(());
-            }
-            carry.resume_at = None;
-        }
-        let isolating = carry.suspects > 0;
-        // While isolating, one message in flight at a time.
-        let room = |w: &ConfirmWindow<Message>| w.has_room() && (!isolating || w.is_empty());
-        if !room(window) || (carry.retry.is_empty() && self.buffer.count() <= window.len() as u64) {
+        if carry.backing_off(Instant::now())
+            || !carry.may_send(window)
+            || (carry.retry.is_empty() && self.buffer.count() <= window.len() as u64)
+        {
             return Ok(());
         }
         let timeout = self.settings.publish_timeout;
@@ -148,12 +143,12 @@ impl Outbox {
         let mut ends = self.ends();
         let mut resent = 0u64;
         let sent = ch.start_publish(*target).map(|mut batch| {
-            while room(window) {
-                let Some(mut msg) = carry.retry.pop_front().or_else(|| self.buffer.pop()) else {
+            while carry.may_send(window) {
+                let Some(mut msg) = carry.next(|| self.buffer.pop()) else {
                     break;
                 };
                 if let Some(f) = self.unsendable(&msg, now, broker_max) {
-                    carry.suspects = carry.suspects.saturating_sub(1);
+                    carry.dropped();
                     ends.failed(msg, &f);
                     continue;
                 }
@@ -220,9 +215,7 @@ impl Outbox {
                 t.as_millis()
             )));
         }
-        let may_send = run.window.has_room()
-            && run.carry.resume_at.is_none()
-            && (run.carry.suspects == 0 || run.window.is_empty());
+        let may_send = run.carry.resume_at.is_none() && run.carry.may_send(&run.window);
         let nudge = (may_send && (self.buffer.has_waiting() || !run.carry.retry.is_empty()))
             .then(|| Instant::now() + NUDGE);
         let wake_at = [run.carry.resume_at, overdue, nudge]
@@ -304,17 +297,13 @@ impl Outbox {
         let carry = &mut run.carry;
         let before = run.window.len();
         run.window.release_settled_with(|mut msg, ack| {
-            carry.suspects = carry.suspects.saturating_sub(1);
-            if ack {
-                acked = true;
-                ends.confirmed(msg);
-                return;
-            }
-            msg.nacks = msg.nacks.saturating_add(1);
-            if msg.nacks > retries {
-                ends.failed(msg, failed.get_or_insert_with(too_often));
-            } else {
-                resend.push(msg);
+            match carry.released(&mut msg, ack, retries) {
+                Verdict::Confirmed => {
+                    acked = true;
+                    ends.confirmed(msg);
+                }
+                Verdict::Failed => ends.failed(msg, failed.get_or_insert_with(too_often)),
+                Verdict::Resend => resend.push(msg),
             }
         });
         if run.window.len() < before {
@@ -332,39 +321,23 @@ impl Outbox {
                 retries
             );
         }
-        if !resend.is_empty() {
-            self.back_off(carry, resend);
-        } else if acked {
-            carry.nack_streak = 0;
+        let (base, max) = (self.settings.retry_delay, self.settings.retry_delay_max);
+        let streak = carry.nack_streak;
+        let nacked = resend.len();
+        let began = carry.resend(resend, acked, Instant::now(), |step| {
+            backoff::delay(base, max, step)
+        });
+        if let (Some(delay), 0) = (began, streak) {
+            warn!(
+                "queue '{}': the broker nacked {nacked} message(s); resending after {delay:?} (up to publish_retries {retries} times each)",
+                self.settings.queue
+            );
         }
         self.finish(ends);
         self.stats
             .in_flight
             .store(run.window.len() as u64, Ordering::Relaxed);
         lost
-    }
-
-    /// Nacked messages go first, after a delay that grows while the broker
-    /// keeps nacking (a full queue with `reject-publish` nacks everything).
-    fn back_off(&self, carry: &mut Carry, resend: Vec<Message>) {
-        let delay = backoff::delay(
-            self.settings.retry_delay,
-            self.settings.retry_delay_max,
-            carry.nack_streak,
-        );
-        if carry.nack_streak == 0 {
-            warn!(
-                "queue '{}': the broker nacked {} message(s); resending after {delay:?} (up to publish_retries {} times each)",
-                self.settings.queue,
-                resend.len(),
-                self.settings.publish_retries
-            );
-        }
-        carry.nack_streak = carry.nack_streak.saturating_add(1);
-        carry.resume_at = Some(Instant::now() + delay);
-        for msg in resend.into_iter().rev() {
-            carry.retry.push_front(msg);
-        }
     }
 
     /// The run is over: confirmed ones behind an unconfirmed one are done;
@@ -382,25 +355,21 @@ impl Outbox {
                 kept.push(msg)
             }
         });
-        let in_flight = kept.len();
-        let carry = &mut run.carry;
-        for msg in kept.into_iter().rev() {
-            carry.retry.push_front(msg);
-        }
         let mut end = end;
-        if let PublisherEnd::ChannelLost(Failure::Refused { code, text }) = &end {
-            // 403: the queue is refused as a whole (the session fails it);
-            // 404: its exchange is gone (declared again on the new channel).
-            if !matches!(code, 403 | 404) && in_flight > 0 {
-                if in_flight == 1 {
-                    if let Some(msg) = carry.retry.pop_front() {
-                        ends.failed(msg, &self.refusal(*code, text));
-                        end = PublisherEnd::Poisoned(text.clone());
-                    }
-                    carry.suspects = 0;
-                } else {
-                    carry.suspects = in_flight;
-                }
+        // 403: the queue is refused as a whole (the session fails it);
+        // 404: its exchange is gone (declared again on the new channel).
+        let refused = match &end {
+            PublisherEnd::ChannelLost(Failure::Refused { code, text })
+                if !matches!(code, 403 | 404) =>
+            {
+                Some((*code, text.clone()))
+            }
+            _ => None,
+        };
+        if let Some(culprit) = run.carry.channel_lost(kept, refused.is_some()) {
+            if let Some((code, text)) = refused {
+                ends.failed(culprit, &self.refusal(code, &text));
+                end = PublisherEnd::Poisoned(text);
             }
         }
         self.finish(ends);

@@ -124,6 +124,12 @@ impl<T: ByteLen> ConfirmWindow<T> {
         }
     }
 
+    /// The `i`th message in the window (0: the oldest).
+    #[cfg(test)]
+    pub fn peek(&self, i: usize) -> Option<&T> {
+        self.slots.get(i).map(|(m, _)| m)
+    }
+
     /// The oldest message in the window.
     pub fn front(&self) -> Option<&T> {
         self.slots.front().map(|(m, _)| m)
