@@ -286,6 +286,19 @@ typedef struct amqp_connection_stats {
    reconnected with backoff.
    */
   uint64_t protocol_errors;
+  /*
+   Successful connects of the consume link, the first one included: a
+   second TCP connection, opened when the first consumer is added
+   (amqp_consume, amqp_consume_ex, amqp_consume_pull) and carrying every
+   consumer of the connection, so that deliveries flow while the broker
+   blocks publishers. 0 while no consumer was added. `state` and the
+   counters above are the publish link's.
+   */
+  uint64_t consume_connects;
+  /*
+   Connect attempts of the consume link that failed, in all.
+   */
+  uint64_t consume_failed_attempts;
 } amqp_connection_stats;
 
 /*
@@ -474,6 +487,15 @@ typedef struct amqp_queue_stats {
    amqp_publish returns AMQP_ERR_BROKER), else 0. (ABI 2)
    */
   uint64_t queue_failed;
+  /*
+   Refusals of the queue's consumers (basic.consume refused: another
+   client's exclusive consumer, no read permission, 404/405; or the
+   consume channel's declares refused), each retry counted. A refusal
+   while amqp_consume waits is its AMQP_ERR_BROKER; a later one is
+   logged at ERROR once per incident and retried with backoff (up to
+   reconnect_delay_max). (ABI 2)
+   */
+  uint64_t consume_refusals;
 } amqp_queue_stats;
 
 /*

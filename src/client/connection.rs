@@ -1,27 +1,33 @@
-//! The connection supervisor: one AMQP connection at a time, replaced after
-//! every loss with exponential backoff + jitter, until `max_reconnects`
-//! consecutive failures (then failed for good; the process lives on).
+//! A connection as the application sees it: up to two links (TCP
+//! connections, `link.rs`), each replaced after every loss with exponential
+//! backoff + jitter, until `max_reconnects` consecutive failures (then
+//! failed for good; the process lives on).
 //!
-//! Each connection is a *generation*. On connect, every queue gets a session
-//! task for that generation: it opens the queue's channel, declares the
-//! topology, restarts its consumers and runs its publisher. When the
-//! generation ends, sessions end and keep their unconfirmed messages for the
-//! next one.
+//! The publish link: on connect, every queue gets a session task for that
+//! generation (`session.rs`): it opens the queue's channel, declares the
+//! topology and runs its publisher; when the generation ends, sessions end
+//! and keep their unconfirmed messages for the next one. The consume link
+//! (`consume_link.rs`), opened with the first consumer: a channel per queue
+//! with consumers, where its consumer sets start. A publish-only
+//! application uses one TCP connection.
 
 use super::address::BrokerAddress;
 use super::options::{ConnectionOptions, QueueOptions};
 use super::queue::Queue;
-use super::session::{session, LinkState, SessionEnv};
+use super::session::{session, SessionEnv};
 use crate::error::{Error, ErrorKind, Result};
 use crate::publish::ReportThread;
 use crate::runtime;
-use crate::wire::{Failure, WireConfig, WireConnection};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::wire::{WireConfig, WireConnection};
+use link::{Link, LinkKind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 mod close;
+mod consume_link;
+mod link;
 mod reports;
 pub(crate) use close::CloseReport;
 use reports::spawn_expiry;
@@ -49,22 +55,23 @@ pub(crate) struct ConnectionStatsSnapshot {
     pub consecutive_failures: u64,
     pub queues: u64,
     pub protocol_errors: u64,
+    pub consume_connects: u64,
+    pub consume_failed_attempts: u64,
 }
-
-/// A connection lost sooner than this after it opened (or on a protocol
-/// error) does not reset the reconnect backoff: a broker (or a message)
-/// that breaks every connection at once is retried ever more slowly, not
-/// in a loop.
-const STABLE_AFTER: Duration = Duration::from_secs(5);
 
 /// How long `open_queue` waits for the broker to answer the declares.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Shared {
+    /// The publish link's state (the consume link's is its `LinkState`).
     state: ConnectionState,
-    /// The live connection and its generation.
-    current: Option<(u64, WireConnection)>,
+    /// Each link's live connection and its generation (by `LinkKind`).
+    current: [Option<(u64, WireConnection)>; 2],
     queues: Vec<Arc<Queue>>,
+    /// The queues with consumers: each has a session on the consume link.
+    consuming: Vec<Arc<Queue>>,
+    /// The consume link's supervisor was started.
+    consume_link: bool,
 }
 
 pub(crate) struct Connection {
@@ -73,17 +80,14 @@ pub(crate) struct Connection {
     pub options: ConnectionOptions,
     shared: Mutex<Shared>,
     state_changed: Condvar,
-    env: Arc<SessionEnv>,
+    /// By `LinkKind`: publish, consume.
+    links: [Link; 2],
+    /// Ends both links: close, or given up for good.
     shutdown: watch::Sender<bool>,
-    connects: AtomicU64,
-    failed_attempts: AtomicU64,
-    consecutive_failures: AtomicU64,
     protocol_errors: AtomicU64,
-    /// The last connection generation started.
-    generation: AtomicU64,
     next_queue_id: AtomicU64,
     /// Gave up for good (the state may since have moved on to Closed).
-    failed: std::sync::atomic::AtomicBool,
+    failed: AtomicBool,
     /// Calls the queues' report functions; started with the first one.
     reports: Mutex<Option<Arc<ReportThread>>>,
 }
@@ -93,32 +97,27 @@ impl Connection {
     pub fn connect(address: BrokerAddress, options: ConnectionOptions) -> Result<Arc<Connection>> {
         // The runtime must start, or connecting is an error now.
         runtime::handle()?;
-        let env = Arc::new(SessionEnv::new(
-            options.reconnect_delay,
-            options.reconnect_delay_max,
-        ));
+        let (delay, delay_max) = (options.reconnect_delay, options.reconnect_delay_max);
         let conn = Arc::new(Connection {
             wire: address.wire_config(options.max_message_bytes),
             address,
             options,
             shared: Mutex::new(Shared {
                 state: ConnectionState::Connecting,
-                current: None,
+                current: [None, None],
                 queues: Vec::new(),
+                consuming: Vec::new(),
+                consume_link: false,
             }),
             state_changed: Condvar::new(),
-            env,
+            links: [Link::new(delay, delay_max), Link::new(delay, delay_max)],
             shutdown: watch::channel(false).0,
-            connects: AtomicU64::new(0),
-            failed_attempts: AtomicU64::new(0),
-            consecutive_failures: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
-            generation: AtomicU64::new(0),
             next_queue_id: AtomicU64::new(1),
-            failed: std::sync::atomic::AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             reports: Mutex::new(None),
         });
-        conn.spawn_supervisor();
+        conn.spawn_supervisor(LinkKind::Publish);
         Ok(conn)
     }
 
@@ -126,15 +125,24 @@ impl Connection {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The publish link's session environment (the connection's last error).
+    fn env(&self) -> &Arc<SessionEnv> {
+        &self.link(LinkKind::Publish).env
+    }
+
     pub fn stats(&self) -> ConnectionStatsSnapshot {
         let shared = self.lock();
+        let (p, c) = (self.link(LinkKind::Publish), self.link(LinkKind::Consume));
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ConnectionStatsSnapshot {
             state: shared.state,
-            connects: self.connects.load(Ordering::Relaxed),
-            failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
-            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
+            connects: r(&p.connects),
+            failed_attempts: r(&p.failed_attempts),
+            consecutive_failures: r(&p.consecutive_failures),
             queues: shared.queues.len() as u64,
-            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+            protocol_errors: r(&self.protocol_errors),
+            consume_connects: r(&c.connects),
+            consume_failed_attempts: r(&c.failed_attempts),
         }
     }
 
@@ -159,7 +167,7 @@ impl Connection {
             match s.state {
                 ConnectionState::Connected => return Ok(()),
                 ConnectionState::Failed => {
-                    let why = self.env.last_error().unwrap_or_default();
+                    let why = self.env().last_error().unwrap_or_default();
                     return Err(Error::closed(format!(
                         "the connection to {} failed for good: {why}",
                         self.address.display
@@ -171,7 +179,7 @@ impl Connection {
             let now = Instant::now();
             if now >= deadline {
                 let why = self
-                    .env
+                    .env()
                     .last_error()
                     .map(|e| format!(" (last error: {e})"))
                     .unwrap_or_default();
@@ -195,31 +203,6 @@ impl Connection {
         *self.shutdown.borrow()
     }
 
-    /// Starts the supervisor. Should it panic (a bug), the live connection
-    /// is dropped and a new supervisor starts after the longest reconnect
-    /// delay: a reconnect, not a connection that silently stops.
-    fn spawn_supervisor(self: &Arc<Self>) {
-        let conn = self.clone();
-        runtime::spawn_guarded(
-            "connection supervisor",
-            self.clone().supervise(),
-            move || {
-                runtime::spawn("supervisor restart", async move {
-                    let current = conn.lock().current.clone();
-                    if let Some((generation, wire)) = current {
-                        conn.uninstall(generation);
-                        wire.abandon("internal error: the connection supervisor panicked");
-                    }
-                    tokio::time::sleep(conn.options.reconnect_delay_max).await;
-                    if !conn.closing() && !conn.failed.load(Ordering::SeqCst) {
-                        conn.set_state(ConnectionState::Reconnecting);
-                        conn.spawn_supervisor();
-                    }
-                });
-            },
-        );
-    }
-
     /// Starts a queue's session on a generation. Should it panic (a bug),
     /// the connection is dropped, so that every queue reconnects (a queue
     /// must never stop silently).
@@ -231,149 +214,19 @@ impl Connection {
         ch: Option<crate::wire::WireChannel>,
     ) {
         let wire = conn.clone();
-        let fut = session(self.env.clone(), q, generation, conn, ch);
+        let fut = session(self.env().clone(), q, generation, conn, ch);
         runtime::spawn_guarded("queue session", fut, move || {
             wire.abandon("internal error: a queue's session panicked");
         });
     }
 
-    /// The supervisor task: connect, serve the generation until it is lost,
-    /// back off, again; until closed or given up.
-    async fn supervise(self: Arc<Self>) {
-        let mut shutdown = self.shutdown.subscribe();
-        // Consecutive failed attempts (for max_reconnects), and the backoff
-        // step, which short-lived connections keep climbing too.
-        let mut failures: u32 = 0;
-        let mut step: u32 = 0;
-        while !self.closing() {
-            match WireConnection::connect(&self.wire).await {
-                Ok(conn) => {
-                    failures = 0;
-                    let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-                    let opened = Instant::now();
-                    if !self.serve(generation, conn.clone(), &mut shutdown).await {
-                        break;
-                    }
-                    let stable = opened.elapsed() >= STABLE_AFTER && !conn.broke_protocol();
-                    step = if stable { 0 } else { step.saturating_add(1) };
-                }
-                Err(failure) => {
-                    failures = failures.saturating_add(1);
-                    step = step.saturating_add(1);
-                    if self.attempt_failed(failure, failures) {
-                        self.fail();
-                        return;
-                    }
-                }
-            }
-            let delay = self.env.backoff(step.saturating_sub(1));
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
-            }
-        }
-    }
-
-    /// One connection generation: sessions run on `conn` until it is lost
-    /// (true: reconnect) or the connection closes (false).
-    async fn serve(
-        self: &Arc<Self>,
-        generation: u64,
-        conn: WireConnection,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> bool {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.connects.fetch_add(1, Ordering::Relaxed);
-        self.install(generation, conn.clone());
-        info!(
-            "connected to {} (generation {generation})",
-            self.address.display
-        );
-        let why = tokio::select! {
-            why = conn.lost() => Some(why),
-            _ = shutdown.wait_for(|s| *s) => None,
-        };
-        self.uninstall(generation);
-        let Some(why) = why else {
-            // Closing: say goodbye properly, briefly.
-            conn.close(200, "closing").await;
-            return false;
-        };
-        if conn.broke_protocol() {
-            self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            error!("connection to {} closed: {why}", self.address.display);
-        } else {
-            warn!("connection to {} lost: {why}", self.address.display);
-        }
-        self.env.set_last_error(why);
-        self.set_state(ConnectionState::Reconnecting);
-        // Make sure the old connection's task is gone.
-        tokio::spawn(async move { conn.close(320, "lost").await });
-        true
-    }
-
-    /// Counts and reports a failed connect attempt; true when it is time
-    /// to give up for good.
-    fn attempt_failed(&self, failure: Failure, failures: u32) -> bool {
-        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
-        let (text, permanent) = match failure {
-            // The broker said no to this login (403) or vhost (530):
-            // retrying with the same credentials cannot succeed. Others
-            // (e.g. 320 CONNECTION_FORCED while it shuts down) are transient.
-            Failure::ConnectionRefused { code, text } | Failure::Refused { code, text } => {
-                (text, matches!(code, 403 | 530))
-            }
-            Failure::Link(text) => (text, false),
-            Failure::Protocol(text) => {
-                self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                (text, false)
-            }
-        };
-        let msg = format!("connect to {} failed: {text}", self.address.display);
-        self.env.set_last_error(msg.clone());
-        let exhausted = self.options.max_reconnects > 0 && failures >= self.options.max_reconnects;
-        if permanent || exhausted {
-            error!("{msg}; giving up after {failures} attempt(s)");
-            return true;
-        }
-        warn!("{msg} (attempt {failures})");
-        if self.lock().state == ConnectionState::Connected {
-            self.set_state(ConnectionState::Reconnecting);
-        }
-        false
-    }
-
-    fn install(self: &Arc<Self>, generation: u64, conn: WireConnection) {
-        let mut s = self.lock();
-        s.current = Some((generation, conn.clone()));
-        for q in &s.queues {
-            self.spawn_session(q.clone(), generation, conn.clone(), None);
-        }
-        drop(s);
-        self.env.link.send_replace(LinkState {
-            generation,
-            up: true,
-        });
-        self.set_state(ConnectionState::Connected);
-    }
-
-    fn uninstall(&self, generation: u64) {
-        let mut s = self.lock();
-        if matches!(s.current, Some((g, _)) if g == generation) {
-            s.current = None;
-        }
-        drop(s);
-        self.env.link.send_replace(LinkState {
-            generation,
-            up: false,
-        });
-    }
-
-    /// Gave up for good: publishes are refused, what is buffered stays for
-    /// `close_graceful` to report.
+    /// Gave up for good (either link): publishes are refused, what is
+    /// buffered stays for `close_graceful` to report, both links end.
     fn fail(&self) {
-        self.failed.store(true, Ordering::SeqCst);
+        if self.failed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.shutdown.send_replace(true);
         let queues = self.lock().queues.clone();
         for q in &queues {
             q.outbox.close_for_publishing();
@@ -410,7 +263,7 @@ impl Connection {
                 ConnectionState::Failed => {
                     return Err(Error::closed("the connection has failed for good"))
                 }
-                _ => s.current.clone(),
+                _ => s.current[LinkKind::Publish as usize].clone(),
             }
         };
         let mut prepared = None;
@@ -442,7 +295,7 @@ impl Connection {
             ));
         }
         s.queues.push(q.clone());
-        if let Some((generation, conn)) = s.current.clone() {
+        if let Some((generation, conn)) = s.current[LinkKind::Publish as usize].clone() {
             // Use the prepared channel only if it belongs to the live generation.
             let ch = prepared.filter(|(g, _)| *g == generation).map(|(_, ch)| ch);
             self.spawn_session(q.clone(), generation, conn, ch);

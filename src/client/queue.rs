@@ -31,6 +31,7 @@ pub(crate) struct QueueStatsSnapshot {
     pub expired: u64,
     pub refused: u64,
     pub queue_failed: bool,
+    pub consume_refusals: u64,
 }
 
 pub(crate) struct Queue {
@@ -116,15 +117,35 @@ impl Queue {
             expired: r(&p.expired),
             refused: r(&p.refused),
             queue_failed: self.outbox.is_failed(),
+            consume_refusals: r(&c.consume_refusals),
         }
     }
 
     /// Opens the queue's channel and declares its topology: confirm mode,
     /// QoS, exchange, queue, binding. Run on open and after every reconnect.
     pub async fn open_channel(&self, conn: &WireConnection) -> Result<WireChannel, Failure> {
+        self.open_with(conn, true).await
+    }
+
+    /// Opens the queue's channel on the consume link: QoS and the topology
+    /// (so consumers work whichever link comes up first), no confirm mode.
+    pub async fn open_consume_channel(
+        &self,
+        conn: &WireConnection,
+    ) -> Result<WireChannel, Failure> {
+        self.open_with(conn, false).await
+    }
+
+    async fn open_with(
+        &self,
+        conn: &WireConnection,
+        confirm: bool,
+    ) -> Result<WireChannel, Failure> {
         let ch = conn.create_channel().await?;
         let declared = async {
-            ch.confirm_select().await?;
+            if confirm {
+                ch.confirm_select().await?;
+            }
             ch.basic_qos(self.options.prefetch).await?;
             if !self.exchange.is_empty() {
                 ch.exchange_declare(

@@ -70,8 +70,9 @@ impl SessionEnv {
 }
 
 /// One queue on one connection generation: open the channel (retrying while
-/// the broker refuses, e.g. a 406 after someone redeclared the queue), attach
-/// consumers, publish until the channel or the generation ends.
+/// the broker refuses, e.g. a 406 after someone redeclared the queue),
+/// publish until the channel or the generation ends. (Consumers run on the
+/// consume link: `connection/consume_link.rs`.)
 pub(super) async fn session(
     env: Arc<SessionEnv>,
     q: Arc<Queue>,
@@ -110,12 +111,10 @@ pub(super) async fn session(
         refusals = 0;
         q.outbox.recover();
         let opened_at = std::time::Instant::now();
-        q.consumers.attach(generation, ch.clone()).await;
         let link_over = async {
             let _ = link.wait_for(|l| !l.is(generation)).await;
         };
         let end = q.outbox.run(&ch, link_over).await;
-        q.consumers.detach(generation).await;
         let (why, mut pause) = match ended(&env, &q, end) {
             After::Stop => break,
             After::ReopenNow => {

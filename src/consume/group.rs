@@ -60,7 +60,7 @@ impl SetShared {
         }
     }
 
-    fn take_release(&self) -> Option<Release> {
+    pub(super) fn take_release(&self) -> Option<Release> {
         self.release
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -83,8 +83,9 @@ impl SetShared {
 impl ConsumerSet {
     /// Adds a set of `repeat` consumers calling `cb`; they start now if the
     /// channel is up and the queue is not paused, otherwise on the next
-    /// connect / start. Returns the set's id; `release` runs once the set
-    /// ended (never when this fails).
+    /// connect / start. Returns the set's id, which the caller must pass to
+    /// `await_start` (it may take the set back); `release` runs once the
+    /// set ended (never when this or `await_start` fails).
     pub fn add(
         self: &Arc<Self>,
         cb: Callback,
@@ -134,8 +135,11 @@ impl ConsumerSet {
             *shared.release.lock().unwrap_or_else(|p| p.into_inner()) = release;
             sets.get_or_insert_with(Vec::new).push(shared.clone());
         }
+        self.expect_start(shared.id);
         let cs = self.clone();
-        runtime::spawn("consumer start", async move { cs.reconcile().await });
+        runtime::spawn("consumer start", async move {
+            let _ = cs.reconcile().await;
+        });
         Ok(shared.id)
     }
 
@@ -167,19 +171,11 @@ impl ConsumerSet {
     /// otherwise waits that long for its running callbacks (a caller inside
     /// one of them does not wait for itself).
     pub fn cancel(self: &Arc<Self>, id: u64, timeout: Option<Duration>) -> Result<()> {
-        let shared = {
-            let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-            let list = sets.as_mut().map(std::mem::take).unwrap_or_default();
-            let (found, rest): (Vec<_>, Vec<_>) = list.into_iter().partition(|s| s.id == id);
-            if let Some(s) = sets.as_mut() {
-                *s = rest;
-            }
-            found.into_iter().next().ok_or_else(|| {
-                Error::invalid(format!(
-                    "{id} is not a consumer of this queue (or was cancelled already)"
-                ))
-            })?
-        };
+        let shared = self.take_set(id).ok_or_else(|| {
+            Error::invalid(format!(
+                "{id} is not a consumer of this queue (or was cancelled already)"
+            ))
+        })?;
         shared.cancelled.store(true, Ordering::SeqCst);
         shared.close_workers();
         let cs = self.clone();
@@ -208,6 +204,14 @@ impl ConsumerSet {
             ));
         }
         Ok(())
+    }
+
+    /// Takes set `id` out of the live sets.
+    pub(super) fn take_set(&self, id: u64) -> Option<Arc<SetShared>> {
+        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        let list = sets.as_mut()?;
+        let i = list.iter().position(|s| s.id == id)?;
+        Some(list.remove(i))
     }
 
     /// For close: no set starts any more and every worker ends once drained

@@ -16,10 +16,11 @@ mod notifier;
 mod pull;
 mod settle_book;
 mod settler;
+mod start;
 mod worker;
 
 use crate::runtime;
-use crate::wire::WireChannel;
+use crate::wire::{Failure, WireChannel};
 pub(crate) use group::Release;
 use group::SetShared;
 pub(crate) use pull::Polled;
@@ -88,6 +89,8 @@ pub(crate) struct ConsumeStats {
     pub invalid_dispositions: AtomicU64,
     /// Callback return values ignored: amqp_settle came first.
     pub returns_ignored: AtomicU64,
+    /// basic.consume (or the consume channel's declares) refused.
+    pub consume_refusals: AtomicU64,
 }
 
 /// One consumer set as the broker sees it.
@@ -161,6 +164,8 @@ pub(crate) struct ConsumerSet {
     pull: OnceLock<Arc<PullQueue>>,
     /// Closed or failed for good (`end`).
     ended: AtomicBool,
+    /// Starts callers wait for, and the refusal incident (`start.rs`).
+    starts: Mutex<start::Starts>,
 }
 
 impl ConsumerSet {
@@ -194,6 +199,7 @@ impl ConsumerSet {
             idle: (Mutex::new(()), Condvar::new()),
             pull: OnceLock::new(),
             ended: AtomicBool::new(false),
+            starts: Mutex::default(),
         })
     }
 
@@ -222,29 +228,44 @@ impl ConsumerSet {
         true
     }
 
-    /// The pull consumer's group: one broker consumer, no worker.
-    fn add_pull_group(self: &Arc<Self>, pull: Arc<PullQueue>) -> crate::Result<()> {
-        let mut group = Group::new(SetShared::without_workers());
-        group.pull = Some(pull);
+    /// The pull consumer's group (one broker consumer, no worker), unless
+    /// the queue has one: the new set's id, for `await_start`.
+    fn add_pull_group(self: &Arc<Self>, pull: Arc<PullQueue>) -> crate::Result<Option<u64>> {
         // Through the runtime rather than tokio's blocking_lock, which needs
         // thread-locals that are gone when called from an atexit handler.
         let cs = self.clone();
-        runtime::block_on(
-            async move { cs.state.lock().await.groups.push(group) },
+        let added = runtime::block_on(
+            async move {
+                let mut st = cs.state.lock().await;
+                if st.groups.iter().any(|g| g.pull.is_some()) {
+                    return None;
+                }
+                let mut group = Group::new(SetShared::without_workers());
+                group.pull = Some(pull);
+                let id = group.shared.id;
+                st.groups.push(group);
+                cs.expect_start(id);
+                Some(id)
+            },
             STOP_WAIT,
         )?;
-        let cs = self.clone();
-        runtime::spawn("consumer start", async move { cs.reconcile().await });
-        Ok(())
+        if added.is_some() {
+            let cs = self.clone();
+            runtime::spawn("consumer start", async move {
+                let _ = cs.reconcile().await;
+            });
+        }
+        Ok(added)
     }
 
     /// Brings the broker consumers in line with `paused` and the groups:
     /// starts those not running on the live channel, or cancels all when
-    /// paused.
-    async fn reconcile(self: &Arc<Self>) {
+    /// paused. Err when a basic.consume failed (the broker closes the
+    /// channel on a refusal: the consume link's session reopens it).
+    async fn reconcile(self: &Arc<Self>) -> Result<(), Failure> {
         let mut st = self.state.lock().await;
         let Some((generation, ch, settler)) = st.channel.clone() else {
-            return;
+            return Ok(());
         };
         if self.paused.load(Ordering::SeqCst) {
             for g in &mut st.groups {
@@ -255,7 +276,7 @@ impl ConsumerSet {
                 }
                 g.stopped();
             }
-            return;
+            return Ok(());
         }
         let to_start = st
             .groups
@@ -264,17 +285,26 @@ impl ConsumerSet {
         for g in to_start {
             for (tag, sink) in self.sinks(g, generation, &settler) {
                 if let Err(e) = ch.basic_consume(&self.queue_name, &tag, sink).await {
-                    warn!("queue '{}': basic.consume failed: {e}", self.queue_name);
-                    return;
+                    match &e {
+                        Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => {
+                            self.refused(Some(g.shared.id), text)
+                        }
+                        _ => debug!("queue '{}': basic.consume failed: {e}", self.queue_name),
+                    }
+                    return Err(e);
                 }
                 g.tags.push(tag);
             }
             g.started_on = generation;
+            self.set_started(g.shared.id);
         }
+        self.all_started();
+        Ok(())
     }
 
-    /// A session has a fresh channel: consumers (re)start on it.
-    pub async fn attach(self: &Arc<Self>, generation: u64, ch: WireChannel) {
+    /// The consume link's session has a fresh channel: consumers (re)start
+    /// on it. Err when the broker refused one (the channel is closing).
+    pub async fn attach(self: &Arc<Self>, generation: u64, ch: WireChannel) -> Result<(), Failure> {
         {
             let mut st = self.state.lock().await;
             let settler = Settler::new(ch.clone(), self.prefetch, self.stats.clone());
@@ -283,7 +313,7 @@ impl ConsumerSet {
             st.groups.iter_mut().for_each(Group::stopped);
             self.channel_generation.store(generation, Ordering::SeqCst);
         }
-        self.reconcile().await;
+        self.reconcile().await
     }
 
     /// The session's channel is gone: its consumers went with it.
@@ -315,7 +345,9 @@ impl ConsumerSet {
         if timeout.is_zero() {
             self.paused.store(true, Ordering::SeqCst);
             let cs = self.clone();
-            runtime::spawn("consumer stop", async move { cs.reconcile().await });
+            runtime::spawn("consumer stop", async move {
+                let _ = cs.reconcile().await;
+            });
             return Ok(());
         }
         self.stop_until(Instant::now() + timeout)
@@ -363,7 +395,9 @@ impl ConsumerSet {
     pub fn start(self: &Arc<Self>) {
         self.paused.store(false, Ordering::SeqCst);
         let cs = self.clone();
-        runtime::spawn("consumer start", async move { cs.reconcile().await });
+        runtime::spawn("consumer start", async move {
+            let _ = cs.reconcile().await;
+        });
     }
 
     /// For close: stop (waiting for running callbacks only until

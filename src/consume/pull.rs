@@ -150,11 +150,11 @@ fn no_pull_consumer() -> Error {
 
 impl ConsumerSet {
     /// `amqp_consume_pull`: starts the queue's pull consumer (once; later
-    /// calls keep it) and, when `want_fd`, returns a new descriptor for it.
-    pub fn consume_pull(self: &Arc<Self>, want_fd: bool) -> Result<Option<OwnedFd>> {
-        let mut created = false;
+    /// calls keep it) and, when `want_fd`, returns a new descriptor for it;
+    /// and the id of the pull consumer's set when this call added it (for
+    /// `await_start`).
+    pub fn consume_pull(self: &Arc<Self>, want_fd: bool) -> Result<(Option<OwnedFd>, Option<u64>)> {
         let pull = self.pull.get_or_init(|| {
-            created = true;
             Arc::new(PullQueue {
                 state: Mutex::default(),
                 ready: Condvar::new(),
@@ -181,10 +181,9 @@ impl ConsumerSet {
         } else {
             None
         };
-        if created {
-            self.add_pull_group(pull.clone())?;
-        }
-        Ok(fd)
+        // A refused pull consumer was taken back: the next call adds it again.
+        let added = self.add_pull_group(pull.clone())?;
+        Ok((fd, added))
     }
 
     /// The queue ended for good (close or failure): pollers wake with

@@ -92,6 +92,15 @@ pub struct amqp_connection_stats {
     /// was closed with connection.close 501-505, logged at ERROR and
     /// reconnected with backoff.
     pub protocol_errors: u64,
+    /// Successful connects of the consume link, the first one included: a
+    /// second TCP connection, opened when the first consumer is added
+    /// (amqp_consume, amqp_consume_ex, amqp_consume_pull) and carrying every
+    /// consumer of the connection, so that deliveries flow while the broker
+    /// blocks publishers. 0 while no consumer was added. `state` and the
+    /// counters above are the publish link's.
+    pub consume_connects: u64,
+    /// Connect attempts of the consume link that failed, in all.
+    pub consume_failed_attempts: u64,
 }
 
 impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
@@ -105,6 +114,8 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
             consecutive_failures,
             queues,
             protocol_errors,
+            consume_connects,
+            consume_failed_attempts,
         } = s;
         amqp_connection_stats {
             size: std::mem::size_of::<amqp_connection_stats>(),
@@ -114,6 +125,8 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
             consecutive_failures,
             queues,
             protocol_errors,
+            consume_connects,
+            consume_failed_attempts,
         }
     }
 }

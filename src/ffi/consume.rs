@@ -204,7 +204,10 @@ fn consume_ex(
         // valid for the whole call, which is all the header promises.
         disposition_of(unsafe { cb(&delivery, user.0) })
     });
-    entry.queue.consumers.add(callback, repeat, release)
+    entry
+        .conn
+        .conn
+        .consume(&entry.queue, callback, repeat, release)
 }
 
 /// Ends one consumer set (amqp_consume_ex's `consumer_id`): its broker

@@ -38,7 +38,10 @@ pub unsafe extern "C" fn amqp_consume_pull(
     ffi_boundary!({
         let entry = lookup_queue(queue)?;
         entry.conn.check_open()?;
-        let fd = entry.queue.consumers.consume_pull(!notify_fd.is_null())?;
+        let fd = entry
+            .conn
+            .conn
+            .consume_pull(&entry.queue, !notify_fd.is_null())?;
         if let Some(fd) = fd {
             // SAFETY: non-NULL (we asked for a descriptor only then), and
             // the caller promises an int we may write.

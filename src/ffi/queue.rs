@@ -60,6 +60,13 @@ pub struct amqp_queue_stats {
     /// 1 while the broker refuses the queue (its declare, or publishing:
     /// amqp_publish returns AMQP_ERR_BROKER), else 0. (ABI 2)
     pub queue_failed: u64,
+    /// Refusals of the queue's consumers (basic.consume refused: another
+    /// client's exclusive consumer, no read permission, 404/405; or the
+    /// consume channel's declares refused), each retry counted. A refusal
+    /// while amqp_consume waits is its AMQP_ERR_BROKER; a later one is
+    /// logged at ERROR once per incident and retried with backoff (up to
+    /// reconnect_delay_max). (ABI 2)
+    pub consume_refusals: u64,
 }
 
 impl From<QueueStatsSnapshot> for amqp_queue_stats {
@@ -86,6 +93,7 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             expired,
             refused,
             queue_failed,
+            consume_refusals,
         } = s;
         amqp_queue_stats {
             size: std::mem::size_of::<amqp_queue_stats>(),
@@ -108,6 +116,7 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             expired,
             refused,
             queue_failed: u64::from(queue_failed),
+            consume_refusals,
         }
     }
 }

@@ -69,7 +69,9 @@ impl Connection {
             q.consumers.flush(Duration::from_millis(200));
         }
         self.shutdown.send_replace(true);
-        self.env.link.send_modify(|l| l.up = false);
+        for link in &self.links {
+            link.env.link.send_modify(|l| l.up = false);
+        }
         // What is left is reported (Unsent) once its publisher stopped.
         for q in &queues {
             q.outbox.abandon(Duration::from_millis(500));
