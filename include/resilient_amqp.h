@@ -107,7 +107,9 @@ typedef enum amqp_result {
 } amqp_result;
 
 /*
- The state of a connection, as `amqp_connection_get_stats` reports it.
+ The state of a connection, as `amqp_connection_get_stats` reports it:
+ its publish link's (the consume link, opened with the first consumer,
+ reconnects on its own; either link giving up makes the connection Failed).
  */
 typedef enum amqp_connection_state {
   /*
@@ -259,7 +261,8 @@ typedef struct amqp_connection_stats {
    */
   size_t size;
   /*
-   The current state.
+   The current state: the publish link's (the consume link's shows in
+   consume_connects / consume_failed_attempts and the log).
    */
   enum amqp_connection_state state;
   /*
@@ -634,8 +637,10 @@ const char *amqp_connection_state_str(amqp_connection_state state);
 
 /*
  amqp_consume_ex with no release and no consumer id (the consumers end
- with amqp_close_graceful). Blocks: briefly; it may wait for a consumer
- (re)start in progress on the broker (a round trip), at most 30 s.
+ with amqp_close_graceful). Errors as amqp_consume_ex (AMQP_ERR_BROKER
+ when the broker refuses the consumer). Blocks: while connected, until
+ the broker's consume-ok (a round trip; the first consumer of a
+ connection also opens its consume link), at most 30 s.
  */
 enum amqp_result amqp_consume(amqp_queue_handle queue,
                               amqp_consume_fn cb,
@@ -657,8 +662,23 @@ enum amqp_result amqp_consume(amqp_queue_handle queue,
  after that callback returns). Never called when this fails.
  `consumer_id` (may be NULL) receives the set's id for
  amqp_consume_cancel: unique in the process, never 0, below 2^53.
- Blocks: briefly; it may wait for a consumer (re)start in progress on the
- broker (a round trip), at most 30 s.
+ Consumers run on the connection's consume link, a second TCP connection
+ opened with the first consumer of any of its queues, so they keep
+ receiving while the broker blocks publishers (memory or disk alarm).
+ While connected, it waits for the broker's consume-ok: AMQP_ERR_BROKER
+ with the broker's text in amqp_last_error when the broker refuses (403
+ another client's exclusive consumer or no read permission, 404, 405),
+ AMQP_ERR_TIMEOUT when it does not answer in 30 s; in both cases nothing
+ stays registered and `release` is never called. Publishing on the queue
+ is unaffected either way. While disconnected it returns AMQP_OK and the
+ set starts on connect (also while the queue is stopped: on
+ amqp_consume_start). A refusal later (after a reconnect, or
+ amqp_consume_start) is logged at ERROR once per incident, counted in the
+ queue's `consume_refusals` and retried with backoff up to
+ reconnect_delay_max_ms. AMQP_ERR_CLOSED once a close began.
+ Blocks: while connected, until the broker's consume-ok (a round trip;
+ the first consumer of a connection also opens its consume link), at
+ most 30 s.
  */
 enum amqp_result amqp_consume_ex(amqp_queue_handle queue,
                                  amqp_consume_fn cb,
@@ -892,9 +912,17 @@ enum amqp_result amqp_publish_wait_e(amqp_queue_handle queue,
  readable, call amqp_poll with timeout_ms 0 until AMQP_ERR_TIMEOUT. A child
  after fork must not use it.
 
+ The pull consumer runs on the consume link and is confirmed by the
+ broker as amqp_consume_ex's are: while connected, the call that adds it
+ waits for the consume-ok; AMQP_ERR_BROKER (the broker's text in
+ amqp_last_error; no descriptor returned, nothing left registered: a later
+ call tries again) when refused, AMQP_ERR_TIMEOUT after 30 s without an
+ answer.
+
  Errors: AMQP_ERR_CLOSED after a close began or the connection failed for
- good; AMQP_ERR_INTERNAL when no descriptor could be created. Any thread;
- blocks only briefly (up to 30 s when the library's runtime is stalled).
+ good; AMQP_ERR_INTERNAL when no descriptor could be created. Any thread.
+ Blocks: while connected, the call that adds the pull consumer until the
+ broker's consume-ok (a round trip), at most 30 s; later calls briefly.
  */
 enum amqp_result amqp_consume_pull(amqp_queue_handle queue, int *notify_fd);
 

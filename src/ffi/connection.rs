@@ -10,7 +10,9 @@ use std::ffi::{c_char, c_int};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The state of a connection, as `amqp_connection_get_stats` reports it.
+/// The state of a connection, as `amqp_connection_get_stats` reports it:
+/// its publish link's (the consume link, opened with the first consumer,
+/// reconnects on its own; either link giving up makes the connection Failed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum amqp_connection_state {
@@ -76,7 +78,8 @@ pub struct amqp_connection_stats {
     /// sizeof(amqp_connection_stats), set by the caller (the library writes
     /// only what fits; ABI rules in the header's introduction).
     pub size: usize,
-    /// The current state.
+    /// The current state: the publish link's (the consume link's shows in
+    /// consume_connects / consume_failed_attempts and the log).
     pub state: amqp_connection_state,
     /// Successful connects, the first one included.
     pub connects: u64,

@@ -120,8 +120,10 @@ pub type amqp_consume_fn = Option<
 pub type amqp_release_fn = Option<unsafe extern "C-unwind" fn(userdata: *mut c_void)>;
 
 /// amqp_consume_ex with no release and no consumer id (the consumers end
-/// with amqp_close_graceful). Blocks: briefly; it may wait for a consumer
-/// (re)start in progress on the broker (a round trip), at most 30 s.
+/// with amqp_close_graceful). Errors as amqp_consume_ex (AMQP_ERR_BROKER
+/// when the broker refuses the consumer). Blocks: while connected, until
+/// the broker's consume-ok (a round trip; the first consumer of a
+/// connection also opens its consume link), at most 30 s.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_consume(
     queue: amqp_queue_handle,
@@ -146,8 +148,23 @@ pub unsafe extern "C" fn amqp_consume(
 /// after that callback returns). Never called when this fails.
 /// `consumer_id` (may be NULL) receives the set's id for
 /// amqp_consume_cancel: unique in the process, never 0, below 2^53.
-/// Blocks: briefly; it may wait for a consumer (re)start in progress on the
-/// broker (a round trip), at most 30 s.
+/// Consumers run on the connection's consume link, a second TCP connection
+/// opened with the first consumer of any of its queues, so they keep
+/// receiving while the broker blocks publishers (memory or disk alarm).
+/// While connected, it waits for the broker's consume-ok: AMQP_ERR_BROKER
+/// with the broker's text in amqp_last_error when the broker refuses (403
+/// another client's exclusive consumer or no read permission, 404, 405),
+/// AMQP_ERR_TIMEOUT when it does not answer in 30 s; in both cases nothing
+/// stays registered and `release` is never called. Publishing on the queue
+/// is unaffected either way. While disconnected it returns AMQP_OK and the
+/// set starts on connect (also while the queue is stopped: on
+/// amqp_consume_start). A refusal later (after a reconnect, or
+/// amqp_consume_start) is logged at ERROR once per incident, counted in the
+/// queue's `consume_refusals` and retried with backoff up to
+/// reconnect_delay_max_ms. AMQP_ERR_CLOSED once a close began.
+/// Blocks: while connected, until the broker's consume-ok (a round trip;
+/// the first consumer of a connection also opens its consume link), at
+/// most 30 s.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_consume_ex(
     queue: amqp_queue_handle,

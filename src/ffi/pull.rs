@@ -27,9 +27,17 @@ use std::time::Duration;
 /// readable, call amqp_poll with timeout_ms 0 until AMQP_ERR_TIMEOUT. A child
 /// after fork must not use it.
 ///
+/// The pull consumer runs on the consume link and is confirmed by the
+/// broker as amqp_consume_ex's are: while connected, the call that adds it
+/// waits for the consume-ok; AMQP_ERR_BROKER (the broker's text in
+/// amqp_last_error; no descriptor returned, nothing left registered: a later
+/// call tries again) when refused, AMQP_ERR_TIMEOUT after 30 s without an
+/// answer.
+///
 /// Errors: AMQP_ERR_CLOSED after a close began or the connection failed for
-/// good; AMQP_ERR_INTERNAL when no descriptor could be created. Any thread;
-/// blocks only briefly (up to 30 s when the library's runtime is stalled).
+/// good; AMQP_ERR_INTERNAL when no descriptor could be created. Any thread.
+/// Blocks: while connected, the call that adds the pull consumer until the
+/// broker's consume-ok (a round trip), at most 30 s; later calls briefly.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_consume_pull(
     queue: amqp_queue_handle,
