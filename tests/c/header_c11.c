@@ -66,16 +66,19 @@ _Static_assert(IS_TYPE(cs0.connects, uint64_t), "connects");
 _Static_assert(IS_TYPE(cs0.failed_attempts, uint64_t), "failed_attempts");
 _Static_assert(IS_TYPE(cs0.consecutive_failures, uint64_t), "consecutive_failures");
 _Static_assert(IS_TYPE(cs0.queues, uint64_t), "queues");
+_Static_assert(IS_TYPE(cs0.consume_connects, uint64_t), "consume_connects");
+_Static_assert(IS_TYPE(cs0.consume_failed_attempts, uint64_t), "consume_failed_attempts");
 
 static const amqp_queue_stats qs0;
 _Static_assert(offsetof(amqp_queue_stats, size) == 0, "size first");
-_Static_assert(sizeof qs0 == sizeof(size_t) + 15 * sizeof(uint64_t), "size + 15 counters");
+_Static_assert(sizeof qs0 == sizeof(size_t) + 16 * sizeof(uint64_t), "size + 16 counters");
 _Static_assert(IS_TYPE(qs0.buffered, uint64_t) && IS_TYPE(qs0.buffered_bytes, uint64_t) &&
                    IS_TYPE(qs0.in_flight, uint64_t) && IS_TYPE(qs0.published, uint64_t) &&
                    IS_TYPE(qs0.confirmed, uint64_t) && IS_TYPE(qs0.resent, uint64_t) &&
                    IS_TYPE(qs0.nacked, uint64_t) && IS_TYPE(qs0.delivered, uint64_t) &&
                    IS_TYPE(qs0.acked, uint64_t) && IS_TYPE(qs0.rejected, uint64_t) &&
-                   IS_TYPE(qs0.requeued, uint64_t) && IS_TYPE(qs0.released, uint64_t),
+                   IS_TYPE(qs0.requeued, uint64_t) && IS_TYPE(qs0.released, uint64_t) &&
+                   IS_TYPE(qs0.consume_refusals, uint64_t),
                "queue stats fields are uint64_t");
 
 /* Exact signatures: assigning to a pointer of the contract's type is an
