@@ -112,6 +112,8 @@ impl ConsumerSet {
         }
         (self.workers.lock().unwrap_or_else(|p| p.into_inner()))
             .extend(shared.workers.iter().cloned());
+        // Before any reconcile can see the group, so its start is not missed.
+        self.expect_start(shared.id);
         // Through the runtime rather than tokio's blocking_lock, which needs
         // thread-locals that are gone when called from an atexit handler.
         let (cs, group) = (self.clone(), Group::new(shared.clone()));
@@ -120,6 +122,7 @@ impl ConsumerSet {
             STOP_WAIT,
         );
         if let Err(e) = pushed {
+            self.forget_start(shared.id);
             shared.cancelled.store(true, Ordering::SeqCst);
             shared.close_workers();
             return Err(e);
@@ -128,6 +131,7 @@ impl ConsumerSet {
             let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
             if sets.is_none() {
                 // Closed meanwhile: the set never starts, release never runs.
+                self.forget_start(shared.id);
                 shared.cancelled.store(true, Ordering::SeqCst);
                 shared.close_workers();
                 return Err(Error::closed("the connection is closing"));
@@ -135,7 +139,6 @@ impl ConsumerSet {
             *shared.release.lock().unwrap_or_else(|p| p.into_inner()) = release;
             sets.get_or_insert_with(Vec::new).push(shared.clone());
         }
-        self.expect_start(shared.id);
         let cs = self.clone();
         runtime::spawn("consumer start", async move {
             let _ = cs.reconcile().await;

@@ -42,6 +42,11 @@ impl ConsumerSet {
         self.starts().waiting.push((id, Outcome::Pending));
     }
 
+    /// No caller will wait for set `id` (adding it failed).
+    pub(super) fn forget_start(&self, id: u64) {
+        self.starts().waiting.retain(|(set, _)| *set != id);
+    }
+
     /// Set `id`'s broker consumers all got their consume-ok.
     pub(super) fn set_started(&self, id: u64) {
         self.set_outcome(|set| set == id, Outcome::Started);
@@ -107,7 +112,7 @@ impl ConsumerSet {
             give_up() || paused() || outcome(self) != Outcome::Pending
         });
         let last = outcome(self);
-        self.starts().waiting.retain(|(set, _)| *set != id);
+        self.forget_start(id);
         match last {
             Outcome::Started => Ok(()),
             Outcome::Pending if give_up() || paused() => Ok(()),
