@@ -71,15 +71,24 @@ _Static_assert(IS_TYPE(cs0.consume_failed_attempts, uint64_t), "consume_failed_a
 
 static const amqp_queue_stats qs0;
 _Static_assert(offsetof(amqp_queue_stats, size) == 0, "size first");
-_Static_assert(sizeof qs0 == sizeof(size_t) + 16 * sizeof(uint64_t), "size + 16 counters");
+_Static_assert(sizeof qs0 == sizeof(size_t) + 20 * sizeof(uint64_t), "size + 20 counters");
 _Static_assert(IS_TYPE(qs0.buffered, uint64_t) && IS_TYPE(qs0.buffered_bytes, uint64_t) &&
                    IS_TYPE(qs0.in_flight, uint64_t) && IS_TYPE(qs0.published, uint64_t) &&
                    IS_TYPE(qs0.confirmed, uint64_t) && IS_TYPE(qs0.resent, uint64_t) &&
                    IS_TYPE(qs0.nacked, uint64_t) && IS_TYPE(qs0.delivered, uint64_t) &&
                    IS_TYPE(qs0.acked, uint64_t) && IS_TYPE(qs0.rejected, uint64_t) &&
                    IS_TYPE(qs0.requeued, uint64_t) && IS_TYPE(qs0.released, uint64_t) &&
+                   IS_TYPE(qs0.failed, uint64_t) && IS_TYPE(qs0.expired, uint64_t) &&
+                   IS_TYPE(qs0.refused, uint64_t) && IS_TYPE(qs0.queue_failed, uint64_t) &&
                    IS_TYPE(qs0.consume_refusals, uint64_t),
                "queue stats fields are uint64_t");
+
+static const amqp_delivery_report dr0;
+_Static_assert(offsetof(amqp_delivery_report, size) == 0, "size first");
+_Static_assert(IS_TYPE(dr0.tag, uint64_t) && IS_TYPE(dr0.status, amqp_report_status) &&
+                   IS_TYPE(dr0.attempts, uint32_t) && IS_TYPE(dr0.reply_code, uint32_t) &&
+                   IS_TYPE(dr0.reason, const char *),
+               "delivery report fields");
 
 /* Exact signatures: assigning to a pointer of the contract's type is an
  * error (-Werror=incompatible-pointer-types) when they differ. */
