@@ -8,6 +8,7 @@ pub use crate::client::options::{
     parse_connection_options, parse_queue_options, ConnectionOptions, QueueOptions, QueueType,
     MAX_NAME_BYTES,
 };
+use crate::error::Result;
 pub use crate::error::{Error, ErrorKind};
 pub use crate::registry::Registry;
 pub use crate::wire::probe::{parse_with_every_parser, ReaderProbe, PROBE_CONSUMER_TAG};
@@ -89,4 +90,69 @@ pub fn run_reader_input(data: &[u8]) -> Option<ReaderProbe> {
         rest = tail;
     }
     Some(probe)
+}
+
+/// How the engine reported a failed call, for tests (`wire::Failure`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireFailure {
+    /// The broker refused on the channel (the connection stays).
+    Refused { code: u16, text: String },
+    /// The broker closed the connection (connection.close).
+    ConnectionRefused { code: u16, text: String },
+    /// The link failed.
+    Link(String),
+    /// The broker broke the protocol.
+    Protocol(String),
+}
+
+impl From<crate::wire::Failure> for WireFailure {
+    fn from(f: crate::wire::Failure) -> WireFailure {
+        use crate::wire::Failure as F;
+        match f {
+            F::Refused { code, text } => WireFailure::Refused { code, text },
+            F::ConnectionRefused { code, text } => WireFailure::ConnectionRefused { code, text },
+            F::Link(t) => WireFailure::Link(t),
+            F::Protocol(t) => WireFailure::Protocol(t),
+        }
+    }
+}
+
+/// Connects to `uri` with the engine alone (no supervisor), opens a
+/// channel and declares `exchange` of type `kind`: what the declare's
+/// future returned, and the channel's close reason after it.
+pub fn wire_exchange_declare(
+    uri: &str,
+    exchange: &str,
+    kind: &str,
+) -> Result<(std::result::Result<(), WireFailure>, Option<WireFailure>)> {
+    let config = parse_uri(uri)?.wire_config(1 << 20);
+    let (exchange, kind) = (exchange.to_string(), kind.to_string());
+    let run = async move {
+        let conn = crate::wire::WireConnection::connect(&config).await?;
+        let ch = conn.create_channel().await?;
+        let declared = ch.exchange_declare(&exchange, &kind, false).await;
+        let reason = ch.close_reason();
+        conn.close(200, "test over").await;
+        Ok::<_, crate::wire::Failure>((declared, reason))
+    };
+    match crate::runtime::block_on(run, std::time::Duration::from_secs(30))? {
+        Ok((declared, reason)) => Ok((
+            declared.map_err(WireFailure::from),
+            reason.map(WireFailure::from),
+        )),
+        Err(f) => Err(Error::new(ErrorKind::Broker, format!("{f}"))),
+    }
+}
+
+/// The channel_max a [`crate::wire::WireConnection`] to `uri` negotiates.
+pub fn wire_channel_max(uri: &str) -> Result<u16> {
+    let config = parse_uri(uri)?.wire_config(1 << 20);
+    let run = async move {
+        let conn = crate::wire::WireConnection::connect(&config).await?;
+        let n = conn.channel_max();
+        conn.close(200, "test over").await;
+        Ok::<_, crate::wire::Failure>(n)
+    };
+    crate::runtime::block_on(run, std::time::Duration::from_secs(30))?
+        .map_err(|f| Error::new(ErrorKind::Broker, format!("{f}")))
 }

@@ -40,7 +40,7 @@ impl WireChannel {
 
     fn closed_failure(&self, what: &str) -> Failure {
         self.close_reason()
-            .unwrap_or_else(|| Failure::Link(what.into()))
+            .unwrap_or_else(|| self.conn.failure(what))
     }
 
     /// One synchronous method and its reply; one at a time per channel.

@@ -70,6 +70,11 @@ impl WireConnection {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The channel limit agreed in tune-ok: channels 1..=this can be open.
+    pub fn channel_max(&self) -> u16 {
+        self.shared.channel_max
+    }
+
     pub fn is_connected(&self) -> bool {
         !self.shared.is_dead()
     }

@@ -12,8 +12,9 @@ use tokio::net::TcpStream;
 
 /// We propose this frame size; RabbitMQ's default is the same.
 const CLIENT_FRAME_MAX: u32 = 131_072;
-/// The channel limit when neither side sets one.
-const DEFAULT_CHANNEL_MAX: u32 = 2047;
+/// The channel limit we propose (never above the broker's) unless the URI's
+/// `channel_max` says otherwise; RabbitMQ's default is the same.
+pub(crate) const DEFAULT_CHANNEL_MAX: u16 = 2047;
 
 /// A connection that is open, and what was agreed in tune-ok.
 pub(super) struct Opened {
@@ -121,9 +122,9 @@ fn negotiate(config: &WireConfig, tune: &connection::Tune) -> connection::TuneOk
         (_, t) => t,
     };
     let channel_max = pick(
-        config.channel_max.map(u32::from),
+        Some(u32::from(config.proposed_channel_max())),
         u32::from(tune.channel_max),
-        DEFAULT_CHANNEL_MAX,
+        u32::from(DEFAULT_CHANNEL_MAX),
     ) as u16;
     let frame_max = pick(
         config.frame_max.or(Some(CLIENT_FRAME_MAX)),
@@ -207,5 +208,49 @@ impl Handshake {
         let mut out = Vec::new();
         codec::encode_method(&mut out, 0, m);
         self.stream.write_all(&out).await.map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(channel_max: Option<u16>) -> WireConfig {
+        WireConfig {
+            host: "h".into(),
+            port: 1,
+            vhost: "/".into(),
+            credentials: crate::wire::Credentials::default(),
+            mechanism: Default::default(),
+            heartbeat: None,
+            frame_max: None,
+            channel_max,
+            connect_timeout: Duration::from_secs(1),
+            max_body: 1,
+        }
+    }
+
+    fn agreed(ours: Option<u16>, theirs: u16) -> u16 {
+        let tune = connection::Tune {
+            channel_max: theirs,
+            frame_max: 131_072,
+            heartbeat: 10,
+        };
+        negotiate(&config(ours), &tune).channel_max
+    }
+
+    #[test]
+    fn channel_max_is_the_smaller_of_the_broker_and_2047_or_the_uri() {
+        assert_eq!(agreed(None, 2047), 2047);
+        assert_eq!(agreed(None, 65535), 2047);
+        assert_eq!(agreed(None, 0), 2047);
+        assert_eq!(agreed(None, 100), 100);
+        assert_eq!(agreed(Some(20), 2047), 20);
+        assert_eq!(agreed(Some(4000), 65535), 4000);
+        assert_eq!(agreed(Some(4000), 2047), 2047);
+        assert_eq!(agreed(Some(0), 65535), 2047);
+        assert_eq!(config(Some(20)).proposed_channel_max(), 20);
+        assert_eq!(config(None).proposed_channel_max(), 2047);
+        assert_eq!(config(Some(0)).proposed_channel_max(), 2047);
     }
 }

@@ -63,6 +63,17 @@ pub(crate) struct WireConfig {
     pub max_body: u64,
 }
 
+impl WireConfig {
+    /// The channel limit we ask for in tune-ok (the broker may agree to
+    /// less): the URI's `channel_max`, else 2047 (0: the broker's).
+    pub fn proposed_channel_max(&self) -> u16 {
+        match self.channel_max {
+            Some(n) if n > 0 => n,
+            _ => handshake::DEFAULT_CHANNEL_MAX,
+        }
+    }
+}
+
 /// How a failure on the wire is seen by us: the broker refused something on
 /// a channel (soft error: 403, 404, 405, 406), refused the connection, or the
 /// link itself failed (I/O, heartbeat, closed connection) and will be retried.

@@ -87,6 +87,8 @@ impl ReaderProbe {
                     End::Closed(why) => why,
                     End::Broken(v) => self.conn.broke_protocol(&v),
                 };
+                // As the connection's task does once its reader ended.
+                self.conn.die(why.clone());
                 self.ended = Some(why.clone());
                 Err(why)
             }

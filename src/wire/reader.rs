@@ -411,12 +411,15 @@ fn connection_method(conn: &ConnShared, payload: &[u8]) -> Result<(), End> {
     use connection::AMQPMethod as M;
     match codec::parse_method(payload)? {
         AMQPClass::Connection(M::Close(c)) => {
+            let text = describe_close(c.reply_code, c.reply_text.as_str());
+            // Before anything can fail: pending calls and channels learn
+            // the broker's refusal, not a lost link.
+            conn.refused(c.reply_code, text.clone());
             let ok = AMQPClass::Connection(M::CloseOk(connection::CloseOk {}));
             conn.output.append(None, |o| codec::encode_method(o, 0, ok));
             conn.output.close();
             Err(End::Closed(format!(
-                "the broker closed the connection: {}",
-                describe_close(c.reply_code, c.reply_text.as_str())
+                "the broker closed the connection: {text}"
             )))
         }
         AMQPClass::Connection(M::CloseOk(_)) => Err(End::Closed("connection closed".into())),

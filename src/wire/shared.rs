@@ -35,6 +35,11 @@ pub(super) struct ConnShared {
     pub(super) broken: AtomicBool,
     /// The reason the connection ended, once it has.
     pub(super) dead: watch::Sender<Option<String>>,
+    /// The broker closed the connection (connection.close): what every
+    /// channel and pending call fails with, instead of a link failure, so
+    /// the owner can tell a refusal (e.g. 503 for an unknown exchange type)
+    /// from a lost link.
+    refusal: Mutex<Option<Failure>>,
     /// Asks the driver task to stop (after close-ok, or at once).
     pub(super) stop: Notify,
 }
@@ -66,8 +71,27 @@ impl ConnShared {
             max_body,
             broken: AtomicBool::new(false),
             dead: watch::channel(None).0,
+            refusal: Mutex::new(None),
             stop: Notify::new(),
         }
+    }
+
+    /// The broker closed the connection with `code` and `text` (the
+    /// broker's words, described): channels fail with
+    /// `Failure::ConnectionRefused` from now on.
+    pub(super) fn refused(&self, code: u16, text: String) {
+        let mut r = lock(&self.refusal);
+        if r.is_none() {
+            *r = Some(Failure::ConnectionRefused { code, text });
+        }
+    }
+
+    /// What a channel of this connection fails with once the connection
+    /// is going: the broker's refusal if it closed it, else a link failure.
+    pub(super) fn failure(&self, why: &str) -> Failure {
+        lock(&self.refusal)
+            .clone()
+            .unwrap_or_else(|| Failure::Link(why.to_string()))
     }
 
     pub(super) fn is_dead(&self) -> bool {
@@ -86,8 +110,9 @@ impl ConnShared {
             }
         });
         let chans: Vec<_> = lock(&self.channels).open.drain().map(|(_, c)| c).collect();
+        let failure = self.failure(&why);
         for c in chans {
-            c.close_local(Failure::Link(why.clone()));
+            c.close_local(failure.clone());
         }
     }
 
@@ -129,7 +154,7 @@ impl ConnShared {
     pub(super) fn allocate_channel(&self) -> Result<Arc<ChannelState>, Failure> {
         let mut chans = lock(&self.channels);
         if self.is_dead() {
-            return Err(Failure::Link("connection closed".into()));
+            return Err(self.failure("connection closed"));
         }
         let max = chans.max;
         let mut id = chans.next;

@@ -3,6 +3,7 @@
 //! announces allocates by itself.
 
 use super::*;
+use crate::wire::Failure;
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame};
 use amq_protocol::protocol::{basic, channel, connection, queue, AMQPClass};
 
@@ -280,4 +281,44 @@ fn a_frame_beyond_channel_max_ends_the_connection() {
     let (why, code) = broken(&confirm(0x8001, 1, false));
     assert!(why.contains("beyond channel_max"), "{why}");
     assert_eq!(code, Some(501));
+}
+
+#[test]
+fn a_connection_close_from_the_broker_fails_every_channel_with_its_refusal() {
+    // An unknown exchange type: RabbitMQ closes the whole connection (503).
+    // The pending call and every channel must learn the broker's code and
+    // text (the owner attributes the close to the queue whose declare was
+    // pending), not a lost link.
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    p.channels[0].receivers().reply = Some(tx);
+    let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: 503,
+        reply_text: "COMMAND_INVALID - invalid exchange type 'x-typo'".into(),
+        class_id: 40,
+        method_id: 10,
+    }));
+    let why = p.feed(&method(0, close)).expect_err("the connection ends");
+    assert!(why.contains("x-typo"), "{why}");
+    let expected = Failure::ConnectionRefused {
+        code: 503,
+        text: "503 COMMAND_INVALID - invalid exchange type 'x-typo'".into(),
+    };
+    let pending = rx.blocking_recv().expect("the pending call is answered");
+    assert_eq!(pending.unwrap_err(), expected);
+    for ch in &p.channels {
+        assert_eq!(ch.receivers().close_reason, Some(expected.clone()));
+    }
+    // A channel asked for afterwards fails the same way.
+    assert_eq!(p.conn.allocate_channel().err(), Some(expected));
+}
+
+#[test]
+fn a_lost_link_still_fails_channels_as_a_link_failure() {
+    let p = ReaderProbe::new(FRAME_MAX, 1);
+    p.conn.die("I/O error: reset".into());
+    assert_eq!(
+        p.channels[0].receivers().close_reason,
+        Some(Failure::Link("I/O error: reset".into()))
+    );
 }
