@@ -33,3 +33,42 @@ fn channel_max_is_at_most_2047_unless_the_uri_says_otherwise() {
     let low = format!("{}?channel_max=20", uri());
     assert_eq!(wire_channel_max(&low).unwrap(), 20);
 }
+
+#[test]
+fn a_content_header_over_frame_max_is_delivered_once_without_dropping_the_connection() {
+    // RabbitMQ does not split content headers: with frame_max=4096 a message with 60 KB of
+    // headers comes as one header frame of 60 KB. It was a 501, a reconnect and a redelivery,
+    // forever.
+    let name = unique_name("big-header");
+    let c_guard = ConnGuard::connect(&format!("{}?frame_max=4096", uri()), None);
+    let c = c_guard.h();
+    assert_eq!(
+        resilient_amqp::amqp_wait_connected(c, 10_000),
+        resilient_amqp::amqp_result::AMQP_OK
+    );
+    let q = open_simple(c, &name);
+    let mut headers = lapin::types::FieldTable::default();
+    for i in 0..60 {
+        headers.insert(
+            format!("h{i:02}").into(),
+            lapin::types::AMQPValue::LongString(vec![b'v'; 1000].into()),
+        );
+    }
+    let reader = Reader::new();
+    reader.publish_with_headers(&name, b"the body", headers);
+    let rec = Recorder::acking(std::time::Duration::ZERO);
+    consume(q, &rec, 1);
+    let t = std::time::Duration::from_secs(20);
+    wait_for("the delivery", t, || rec.finished() >= 1);
+    wait_for("the ack", t, || qstats(q).acked == 1);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(rec.bodies(), vec![b"the body".to_vec()], "delivered once");
+    let s = cstats(c);
+    assert_eq!(
+        (s.connects, s.protocol_errors),
+        (1, 0),
+        "the connection was kept"
+    );
+    assert_eq!(queue_messages(&name), 0, "acked");
+    c_guard.close_ok();
+}

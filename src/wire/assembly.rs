@@ -29,8 +29,10 @@ pub struct Delivery {
     routing_key_len: usize,
     pub delivery_tag: u64,
     pub redelivered: bool,
-    /// The body size its header announced when that was over our limit: the
-    /// body was read and dropped, and the message must be rejected.
+    /// The body size its header announced when that was over our limit, or
+    /// the header's and body's sizes together when the header itself was
+    /// over the header bound: the message was read and dropped, and must be
+    /// rejected.
     pub too_large: Option<u64>,
 }
 
@@ -62,6 +64,10 @@ pub(super) enum Event<'a> {
     /// A content header, with the body size it announces and the largest
     /// body we take in.
     Header { body_size: u64, limit: u64 },
+    /// A content header over the header bound (`codec::HEADER_FRAME_MAX`),
+    /// skipped unread but for the body size it announces: the body is read
+    /// and dropped, and the delivery handed on `too_large`.
+    HugeHeader { body_size: u64, header_bytes: u64 },
     /// A body frame.
     Body(&'a [u8]),
 }
@@ -193,6 +199,26 @@ impl Assembly {
                 Ok(Step::Incomplete)
             }
             (Assembly::AwaitingHeader(_), Event::Header { body_size: 0, .. }) => Ok(self.finish()),
+            (
+                Assembly::AwaitingHeader(content),
+                Event::HugeHeader {
+                    body_size,
+                    header_bytes,
+                },
+            ) => {
+                // Never taken in: rejected unread, like a body over the
+                // limit, its size being the header's and the body's.
+                admit_body(content, body_size.saturating_add(header_bytes.max(1)), 0);
+                if body_size == 0 {
+                    return Ok(self.finish());
+                }
+                let content = std::mem::replace(content, Content::Return);
+                *self = Assembly::Body {
+                    content,
+                    remaining: body_size,
+                };
+                Ok(Step::Incomplete)
+            }
             (Assembly::AwaitingHeader(content), Event::Header { body_size, limit }) => {
                 admit_body(content, body_size, limit);
                 let content = std::mem::replace(content, Content::Return);
@@ -238,7 +264,7 @@ fn out_of_order(state: &Assembly, event: &Event<'_>) -> OutOfOrder {
         Event::Deliver(_) => "basic.deliver",
         Event::Return => "basic.return",
         Event::Method => "method",
-        Event::Header { .. } => "content header",
+        Event::Header { .. } | Event::HugeHeader { .. } => "content header",
         Event::Body(_) => "body frame",
     };
     let state = match (state, event) {

@@ -34,15 +34,36 @@ pub struct RawFrame<'a> {
     pub payload: &'a [u8],
 }
 
+/// The largest content header frame taken in whole, whatever frame_max
+/// says (or frame_max, if larger). RabbitMQ never splits a content header:
+/// headers grown in the broker (x-death after dead-lettering, large
+/// application headers) can exceed the frame_max it agreed to. A larger
+/// header is skipped as it arrives (never buffered) and its delivery
+/// rejected unread.
+pub const HEADER_FRAME_MAX: usize = 1 << 20;
+
+/// A content header frame's payload starts with class (2), weight (2) and
+/// body size (8).
+const HEADER_PREFIX: usize = 12;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum ParseError {
     /// Not a whole frame yet; this many bytes are needed in all.
     Incomplete(usize),
     /// The stream is not AMQP (bad frame end, size over the limit...).
     Invalid(String),
+    /// A content header frame over [`HEADER_FRAME_MAX`] (and frame_max):
+    /// `total` bytes in all (the end octet included), announcing
+    /// `body_size`. To be skipped as it arrives, never buffered.
+    HugeHeader {
+        channel: u16,
+        total: usize,
+        body_size: u64,
+    },
 }
 
 /// Splits the next frame off `buf`; returns it and its total length.
+/// Content headers may exceed `frame_max` up to [`HEADER_FRAME_MAX`].
 pub fn parse_frame(buf: &[u8], frame_max: usize) -> Result<(RawFrame<'_>, usize), ParseError> {
     if buf.len() < 7 {
         return Err(ParseError::Incomplete(7));
@@ -50,7 +71,21 @@ pub fn parse_frame(buf: &[u8], frame_max: usize) -> Result<(RawFrame<'_>, usize)
     let kind = buf[0];
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if size + FRAME_OVERHEAD > frame_max.max(4096) {
+    let limit = match kind {
+        FRAME_HEADER => frame_max.max(HEADER_FRAME_MAX),
+        _ => frame_max.max(4096),
+    };
+    if size.saturating_add(FRAME_OVERHEAD) > limit {
+        if kind == FRAME_HEADER && size >= HEADER_PREFIX {
+            let Some(prefix) = buf.get(7..7 + HEADER_PREFIX) else {
+                return Err(ParseError::Incomplete(7 + HEADER_PREFIX));
+            };
+            return Err(ParseError::HugeHeader {
+                channel,
+                total: size + FRAME_OVERHEAD,
+                body_size: u64::from_be_bytes(prefix[4..12].try_into().unwrap_or([0; 8])),
+            });
+        }
         return Err(ParseError::Invalid(format!(
             "frame of {size} bytes exceeds frame_max {frame_max}"
         )));

@@ -185,6 +185,12 @@ impl Handshake {
                     }
                 }
                 Err(codec::ParseError::Incomplete(_)) => {}
+                Err(codec::ParseError::HugeHeader { total, .. }) => {
+                    return Err(Failure::Protocol(format!(
+                        "protocol error by the broker during the handshake: a content header \
+                         of {total} bytes"
+                    )))
+                }
                 Err(codec::ParseError::Invalid(e)) => {
                     // A broker speaking another protocol version answers
                     // with its own header.

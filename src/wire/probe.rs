@@ -29,14 +29,19 @@ pub struct ReaderProbe {
     demux: Demux,
     pending: Vec<u8>,
     deliveries: Arc<AtomicU64>,
+    too_large: Arc<AtomicU64>,
     ended: Option<String>,
 }
 
-struct CountingSink(Arc<AtomicU64>);
+/// Counts deliveries, and those marked `too_large`.
+struct CountingSink(Arc<AtomicU64>, Arc<AtomicU64>);
 
 impl DeliverySink for CountingSink {
-    fn deliver(&mut self, _delivery: Delivery) -> Result<(), String> {
+    fn deliver(&mut self, delivery: Delivery) -> Result<(), String> {
         self.0.fetch_add(1, Ordering::Relaxed);
+        if delivery.too_large.is_some() {
+            self.1.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
     fn end_of_burst(&mut self) {}
@@ -47,6 +52,7 @@ impl ReaderProbe {
         // RabbitMQ's channel_max; channels 1..=`channels` are opened.
         let conn = ConnShared::new(None, 2047, frame_max, PROBE_MAX_BODY);
         let deliveries = Arc::new(AtomicU64::new(0));
+        let too_large = Arc::new(AtomicU64::new(0));
         let mut open = Vec::new();
         for _ in 0..channels {
             let Ok(ch) = conn.allocate_channel() else {
@@ -54,7 +60,7 @@ impl ReaderProbe {
             };
             // Confirms of tags up to here are valid.
             ch.published.store(PROBE_PUBLISHED, Ordering::Relaxed);
-            let sink = Box::new(CountingSink(deliveries.clone()));
+            let sink = Box::new(CountingSink(deliveries.clone(), too_large.clone()));
             ch.receivers()
                 .consumers
                 .insert(PROBE_CONSUMER_TAG.as_bytes().to_vec(), sink);
@@ -66,6 +72,7 @@ impl ReaderProbe {
             demux: Demux::default(),
             pending: Vec::new(),
             deliveries,
+            too_large,
             ended: None,
         }
     }
@@ -98,6 +105,16 @@ impl ReaderProbe {
     /// Deliveries handed to the consumers so far.
     pub fn deliveries(&self) -> u64 {
         self.deliveries.load(Ordering::Relaxed)
+    }
+
+    /// Of those, deliveries marked `too_large` (to be rejected unread).
+    pub fn too_large(&self) -> u64 {
+        self.too_large.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held for an incomplete frame.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 
     /// Confirms (acks, nacks, returns) queued for the publishers so far.

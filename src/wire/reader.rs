@@ -9,6 +9,9 @@ use super::channel_state::{ChannelState, Confirm, Undelivered};
 use super::codec::{self, RawFrame};
 use super::shared::ConnShared;
 use super::{channel_failure, describe_close, Violation};
+use huge_header::Skip;
+
+mod huge_header;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,7 +36,8 @@ pub(super) async fn read_loop(
     leftover: Vec<u8>,
 ) -> String {
     let frame_max = conn.frame_max;
-    let mut buf = vec![0u8; READ_BUFFER.max(frame_max + codec::FRAME_OVERHEAD)];
+    let base = READ_BUFFER.max(frame_max + codec::FRAME_OVERHEAD);
+    let mut buf = vec![0u8; base];
     buf[..leftover.len()].copy_from_slice(&leftover);
     let (mut start, mut end) = (0usize, leftover.len());
     let mut demux = Demux::default();
@@ -50,17 +54,19 @@ pub(super) async fn read_loop(
                 }
                 start += fed.used;
                 if start + fed.need > buf.len() {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
+                    (start, end) = make_room(&mut buf, start..end, fed.need);
                 }
             }
             Err(End::Closed(why)) => return why,
             Err(End::Broken(v)) => return conn.broke_protocol(&v),
         }
         if start == end {
-            start = 0;
-            end = 0;
+            (start, end) = (0, 0);
+            if buf.len() > base {
+                // Grown for a large content header: give it back.
+                buf.truncate(base);
+                buf.shrink_to_fit();
+            }
         }
         if unchecked >= YIELD_AFTER_BYTES {
             unchecked = 0;
@@ -100,6 +106,19 @@ pub(super) async fn read_loop(
     }
 }
 
+/// Moves the incomplete frame in `pending` to the front of `buf`, growing
+/// the buffer when the frame needs more than it holds (a content header may
+/// exceed frame_max, up to `codec::HEADER_FRAME_MAX`; `need` is never more).
+/// Returns the frame's new start and end.
+fn make_room(buf: &mut Vec<u8>, pending: std::ops::Range<usize>, need: usize) -> (usize, usize) {
+    let len = pending.len();
+    buf.copy_within(pending, 0);
+    if need > buf.len() {
+        buf.resize(need, 0);
+    }
+    (0, len)
+}
+
 /// The reader's own view of the channels, by id: the channel (no lookup in
 /// the connection's table per frame) and its content assembly (touched by
 /// the reader alone, so no lock). A slot is refreshed when its channel
@@ -110,6 +129,8 @@ pub(super) struct Demux {
     channels: Vec<Option<ChannelReader>>,
     /// Channels that got deliveries in this burst.
     delivered: Vec<u16>,
+    /// A content header over the header bound, being skipped.
+    skipping: Option<Skip>,
 }
 
 struct ChannelReader {
@@ -151,6 +172,15 @@ impl Demux {
     pub(super) fn feed(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<Fed, End> {
         let mut used = 0;
         let result = loop {
+            if self.skipping.is_some() {
+                match self.skip(conn, &buf[used..]) {
+                    Ok(n) => used += n,
+                    Err(why) => break Err(why),
+                }
+                if self.skipping.is_some() {
+                    break Ok(Fed { used, need: 1 });
+                }
+            }
             match codec::parse_frame(&buf[used..], conn.frame_max) {
                 Ok((f, n)) => {
                     if let Err(why) = self.frame(conn, f) {
@@ -160,6 +190,18 @@ impl Demux {
                 }
                 Err(codec::ParseError::Incomplete(need)) => break Ok(Fed { used, need }),
                 Err(codec::ParseError::Invalid(e)) => break Err(Violation::frame(e).into()),
+                Err(codec::ParseError::HugeHeader {
+                    channel,
+                    total,
+                    body_size,
+                }) => {
+                    self.skipping = Some(Skip {
+                        channel,
+                        left: total,
+                        total,
+                        body_size,
+                    });
+                }
             }
         };
         self.end_of_burst();

@@ -121,6 +121,29 @@ impl Reader {
         })
     }
 
+    /// Publishes one confirmed persistent message with these headers to `queue` (default
+    /// exchange).
+    pub fn publish_with_headers(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: lapin::types::FieldTable,
+    ) {
+        self.rt.block_on(async {
+            let props = lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            let conf = self
+                .ch
+                .basic_publish("".into(), queue.into(), Default::default(), body, props)
+                .await
+                .expect("reader: basic_publish")
+                .await
+                .expect("reader: confirm");
+            assert!(conf.is_ack(), "reader: publish nacked");
+        })
+    }
+
     pub fn declare(
         &self,
         queue: &str,

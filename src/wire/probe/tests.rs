@@ -322,3 +322,93 @@ fn a_lost_link_still_fails_channels_as_a_link_failure() {
         Some(Failure::Link("I/O error: reset".into()))
     );
 }
+
+/// A content header announcing `body_size`, `payload` bytes long in all
+/// (properties are not parsed: the padding stands for large headers).
+fn big_header(channel: u16, body_size: u64, payload: usize) -> Vec<u8> {
+    let mut p = vec![0, 60, 0, 0];
+    p.extend_from_slice(&body_size.to_be_bytes());
+    p.resize(payload, 0x55);
+    raw(2, channel, &p)
+}
+
+#[test]
+fn a_content_header_over_frame_max_is_taken_in_up_to_the_header_bound() {
+    // RabbitMQ does not split content headers: 60 KB of headers (x-death,
+    // application headers) with frame_max 4096 was a 501 and a loop.
+    for payload in [
+        4096,
+        60_000,
+        codec::HEADER_FRAME_MAX - codec::FRAME_OVERHEAD,
+    ] {
+        let mut p = ReaderProbe::new(FRAME_MAX, 3);
+        let mut bytes = deliver(1, 1);
+        bytes.extend(big_header(1, 3, payload));
+        bytes.extend(body(1, b"abc"));
+        bytes.extend(message(1, 2, b"next"));
+        for chunk in bytes.chunks(1000) {
+            p.feed(chunk).unwrap();
+        }
+        assert_eq!(p.deliveries(), 2, "header of {payload}");
+        assert_eq!(p.too_large(), 0, "header of {payload}");
+        assert_eq!(close_code(&p), None);
+    }
+    // Other frames still end at frame_max.
+    let (_, code) = broken(&raw(3, 1, &vec![0; FRAME_MAX]));
+    assert_eq!(code, Some(501));
+}
+
+#[test]
+fn a_content_header_over_the_header_bound_is_skipped_and_its_delivery_rejected() {
+    let payload = codec::HEADER_FRAME_MAX; // one over the bound, with the overhead
+    for body_size in [0u64, 5] {
+        let mut p = ReaderProbe::new(FRAME_MAX, 3);
+        let mut bytes = deliver(1, 1);
+        bytes.extend(big_header(1, body_size, payload));
+        if body_size > 0 {
+            bytes.extend(body(1, &vec![1; body_size as usize]));
+        }
+        bytes.extend(message(1, 2, b"next"));
+        for chunk in bytes.chunks(64 * 1024) {
+            p.feed(chunk).unwrap();
+            assert!(p.pending() < 64 * 1024, "the header is never buffered");
+        }
+        assert_eq!(p.deliveries(), 2, "body {body_size}");
+        assert_eq!(
+            p.too_large(),
+            1,
+            "body {body_size}: marked, to be rejected unread"
+        );
+        assert_eq!(close_code(&p), None);
+    }
+}
+
+#[test]
+fn an_announced_header_of_gigabytes_allocates_nothing() {
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let mut bytes = deliver(1, 1);
+    let mut h = big_header(1, 1, 64);
+    h[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
+    bytes.extend(h);
+    p.feed(&bytes).unwrap();
+    for _ in 0..100 {
+        p.feed(&[0x55; 16 * 1024]).unwrap();
+        assert!(p.pending() < 1024);
+    }
+    assert_eq!(p.deliveries(), 0);
+}
+
+#[test]
+fn a_skipped_content_header_must_still_end_with_the_frame_end() {
+    let mut bytes = deliver(1, 1);
+    let mut h = big_header(1, 0, codec::HEADER_FRAME_MAX);
+    let n = h.len();
+    h[n - 1] = 0;
+    bytes.extend(h);
+    let (why, code) = broken(&bytes);
+    assert!(why.contains("bad frame end"), "{why}");
+    assert_eq!(code, Some(501));
+    // Out of order (no basic.deliver before it) is still a 505.
+    let (_, code) = broken(&big_header(1, 0, codec::HEADER_FRAME_MAX));
+    assert_eq!(code, Some(505));
+}

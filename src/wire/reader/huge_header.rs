@@ -1,0 +1,76 @@
+//! Content headers over the header bound (`codec::HEADER_FRAME_MAX`):
+//! skipped as they arrive, never buffered (the announced size is untrusted),
+//! and their delivery read, dropped and handed on to be rejected unread.
+
+use super::{deliver, Demux, End};
+use crate::wire::assembly::{Event, Step};
+use crate::wire::codec;
+use crate::wire::shared::ConnShared;
+use crate::wire::Violation;
+
+/// A content header frame too large to take in, skipped as it arrives.
+pub(super) struct Skip {
+    pub(super) channel: u16,
+    /// Bytes of the frame still to come, its end octet included.
+    pub(super) left: usize,
+    pub(super) total: usize,
+    pub(super) body_size: u64,
+}
+
+impl Demux {
+    /// Skips what `buf` holds of the content header being skipped; returns
+    /// the bytes used. At its end octet the header counts as received: its
+    /// delivery is read and dropped, to be rejected unread (a header the
+    /// broker cannot shrink must not end the connection, or it would be
+    /// redelivered into the same end forever).
+    pub(super) fn skip(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<usize, End> {
+        let Some(skip) = self.skipping.as_mut() else {
+            return Ok(0);
+        };
+        let n = skip.left.min(buf.len());
+        skip.left -= n;
+        if skip.left > 0 {
+            return Ok(n);
+        }
+        let Some(skip) = self.skipping.take() else {
+            return Ok(n);
+        };
+        if buf[n - 1] != codec::FRAME_END {
+            return Err(Violation::frame(format!(
+                "bad frame end 0x{:02x} (content header, channel {})",
+                buf[n - 1],
+                skip.channel
+            ))
+            .into());
+        }
+        let id = skip.channel;
+        if id > conn.channel_max {
+            return Err(Violation::frame(format!(
+                "a frame for channel {id}, beyond channel_max {}",
+                conn.channel_max
+            ))
+            .into());
+        }
+        let Some(slot) = self.channel_reader(conn, id) else {
+            return Ok(n);
+        };
+        warn!(
+            "channel {id}: a content header of {} bytes, over the {} byte header bound: \
+             the message is read, dropped and rejected unread",
+            skip.total,
+            codec::HEADER_FRAME_MAX
+        );
+        let step = slot.step(Event::HugeHeader {
+            body_size: skip.body_size,
+            header_bytes: skip.total as u64,
+        })?;
+        // With no body, the header completes the delivery.
+        if let Step::Complete(delivery) = step {
+            if deliver(conn, &slot.ch, delivery)? && !slot.delivered {
+                slot.delivered = true;
+                self.delivered.push(id);
+            }
+        }
+        Ok(n)
+    }
+}
