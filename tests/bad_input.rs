@@ -617,6 +617,63 @@ fn queue_open_rows(t: &mut Table, h: &Handles, n: &Names) {
         "routing_key is not valid UTF-8",
         || open_raw(conn, p(qname), p(qname), p(bad_utf8), null()),
     );
+    for (what, queue, exchange, key, needle) in [
+        (
+            "queue \"orders\\r\\n\"",
+            "orders\r\n",
+            "",
+            "",
+            "queue name contains a control character (U+000D at byte 6)",
+        ),
+        (
+            "queue with DEL",
+            "or\x7fders",
+            "",
+            "",
+            "queue name contains a control character (U+007F",
+        ),
+        (
+            "exchange \"ex\\n\"",
+            "bad-input-ctl",
+            "ex\n",
+            "",
+            "exchange name contains a control character (U+000A",
+        ),
+        (
+            "routing key \"a\\tb\"",
+            "bad-input-ctl",
+            "ex",
+            "a\tb",
+            "routing key contains a control character (U+0009",
+        ),
+        (
+            "routing key with C1 U+0085",
+            "bad-input-ctl",
+            "ex",
+            "a\u{85}",
+            "routing key contains a control character (U+0085",
+        ),
+    ] {
+        t.row_out(
+            format!("queue_open({what})"),
+            AMQP_ERR_INVALID_ARGUMENT,
+            needle,
+            || {
+                let (q, e, k) = (
+                    c(queue.as_bytes()),
+                    c(exchange.as_bytes()),
+                    c(key.as_bytes()),
+                );
+                open_raw(conn, p(&q), p(&e), p(&k), null())
+            },
+        );
+    }
+    t.row_out(
+        "queue_open(options \"exchange_type=x-a\\x01b\")",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "'exchange_type'",
+        || open_str(conn, "bad-input-rows", Some("exchange_type=x-a\x01b")),
+    );
     t.row_out(
         "queue_open(options bad UTF-8)",
         AMQP_ERR_INVALID_ARGUMENT,

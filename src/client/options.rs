@@ -364,7 +364,11 @@ impl<T> OptionSpec<T> {
             },
             Value::Word { words, set } => {
                 let fits = |w: &&str| match w.strip_suffix("...") {
-                    Some(prefix) => v.starts_with(prefix) && v.len() <= MAX_NAME_BYTES,
+                    Some(prefix) => {
+                        v.starts_with(prefix)
+                            && v.len() <= MAX_NAME_BYTES
+                            && !v.chars().any(char::is_control)
+                    }
                     None => *w == v,
                 };
                 if !words.iter().any(fits) {
@@ -468,12 +472,21 @@ pub fn parse_queue_options(s: Option<&str>, conn: &ConnectionOptions) -> Result<
     Ok(o)
 }
 
-/// Checks a queue, exchange or routing key name.
+/// Checks a queue, exchange or routing key name: at most 255 bytes, and no
+/// control characters (RabbitMQ accepts "orders\r\n", but no tool, policy
+/// pattern or other client names it back, so such a queue never works).
 pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
     if name.len() > MAX_NAME_BYTES {
         return Err(Error::invalid(format!(
             "{what} is {} bytes long; AMQP allows at most {MAX_NAME_BYTES}",
             name.len()
+        )));
+    }
+    if let Some((at, c)) = name.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(Error::invalid(format!(
+            "{what} contains a control character (U+{:04X} at byte {at}); names must be \
+             printable",
+            u32::from(c)
         )));
     }
     Ok(())
