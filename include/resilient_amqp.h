@@ -997,6 +997,9 @@ enum amqp_result amqp_poll_wake(amqp_queue_handle queue);
  message is sent again, after a backoff), publish_timeout_ms (0: no
  limit; a message not confirmed this long fails as AMQP_REPORT_EXPIRED),
  max_buffered (the connection's), max_buffered_bytes (the connection's).
+ Each queue uses one channel: AMQP_ERR_BROKER when the connection already
+ has channel_max queues (the limit agreed with the broker, or before the
+ first connect the one asked for: the URI's channel_max, default 2047).
  While connected it declares now: AMQP_ERR_BROKER when the broker refuses
  (e.g. 406 PRECONDITION_FAILED). While disconnected it returns AMQP_OK and
  declares on connect. The topology is declared again after every reconnect.

@@ -25,10 +25,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+mod channels;
 mod close;
 mod consume_link;
 mod link;
 mod reports;
+use channels::ChannelLimit;
 pub(crate) use close::CloseReport;
 use reports::spawn_expiry;
 
@@ -90,6 +92,8 @@ pub(crate) struct Connection {
     failed: AtomicBool,
     /// Calls the queues' report functions; started with the first one.
     reports: Mutex<Option<Arc<ReportThread>>>,
+    /// One channel per queue, at most channel_max.
+    channels: ChannelLimit,
 }
 
 impl Connection {
@@ -98,8 +102,10 @@ impl Connection {
         // The runtime must start, or connecting is an error now.
         runtime::handle()?;
         let (delay, delay_max) = (options.reconnect_delay, options.reconnect_delay_max);
+        let wire = address.wire_config(options.max_message_bytes);
+        let channels = ChannelLimit::new(wire.proposed_channel_max());
         let conn = Arc::new(Connection {
-            wire: address.wire_config(options.max_message_bytes),
+            wire,
             address,
             options,
             shared: Mutex::new(Shared {
@@ -116,6 +122,7 @@ impl Connection {
             next_queue_id: AtomicU64::new(1),
             failed: AtomicBool::new(false),
             reports: Mutex::new(None),
+            channels,
         });
         conn.spawn_supervisor(LinkKind::Publish);
         Ok(conn)
@@ -266,6 +273,7 @@ impl Connection {
                 _ => s.current[LinkKind::Publish as usize].clone(),
             }
         };
+        self.channels.check_room(self.lock().queues.len())?;
         let mut prepared = None;
         if let Some((generation, conn)) = current {
             let q2 = q.clone();
@@ -293,6 +301,14 @@ impl Connection {
             return Err(Error::closed(
                 "the connection closed while the queue was opening",
             ));
+        }
+        if let Err(e) = self.channels.check_room(s.queues.len()) {
+            if let Some((_, ch)) = prepared {
+                runtime::spawn("close a refused queue's channel", async move {
+                    ch.close().await
+                });
+            }
+            return Err(e);
         }
         s.queues.push(q.clone());
         if let Some((generation, conn)) = s.current[LinkKind::Publish as usize].clone() {

@@ -233,8 +233,13 @@ impl Connection {
         let mut s = self.lock();
         s.current[kind as usize] = Some((generation, conn.clone()));
         let queues = match kind {
-            LinkKind::Publish => &s.queues,
-            LinkKind::Consume => &s.consuming,
+            LinkKind::Publish => {
+                // Queues beyond the channel_max agreed now get no session.
+                self.channels.set(conn.channel_max());
+                let served = (self.channels).served(&s.queues, |e| self.env().set_last_error(e));
+                &s.queues[..served]
+            }
+            LinkKind::Consume => &s.consuming[..],
         };
         for q in queues {
             match kind {
