@@ -53,8 +53,10 @@ fn a_queue_beyond_channel_max_is_refused_and_the_others_all_send() {
     }
     let (r, unsent) = c.close(10_000);
     assert_eq!((r, unsent), (amqp_result::AMQP_OK, 0));
+    let reader = Reader::new();
     for n in &names {
-        assert_eq!(queue_messages(n), 1, "{n}");
+        assert_eq!(reader.count(n), Some((1, 0)), "{n}");
+        reader.delete(n);
     }
 }
 
@@ -71,6 +73,8 @@ fn at_rabbitmqs_2047() {
     assert_eq!((r, unsent), (amqp_result::AMQP_OK, 0));
     assert_eq!(queue_messages(&names[2046]), 1);
     println!("2047 queues opened in {took:?}");
+    let reader = Reader::new();
+    names.iter().for_each(|n| reader.delete(n));
 }
 
 struct Logs(Mutex<Vec<(i32, String)>>);
@@ -161,4 +165,6 @@ fn queues_beyond_a_lower_limit_after_a_reconnect_wait_with_one_error() {
     let (r, unsent) = c.close(10_000);
     assert_eq!((r, unsent), (amqp_result::AMQP_OK, 0));
     let _ = unsafe { amqp_set_log_callback(None, 0, std::ptr::null_mut()) };
+    let reader = Reader::new();
+    names.iter().for_each(|n| reader.delete(n));
 }

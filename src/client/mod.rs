@@ -8,6 +8,7 @@ mod connection;
 pub(crate) mod options;
 mod queue;
 mod session;
+mod topology;
 
 /// What the C API hands a consumer.
 pub(crate) use crate::consume::{Callback, DeliveryView, Disposition, Polled, Release};

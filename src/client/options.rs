@@ -61,6 +61,9 @@ pub struct QueueOptions {
     pub publish_retries: u16,
     /// A message not confirmed this long after its publish fails; 0 = never.
     pub publish_timeout_ms: u64,
+    /// How often a passive queue.declare checks that the queue still
+    /// exists while its session runs; None: never.
+    pub topology_check: Option<Duration>,
 }
 
 impl QueueOptions {
@@ -84,6 +87,7 @@ impl QueueOptions {
             invalid_disposition_rejects: false,
             publish_retries: 3,
             publish_timeout_ms: 0,
+            topology_check: Some(Duration::from_millis(DEFAULT_TOPOLOGY_CHECK_MS)),
         }
     }
 }
@@ -111,6 +115,7 @@ fn pairs(s: &str) -> Result<Vec<(&str, &str)>> {
 }
 
 const HOUR_MS: u64 = 3_600_000;
+const DEFAULT_TOPOLOGY_CHECK_MS: u64 = 5000;
 /// The largest `max_buffered` / `max_buffered_bytes`, for the connection's
 /// bound and a queue's own alike.
 const MAX_BUFFERED_LIMIT: u64 = u32::MAX as u64;
@@ -321,6 +326,19 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
             max: 24 * HOUR_MS,
             bytes: false,
             set: |o, n| o.publish_timeout_ms = n,
+        },
+    },
+    OptionSpec {
+        key: "topology_check_ms",
+        default: OptionDefault::Text("5000"),
+        doc: "how often a passive declare checks that the queue still exists while connected \
+              (a deleted queue is declared again even when no publish comes back; see \
+              Guarantees); 0 = never",
+        value: Value::Int {
+            min: 0,
+            max: HOUR_MS,
+            bytes: false,
+            set: |o, n| o.topology_check = (n > 0).then(|| Duration::from_millis(n)),
         },
     },
     OptionSpec {

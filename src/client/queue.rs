@@ -93,6 +93,11 @@ impl Queue {
         }
     }
 
+    /// How often the session checks that the queue still exists.
+    pub fn topology_check(&self) -> Option<std::time::Duration> {
+        self.options.topology_check
+    }
+
     pub fn stats(&self) -> QueueStatsSnapshot {
         let p = &self.outbox.stats;
         let c = &self.consumers.stats;

@@ -114,7 +114,10 @@ pub(super) async fn session(
         let link_over = async {
             let _ = link.wait_for(|l| !l.is(generation)).await;
         };
-        let end = q.outbox.run(&ch, link_over).await;
+        let end = tokio::select! {
+            end = q.outbox.run(&ch, link_over) => end,
+            never = super::topology::watch(&q, &ch) => match never {},
+        };
         let (why, mut pause) = match ended(&env, &q, end) {
             After::Stop => break,
             After::ReopenNow => {

@@ -131,7 +131,10 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// that is no amqp_disposition does), publish_retries (3: times a nacked
 /// message is sent again, after a backoff), publish_timeout_ms (0: no
 /// limit; a message not confirmed this long fails as AMQP_REPORT_EXPIRED),
-/// max_buffered (the connection's), max_buffered_bytes (the connection's).
+/// topology_check_ms (5000: how often a passive declare checks that the
+/// queue still exists, so a queue deleted while another queue takes its
+/// messages is declared again; 0 = never), max_buffered (the connection's),
+/// max_buffered_bytes (the connection's).
 /// Each queue uses one channel: AMQP_ERR_BROKER when the connection already
 /// has channel_max queues (the limit agreed with the broker, or before the
 /// first connect the one asked for: the URI's channel_max, default 2047).

@@ -145,6 +145,24 @@ impl WireChannel {
         .await
     }
 
+    /// A passive queue.declare: Ok while the queue exists. A missing queue
+    /// is `Failure::Refused` 404, and the broker closes the channel.
+    pub async fn queue_exists(&self, name: &str) -> Result<(), Failure> {
+        let m = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: name.into(),
+            passive: true,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::default(),
+        }));
+        self.call_expect(m, |r| {
+            matches!(r, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
+        })
+        .await
+    }
+
     pub async fn queue_bind(
         &self,
         queue_name: &str,

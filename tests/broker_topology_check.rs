@@ -1,0 +1,83 @@
+//! A queue deleted while another queue shares its fanout exchange: no basic.return comes (the
+//! other queue takes each message), so only the periodic passive declare (`topology_check_ms`)
+//! notices, and the queue is declared and bound again.
+#![allow(unused_unsafe)]
+
+mod common;
+
+use common::*;
+use resilient_amqp::*;
+use std::ffi::c_void;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+struct Logs(Mutex<Vec<(i32, String)>>);
+
+unsafe extern "C-unwind" fn log_cb(
+    level: amqp_log_level_raw,
+    msg: *const std::ffi::c_char,
+    ud: *mut c_void,
+) {
+    let logs = &*(ud as *const Logs);
+    let m = std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned();
+    logs.0.lock().unwrap().push((level, m));
+}
+
+#[test]
+fn a_queue_deleted_behind_a_shared_fanout_exchange_comes_back_within_the_check_interval() {
+    let logs: &'static Logs = Box::leak(Box::new(Logs(Mutex::new(Vec::new()))));
+    let ud = logs as *const Logs as *mut c_void;
+    let r = unsafe { amqp_set_log_callback(Some(log_cb), amqp_log_level::AMQP_LOG_WARN as _, ud) };
+    assert_eq!(r, amqp_result::AMQP_OK);
+    let exchange = unique_name("fanout");
+    let (a, b) = (unique_name("fan-a"), unique_name("fan-b"));
+    let reader = Reader::new();
+    let c = ConnGuard::connect_ok(None);
+    let opts = Some("exchange_type=fanout&topology_check_ms=1000");
+    let qa = queue_open(c.h(), &a, Some(&exchange), Some(""), opts);
+    let qb = queue_open(c.h(), &b, Some(&exchange), Some(""), opts);
+    for i in 0..10 {
+        publish_ok(qa, &seq_body(i));
+    }
+    wait_drained(qa, Duration::from_secs(10));
+    assert_eq!(
+        (reader.count(&a), reader.count(&b)),
+        (Some((10, 0)), Some((10, 0)))
+    );
+    ctl(&format!("delete_queue {a}"));
+    let deleted = Instant::now();
+    assert!(reader.count(&a).is_none(), "deleted");
+    // Meanwhile b takes every message: confirmed, nothing comes back for a.
+    publish_ok(qb, b"while a is gone");
+    let back = poll(Duration::from_secs(5), Duration::from_millis(10), || {
+        reader.count(&a).is_some()
+    });
+    let took = deleted.elapsed();
+    assert!(back, "queue {a} was not declared again");
+    println!("queue declared again {took:?} after its deletion (check every 1 s)");
+    assert!(
+        took < Duration::from_millis(2500),
+        "within the interval: {took:?}"
+    );
+    // Bound again: what is published from now on reaches it.
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..5 {
+        publish_ok(qa, &seq_body(100 + i));
+    }
+    wait_drained(qa, Duration::from_secs(10));
+    wait_for(
+        "5 messages in the queue again",
+        Duration::from_secs(10),
+        || reader.count(&a) == Some((5, 0)),
+    );
+    let warned = (logs.0.lock().unwrap().iter()).any(|(l, m)| {
+        *l == amqp_log_level::AMQP_LOG_WARN as i32 && m.contains(&a) && m.contains("404")
+    });
+    assert!(warned, "a WARN says why: {:#?}", logs.0.lock().unwrap());
+    let s = cstats(c.h());
+    assert_eq!(s.connects, 1, "the connection was kept");
+    c.close_ok();
+    let _ = unsafe { amqp_set_log_callback(None, 0, std::ptr::null_mut()) };
+    reader.delete(&a);
+    reader.delete(&b);
+}
