@@ -454,9 +454,15 @@ fn connection_method(conn: &ConnShared, payload: &[u8]) -> Result<(), End> {
     match codec::parse_method(payload)? {
         AMQPClass::Connection(M::Close(c)) => {
             let text = describe_close(c.reply_code, c.reply_text.as_str());
-            // Before anything can fail: pending calls and channels learn
-            // the broker's refusal, not a lost link.
-            conn.refused(c.reply_code, text.clone());
+            // Before anything can fail: when the close names the method
+            // that caused it (e.g. 503 for an unknown exchange type), pending
+            // calls and channels learn the broker's refusal, not a lost
+            // link. A close that names none (320 CONNECTION_FORCED by an
+            // operator or a shutdown) stays a lost link: retried, never
+            // reported as a refusal of what was pending.
+            if c.class_id != 0 {
+                conn.refused(c.reply_code, text.clone());
+            }
             let ok = AMQPClass::Connection(M::CloseOk(connection::CloseOk {}));
             conn.output.append(None, |o| codec::encode_method(o, 0, ok));
             conn.output.close();

@@ -314,6 +314,23 @@ fn a_connection_close_from_the_broker_fails_every_channel_with_its_refusal() {
 }
 
 #[test]
+fn a_forced_close_naming_no_method_is_a_lost_link() {
+    // 320 CONNECTION_FORCED (close_all_connections, a shutdown) refuses nothing of ours.
+    let mut p = ReaderProbe::new(FRAME_MAX, 1);
+    let close = AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: 320,
+        reply_text: "CONNECTION_FORCED - shutdown".into(),
+        class_id: 0,
+        method_id: 0,
+    }));
+    let why = p.feed(&method(0, close)).expect_err("the connection ends");
+    assert!(matches!(
+        p.channels[0].receivers().close_reason,
+        Some(Failure::Link(ref t)) if *t == why
+    ));
+}
+
+#[test]
 fn a_lost_link_still_fails_channels_as_a_link_failure() {
     let p = ReaderProbe::new(FRAME_MAX, 1);
     p.conn.die("I/O error: reset".into());
