@@ -358,3 +358,57 @@ fn a_body_that_never_fits_the_buffer_is_too_large_not_buffer_full() {
     publish_ok(q, &body[..1000]);
     c.close_ok();
 }
+
+#[test]
+fn an_unknown_exchange_type_fails_its_queue_not_the_connection_again_and_again() {
+    let _broker = alone();
+    let c = ConnGuard::connect_ok(Some("reconnect_delay_ms=50&reconnect_delay_max_ms=500"));
+    let good = open_simple(c.h(), &unique_name("typo-neighbour"));
+    // While connected: the broker closes the whole connection (503); the
+    // open says so, and the connection comes back once.
+    let (r, _) = try_queue_open(
+        c.h(),
+        &unique_name("typo-now"),
+        Some("ra-typo-x"),
+        Some("k"),
+        Some("exchange_type=x-typo"),
+    );
+    assert_eq!(r, amqp_result::AMQP_ERR_BROKER);
+    assert!(last_error().contains("x-typo"), "{}", last_error());
+    wait_reconnected(c.h(), 2, Duration::from_secs(20));
+    // Opened while the broker is away: declared on connect, it breaks that
+    // connection once, then it is refused for good.
+    let mut stopped = AppStopped::stop();
+    wait_for("disconnected", Duration::from_secs(20), || {
+        conn_state(c.h()) != amqp_connection_state::AMQP_STATE_CONNECTED
+    });
+    let later = queue_open(
+        c.h(),
+        &unique_name("typo-later"),
+        Some("ra-typo-x2"),
+        Some("k"),
+        Some("exchange_type=x-typo"),
+    );
+    publish_ok(later, b"held");
+    let reports = Reports::attach(later);
+    let before = cstats(c.h()).connects;
+    stopped.start();
+    wait_for("the queue to fail", Duration::from_secs(30), || {
+        qstats(later).queue_failed == 1
+    });
+    let all = reports.wait_for(1, Duration::from_secs(10));
+    assert_eq!(all[0].status, amqp_report_status::AMQP_REPORT_REFUSED);
+    assert!(all[0].reason.contains("x-typo"), "{:?}", all[0]);
+    assert_eq!(publish(later, b"x"), amqp_result::AMQP_ERR_BROKER);
+    unsafe { amqp_wait_connected(c.h(), 20_000) };
+    std::thread::sleep(Duration::from_secs(3));
+    let connects = cstats(c.h()).connects - before;
+    assert!(
+        connects <= 2,
+        "{connects} connects: the queue keeps breaking the connection"
+    );
+    // The neighbour works throughout.
+    publish_ok(good, b"fine");
+    wait_drained(good, Duration::from_secs(20));
+    c.close_ok();
+}
