@@ -872,8 +872,8 @@ fn publish_wait_rows(t: &mut Table, h: &Handles) {
     );
     t.row(
         "publish_wait(11 bytes > max_buffered_bytes 10)",
-        AMQP_ERR_BUFFER_FULL,
-        "never fits max_buffered_bytes 10",
+        AMQP_ERR_MESSAGE_TOO_LARGE,
+        "max_buffered_bytes 10 (it could never be buffered)",
         || wait(q2, &[1u8; 11], 60_000),
     );
     t.row(
