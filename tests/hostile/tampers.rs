@@ -3,7 +3,7 @@
 use super::frames::{self, Frame};
 use super::proxy::{Act, Cx, Factory, Tamper};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The first connection gets `t`; later ones are transparent.
@@ -18,17 +18,21 @@ pub fn first_conn(t: impl Tamper + 'static) -> Factory {
     })
 }
 
-/// Acts once: `f` sees every frame until it returns an act (counted as the hostile act).
-pub struct Once<F>(pub F, bool);
+/// Acts once: `f` sees every frame of every connection until it returns an act (counted as
+/// the hostile act); after that every connection is transparent. Every connection, because an
+/// `amqp_connection` has two: the publish link (the first) and, once a consumer starts, the
+/// consume link, which carries the deliveries.
+pub struct Once<F>(Arc<Mutex<(F, bool)>>);
 
 impl<F: FnMut(&Frame, &Cx) -> Option<Act> + Send> Tamper for Once<F> {
     fn frame(&mut self, f: &Frame, cx: &Cx) -> Act {
-        if self.1 {
+        let mut once = self.0.lock().unwrap();
+        if once.1 {
             return Act::Forward;
         }
-        match (self.0)(f, cx) {
+        match (once.0)(f, cx) {
             Some(a) => {
-                self.1 = true;
+                once.1 = true;
                 cx.acted();
                 a
             }
@@ -37,9 +41,10 @@ impl<F: FnMut(&Frame, &Cx) -> Option<Act> + Send> Tamper for Once<F> {
     }
 }
 
-/// `f` once, on the first connection.
+/// `f` once, on whichever connection it first acts.
 pub fn once(f: impl FnMut(&Frame, &Cx) -> Option<Act> + Send + 'static) -> Factory {
-    first_conn(Once(f, false))
+    let shared = Arc::new(Mutex::new((f, false)));
+    Box::new(move |_| Some(Box::new(Once(shared.clone())) as Box<dyn Tamper>))
 }
 
 /// After the broker's first publisher confirm (the library is publishing): the confirm, then
