@@ -1044,9 +1044,14 @@ fn bytes_for_queue_options() -> impl Strategy<Value = Option<Vec<u8>>> {
     )
 }
 
+/// A name amqp_queue_open takes: UTF-8, at most 255 bytes, no control characters.
 fn name_ok(b: &[u8], allow_empty: bool) -> bool {
     match std::str::from_utf8(c_view(b)) {
-        Ok(s) => (allow_empty || !s.is_empty()) && s.len() <= MAX_NAME_BYTES,
+        Ok(s) => {
+            (allow_empty || !s.is_empty())
+                && s.len() <= MAX_NAME_BYTES
+                && !s.chars().any(char::is_control)
+        }
         Err(_) => false,
     }
 }
