@@ -127,16 +127,19 @@ thread_local! {
     static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
 }
 
-/// An immutable message body.
+/// An immutable message body, and in front of its bytes (in the same
+/// memory) the message's tag and publish time: a buffered message is one
+/// queue slot of 32 bytes, however much the outbox knows about it.
 pub struct Body(Repr);
 
+/// Bytes before the body: tag (8) and publish time in ms (4), little-endian.
+const PREFIX: usize = 12;
+
 enum Repr {
-    /// Holds one reference to `chunk`.
-    Pooled {
-        chunk: Chunk,
-        offset: u32,
-        len: u32,
-    },
+    /// Holds one reference to `chunk`; `offset` is where the prefix starts,
+    /// `len` the body's length after it.
+    Pooled { chunk: Chunk, offset: u32, len: u32 },
+    /// The prefix, then the body.
     Owned(Box<[u8]>),
 }
 
@@ -150,20 +153,58 @@ unsafe impl Sync for Body {}
 
 impl Body {
     /// Copies `bytes` into this thread's chunk (or its own allocation).
+    #[cfg(test)]
     pub fn copy_from(bytes: &[u8]) -> Body {
-        if !bytes.is_empty() && bytes.len() <= MAX_POOLED_BODY {
-            let pooled = CURRENT.try_with(|cur| pooled(&mut cur.borrow_mut(), bytes));
+        Body::with_meta(0, 0, bytes)
+    }
+
+    /// Copies the tag, the publish time and `bytes` into this thread's
+    /// chunk (or an allocation of their own).
+    pub fn with_meta(tag: u64, born_ms: u32, bytes: &[u8]) -> Body {
+        let mut prefix = [0u8; PREFIX];
+        prefix[..8].copy_from_slice(&tag.to_le_bytes());
+        prefix[8..].copy_from_slice(&born_ms.to_le_bytes());
+        if bytes.len() <= MAX_POOLED_BODY {
+            let pooled = CURRENT.try_with(|cur| pooled(&mut cur.borrow_mut(), &prefix, bytes));
             if let Ok(Some(body)) = pooled {
                 return body;
             }
         }
-        Body(Repr::Owned(Box::from(bytes)))
+        let mut owned = Vec::with_capacity(PREFIX + bytes.len());
+        owned.extend_from_slice(&prefix);
+        owned.extend_from_slice(bytes);
+        Body(Repr::Owned(owned.into_boxed_slice()))
+    }
+
+    fn prefix(&self) -> &[u8] {
+        match &self.0 {
+            // SAFETY: written once, before this body existed (see `Chunk`).
+            Repr::Pooled { chunk, offset, .. } => unsafe {
+                std::slice::from_raw_parts(chunk.0.as_ptr().add(*offset as usize), PREFIX)
+            },
+            Repr::Owned(b) => &b[..PREFIX],
+        }
+    }
+
+    /// The tag given with the publish.
+    pub fn tag(&self) -> u64 {
+        let p = self.prefix();
+        u64::from_le_bytes([p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]])
+    }
+
+    /// The publish time (ms since the outbox's epoch; 0 when not kept).
+    pub fn born_ms(&self) -> u32 {
+        let p = self.prefix();
+        u32::from_le_bytes([p[8], p[9], p[10], p[11]])
     }
 }
 
-fn pooled(cur: &mut Option<Current>, bytes: &[u8]) -> Option<Body> {
+fn pooled(cur: &mut Option<Current>, prefix: &[u8; PREFIX], bytes: &[u8]) -> Option<Body> {
     let len = bytes.len();
-    if cur.as_ref().is_none_or(|c| c.used + len > CHUNK_BYTES) {
+    if cur
+        .as_ref()
+        .is_none_or(|c| c.used + PREFIX + len > CHUNK_BYTES)
+    {
         // Dropping the old `Current` hands back its unused references.
         *cur = None;
         *cur = Some(Current {
@@ -173,17 +214,20 @@ fn pooled(cur: &mut Option<Current>, bytes: &[u8]) -> Option<Body> {
         });
     }
     let c = cur.as_mut()?;
-    // SAFETY: `used + len <= CHUNK_BYTES`, and these bytes belong to no
-    // body yet (see `Chunk`); `bytes` cannot overlap a region we own.
+    // SAFETY: `used + PREFIX + len <= CHUNK_BYTES`, and these bytes belong
+    // to no body yet (see `Chunk`); `prefix` and `bytes` cannot overlap a
+    // region we own.
     unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), c.chunk.0.as_ptr().add(c.used), len);
+        let at = c.chunk.0.as_ptr().add(c.used);
+        std::ptr::copy_nonoverlapping(prefix.as_ptr(), at, PREFIX);
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(PREFIX), len);
     }
     let body = Body(Repr::Pooled {
         chunk: c.chunk,
         offset: c.used as u32,
         len: len as u32,
     });
-    c.used += len;
+    c.used += PREFIX + len;
     c.issued += 1;
     Some(body)
 }
@@ -202,9 +246,12 @@ impl std::ops::Deref for Body {
         match &self.0 {
             // SAFETY: written once, before this body existed (see `Chunk`).
             Repr::Pooled { chunk, offset, len } => unsafe {
-                std::slice::from_raw_parts(chunk.0.as_ptr().add(*offset as usize), *len as usize)
+                std::slice::from_raw_parts(
+                    chunk.0.as_ptr().add(*offset as usize + PREFIX),
+                    *len as usize,
+                )
             },
-            Repr::Owned(b) => b,
+            Repr::Owned(b) => &b[PREFIX..],
         }
     }
 }
@@ -257,6 +304,17 @@ mod tests {
         assert!(e.is_empty());
         let small = Body::copy_from(b"abc");
         assert!(matches!(small.0, Repr::Pooled { .. }));
+    }
+
+    #[test]
+    fn the_tag_and_publish_time_travel_with_the_body() {
+        for len in [0usize, 1, 64, MAX_POOLED_BODY, MAX_POOLED_BODY + 1] {
+            let bytes = pattern(len as u64, len);
+            let b = Body::with_meta(u64::MAX - len as u64, 0xdead_beef, &bytes);
+            assert_eq!((b.tag(), b.born_ms()), (u64::MAX - len as u64, 0xdead_beef));
+            assert_eq!(&b[..], &bytes[..]);
+        }
+        assert_eq!(std::mem::size_of::<Body>(), 24);
     }
 
     #[test]

@@ -14,10 +14,11 @@ use tokio::sync::Notify;
 /// not yet undone reservations, and could skip the last wake-up.
 const ROOM_RECHECK: Duration = Duration::from_millis(10);
 
+use super::bodies::Body;
 use super::message::Message;
 
 pub struct PublishBuffer {
-    queue: SegQueue<Message>,
+    queue: SegQueue<Body>,
     count: AtomicU64,
     bytes: AtomicU64,
     max_count: u64,
@@ -86,7 +87,7 @@ impl PublishBuffer {
                 ),
             ));
         }
-        self.queue.push(Message::new(body, tag, born_ms));
+        self.queue.push(Body::with_meta(tag, born_ms, body));
         if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
         }
@@ -94,7 +95,7 @@ impl PublishBuffer {
     }
 
     pub fn pop(&self) -> Option<Message> {
-        self.queue.pop()
+        self.queue.pop().map(Message::from)
     }
 
     /// Messages wait to be sent.

@@ -45,7 +45,7 @@ impl Ends {
         self.tally.confirmed += 1;
         if self.reporting.is_some() {
             self.reports.push(Report {
-                tag: m.tag,
+                tag: m.tag(),
                 outcome: Outcome::Confirmed,
                 attempts: m.sends,
                 code: 0,

@@ -5,14 +5,10 @@ use super::bodies::Body;
 use super::window::ByteLen;
 use std::sync::Arc;
 
-/// A buffered message. 40 bytes besides its body's bytes.
+/// A message taken from the buffer: its body (which carries the caller's
+/// tag and its publish time) and what happened to it since.
 pub(crate) struct Message {
     pub body: Body,
-    /// The caller's tag (`amqp_publish_tagged`), handed back in the report.
-    pub tag: u64,
-    /// When it was published, in ms since the outbox's epoch; 0 unless the
-    /// queue has a publish timeout (reading the clock costs a publish).
-    pub born_ms: u32,
     /// Times sent to the broker.
     pub sends: u16,
     /// Times the broker nacked it.
@@ -20,11 +16,28 @@ pub(crate) struct Message {
 }
 
 impl Message {
+    /// `tag`: the caller's (`amqp_publish_tagged`), handed back in the
+    /// report. `born_ms`: when it was published, in ms since the outbox's
+    /// epoch; 0 unless the queue has a publish timeout (reading the clock
+    /// costs a publish).
+    #[cfg(test)]
     pub fn new(body: &[u8], tag: u64, born_ms: u32) -> Message {
+        Message::from(Body::with_meta(tag, born_ms, body))
+    }
+
+    pub fn tag(&self) -> u64 {
+        self.body.tag()
+    }
+
+    pub fn born_ms(&self) -> u32 {
+        self.body.born_ms()
+    }
+}
+
+impl From<Body> for Message {
+    fn from(body: Body) -> Message {
         Message {
-            body: Body::copy_from(body),
-            tag,
-            born_ms,
+            body,
             sends: 0,
             nacks: 0,
         }
@@ -87,7 +100,7 @@ impl Failure {
 
     pub fn report(&self, m: &Message) -> Report {
         Report {
-            tag: m.tag,
+            tag: m.tag(),
             outcome: self.outcome,
             attempts: m.sends,
             code: self.code,

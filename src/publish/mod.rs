@@ -100,7 +100,7 @@ pub(crate) struct Outbox {
     /// Why it FAILED: what `amqp_publish` says.
     failure: Mutex<String>,
     reporting: RwLock<Option<Reporting>>,
-    /// `Message::born_ms` counts from here.
+    /// `Body::born_ms` counts from here.
     epoch: Instant,
     /// The broker's `max_message_size` once a refusal named it.
     broker_max: AtomicU64,
@@ -409,5 +409,5 @@ impl Outbox {
 
 /// Whether `m` was published `timeout` or longer before `now_ms`.
 fn expired(m: &Message, now_ms: u32, timeout: Duration) -> bool {
-    u128::from(now_ms.wrapping_sub(m.born_ms)) >= timeout.as_millis()
+    u128::from(now_ms.wrapping_sub(m.born_ms())) >= timeout.as_millis()
 }

@@ -30,7 +30,7 @@ fn msg(id: u64) -> Message {
 }
 
 fn id(m: &Message) -> u64 {
-    m.tag
+    m.tag()
 }
 
 #[derive(Default)]
