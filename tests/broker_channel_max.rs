@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use resilient_amqp::*;
-use std::ffi::c_void;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -87,18 +86,6 @@ fn at_rabbitmqs_2047() {
     names.iter().for_each(|n| reader.delete(n));
 }
 
-struct Logs(Mutex<Vec<(i32, String)>>);
-
-unsafe extern "C-unwind" fn log_cb(
-    level: amqp_log_level_raw,
-    msg: *const std::ffi::c_char,
-    ud: *mut c_void,
-) {
-    let logs = &*(ud as *const Logs);
-    let m = std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned();
-    logs.0.lock().unwrap().push((level, m));
-}
-
 /// Sets the broker's channel_max for new connections; back to 2047 on drop.
 struct BrokerChannelMax;
 
@@ -120,10 +107,7 @@ impl Drop for BrokerChannelMax {
 #[test]
 fn queues_beyond_a_lower_limit_after_a_reconnect_wait_with_one_error() {
     let _serial = one_at_a_time();
-    let logs: &'static Logs = Box::leak(Box::new(Logs(Mutex::new(Vec::new()))));
-    let ud = logs as *const Logs as *mut c_void;
-    let r = unsafe { amqp_set_log_callback(Some(log_cb), amqp_log_level::AMQP_LOG_WARN as _, ud) };
-    assert_eq!(r, amqp_result::AMQP_OK);
+    let logs = LogLines::capture(amqp_log_level::AMQP_LOG_WARN);
     let c = ConnGuard::connect(
         &format!("{}?channel_max=20", uri()),
         Some("reconnect_delay_max_ms=500"),
@@ -152,7 +136,9 @@ fn queues_beyond_a_lower_limit_after_a_reconnect_wait_with_one_error() {
     for &q in &qs[10..] {
         assert_eq!(qstats(q).buffered, 1, "waits for a channel");
     }
-    let errors: Vec<String> = (logs.0.lock().unwrap().iter())
+    let errors: Vec<String> = logs
+        .lines()
+        .iter()
         .filter(|(l, m)| *l == amqp_log_level::AMQP_LOG_ERROR as i32 && m.contains(&names[10]))
         .map(|(_, m)| m.clone())
         .collect();

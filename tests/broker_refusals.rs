@@ -11,26 +11,6 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
-/// close_all_connections disturbs every test of this file: that test runs alone.
-static BROKER: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    BROKER.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    BROKER.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn publish_tagged(q: u64, body: &[u8], tag: u64) -> amqp_result {
-    unsafe { amqp_publish_tagged(q, body.as_ptr() as *const c_void, body.len(), tag) }
-}
-
-fn publish_tagged_ok(q: u64, body: &[u8], tag: u64) {
-    let r = publish_tagged(q, body, tag);
-    assert_eq!(r, amqp_result::AMQP_OK, "publish {tag}: {}", last_error());
-}
-
 /// Removes a policy when dropped (also when the test fails).
 struct Policy(String);
 
@@ -51,7 +31,7 @@ impl Drop for Policy {
 
 #[test]
 fn nacked_messages_back_off_and_fail_after_publish_retries() {
-    let _broker = shared();
+    let _broker = broker_shared();
     // A queue that holds 10 messages and nacks the rest (reject-publish):
     // the 90 others are resent publish_retries (2) times with a backoff,
     // then each fails with one NACKED report; nothing spins.
@@ -133,7 +113,7 @@ impl Drop for MaxMessageSize {
 
 #[test]
 fn a_message_over_the_brokers_max_size_fails_alone_and_the_others_go_on() {
-    let _broker = shared();
+    let _broker = broker_shared();
     let _limit = MaxMessageSize::set(1 << 20);
     let name = unique_name("toolarge");
     let c = ConnGuard::connect_ok(None);
@@ -217,7 +197,7 @@ impl Drop for User {
 
 #[test]
 fn refused_publishing_fails_the_queue_not_its_neighbours() {
-    let _broker = shared();
+    let _broker = broker_shared();
     // Binding needs write permission on the queue as well.
     let user = User::create("ra-nowrite", "^ra-allowed-x$|^ra-test-canwrite-");
     let c = ConnGuard::connect(&user.uri(), Some("reconnect_delay_max_ms=1000"));
@@ -285,7 +265,7 @@ fn refused_publishing_fails_the_queue_not_its_neighbours() {
 
 #[test]
 fn a_declare_refused_after_a_reconnect_fails_the_queue_until_it_can_be_declared() {
-    let _broker = alone();
+    let _broker = broker_alone();
     let c = ConnGuard::connect_ok(Some("reconnect_delay_max_ms=500"));
     let name = unique_name("redeclared");
     let other_name = unique_name("neighbour");
@@ -337,7 +317,7 @@ fn a_declare_refused_after_a_reconnect_fails_the_queue_until_it_can_be_declared(
 
 #[test]
 fn a_body_that_never_fits_the_buffer_is_too_large_not_buffer_full() {
-    let _broker = shared();
+    let _broker = broker_shared();
     let c = ConnGuard::connect_ok(None);
     let q = queue_open(
         c.h(),
@@ -361,7 +341,7 @@ fn a_body_that_never_fits_the_buffer_is_too_large_not_buffer_full() {
 
 #[test]
 fn an_unknown_exchange_type_fails_its_queue_not_the_connection_again_and_again() {
-    let _broker = alone();
+    let _broker = broker_alone();
     let c = ConnGuard::connect_ok(Some("reconnect_delay_ms=50&reconnect_delay_max_ms=500"));
     let good = open_simple(c.h(), &unique_name("typo-neighbour"));
     // While connected: the broker closes the whole connection (503); the

@@ -10,25 +10,9 @@ use resilient_amqp::*;
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
-/// Tests that stop the broker run alone.
-static BROKER: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
-    BROKER.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    BROKER.write().unwrap_or_else(|p| p.into_inner())
-}
-
-fn publish_tagged_ok(q: u64, body: &[u8], tag: u64) {
-    let r = unsafe { amqp_publish_tagged(q, body.as_ptr() as *const c_void, body.len(), tag) };
-    assert_eq!(r, amqp_result::AMQP_OK, "publish {tag}: {}", last_error());
-}
-
 #[test]
 fn every_message_ends_in_one_report_in_publish_order() {
-    let _broker = shared();
+    let _broker = broker_shared();
     let c = ConnGuard::connect_ok(None);
     let name = unique_name("reports");
     let q = queue_open(
@@ -70,7 +54,7 @@ fn every_message_ends_in_one_report_in_publish_order() {
 
 #[test]
 fn a_slow_report_function_slows_publishing_instead_of_growing_memory() {
-    let _broker = shared();
+    let _broker = broker_shared();
     let c = ConnGuard::connect_ok(None);
     let q = queue_open(
         c.h(),
@@ -128,7 +112,7 @@ unsafe extern "C-unwind" fn slow_report(_r: *const amqp_delivery_report, ud: *mu
 
 #[test]
 fn messages_expire_after_publish_timeout_while_the_broker_is_away() {
-    let _broker = alone();
+    let _broker = broker_alone();
     let c = ConnGuard::connect_ok(Some("reconnect_delay_max_ms=500"));
     let name = unique_name("expire");
     let q = queue_open(
@@ -173,7 +157,7 @@ fn messages_expire_after_publish_timeout_while_the_broker_is_away() {
 
 #[test]
 fn close_reports_what_it_could_not_send() {
-    let _broker = alone();
+    let _broker = broker_alone();
     let c = ConnGuard::connect_ok(None);
     let q = queue_open(
         c.h(),

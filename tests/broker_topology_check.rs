@@ -8,27 +8,11 @@ mod common;
 use common::*;
 use resilient_amqp::*;
 use std::ffi::c_void;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-struct Logs(Mutex<Vec<(i32, String)>>);
-
-unsafe extern "C-unwind" fn log_cb(
-    level: amqp_log_level_raw,
-    msg: *const std::ffi::c_char,
-    ud: *mut c_void,
-) {
-    let logs = &*(ud as *const Logs);
-    let m = std::ffi::CStr::from_ptr(msg).to_string_lossy().into_owned();
-    logs.0.lock().unwrap().push((level, m));
-}
 
 #[test]
 fn a_queue_deleted_behind_a_shared_fanout_exchange_comes_back_within_the_check_interval() {
-    let logs: &'static Logs = Box::leak(Box::new(Logs(Mutex::new(Vec::new()))));
-    let ud = logs as *const Logs as *mut c_void;
-    let r = unsafe { amqp_set_log_callback(Some(log_cb), amqp_log_level::AMQP_LOG_WARN as _, ud) };
-    assert_eq!(r, amqp_result::AMQP_OK);
+    let logs = LogLines::capture(amqp_log_level::AMQP_LOG_WARN);
     let exchange = unique_name("fanout");
     let (a, b) = (unique_name("fan-a"), unique_name("fan-b"));
     let reader = Reader::new();
@@ -70,10 +54,10 @@ fn a_queue_deleted_behind_a_shared_fanout_exchange_comes_back_within_the_check_i
         Duration::from_secs(10),
         || reader.count(&a) == Some((5, 0)),
     );
-    let warned = (logs.0.lock().unwrap().iter()).any(|(l, m)| {
+    let warned = logs.lines().iter().any(|(l, m)| {
         *l == amqp_log_level::AMQP_LOG_WARN as i32 && m.contains(&a) && m.contains("404")
     });
-    assert!(warned, "a WARN says why: {:#?}", logs.0.lock().unwrap());
+    assert!(warned, "a WARN says why: {:#?}", logs.lines());
     let s = cstats(c.h());
     assert_eq!(s.connects, 1, "the connection was kept");
     c.close_ok();

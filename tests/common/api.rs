@@ -296,3 +296,42 @@ impl ConnGuards {
         handle
     }
 }
+
+pub fn publish_tagged(q: u64, body: &[u8], tag: u64) -> amqp_result {
+    unsafe { amqp_publish_tagged(q, body.as_ptr() as *const std::ffi::c_void, body.len(), tag) }
+}
+
+pub fn publish_tagged_ok(q: u64, body: &[u8], tag: u64) {
+    let r = publish_tagged(q, body, tag);
+    assert_eq!(r, amqp_result::AMQP_OK, "publish {tag}: {}", last_error());
+}
+
+/// Records the library's log lines (amqp_set_log_callback, process-wide: the last one set wins).
+pub struct LogLines(std::sync::Mutex<Vec<(i32, String)>>);
+
+unsafe extern "C-unwind" fn record_log(
+    level: amqp_log_level_raw,
+    msg: *const std::ffi::c_char,
+    ud: *mut std::ffi::c_void,
+) {
+    let logs = unsafe { &*(ud as *const LogLines) };
+    let m = unsafe { std::ffi::CStr::from_ptr(msg) }
+        .to_string_lossy()
+        .into_owned();
+    logs.0.lock().unwrap().push((level, m));
+}
+
+impl LogLines {
+    /// Logs at `level` and above go to the returned recorder from now on.
+    pub fn capture(level: amqp_log_level) -> &'static LogLines {
+        let logs: &'static LogLines = Box::leak(Box::new(LogLines(Default::default())));
+        let ud = logs as *const LogLines as *mut std::ffi::c_void;
+        let r = unsafe { amqp_set_log_callback(Some(record_log), level as _, ud) };
+        assert_eq!(r, amqp_result::AMQP_OK);
+        logs
+    }
+
+    pub fn lines(&self) -> Vec<(i32, String)> {
+        self.0.lock().unwrap().clone()
+    }
+}

@@ -226,3 +226,20 @@ pub fn wait_reconnected(conn: u64, connects: u64, timeout: Duration) {
         last.state as u32, last.connects, last.failed_attempts
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tests of one file that disturb the broker for the others (stop_app, close_all_connections)
+// ---------------------------------------------------------------------------------------------
+
+static BROKER_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by a test that only uses the broker: many at once.
+pub fn broker_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    BROKER_USE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held by a test that disturbs the broker (stop_app, close_all_connections): it runs alone
+/// among the tests of its file.
+pub fn broker_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    BROKER_USE.write().unwrap_or_else(|p| p.into_inner())
+}
