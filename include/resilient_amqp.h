@@ -991,7 +991,7 @@ enum amqp_result amqp_poll_wake(amqp_queue_handle queue);
  default direct) and the queue bound with `routing_key` (NULL = "").
  `options`: durable (true), persistent (true), mandatory (true: a deleted
  queue is noticed and declared again), exchange_type (direct; or fanout,
- topic, headers, x-...), queue_type (classic; or quorum), prefetch (100),
+ topic, headers, x-...), queue_type (classic; or quorum, stream), prefetch (100),
  invalid_disposition (requeue; or reject: what a callback's return value
  that is no amqp_disposition does), publish_retries (3: times a nacked
  message is sent again, after a backoff), publish_timeout_ms (0: no
@@ -1000,6 +1000,27 @@ enum amqp_result amqp_poll_wake(amqp_queue_handle queue);
  queue still exists, so a queue deleted while another queue takes its
  messages is declared again; 0 = never), max_buffered (the connection's),
  max_buffered_bytes (the connection's).
+ Queue declare: passive (false: true only checks that the queue exists,
+ whatever its arguments, and declares nothing on it), exclusive (false:
+ the connection's own queue; its consumers run on the publish link),
+ auto_delete (false). Queue arguments, sent only when given (not sent):
+ message_ttl_ms (not sent: x-message-ttl), expires_ms (not sent:
+ x-expires), max_length (not sent: x-max-length), max_length_bytes (not
+ sent: x-max-length-bytes), overflow (not sent: x-overflow, drop-head,
+ reject-publish or reject-publish-dlx), dead_letter_exchange (not sent),
+ dead_letter_routing_key (not sent), max_priority (not sent: 1 to 255),
+ single_active_consumer (not sent), and any other as
+ arg.NAME=int:N|str:TEXT|bool:true|false (e.g. arg.x-queue-mode=str:lazy;
+ no '&' in TEXT). Consumers: consumer_name (not sent: tags NAME-<n>
+ instead of resilient-amqp.<queue id>.<n>), consumer_priority (not sent:
+ x-priority), consumer_exclusive (false: repeat must be 1), and any
+ consumer argument as consumer_arg.NAME=TYPE:VALUE (e.g.
+ consumer_arg.x-stream-offset=str:first for queue_type=stream).
+ A bad key or value is AMQP_ERR_INVALID_ARGUMENT naming the key.
+ `queue` "" is a server-named queue: exclusive, published to through
+ `exchange` (required) and `routing_key`; amqp_queue_name reads the name
+ the broker gave, a new one after every reconnect (binding redone,
+ buffered messages go to the new queue).
  Each queue uses one channel: AMQP_ERR_BROKER when the connection already
  has channel_max queues (the limit agreed with the broker, or before the
  first connect the one asked for: the URI's channel_max, default 2047).
@@ -1036,6 +1057,18 @@ enum amqp_result amqp_queue_open_e(amqp_connection_handle conn,
  Blocks: never.
  */
 enum amqp_result amqp_queue_get_stats(amqp_queue_handle queue, struct amqp_queue_stats *out);
+
+/*
+ Copies the queue's name at the broker into `buf` like snprintf (at most
+ `cap` bytes, NUL-terminated when `cap` > 0; `buf` may be NULL when `cap`
+ is 0) and writes its full length to `len` (NULL: not wanted). For a
+ server-named queue (opened with name "") the name the broker gave, which
+ changes after every reconnect (the queue dies with its connection): ""
+ until it was first declared (amqp_queue_open while disconnected).
+ AMQP_ERR_INVALID_ARGUMENT for a bad handle or `buf` NULL with `cap` > 0.
+ Blocks: never.
+ */
+enum amqp_result amqp_queue_name(amqp_queue_handle queue, char *buf, size_t cap, size_t *len);
 
 /*
  Sets the queue's report function (NULL: no reports from now on).

@@ -277,12 +277,14 @@ impl Connection {
         let mut prepared = None;
         if let Some((generation, conn)) = current {
             let q2 = q.clone();
-            let opened =
-                runtime::block_on(async move { q2.open_channel(&conn).await }, DECLARE_TIMEOUT);
+            let opened = runtime::block_on(
+                async move { q2.open_channel(&conn, generation).await },
+                DECLARE_TIMEOUT,
+            );
             match opened {
                 Ok(Ok(ch)) => prepared = Some((generation, ch)),
                 Ok(Err(e)) => {
-                    if let Some(err) = q.declare_error(&e) {
+                    if let Some(err) = q.declare_error(&e, true) {
                         return Err(err);
                     }
                     debug!("queue '{name}': declare deferred, link failed: {e}");

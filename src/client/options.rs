@@ -4,7 +4,10 @@
 use crate::error::{Error, Result};
 use std::time::Duration;
 
+mod args;
 mod specs;
+pub(crate) use args::check_server_named;
+pub use args::{ArgValue, Arguments};
 pub(crate) use specs::{CONNECTION_OPTIONS, QUEUE_OPTIONS};
 
 /// AMQP short strings (queue, exchange, routing key) are at most 255 bytes.
@@ -40,6 +43,7 @@ impl Default for ConnectionOptions {
 pub enum QueueType {
     Classic,
     Quorum,
+    Stream,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,13 +71,27 @@ pub struct QueueOptions {
     /// How often a passive queue.declare checks that the queue still
     /// exists while its session runs; None: never.
     pub topology_check: Option<Duration>,
+    /// Only check that the queue exists (someone else declared it, with
+    /// whatever arguments); declare nothing, bind nothing.
+    pub passive: bool,
+    /// The connection's own queue (deleted with it; others cannot use it).
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    /// Queue arguments (x-...), named options' and `arg.` ones, in order.
+    pub arguments: Arguments,
+    /// Consumer tags NAME-<n> instead of resilient-amqp.<queue id>.<n>.
+    pub consumer_name: Option<String>,
+    /// basic.consume with the exclusive flag.
+    pub consumer_exclusive: bool,
+    /// Consumer arguments (x-priority, `consumer_arg.` ones).
+    pub consumer_arguments: Arguments,
 }
 
 impl QueueOptions {
     /// The broker confirms a publish only after writing it to disk: a
     /// durable queue with persistent messages, or a quorum queue.
     pub fn confirmed_after_disk_write(&self) -> bool {
-        self.queue_type == QueueType::Quorum || (self.durable && self.persistent)
+        self.queue_type != QueueType::Classic || (self.durable && self.persistent)
     }
 
     /// Queue defaults; the buffer limits come from the connection.
@@ -91,6 +109,13 @@ impl QueueOptions {
             publish_retries: 3,
             publish_timeout_ms: 0,
             topology_check: Some(Duration::from_millis(DEFAULT_TOPOLOGY_CHECK_MS)),
+            passive: false,
+            exclusive: false,
+            auto_delete: false,
+            arguments: Vec::new(),
+            consumer_name: None,
+            consumer_exclusive: false,
+            consumer_arguments: Vec::new(),
         }
     }
 }
@@ -144,6 +169,8 @@ pub(crate) enum OptionDefault {
     Text(&'static str),
     /// The connection option of the same key (queue buffer bounds).
     Connection,
+    /// Nothing is sent unless the option is given (queue arguments).
+    Unset,
 }
 
 /// What an option accepts, and how it is stored.
@@ -163,6 +190,9 @@ pub(crate) enum Value<T: 'static> {
         words: &'static [&'static str],
         set: fn(&mut T, &str),
     },
+    /// Any name up to `MAX_NAME_BYTES`, "" included, without control
+    /// characters.
+    Name { set: fn(&mut T, &str) },
 }
 
 impl<T> OptionSpec<T> {
@@ -194,6 +224,12 @@ impl<T> OptionSpec<T> {
                 }
                 set(o, v)
             }
+            Value::Name { set } => {
+                if v.len() > MAX_NAME_BYTES || v.chars().any(char::is_control) {
+                    return Err(bad_value(key, v, &self.accepted()));
+                }
+                set(o, v)
+            }
         }
         Ok(())
     }
@@ -208,6 +244,7 @@ impl<T> OptionSpec<T> {
                 Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
                 None => String::new(),
             },
+            Value::Name { .. } => format!("a name (up to {MAX_NAME_BYTES} bytes)"),
         }
     }
 
@@ -216,6 +253,7 @@ impl<T> OptionSpec<T> {
     pub(crate) fn shown_default(&self) -> String {
         match (self.default, &self.value) {
             (OptionDefault::Connection, _) => "the connection's".to_string(),
+            (OptionDefault::Unset, _) => "not sent".to_string(),
             (OptionDefault::Text(t), Value::Int { bytes: true, .. }) => match t.parse::<u64>() {
                 Ok(n) if n >= MIB && n % MIB == 0 => format!("{} MiB", n / MIB),
                 _ => t.to_string(),
@@ -255,8 +293,16 @@ fn bad_value(key: &str, v: &str, accepted: &str) -> Error {
 }
 
 /// Applies `key=value&...` to `o` through `table`.
-fn parse_with<T>(o: &mut T, s: Option<&str>, table: &[OptionSpec<T>]) -> Result<()> {
+fn parse_with<T>(
+    o: &mut T,
+    s: Option<&str>,
+    table: &[OptionSpec<T>],
+    generic: fn(&mut T, &str, &str) -> Result<bool>,
+) -> Result<()> {
     for (k, v) in pairs(s.unwrap_or(""))? {
+        if generic(o, k, v)? {
+            continue;
+        }
         let Some(spec) = table.iter().find(|spec| spec.key == k) else {
             let known: Vec<&str> = table.iter().map(|spec| spec.key).collect();
             return Err(Error::invalid(format!(
@@ -271,7 +317,7 @@ fn parse_with<T>(o: &mut T, s: Option<&str>, table: &[OptionSpec<T>]) -> Result<
 
 pub fn parse_connection_options(s: Option<&str>) -> Result<ConnectionOptions> {
     let mut o = ConnectionOptions::default();
-    parse_with(&mut o, s, CONNECTION_OPTIONS)?;
+    parse_with(&mut o, s, CONNECTION_OPTIONS, |_, _, _| Ok(false))?;
     if o.reconnect_delay_max < o.reconnect_delay {
         // A cap below the first delay would make the first delay meaningless.
         o.reconnect_delay_max = o.reconnect_delay;
@@ -281,12 +327,8 @@ pub fn parse_connection_options(s: Option<&str>) -> Result<ConnectionOptions> {
 
 pub fn parse_queue_options(s: Option<&str>, conn: &ConnectionOptions) -> Result<QueueOptions> {
     let mut o = QueueOptions::defaults_for(conn);
-    parse_with(&mut o, s, QUEUE_OPTIONS)?;
-    if o.queue_type == QueueType::Quorum && !o.durable {
-        return Err(Error::invalid(
-            "option 'queue_type=quorum' needs durable=true (quorum queues are always durable)",
-        ));
-    }
+    parse_with(&mut o, s, QUEUE_OPTIONS, args::parse_generic)?;
+    args::check(&o)?;
     Ok(o)
 }
 
@@ -375,8 +417,9 @@ mod tests {
         assert_eq!((q.prefetch, q.max_buffered), (7, 9));
         assert_eq!(q.exchange_type, "topic");
         assert!(parse_queue_options(Some("queue_type=quorum"), &c).is_ok());
+        assert!(parse_queue_options(Some("queue_type=stream"), &c).is_ok());
         for bad in [
-            "queue_type=stream",
+            "queue_type=lake",
             "exchange_type=weird",
             "prefetch=70000",
             "durable=maybe",
@@ -414,6 +457,7 @@ mod tests {
                         other => panic!("{other}: how does it inherit?"),
                     }
                 }
+                OptionDefault::Unset => continue,
             };
             let parsed = parse_queue_options(Some(&format!("{}={text}", spec.key)), &conn);
             assert_eq!(parsed.as_ref(), Ok(&defaults), "{}", spec.key);

@@ -1,13 +1,13 @@
 //! A queue as the application opened it: its topology (declared again on
 //! every channel), its outbox (publish side) and its consumers.
 
-use super::options::{ConnectionOptions, QueueOptions, QueueType};
-use crate::consume::ConsumerSet;
+use super::options::{ArgValue, Arguments, ConnectionOptions, QueueOptions, QueueType};
+use crate::consume::{ConsumerSet, ConsumerSettings};
 use crate::error::{Error, ErrorKind};
 use crate::publish::{window_limits, Outbox, PublishSettings};
-use crate::wire::{AMQPValue, Failure, FieldTable, WireChannel, WireConnection};
+use crate::wire::{AMQPValue, Failure, FieldTable, QueueFlags, WireChannel, WireConnection};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,6 +44,26 @@ pub(crate) struct Queue {
     /// Its topology broke the whole connection (e.g. an exchange type the
     /// broker does not know): it is never declared again.
     refused_for_good: AtomicBool,
+    /// The name the broker gave (a server-named queue: `name` ""), and the
+    /// publish-link generation it belongs to; `name` for the others.
+    live: Mutex<(u64, String)>,
+    /// One declare at a time of a server-named queue, so the publish and
+    /// the consume session of a generation share one queue.
+    naming: tokio::sync::Mutex<()>,
+}
+
+/// A field table of `args`, in order.
+fn field_table(args: &Arguments) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (name, v) in args {
+        let v = match v {
+            ArgValue::Int(n) => AMQPValue::LongLongInt(*n),
+            ArgValue::Str(s) => AMQPValue::LongString(s.as_str().into()),
+            ArgValue::Bool(b) => AMQPValue::Boolean(*b),
+        };
+        t.insert(name.as_str().into(), v);
+    }
+    t
 }
 
 impl Queue {
@@ -86,11 +106,39 @@ impl Queue {
                 name,
                 options.prefetch,
                 options.invalid_disposition_rejects,
+                ConsumerSettings {
+                    name: options.consumer_name.clone(),
+                    exclusive: options.consumer_exclusive,
+                    arguments: field_table(&options.consumer_arguments),
+                },
             ),
             options,
             outbox,
             refused_for_good: AtomicBool::new(false),
+            live: Mutex::new((0, name.to_string())),
+            naming: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The queue's name at the broker now: a server-named queue's latest
+    /// (empty until first declared).
+    pub fn live_name(&self) -> String {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Exclusive (server-named queues too): it lives on the publish link,
+    /// its consumers with it (another connection may not consume from it).
+    pub fn is_exclusive(&self) -> bool {
+        self.options.exclusive
+    }
+
+    /// The consumers' settings are checked against `repeat`.
+    pub fn consumer_exclusive(&self) -> bool {
+        self.options.consumer_exclusive
     }
 
     /// How often the session checks that the queue still exists.
@@ -127,25 +175,34 @@ impl Queue {
     }
 
     /// Opens the queue's channel and declares its topology: confirm mode,
-    /// QoS, exchange, queue, binding. Run on open and after every reconnect.
-    pub async fn open_channel(&self, conn: &WireConnection) -> Result<WireChannel, Failure> {
-        self.open_with(conn, true).await
+    /// QoS, exchange, queue, binding. Run on open and after every reconnect
+    /// (`generation`: the publish link's).
+    pub async fn open_channel(
+        &self,
+        conn: &WireConnection,
+        generation: u64,
+    ) -> Result<WireChannel, Failure> {
+        Ok(self.open_with(conn, generation, true).await?.0)
     }
 
-    /// Opens the queue's channel on the consume link: QoS and the topology
-    /// (so consumers work whichever link comes up first), no confirm mode.
+    /// Opens the queue's channel on the consume link (the publish link for
+    /// an exclusive queue, `generation` then its): QoS and the topology (so
+    /// consumers work whichever link comes up first), no confirm mode. With
+    /// the queue's name there.
     pub async fn open_consume_channel(
         &self,
         conn: &WireConnection,
-    ) -> Result<WireChannel, Failure> {
-        self.open_with(conn, false).await
+        generation: u64,
+    ) -> Result<(WireChannel, String), Failure> {
+        self.open_with(conn, generation, false).await
     }
 
     async fn open_with(
         &self,
         conn: &WireConnection,
+        generation: u64,
         confirm: bool,
-    ) -> Result<WireChannel, Failure> {
+    ) -> Result<(WireChannel, String), Failure> {
         let ch = conn.create_channel().await?;
         let declared = async {
             if confirm {
@@ -160,23 +217,15 @@ impl Queue {
                 )
                 .await?;
             }
-            let mut args = FieldTable::default();
-            if self.options.queue_type == QueueType::Quorum {
-                args.insert(
-                    "x-queue-type".into(),
-                    AMQPValue::LongString("quorum".into()),
-                );
-            }
-            ch.queue_declare(&self.name, self.options.durable, args)
-                .await?;
+            let name = self.declare_queue(&ch, generation).await?;
             if !self.exchange.is_empty() {
-                ch.queue_bind(&self.name, &self.exchange, &self.routing_key)
+                ch.queue_bind(&name, &self.exchange, &self.routing_key)
                     .await?;
             }
-            Ok(())
+            Ok(name)
         };
         match declared.await {
-            Ok(()) => Ok(ch),
+            Ok(name) => Ok((ch, name)),
             Err(e) => {
                 ch.close().await;
                 Err(e)
@@ -186,15 +235,64 @@ impl Queue {
 }
 
 impl Queue {
+    /// queue.declare as the options say; the queue's name. A server-named
+    /// queue is declared anew ("") once per publish-link generation, and by
+    /// its name again within it.
+    async fn declare_queue(&self, ch: &WireChannel, generation: u64) -> Result<String, Failure> {
+        let o = &self.options;
+        if o.passive {
+            let flags = QueueFlags {
+                passive: true,
+                ..QueueFlags::default()
+            };
+            return ch
+                .queue_declare(&self.name, flags, FieldTable::default())
+                .await;
+        }
+        let flags = QueueFlags {
+            passive: false,
+            durable: o.durable,
+            exclusive: o.exclusive,
+            auto_delete: o.auto_delete,
+        };
+        let mut args = field_table(&o.arguments);
+        let kind = match o.queue_type {
+            QueueType::Classic => None,
+            QueueType::Quorum => Some("quorum"),
+            QueueType::Stream => Some("stream"),
+        };
+        if let Some(kind) = kind {
+            args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+        }
+        if !self.name.is_empty() {
+            return ch.queue_declare(&self.name, flags, args).await;
+        }
+        let _one = self.naming.lock().await;
+        let known = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            (live.0 == generation && !live.1.is_empty()).then(|| live.1.clone())
+        };
+        let asked = known.as_deref().unwrap_or("");
+        let name = ch.queue_declare(asked, flags, args).await?;
+        if known.is_none() {
+            info!("server-named queue: the broker named it '{name}'");
+        }
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = (generation, name.clone());
+        Ok(name)
+    }
+
     /// Maps a failed declare to what `amqp_queue_open` returns: `Some` when
     /// the broker refused this queue's topology; `None` when the link
     /// failed (then the declare is retried on the next connection). A
     /// connection closed by the broker is this queue's doing only when the
     /// broker's text names its exchange type (an unknown or disabled
     /// type: RabbitMQ closes the connection, not the channel); it is then
-    /// refused for good, so it does not break the connection again.
-    pub fn declare_error(&self, e: &Failure) -> Option<Error> {
+    /// refused for good, so it does not break the connection again. After
+    /// a reconnect (`at_open` false) an exclusive queue's 405
+    /// RESOURCE_LOCKED is the old connection's queue lingering: retried.
+    pub fn declare_error(&self, e: &Failure, at_open: bool) -> Option<Error> {
         let text = match e {
+            Failure::Refused { code: 405, .. } if self.is_exclusive() && !at_open => return None,
             Failure::Refused { text, .. } => text,
             Failure::ConnectionRefused { text, .. } if self.broke_connection(text) => {
                 self.refused_for_good.store(true, Ordering::SeqCst);

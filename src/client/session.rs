@@ -92,7 +92,7 @@ pub(super) async fn session(
         }
         let ch = match prepared.take() {
             Some(ch) => ch,
-            None => match q.open_channel(&conn).await {
+            None => match q.open_channel(&conn, generation).await {
                 Ok(ch) => ch,
                 Err(e) => {
                     let delay = match retry_open(&env, &q, &e, conn.is_connected()) {
@@ -201,7 +201,7 @@ enum Retry {
 /// Reports a failure to open a queue's channel; says whether and how soon
 /// the session retries on the same connection.
 fn retry_open(env: &SessionEnv, q: &Queue, e: &Failure, connected: bool) -> Retry {
-    if let Some(err) = q.declare_error(e) {
+    if let Some(err) = q.declare_error(e, false) {
         // The broker refuses our topology: the queue fails (its messages
         // are reported), publishes are refused; tried again slowly (or
         // never, when it broke the connection).

@@ -24,13 +24,11 @@ pub(super) async fn watch(q: &Queue, ch: &WireChannel) -> Infallible {
         if !ch.is_open() {
             break;
         }
-        match ch.queue_exists(&q.name).await {
+        let name = q.live_name();
+        match ch.queue_exists(&name).await {
             Ok(()) => {}
             Err(Failure::Refused { text, .. }) => {
-                warn!(
-                    "queue '{}' is gone at the broker ({text}); declaring it again",
-                    q.name
-                );
+                warn!("queue '{name}' is gone at the broker ({text}); declaring it again");
                 break;
             }
             // The channel or the link failed: the publisher sees it too.

@@ -23,7 +23,10 @@ impl ConsumerSet {
         let mut sinks = Vec::with_capacity(count);
         for i in 0..count {
             let n = self.next_tag.fetch_add(1, Ordering::Relaxed);
-            let tag = format!("resilient-amqp.{}.{}", self.queue_id, n);
+            let tag = match &self.settings.name {
+                Some(name) => format!("{name}-{n}"),
+                None => format!("resilient-amqp.{}.{}", self.queue_id, n),
+            };
             self.forwarders.fetch_add(1, Ordering::SeqCst);
             let sink: Box<dyn DeliverySink> = match (g.shared.workers.get(i), &g.pull) {
                 (Some(work), _) => Box::new(Forwarder {

@@ -20,7 +20,7 @@ mod start;
 mod worker;
 
 use crate::runtime;
-use crate::wire::{Failure, WireChannel};
+use crate::wire::{Failure, FieldTable, WireChannel};
 pub(crate) use group::Release;
 use group::SetShared;
 pub(crate) use pull::Polled;
@@ -131,12 +131,26 @@ impl Drop for Group {
 struct State {
     groups: Vec<Group>,
     channel: Option<(u64, WireChannel, Arc<Settler>)>,
+    /// The queue's name on the live channel (a server-named queue's
+    /// changes with every connection).
+    queue: String,
+}
+
+/// How the queue's broker consumers are asked for.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConsumerSettings {
+    /// Tags NAME-<n>; None: resilient-amqp.<queue id>.<n>.
+    pub name: Option<String>,
+    pub exclusive: bool,
+    /// basic.consume's arguments (x-priority, x-stream-offset, ...).
+    pub arguments: FieldTable,
 }
 
 /// The consumers of one queue.
 pub(crate) struct ConsumerSet {
     queue_id: u64,
     queue_name: String,
+    settings: ConsumerSettings,
     prefetch: u16,
     /// How a return value that is no disposition settles.
     invalid_as: Settle,
@@ -174,10 +188,12 @@ impl ConsumerSet {
         queue_name: &str,
         prefetch: u16,
         invalid_rejects: bool,
+        settings: ConsumerSettings,
     ) -> Arc<ConsumerSet> {
         Arc::new(ConsumerSet {
             queue_id,
             queue_name: queue_name.to_string(),
+            settings,
             prefetch,
             invalid_as: if invalid_rejects {
                 Settle::Reject
@@ -278,13 +294,16 @@ impl ConsumerSet {
             }
             return Ok(());
         }
+        let queue = st.queue.clone();
         let to_start = st
             .groups
             .iter_mut()
             .filter(|g| g.started_on != generation && !g.shared.cancelled.load(Ordering::SeqCst));
         for g in to_start {
             for (tag, sink) in self.sinks(g, generation, &settler) {
-                if let Err(e) = ch.basic_consume(&self.queue_name, &tag, sink).await {
+                let (exclusive, args) = (self.settings.exclusive, &self.settings.arguments);
+                let consumed = ch.basic_consume(&queue, &tag, exclusive, args.clone(), sink);
+                if let Err(e) = consumed.await {
                     match &e {
                         Failure::Refused { text, .. } | Failure::ConnectionRefused { text, .. } => {
                             self.refused(Some(g.shared.id), text)
@@ -303,10 +322,17 @@ impl ConsumerSet {
     }
 
     /// The consume link's session has a fresh channel: consumers (re)start
-    /// on it. Err when the broker refused one (the channel is closing).
-    pub async fn attach(self: &Arc<Self>, generation: u64, ch: WireChannel) -> Result<(), Failure> {
+    /// on it, consuming from `queue` (its name on that channel's
+    /// connection). Err when the broker refused one (the channel is closing).
+    pub async fn attach(
+        self: &Arc<Self>,
+        generation: u64,
+        ch: WireChannel,
+        queue: String,
+    ) -> Result<(), Failure> {
         {
             let mut st = self.state.lock().await;
+            st.queue = queue;
             let settler = Settler::new(ch.clone(), self.prefetch, self.stats.clone());
             spawn_flusher(&settler, Arc::downgrade(self));
             st.channel = Some((generation, ch, settler));

@@ -2,7 +2,7 @@
 
 use super::{amqp_connection_handle, amqp_queue_handle, amqp_result, QueueEntry, QUEUES};
 use super::{lookup_connection, lookup_queue, optional_str, out_param, out_sized, required_str};
-use crate::client::options::{check_name, parse_queue_options};
+use crate::client::options::{check_name, check_server_named, parse_queue_options};
 use crate::client::QueueStatsSnapshot;
 use crate::error::Error;
 use std::ffi::c_char;
@@ -126,7 +126,7 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// default direct) and the queue bound with `routing_key` (NULL = "").
 /// `options`: durable (true), persistent (true), mandatory (true: a deleted
 /// queue is noticed and declared again), exchange_type (direct; or fanout,
-/// topic, headers, x-...), queue_type (classic; or quorum), prefetch (100),
+/// topic, headers, x-...), queue_type (classic; or quorum, stream), prefetch (100),
 /// invalid_disposition (requeue; or reject: what a callback's return value
 /// that is no amqp_disposition does), publish_retries (3: times a nacked
 /// message is sent again, after a backoff), publish_timeout_ms (0: no
@@ -135,6 +135,27 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// queue still exists, so a queue deleted while another queue takes its
 /// messages is declared again; 0 = never), max_buffered (the connection's),
 /// max_buffered_bytes (the connection's).
+/// Queue declare: passive (false: true only checks that the queue exists,
+/// whatever its arguments, and declares nothing on it), exclusive (false:
+/// the connection's own queue; its consumers run on the publish link),
+/// auto_delete (false). Queue arguments, sent only when given (not sent):
+/// message_ttl_ms (not sent: x-message-ttl), expires_ms (not sent:
+/// x-expires), max_length (not sent: x-max-length), max_length_bytes (not
+/// sent: x-max-length-bytes), overflow (not sent: x-overflow, drop-head,
+/// reject-publish or reject-publish-dlx), dead_letter_exchange (not sent),
+/// dead_letter_routing_key (not sent), max_priority (not sent: 1 to 255),
+/// single_active_consumer (not sent), and any other as
+/// arg.NAME=int:N|str:TEXT|bool:true|false (e.g. arg.x-queue-mode=str:lazy;
+/// no '&' in TEXT). Consumers: consumer_name (not sent: tags NAME-<n>
+/// instead of resilient-amqp.<queue id>.<n>), consumer_priority (not sent:
+/// x-priority), consumer_exclusive (false: repeat must be 1), and any
+/// consumer argument as consumer_arg.NAME=TYPE:VALUE (e.g.
+/// consumer_arg.x-stream-offset=str:first for queue_type=stream).
+/// A bad key or value is AMQP_ERR_INVALID_ARGUMENT naming the key.
+/// `queue` "" is a server-named queue: exclusive, published to through
+/// `exchange` (required) and `routing_key`; amqp_queue_name reads the name
+/// the broker gave, a new one after every reconnect (binding redone,
+/// buffered messages go to the new queue).
 /// Each queue uses one channel: AMQP_ERR_BROKER when the connection already
 /// has channel_max queues (the limit agreed with the broker, or before the
 /// first connect the one asked for: the URI's channel_max, default 2047).
@@ -203,17 +224,15 @@ unsafe fn queue_open(
     let routing_key = unsafe { optional_str(routing_key, "routing_key") }?.unwrap_or("");
     // SAFETY: `options` as the contract says; parsed into owned values.
     let options = unsafe { optional_str(options, "options") }?;
-    if name.is_empty() {
-        return Err(Error::invalid(
-            "queue name is empty (server-named queues cannot survive a reconnect)",
-        ));
-    }
     check_name("queue name", name)?;
     check_name("exchange name", exchange)?;
     check_name("routing key", routing_key)?;
     let entry = lookup_connection(conn)?;
     entry.check_open()?;
-    let options = parse_queue_options(options, &entry.conn.options)?;
+    let mut options = parse_queue_options(options, &entry.conn.options)?;
+    if name.is_empty() {
+        check_server_named(&mut options, exchange)?;
+    }
     let q = entry
         .conn
         .open_queue(name, exchange, routing_key, options)?;
@@ -247,5 +266,43 @@ pub unsafe extern "C" fn amqp_queue_get_stats(
         // SAFETY: the caller promises `out` is NULL or an amqp_queue_stats
         // of at least its declared `size`, writable for this call.
         unsafe { out_sized(out, stats, "out") }
+    })
+}
+
+/// Copies the queue's name at the broker into `buf` like snprintf (at most
+/// `cap` bytes, NUL-terminated when `cap` > 0; `buf` may be NULL when `cap`
+/// is 0) and writes its full length to `len` (NULL: not wanted). For a
+/// server-named queue (opened with name "") the name the broker gave, which
+/// changes after every reconnect (the queue dies with its connection): ""
+/// until it was first declared (amqp_queue_open while disconnected).
+/// AMQP_ERR_INVALID_ARGUMENT for a bad handle or `buf` NULL with `cap` > 0.
+/// Blocks: never.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_queue_name(
+    queue: amqp_queue_handle,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> amqp_result {
+    ffi_boundary!({
+        if buf.is_null() && cap > 0 {
+            return Err(Error::invalid("buf is NULL but cap is not 0"));
+        }
+        let name = lookup_queue(queue)?.queue.live_name();
+        let bytes = name.as_bytes();
+        if cap > 0 {
+            let n = bytes.len().min(cap - 1);
+            // SAFETY: the caller promises `buf` points to `cap` writable
+            // bytes; we write `n + 1 <= cap`, from our own String.
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf as *mut u8, n);
+                *buf.add(n) = 0;
+            }
+        }
+        if !len.is_null() {
+            // SAFETY: the caller promises `len` is NULL or writable.
+            unsafe { *len = bytes.len() };
+        }
+        Ok(())
     })
 }

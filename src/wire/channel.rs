@@ -13,6 +13,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
+/// The flags of a queue.declare.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueFlags {
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+}
+
 /// One channel; clones share it.
 #[derive(Clone)]
 pub struct WireChannel {
@@ -124,25 +133,29 @@ impl WireChannel {
         .await
     }
 
+    /// queue.declare; returns the queue's name from the declare-ok (the
+    /// broker's for a server-named queue, `name` ""). A passive declare
+    /// only checks that the queue exists (404 otherwise), whatever its
+    /// arguments.
     pub async fn queue_declare(
         &self,
         name: &str,
-        durable: bool,
+        flags: QueueFlags,
         arguments: FieldTable,
-    ) -> Result<(), Failure> {
+    ) -> Result<String, Failure> {
         let m = AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
             queue: name.into(),
-            passive: false,
-            durable,
-            exclusive: false,
-            auto_delete: false,
+            passive: flags.passive,
+            durable: flags.durable,
+            exclusive: flags.exclusive,
+            auto_delete: flags.auto_delete,
             nowait: false,
             arguments,
         }));
-        self.call_expect(m, |r| {
-            matches!(r, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_)))
-        })
-        .await
+        match self.call(m).await? {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.queue.to_string()),
+            r => Err(self.conn.abort(&wrong_reply(&r))),
+        }
     }
 
     /// A passive queue.declare: Ok while the queue exists. A missing queue
@@ -189,6 +202,8 @@ impl WireChannel {
         &self,
         queue_name: &str,
         tag: &str,
+        exclusive: bool,
+        arguments: FieldTable,
         sink: Box<dyn DeliverySink>,
     ) -> Result<(), Failure> {
         {
@@ -203,9 +218,9 @@ impl WireChannel {
             consumer_tag: ShortString::from(tag),
             no_local: false,
             no_ack: false,
-            exclusive: false,
+            exclusive,
             nowait: false,
-            arguments: FieldTable::default(),
+            arguments,
         }));
         let r = self
             .call_expect(m, |r| {

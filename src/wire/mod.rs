@@ -31,7 +31,7 @@ pub(crate) use amq_protocol::auth::{Credentials, SASLMechanism};
 use amq_protocol::protocol::{connection as conn_methods, AMQPClass, AMQPErrorKind};
 pub(crate) use amq_protocol::types::{AMQPValue, FieldTable};
 pub(crate) use assembly::Delivery;
-pub(crate) use channel::WireChannel;
+pub(crate) use channel::{QueueFlags, WireChannel};
 pub(crate) use channel_state::{Confirm, DeliverySink};
 pub(crate) use codec::PublishTarget;
 pub(crate) use connection::WireConnection;

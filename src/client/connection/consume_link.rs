@@ -11,7 +11,7 @@
 //! queue's consume channel and is retried with backoff.
 
 use super::super::session::SessionEnv;
-use super::link::LinkKind;
+use super::link::{consumers_link, LinkKind};
 use super::{Connection, ConnectionState};
 use crate::client::queue::Queue;
 use crate::consume::{Callback, Release};
@@ -39,6 +39,13 @@ impl Connection {
         repeat: u32,
         release: Option<Release>,
     ) -> Result<u64> {
+        if q.consumer_exclusive() && repeat > 1 {
+            return Err(crate::Error::invalid(format!(
+                "repeat is {repeat} but queue '{}' has consumer_exclusive=true: the broker \
+                 allows one exclusive consumer",
+                q.name
+            )));
+        }
         self.add_consuming(q)?;
         let id = q.consumers.add(cb, repeat, release)?;
         self.await_start(q, id)?;
@@ -64,7 +71,7 @@ impl Connection {
     /// not failed an attempt or lost a generation since (then the set
     /// starts on connect).
     fn await_start(&self, q: &Arc<Queue>, id: u64) -> Result<()> {
-        let link = self.link(LinkKind::Consume);
+        let link = self.link(consumers_link(q));
         let setbacks = link.setbacks();
         let give_up = || {
             self.closing()
@@ -86,9 +93,13 @@ impl Connection {
         }
         if !s.consuming.iter().any(|c| Arc::ptr_eq(c, q)) {
             s.consuming.push(q.clone());
-            if let Some((generation, conn)) = s.current[LinkKind::Consume as usize].clone() {
-                self.spawn_consume_session(q.clone(), generation, conn);
+            let kind = consumers_link(q);
+            if let Some((generation, conn)) = s.current[kind as usize].clone() {
+                self.spawn_consume_session(kind, q.clone(), generation, conn);
             }
+        }
+        if q.is_exclusive() {
+            return Ok(()); // its consumers run on the publish link
         }
         let start = !std::mem::replace(&mut s.consume_link, true);
         drop(s);
@@ -98,16 +109,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Starts a queue's consume session on a consume-link generation.
-    /// Should it panic (a bug), the consume link is dropped and reconnects.
+    /// Starts a queue's consume session on a generation of link `kind`
+    /// (`consumers_link`). Should it panic (a bug), that link is dropped and
+    /// reconnects.
     pub(super) fn spawn_consume_session(
         &self,
+        kind: LinkKind,
         q: Arc<Queue>,
         generation: u64,
         conn: WireConnection,
     ) {
         let wire = conn.clone();
-        let env = self.link(LinkKind::Consume).env.clone();
+        let env = self.link(kind).env.clone();
         let fut = consume_session(env, q, generation, conn);
         runtime::spawn_guarded("consume session", fut, move || {
             wire.abandon("internal error: a queue's consume session panicked");
@@ -130,10 +143,10 @@ async fn consume_session(
     // Refusals and young losses in a row: the backoff step.
     let mut setbacks: u32 = 0;
     while link.borrow().is(generation) {
-        let backoff = match q.open_consume_channel(&conn).await {
-            Ok(ch) => {
+        let backoff = match q.open_consume_channel(&conn, generation).await {
+            Ok((ch, name)) => {
                 let opened_at = Instant::now();
-                let started = q.consumers.attach(generation, ch.clone()).await;
+                let started = q.consumers.attach(generation, ch.clone(), name).await;
                 let why = match &started {
                     Err(e) => Some(e.to_string()),
                     Ok(()) => tokio::select! {
@@ -159,7 +172,7 @@ async fn consume_session(
                 started.is_err() || opened_at.elapsed() < QUICK_LOSS
             }
             Err(e) => {
-                if let Some(err) = q.declare_error(&e) {
+                if let Some(err) = q.declare_error(&e, false) {
                     q.consumers.refused(None, &err.message);
                 } else if !conn.is_connected() {
                     break; // the link is gone; its supervisor reconnects

@@ -12,6 +12,7 @@
 
 use super::super::session::{LinkState, SessionEnv};
 use super::{Connection, ConnectionState};
+use crate::client::queue::Queue;
 use crate::runtime;
 use crate::wire::{Failure, WireConnection};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,15 +240,14 @@ impl Connection {
                 let served = (self.channels).served(&s.queues, |e| self.env().set_last_error(e));
                 &s.queues[..served]
             }
-            LinkKind::Consume => &s.consuming[..],
+            LinkKind::Consume => &[],
         };
         for q in queues {
-            match kind {
-                LinkKind::Publish => self.spawn_session(q.clone(), generation, conn.clone(), None),
-                LinkKind::Consume => {
-                    self.spawn_consume_session(q.clone(), generation, conn.clone())
-                }
-            }
+            self.spawn_session(q.clone(), generation, conn.clone(), None);
+        }
+        // The queues with consumers on this link (`consumers_link`).
+        for q in s.consuming.iter().filter(|q| consumers_link(q) == kind) {
+            self.spawn_consume_session(kind, q.clone(), generation, conn.clone());
         }
         drop(s);
         self.link(kind).env.link.send_replace(LinkState {
@@ -269,5 +269,17 @@ impl Connection {
             generation,
             up: false,
         });
+    }
+}
+
+/// Where a queue's consumers run: the consume link, but an exclusive
+/// queue's (server-named ones included) on the publish link, which declares
+/// and owns it (RabbitMQ refuses any other connection with 405
+/// RESOURCE_LOCKED).
+pub(super) fn consumers_link(q: &Queue) -> LinkKind {
+    if q.is_exclusive() {
+        LinkKind::Publish
+    } else {
+        LinkKind::Consume
     }
 }

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// The largest integer a named argument option takes.
+const MAX_ARG_INT: u64 = i64::MAX as u64;
+
 /// The options of `amqp_connect`.
 pub(crate) const CONNECTION_OPTIONS: &[OptionSpec<ConnectionOptions>] = &[
     OptionSpec {
@@ -114,15 +117,180 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
     OptionSpec {
         key: "queue_type",
         default: OptionDefault::Text("classic"),
-        doc: "the queue's type (quorum needs durable=true)",
+        doc: "the queue's type, sent as x-queue-type unless classic (quorum and stream need \
+              durable=true; a stream also a prefetch above 0, and its consumers start at \
+              `consumer_arg.x-stream-offset`, by default `next`)",
         value: Value::Word {
-            words: &["classic", "quorum"],
+            words: &["classic", "quorum", "stream"],
             set: |o, w| {
                 o.queue_type = match w {
                     "quorum" => QueueType::Quorum,
+                    "stream" => QueueType::Stream,
                     _ => QueueType::Classic,
                 }
             },
+        },
+    },
+    OptionSpec {
+        key: "passive",
+        default: OptionDefault::Text("false"),
+        doc: "use a queue someone else declared, whatever its arguments: only check that it \
+              exists (a missing queue is AMQP_ERR_BROKER 404 at open, retried after a \
+              reconnect); declare and bind nothing (the exchange is still declared)",
+        value: Value::Bool {
+            set: |o, b| o.passive = b,
+        },
+    },
+    OptionSpec {
+        key: "exclusive",
+        default: OptionDefault::Text("false"),
+        doc: "the connection's own queue, deleted with it: declared again after a reconnect \
+              (a 405 RESOURCE_LOCKED while the old one lingers is retried with backoff), and \
+              its consumers run on the publish link (see Guarantees); a server-named queue \
+              (name \"\") is always exclusive",
+        value: Value::Bool {
+            set: |o, b| o.exclusive = b,
+        },
+    },
+    OptionSpec {
+        key: "auto_delete",
+        default: OptionDefault::Text("false"),
+        doc: "the broker deletes the queue when its last consumer is cancelled",
+        value: Value::Bool {
+            set: |o, b| o.auto_delete = b,
+        },
+    },
+    OptionSpec {
+        key: "message_ttl_ms",
+        default: OptionDefault::Unset,
+        doc: "x-message-ttl: messages older than this are dropped (or dead-lettered)",
+        value: Value::Int {
+            min: 0,
+            max: u32::MAX as u64,
+            bytes: false,
+            set: |o, n| args::set_arg(&mut o.arguments, "x-message-ttl", ArgValue::Int(n as i64)),
+        },
+    },
+    OptionSpec {
+        key: "expires_ms",
+        default: OptionDefault::Unset,
+        doc: "x-expires: the queue is deleted after this long unused",
+        value: Value::Int {
+            min: 1,
+            max: u32::MAX as u64,
+            bytes: false,
+            set: |o, n| args::set_arg(&mut o.arguments, "x-expires", ArgValue::Int(n as i64)),
+        },
+    },
+    OptionSpec {
+        key: "max_length",
+        default: OptionDefault::Unset,
+        doc: "x-max-length: messages the queue holds (then `overflow`)",
+        value: Value::Int {
+            min: 0,
+            max: MAX_ARG_INT,
+            bytes: false,
+            set: |o, n| args::set_arg(&mut o.arguments, "x-max-length", ArgValue::Int(n as i64)),
+        },
+    },
+    OptionSpec {
+        key: "max_length_bytes",
+        default: OptionDefault::Unset,
+        doc: "x-max-length-bytes: body bytes the queue holds (then `overflow`)",
+        value: Value::Int {
+            min: 0,
+            max: MAX_ARG_INT,
+            bytes: true,
+            set: |o, n| {
+                args::set_arg(&mut o.arguments, "x-max-length-bytes", ArgValue::Int(n as i64))
+            },
+        },
+    },
+    OptionSpec {
+        key: "overflow",
+        default: OptionDefault::Unset,
+        doc: "x-overflow: what a full queue does (RabbitMQ's default drop-head; reject-publish \
+              nacks, so messages fail after publish_retries as AMQP_REPORT_NACKED)",
+        value: Value::Word {
+            words: &["drop-head", "reject-publish", "reject-publish-dlx"],
+            set: |o, w| args::set_arg(&mut o.arguments, "x-overflow", ArgValue::Str(w.into())),
+        },
+    },
+    OptionSpec {
+        key: "dead_letter_exchange",
+        default: OptionDefault::Unset,
+        doc: "x-dead-letter-exchange: where rejected, expired and dropped messages go",
+        value: Value::Name {
+            set: |o, w| {
+                let v = ArgValue::Str(w.into());
+                args::set_arg(&mut o.arguments, "x-dead-letter-exchange", v)
+            },
+        },
+    },
+    OptionSpec {
+        key: "dead_letter_routing_key",
+        default: OptionDefault::Unset,
+        doc: "x-dead-letter-routing-key: their routing key there (default: their own)",
+        value: Value::Name {
+            set: |o, w| {
+                let v = ArgValue::Str(w.into());
+                args::set_arg(&mut o.arguments, "x-dead-letter-routing-key", v)
+            },
+        },
+    },
+    OptionSpec {
+        key: "max_priority",
+        default: OptionDefault::Unset,
+        doc: "x-max-priority: a priority queue with priorities 0 to this",
+        value: Value::Int {
+            min: 1,
+            max: 255,
+            bytes: false,
+            set: |o, n| args::set_arg(&mut o.arguments, "x-max-priority", ArgValue::Int(n as i64)),
+        },
+    },
+    OptionSpec {
+        key: "single_active_consumer",
+        default: OptionDefault::Unset,
+        doc: "x-single-active-consumer: one consumer at a time gets the messages, the others \
+              wait as standbys",
+        value: Value::Bool {
+            set: |o, b| {
+                args::set_arg(&mut o.arguments, "x-single-active-consumer", ArgValue::Bool(b))
+            },
+        },
+    },
+    OptionSpec {
+        key: "consumer_name",
+        default: OptionDefault::Unset,
+        doc: "consumer tags NAME-<n> (n counts the queue's broker consumers from 0), so an \
+              operator tells consumers apart in the management UI; unset: \
+              resilient-amqp.<queue id>.<n>",
+        value: Value::Name {
+            set: |o, w| o.consumer_name = Some(w.to_string()),
+        },
+    },
+    OptionSpec {
+        key: "consumer_priority",
+        default: OptionDefault::Unset,
+        doc: "x-priority of the queue's consumers (the broker's default 0; a negative one: \
+              `consumer_arg.x-priority=int:-1`)",
+        value: Value::Int {
+            min: 0,
+            max: i32::MAX as u64,
+            bytes: false,
+            set: |o, n| {
+                args::set_arg(&mut o.consumer_arguments, "x-priority", ArgValue::Int(n as i64))
+            },
+        },
+    },
+    OptionSpec {
+        key: "consumer_exclusive",
+        default: OptionDefault::Text("false"),
+        doc: "exclusive consumers: no other consumer may use the queue (then amqp_consume's \
+              repeat must be 1; another client's consumer is refused with 403)",
+        value: Value::Bool {
+            set: |o, b| o.consumer_exclusive = b,
         },
     },
     OptionSpec {
