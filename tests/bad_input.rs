@@ -570,7 +570,7 @@ fn queue_open_rows(t: &mut Table, h: &Handles, n: &Names) {
         || unsafe { amqp_queue_open(conn, p(qname), null(), null(), null(), null_mut()) },
     );
     t.row_out(
-        "queue_open(queue \"\")",
+        "queue_open(queue \"\" (server-named), no exchange)",
         AMQP_ERR_INVALID_ARGUMENT,
         "queue name is empty",
         || open_str(conn, "", None),
@@ -699,10 +699,23 @@ fn queue_open_rows(t: &mut Table, h: &Handles, n: &Names) {
         || open_str(conn, "bad-input-rows", Some("durable=maybe")),
     );
     t.row_out(
-        "queue_open(options \"queue_type=stream\")",
+        "queue_open(options \"queue_type=lake\")",
         AMQP_ERR_INVALID_ARGUMENT,
         "'queue_type'",
-        || open_str(conn, "bad-input-rows", Some("queue_type=stream")),
+        || open_str(conn, "bad-input-rows", Some("queue_type=lake")),
+    );
+    queue_argument_rows(t, conn);
+    t.row(
+        "queue_name(queue 0)",
+        AMQP_ERR_INVALID_HANDLE,
+        "not a valid queue handle",
+        || unsafe { amqp_queue_name(0, null_mut(), 0, null_mut()) },
+    );
+    t.row(
+        "queue_name(buf NULL, cap 8)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "buf is NULL but cap is not 0",
+        || unsafe { amqp_queue_name(q, null_mut(), 8, null_mut()) },
     );
     t.row_out(
         "queue_open(options \"exchange_type=weird\")",
@@ -733,6 +746,62 @@ fn queue_open_rows(t: &mut Table, h: &Handles, n: &Names) {
         AMQP_ERR_INVALID_ARGUMENT,
         "'max_buffered'",
         || open_str(conn, "bad-input-rows", Some("max_buffered=abc")),
+    );
+}
+
+/// Queue and consumer arguments (issue 12): each bad one names its key.
+fn queue_argument_rows(t: &mut Table, conn: u64) {
+    for (options, needle) in [
+        (
+            "arg.x-max-length=5",
+            "option 'arg.x-max-length' has bad value '5'",
+        ),
+        ("arg.x-max-length=int:five", "option 'arg.x-max-length'"),
+        ("arg.x-foo=float:1.5", "option 'arg.x-foo'"),
+        ("arg.x-foo=bool:yes", "option 'arg.x-foo'"),
+        ("arg.=int:1", "option 'arg.'"),
+        (
+            "consumer_arg.x-priority=high",
+            "option 'consumer_arg.x-priority'",
+        ),
+        (
+            "max_length=5&arg.x-max-length=int:5",
+            "'x-max-length' is given twice",
+        ),
+        ("max_length=-1", "option 'max_length'"),
+        ("message_ttl_ms=abc", "option 'message_ttl_ms'"),
+        ("expires_ms=0", "option 'expires_ms'"),
+        ("overflow=drop-tail", "option 'overflow'"),
+        ("max_priority=256", "option 'max_priority'"),
+        (
+            "single_active_consumer=maybe",
+            "option 'single_active_consumer'",
+        ),
+        ("consumer_priority=-1", "option 'consumer_priority'"),
+        ("consumer_name=", "option 'consumer_name'"),
+        ("consumer_exclusive=2", "option 'consumer_exclusive'"),
+        ("passive=sure", "option 'passive'"),
+        ("queue_type=stream&durable=false", "needs durable=true"),
+        ("queue_type=stream&prefetch=0", "prefetch above 0"),
+        ("queue_type=quorum&exclusive=true", "cannot be exclusive"),
+        ("passive=true&max_length=5", "'passive=true'"),
+    ] {
+        t.row_out(
+            format!("queue_open(options \"{options}\")"),
+            AMQP_ERR_INVALID_ARGUMENT,
+            needle,
+            || open_str(conn, "bad-input-rows", Some(options)),
+        );
+    }
+    t.row_out(
+        "queue_open(queue \"\" (server-named), passive=true)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "passive=true needs a queue's name",
+        || {
+            let e = c(b"bad-input-ex");
+            let o = c(b"passive=true&durable=false");
+            open_raw(conn, p(b"\0"), p(&e), null(), p(&o))
+        },
     );
 }
 

@@ -272,8 +272,19 @@ impl Queue {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             (live.0 == generation && !live.1.is_empty()).then(|| live.1.clone())
         };
-        let asked = known.as_deref().unwrap_or("");
-        let name = ch.queue_declare(asked, flags, args).await?;
+        // Within the generation, passively by its name (RabbitMQ refuses a
+        // declare of a name starting with amq.: 403).
+        let name = match &known {
+            Some(name) => {
+                let passive = QueueFlags {
+                    passive: true,
+                    ..QueueFlags::default()
+                };
+                ch.queue_declare(name, passive, FieldTable::default())
+                    .await?
+            }
+            None => ch.queue_declare("", flags, args).await?,
+        };
         if known.is_none() {
             info!("server-named queue: the broker named it '{name}'");
         }
