@@ -280,8 +280,15 @@ impl Queue {
                     passive: true,
                     ..QueueFlags::default()
                 };
-                ch.queue_declare(name, passive, FieldTable::default())
-                    .await?
+                let found = ch.queue_declare(name, passive, FieldTable::default());
+                match found.await {
+                    Err(e @ Failure::Refused { code: 404, .. }) => {
+                        // Deleted (by an operator): a new one next time.
+                        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = (0, String::new());
+                        return Err(e);
+                    }
+                    found => found?,
+                }
             }
             None => ch.queue_declare("", flags, args).await?,
         };

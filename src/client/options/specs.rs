@@ -136,7 +136,8 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         default: OptionDefault::Text("false"),
         doc: "use a queue someone else declared, whatever its arguments: only check that it \
               exists (a missing queue is AMQP_ERR_BROKER 404 at open, retried after a \
-              reconnect); declare and bind nothing (the exchange is still declared)",
+              reconnect, and a queue deleted later fails like a refused one); declare nothing on \
+              it (an exchange given is still declared, and the queue bound to it)",
         value: Value::Bool {
             set: |o, b| o.passive = b,
         },
