@@ -1065,7 +1065,8 @@ enum amqp_result amqp_queue_get_stats(amqp_queue_handle queue, struct amqp_queue
  server-named queue (opened with name "") the name the broker gave, which
  changes after every reconnect (the queue dies with its connection): ""
  until it was first declared (amqp_queue_open while disconnected).
- AMQP_ERR_INVALID_ARGUMENT for a bad handle or `buf` NULL with `cap` > 0.
+ AMQP_ERR_INVALID_HANDLE for a bad handle; AMQP_ERR_INVALID_ARGUMENT for
+ `buf` NULL with `cap` > 0.
  Blocks: never.
  */
 enum amqp_result amqp_queue_name(amqp_queue_handle queue, char *buf, size_t cap, size_t *len);

@@ -275,7 +275,8 @@ pub unsafe extern "C" fn amqp_queue_get_stats(
 /// server-named queue (opened with name "") the name the broker gave, which
 /// changes after every reconnect (the queue dies with its connection): ""
 /// until it was first declared (amqp_queue_open while disconnected).
-/// AMQP_ERR_INVALID_ARGUMENT for a bad handle or `buf` NULL with `cap` > 0.
+/// AMQP_ERR_INVALID_HANDLE for a bad handle; AMQP_ERR_INVALID_ARGUMENT for
+/// `buf` NULL with `cap` > 0.
 /// Blocks: never.
 #[no_mangle]
 pub unsafe extern "C" fn amqp_queue_name(
