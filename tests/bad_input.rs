@@ -760,6 +760,7 @@ fn queue_argument_rows(t: &mut Table, conn: u64) {
         ("arg.x-foo=float:1.5", "option 'arg.x-foo'"),
         ("arg.x-foo=bool:yes", "option 'arg.x-foo'"),
         ("arg.=int:1", "option 'arg.'"),
+        ("x-max-length=5", "given as arg.x-max-length=TYPE:VALUE"),
         (
             "consumer_arg.x-priority=high",
             "option 'consumer_arg.x-priority'",

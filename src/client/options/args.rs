@@ -40,6 +40,12 @@ pub(super) fn parse_generic(o: &mut QueueOptions, key: &str, value: &str) -> Res
         (name, &mut o.arguments)
     } else if let Some(name) = key.strip_prefix(CONSUMER_ARG) {
         (name, &mut o.consumer_arguments)
+    } else if key.starts_with("x-") {
+        return Err(Error::invalid(format!(
+            "unknown option '{key}': a queue argument is given as {QUEUE_ARG}{key}=TYPE:VALUE \
+             (int:N, str:TEXT or bool:true|false), a consumer argument as \
+             {CONSUMER_ARG}{key}=TYPE:VALUE"
+        )));
     } else {
         return Ok(false);
     };
@@ -255,6 +261,7 @@ mod tests {
             ("overflow=drop-tail", "option 'overflow'"),
             ("max_priority=256", "option 'max_priority'"),
             ("consumer_name=", "option 'consumer_name'"),
+            ("x-max-length=5", "arg.x-max-length=TYPE:VALUE"),
         ] {
             let e = parse(s).unwrap_err();
             assert_eq!(e.kind, crate::ErrorKind::InvalidArgument, "{s}");
