@@ -136,6 +136,7 @@ const C_PROGRAMS: &[&str] = &[
     "exit_atexit.c",
     "pull_mode.c",
     "delivery_reports.c",
+    "queue_args.c",
 ];
 
 #[test]
@@ -271,6 +272,11 @@ fn c_delivery_reports() {
         true,
         120,
     );
+}
+
+#[test]
+fn c_queue_args() {
+    run_c_test("queue_args", Build::c("tests/c/queue_args.c"), true, 120);
 }
 
 #[test]
