@@ -30,7 +30,9 @@ fn a_queue_deleted_behind_a_shared_fanout_exchange_comes_back_within_the_check_i
     );
     ctl(&format!("delete_queue {a}"));
     let deleted = Instant::now();
-    assert!(reader.count(&a).is_none(), "deleted");
+    // Gone, or (the check runs every second) already declared again, empty.
+    let after = reader.count(&a);
+    assert!(matches!(after, None | Some((0, _))), "deleted: {after:?}");
     // Meanwhile b takes every message: confirmed, nothing comes back for a.
     publish_ok(qb, b"while a is gone");
     let back = poll(Duration::from_secs(5), Duration::from_millis(10), || {

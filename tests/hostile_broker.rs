@@ -281,6 +281,17 @@ fn lost_ack_with_publish_timeout() {
     .queue_options("&publish_timeout_ms=1500"));
 }
 
+/// The same without a publish timeout: later messages are confirmed while the oldest waits,
+/// and after 5 s of that hole the channel is replaced and the message sent again (it arrives
+/// twice; nothing fails).
+#[test]
+fn lost_ack_without_publish_timeout() {
+    run(Scenario::new(
+        "lost-ack-hole",
+        once(|f, _| f.is(frames::BASIC_ACK).then(|| Act::Replace(Vec::new()))),
+    ));
+}
+
 // --- methods out of place --------------------------------------------------------------------
 
 /// channel.close for channel 999, which was never opened.

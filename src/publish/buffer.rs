@@ -98,11 +98,6 @@ impl PublishBuffer {
         self.queue.pop().map(Message::from)
     }
 
-    /// Messages wait to be sent.
-    pub fn has_waiting(&self) -> bool {
-        !self.queue.is_empty()
-    }
-
     /// The publisher is about to sleep: marks it idle so the next push wakes
     /// it, unless a message slipped in (then false, and it must not sleep).
     pub fn set_idle_if_empty(&self) -> bool {

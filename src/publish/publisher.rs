@@ -62,6 +62,12 @@ pub(crate) enum PublisherEnd {
 /// confirm comes, it looks at the buffer again after this long.
 const NUDGE: Duration = Duration::from_millis(5);
 
+/// RabbitMQ confirms a queue's messages in order: a message still waiting
+/// this long while a later one was confirmed lost its confirm (the channel
+/// is replaced and the message sent again). Without a publish timeout, a
+/// lost confirm would otherwise hold the window forever.
+const HOLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One run's state besides the outbox: what it sends on and what it holds.
 struct Run<'a> {
     ch: &'a WireChannel,
@@ -208,16 +214,17 @@ impl Outbox {
             return Some(PublisherEnd::ChannelLost(why));
         }
         let overdue = self.front_deadline(run);
-        if overdue.is_some_and(|d| d <= Instant::now()) {
-            let t = self.settings.publish_timeout.unwrap_or_default();
-            return Some(PublisherEnd::Stuck(format!(
-                "no confirm within publish_timeout_ms {}",
-                t.as_millis()
-            )));
+        if let Some((at, why)) = &overdue {
+            if *at <= Instant::now() {
+                return Some(PublisherEnd::Stuck(why.clone()));
+            }
         }
+        let overdue = overdue.map(|(at, _)| at);
         let may_send = run.carry.resume_at.is_none() && run.carry.may_send(&run.window);
-        let nudge = (may_send && (self.buffer.has_waiting() || !run.carry.retry.is_empty()))
-            .then(|| Instant::now() + NUDGE);
+        // Pushes do not wake a publisher with messages in flight: a timer
+        // does, if no confirm came first (a lost one, or one the broker
+        // sends late), so new messages never wait for a confirm.
+        let nudge = may_send.then(|| Instant::now() + NUDGE);
         let wake_at = [run.carry.resume_at, overdue, nudge]
             .into_iter()
             .flatten()
@@ -250,12 +257,25 @@ impl Outbox {
         None
     }
 
-    /// When the channel counts as stuck: messages in flight and no confirm
-    /// moved the window's front for the publish timeout.
-    fn front_deadline(&self, run: &Run<'_>) -> Option<Instant> {
-        let t = self.settings.publish_timeout?;
+    /// When the channel counts as stuck, and why: messages in flight and no
+    /// confirm moved the window's front for the publish timeout, or for
+    /// `HOLE_TIMEOUT` while a later message was confirmed.
+    fn front_deadline(&self, run: &Run<'_>) -> Option<(Instant, String)> {
         run.window.front()?;
-        Some(run.progress + t)
+        let timeout = self.settings.publish_timeout.map(|t| {
+            let why = format!("no confirm within publish_timeout_ms {}", t.as_millis());
+            (run.progress + t, why)
+        });
+        let hole = run.window.has_hole().then(|| {
+            let why = format!(
+                "a confirm is missing: later messages were confirmed, the oldest not within {HOLE_TIMEOUT:?}"
+            );
+            (run.progress + HOLE_TIMEOUT, why)
+        });
+        match (timeout, hole) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Applies the confirms taken, in arrival order, then releases the

@@ -38,6 +38,9 @@ pub(crate) struct ConfirmWindow<T> {
     front_tag: u64,
     /// Body bytes in `slots`.
     bytes: u64,
+    /// Slots settled (acked or nacked) and still in the window: behind a
+    /// pending one.
+    settled: usize,
     max_count: usize,
     max_bytes: u64,
 }
@@ -51,6 +54,7 @@ impl<T: ByteLen> ConfirmWindow<T> {
             slots: VecDeque::new(),
             front_tag: 1,
             bytes: 0,
+            settled: 0,
             max_count,
             max_bytes,
         }
@@ -115,6 +119,7 @@ impl<T: ByteLen> ConfirmWindow<T> {
             if *state == State::Pending {
                 *state = mark;
                 marked += 1;
+                self.settled += 1;
             }
         }
         if nack {
@@ -122,6 +127,13 @@ impl<T: ByteLen> ConfirmWindow<T> {
         } else {
             0
         }
+    }
+
+    /// Whether the oldest message waits for its confirm while a later one
+    /// was settled: RabbitMQ confirms one queue's messages in order, so a
+    /// hole that lasts means a confirm was lost.
+    pub fn has_hole(&self) -> bool {
+        self.settled > 0 && matches!(self.slots.front(), Some((_, State::Pending)))
     }
 
     /// The `i`th message in the window (0: the oldest).
@@ -144,6 +156,7 @@ impl<T: ByteLen> ConfirmWindow<T> {
             };
             self.bytes -= msg.byte_len();
             self.front_tag += 1;
+            self.settled -= 1;
             ended(msg, state == State::Acked);
         }
     }
@@ -158,6 +171,7 @@ impl<T: ByteLen> ConfirmWindow<T> {
         }
         self.front_tag = 1;
         self.bytes = 0;
+        self.settled = 0;
     }
 
     /// Takes the settled messages off the front, up to the first pending

@@ -11,6 +11,7 @@ use amq_protocol::protocol::{basic, channel, confirm, exchange, queue, AMQPClass
 use amq_protocol::types::{FieldTable, ShortString};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The flags of a queue.declare.
@@ -21,6 +22,12 @@ pub struct QueueFlags {
     pub exclusive: bool,
     pub auto_delete: bool,
 }
+
+/// How long a call waits for its reply before the connection is given up
+/// (a reply lost or garbled on the way would leave it waiting forever
+/// while heartbeats keep the connection alive). Not while the broker
+/// blocks the connection.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One channel; clones share it.
 #[derive(Clone)]
@@ -71,9 +78,19 @@ impl WireChannel {
             self.ch.receivers().reply = None;
             return Err(self.closed_failure("connection closed"));
         }
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(self.closed_failure("channel closed")),
+        let mut rx = rx;
+        loop {
+            match tokio::time::timeout(CALL_TIMEOUT, &mut rx).await {
+                Ok(Ok(r)) => return r,
+                Ok(Err(_)) => return Err(self.closed_failure("channel closed")),
+                // A blocked broker may not read our call until it unblocks.
+                Err(_) if self.conn.blocked.load(Ordering::Relaxed) => continue,
+                Err(_) => {
+                    return Err(self.conn.give_up(format!(
+                        "no reply on channel {id} within {CALL_TIMEOUT:?} (the broker's answer was lost)"
+                    )))
+                }
+            }
         }
     }
 

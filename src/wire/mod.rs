@@ -136,6 +136,13 @@ impl Violation {
             text: text.into(),
         }
     }
+    /// 504 CHANNEL_ERROR: a frame for a channel that is not open.
+    fn channel_error(text: impl Into<String>) -> Violation {
+        Violation {
+            code: 504,
+            text: text.into(),
+        }
+    }
     /// 505 UNEXPECTED_FRAME: a frame out of order.
     fn unexpected_frame(text: impl Into<String>) -> Violation {
         Violation {

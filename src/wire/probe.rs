@@ -77,6 +77,14 @@ impl ReaderProbe {
         }
     }
 
+    /// Closes channel `id` as our channel.close does (its id stays known).
+    pub fn close_channel(&mut self, id: u16) {
+        self.conn.remove_channel(id);
+        if let Some(ch) = self.channels.iter().find(|c| c.id == id) {
+            ch.close_local(super::Failure::Link("closed by the probe".into()));
+        }
+    }
+
     /// Feeds bytes as the socket would give them. Err once the reader
     /// would have ended the connection (and for every later call).
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {

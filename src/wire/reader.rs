@@ -226,6 +226,15 @@ impl Demux {
                     .into());
                 }
                 let Some(slot) = self.channel_reader(conn, id) else {
+                    // A late frame of a channel we closed is dropped; one
+                    // for a channel never opened was garbled or forged (a
+                    // reply sent there leaves its call waiting forever).
+                    if conn.never_opened(id) {
+                        return Err(Violation::channel_error(format!(
+                            "a frame for channel {id}, which was never opened"
+                        ))
+                        .into());
+                    }
                     return Ok(());
                 };
                 if slot.channel_frame(conn, f)? && !slot.delivered {
@@ -473,10 +482,12 @@ fn connection_method(conn: &ConnShared, payload: &[u8]) -> Result<(), End> {
         AMQPClass::Connection(M::CloseOk(_)) => Err(End::Closed("connection closed".into())),
         AMQPClass::Connection(M::Blocked(b)) => {
             warn!("the broker blocked publishing: {}", b.reason.as_str());
+            conn.blocked.store(true, Ordering::Relaxed);
             Ok(())
         }
         AMQPClass::Connection(M::Unblocked(_)) => {
             info!("the broker unblocked publishing");
+            conn.blocked.store(false, Ordering::Relaxed);
             Ok(())
         }
         AMQPClass::Connection(other) => {

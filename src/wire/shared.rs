@@ -42,6 +42,9 @@ pub(super) struct ConnShared {
     refusal: Mutex<Option<Failure>>,
     /// Asks the driver task to stop (after close-ok, or at once).
     pub(super) stop: Notify,
+    /// The broker blocked publishing (connection.blocked until
+    /// connection.unblocked): it may not read what we send meanwhile.
+    pub(super) blocked: AtomicBool,
 }
 
 /// The open channels, by id, and where the search for a free id starts.
@@ -49,6 +52,10 @@ pub(super) struct ChannelTable {
     pub(super) open: HashMap<u16, Arc<ChannelState>>,
     pub(super) next: u16,
     pub(super) max: u16,
+    /// The highest id ever allocated on this connection (ids are handed out
+    /// upwards from 1 until they wrap): a frame beyond it is for a channel
+    /// that was never opened.
+    pub(super) highest: u16,
 }
 
 impl ConnShared {
@@ -65,6 +72,7 @@ impl ConnShared {
                 open: HashMap::new(),
                 next: 1,
                 max: channel_max.max(1),
+                highest: 0,
             }),
             frame_max,
             channel_max: channel_max.max(1),
@@ -73,6 +81,7 @@ impl ConnShared {
             dead: watch::channel(None).0,
             refusal: Mutex::new(None),
             stop: Notify::new(),
+            blocked: AtomicBool::new(false),
         }
     }
 
@@ -133,6 +142,14 @@ impl ConnShared {
         format!("protocol error by the broker: {v}")
     }
 
+    /// The broker left a call unanswered (a reply lost or garbled on the
+    /// way): the connection ends now, without a word to the broker.
+    pub(super) fn give_up(&self, why: String) -> Failure {
+        self.die(why.clone());
+        self.stop.notify_one();
+        Failure::Link(why)
+    }
+
     /// A violation found outside the reader (a reply that answers another
     /// question): the connection ends now, with connection.close.
     pub(super) fn abort(&self, v: &Violation) -> Failure {
@@ -144,6 +161,11 @@ impl ConnShared {
 
     pub(super) fn channel(&self, id: u16) -> Option<Arc<ChannelState>> {
         lock(&self.channels).open.get(&id).cloned()
+    }
+
+    /// No channel ever had this id on this connection.
+    pub(super) fn never_opened(&self, id: u16) -> bool {
+        id > lock(&self.channels).highest
     }
 
     pub(super) fn remove_channel(&self, id: u16) {
@@ -167,6 +189,7 @@ impl ConnShared {
             }
         }
         chans.next = if id >= max { 1 } else { id + 1 };
+        chans.highest = chans.highest.max(id);
         let ch = Arc::new(ChannelState::new(id));
         chans.open.insert(id, ch.clone());
         Ok(ch)

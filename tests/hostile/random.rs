@@ -162,7 +162,17 @@ pub fn random_mutation() {
         rec.started() > before + 20
     });
     f.check(consuming, || {
-        "the consumer did not come back after the mutations".into()
+        let s = qstats(qc);
+        let cs = cstats(c);
+        format!(
+            "the consumer did not come back after the mutations: {} deliveries to the callback; \
+             consumer queue: {}, consume_refusals {}; consume link: connects {} failed {}",
+            rec.started(),
+            fmt_qstats(&s),
+            s.consume_refusals,
+            cs.consume_connects,
+            cs.consume_failed_attempts
+        )
     });
     let cs = cstats(c);
     let t = Instant::now();

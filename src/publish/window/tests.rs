@@ -378,6 +378,14 @@ impl Run {
         // Byte and count totals, and the limits.
         assert_eq!(self.w.bytes(), self.model.bytes());
         assert_eq!(self.w.len(), self.model.slots.len());
+        // A hole: the front pending behind something settled.
+        let model_hole = matches!(self.model.slots.first(), Some((_, _, State::Pending)))
+            && self
+                .model
+                .slots
+                .iter()
+                .any(|(_, _, s)| *s != State::Pending);
+        assert_eq!(self.w.has_hole(), model_hole);
         assert!(self.w.len() <= self.max_count);
         let largest = self.lens.iter().copied().max().unwrap_or(0);
         assert!(self.w.bytes() < self.max_bytes + largest);

@@ -229,7 +229,10 @@ fn deeply_nested_tables_are_refused_without_recursing() {
 }
 
 #[test]
-fn a_channel_close_for_a_channel_never_opened_is_ignored() {
+fn a_frame_for_a_channel_never_opened_is_a_channel_error() {
+    // A reply garbled onto a channel id never opened would leave its call
+    // waiting forever (the random-mutation run found a confirm.select-ok
+    // moved from channel 1 to 6): 504, and the connection is replaced.
     let mut p = ReaderProbe::new(FRAME_MAX, 3);
     let close = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
         reply_code: 406,
@@ -237,8 +240,17 @@ fn a_channel_close_for_a_channel_never_opened_is_ignored() {
         class_id: 0,
         method_id: 0,
     }));
-    p.feed(&method(1000, close)).unwrap();
-    assert_eq!(p.demux_slots(), 0, "no slot for a channel never opened");
+    p.feed(&message(1, 1, b"fine")).unwrap();
+    let err = p.feed(&method(4, close)).unwrap_err();
+    assert!(err.contains("504") && err.contains("never opened"), "{err}");
+    assert_eq!(p.demux_slots(), 2, "no slot for a channel never opened");
+}
+
+#[test]
+fn a_late_frame_for_a_closed_channel_is_dropped() {
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    p.close_channel(2);
+    p.feed(&message(2, 1, b"late")).unwrap();
     p.feed(&message(1, 1, b"still fine")).unwrap();
     assert_eq!(p.deliveries(), 1);
 }
