@@ -164,14 +164,20 @@ pub fn random_mutation() {
     f.check(consuming, || {
         let s = qstats(qc);
         let cs = cstats(c);
+        let broker = ctl_try("list_queues name messages_ready messages_unacknowledged consumers").1;
+        let broker: Vec<&str> = broker.lines().filter(|l| l.contains(&cq)).collect();
+        let channels =
+            ctl_try("list_channels number consumer_count messages_unacknowledged prefetch_count").1;
         format!(
             "the consumer did not come back after the mutations: {} deliveries to the callback; \
-             consumer queue: {}, consume_refusals {}; consume link: connects {} failed {}",
+             consumer queue: {}, consume_refusals {}; consume link: connects {} failed {}; \
+             broker: {broker:?}; channels: {:?}",
             rec.started(),
             fmt_qstats(&s),
             s.consume_refusals,
             cs.consume_connects,
-            cs.consume_failed_attempts
+            cs.consume_failed_attempts,
+            channels.lines().skip(1).collect::<Vec<_>>()
         )
     });
     let cs = cstats(c);
