@@ -10,6 +10,7 @@ use super::codec::{self, RawFrame};
 use super::shared::ConnShared;
 use super::{channel_failure, describe_close, Violation};
 use huge_header::Skip;
+mod slots;
 
 mod huge_header;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
@@ -214,27 +215,8 @@ impl Demux {
             codec::FRAME_HEARTBEAT => Ok(()),
             codec::FRAME_METHOD if f.channel == 0 => connection_method(conn, f.payload),
             codec::FRAME_METHOD | codec::FRAME_HEADER | codec::FRAME_BODY => {
-                // Frames for a channel we already closed are dropped; one
-                // beyond channel_max was garbled or forged (a lost confirm
-                // would stall its publisher).
                 let id = f.channel;
-                if id > conn.channel_max {
-                    return Err(Violation::frame(format!(
-                        "a frame for channel {id}, beyond channel_max {}",
-                        conn.channel_max
-                    ))
-                    .into());
-                }
-                let Some(slot) = self.channel_reader(conn, id) else {
-                    // A late frame of a channel we closed is dropped; one
-                    // for a channel never opened was garbled or forged (a
-                    // reply sent there leaves its call waiting forever).
-                    if conn.never_opened(id) {
-                        return Err(Violation::channel_error(format!(
-                            "a frame for channel {id}, which was never opened"
-                        ))
-                        .into());
-                    }
+                let Some(slot) = self.frame_target(conn, id)? else {
                     return Ok(());
                 };
                 if slot.channel_frame(conn, f)? && !slot.delivered {
@@ -245,31 +227,6 @@ impl Demux {
             }
             other => Err(Violation::frame(format!("unknown frame type {other}")).into()),
         }
-    }
-
-    /// The open channel `id`, if any. Slots exist up to the highest open
-    /// channel id only: a frame for a channel never opened allocates nothing.
-    fn channel_reader(&mut self, conn: &ConnShared, id: u16) -> Option<&mut ChannelReader> {
-        let at = usize::from(id);
-        let fresh = match self.channels.get(at) {
-            Some(Some(s)) if !s.ch.is_closed() => None,
-            // An id is reused only after its channel closed: a new channel,
-            // a new assembly.
-            _ => Some(conn.channel(id)),
-        };
-        if let Some(ch) = fresh {
-            let ch = ch?;
-            if self.channels.len() <= at {
-                self.channels.resize_with(at + 1, || None);
-            }
-            self.channels[at] = Some(ChannelReader {
-                ch,
-                assembly: Assembly::Idle,
-                last_delivery_tag: 0,
-                delivered: false,
-            });
-        }
-        self.channels.get_mut(at)?.as_mut()
     }
 
     #[cfg(test)]

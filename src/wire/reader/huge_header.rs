@@ -44,14 +44,7 @@ impl Demux {
             .into());
         }
         let id = skip.channel;
-        if id > conn.channel_max {
-            return Err(Violation::frame(format!(
-                "a frame for channel {id}, beyond channel_max {}",
-                conn.channel_max
-            ))
-            .into());
-        }
-        let Some(slot) = self.channel_reader(conn, id) else {
+        let Some(slot) = self.frame_target(conn, id)? else {
             return Ok(n);
         };
         warn!(
