@@ -42,6 +42,11 @@ pub struct RawFrame<'a> {
 /// rejected unread.
 pub const HEADER_FRAME_MAX: usize = 1 << 20;
 
+/// The largest content header frame skipped: RabbitMQ's own ceiling on a
+/// message (`max_message_size` cannot exceed 512 MiB). Larger is a
+/// garbled size, not a header.
+pub const HEADER_SKIP_MAX: usize = 512 << 20;
+
 /// A content header frame's payload starts with class (2), weight (2) and
 /// body size (8).
 const HEADER_PREFIX: usize = 12;
@@ -76,7 +81,7 @@ pub fn parse_frame(buf: &[u8], frame_max: usize) -> Result<(RawFrame<'_>, usize)
         _ => frame_max.max(4096),
     };
     if size.saturating_add(FRAME_OVERHEAD) > limit {
-        if kind == FRAME_HEADER && size >= HEADER_PREFIX {
+        if kind == FRAME_HEADER && (HEADER_PREFIX..=HEADER_SKIP_MAX).contains(&size) {
             let Some(prefix) = buf.get(7..7 + HEADER_PREFIX) else {
                 return Err(ParseError::Incomplete(7 + HEADER_PREFIX));
             };

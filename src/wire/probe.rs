@@ -31,6 +31,8 @@ pub struct ReaderProbe {
     deliveries: Arc<AtomicU64>,
     too_large: Arc<AtomicU64>,
     ended: Option<String>,
+    /// Feeds that showed the broker lives (what the heartbeat check sees).
+    signs_of_life: u64,
 }
 
 /// Counts deliveries, and those marked `too_large`.
@@ -74,6 +76,7 @@ impl ReaderProbe {
             deliveries,
             too_large,
             ended: None,
+            signs_of_life: 0,
         }
     }
 
@@ -95,6 +98,7 @@ impl ReaderProbe {
         match self.demux.feed(&self.conn, &self.pending) {
             Ok(fed) => {
                 self.pending.drain(..fed.used);
+                self.signs_of_life += u64::from(fed.alive);
                 Ok(())
             }
             Err(end) => {
@@ -118,6 +122,11 @@ impl ReaderProbe {
     /// Of those, deliveries marked `too_large` (to be rejected unread).
     pub fn too_large(&self) -> u64 {
         self.too_large.load(Ordering::Relaxed)
+    }
+
+    /// Feeds that counted as a sign of life for the heartbeat check.
+    pub fn signs_of_life(&self) -> u64 {
+        self.signs_of_life
     }
 
     /// Bytes held for an incomplete frame.

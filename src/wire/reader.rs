@@ -47,7 +47,7 @@ pub(super) async fn read_loop(
     loop {
         match demux.feed(conn, &buf[start..end]) {
             Ok(fed) => {
-                if fed.used > 0 {
+                if fed.alive {
                     // Whole frames, not bytes, tell that the broker lives: a
                     // frame whose size was garbled would otherwise swallow
                     // the heartbeats behind it and never end.
@@ -162,6 +162,9 @@ impl From<Violation> for End {
 pub(super) struct Fed {
     /// Bytes of whole frames, handled.
     pub(super) used: usize,
+    /// The broker showed it lives: a whole frame, or a stretch of a skipped
+    /// header (see `huge_header::ALIVE_EVERY`).
+    pub(super) alive: bool,
     /// The length the incomplete frame after them needs, counted from its
     /// start (what to have in the buffer before feeding again).
     pub(super) need: usize,
@@ -171,15 +174,22 @@ impl Demux {
     /// Handles the whole frames at the start of `buf`, then lets the
     /// consumers that got deliveries run. Err ends the connection.
     pub(super) fn feed(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<Fed, End> {
-        let mut used = 0;
+        let (mut used, mut alive) = (0, false);
         let result = loop {
             if self.skipping.is_some() {
                 match self.skip(conn, &buf[used..]) {
-                    Ok(n) => used += n,
+                    Ok(skipped) => {
+                        used += skipped.used;
+                        alive |= skipped.alive;
+                    }
                     Err(why) => break Err(why),
                 }
                 if self.skipping.is_some() {
-                    break Ok(Fed { used, need: 1 });
+                    break Ok(Fed {
+                        used,
+                        alive,
+                        need: 1,
+                    });
                 }
             }
             match codec::parse_frame(&buf[used..], conn.frame_max) {
@@ -188,8 +198,9 @@ impl Demux {
                         break Err(why);
                     }
                     used += n;
+                    alive = true;
                 }
-                Err(codec::ParseError::Incomplete(need)) => break Ok(Fed { used, need }),
+                Err(codec::ParseError::Incomplete(need)) => break Ok(Fed { used, alive, need }),
                 Err(codec::ParseError::Invalid(e)) => break Err(Violation::frame(e).into()),
                 Err(codec::ParseError::HugeHeader {
                     channel,
@@ -201,6 +212,7 @@ impl Demux {
                         left: total,
                         total,
                         body_size,
+                        unproven: 0,
                     });
                 }
             }

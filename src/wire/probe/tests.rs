@@ -417,7 +417,7 @@ fn an_announced_header_of_gigabytes_allocates_nothing() {
     let mut p = ReaderProbe::new(FRAME_MAX, 3);
     let mut bytes = deliver(1, 1);
     let mut h = big_header(1, 1, 64);
-    h[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
+    h[3..7].copy_from_slice(&(codec::HEADER_SKIP_MAX as u32).to_be_bytes());
     bytes.extend(h);
     p.feed(&bytes).unwrap();
     for _ in 0..100 {
@@ -425,6 +425,42 @@ fn an_announced_header_of_gigabytes_allocates_nothing() {
         assert!(p.pending() < 1024);
     }
     assert_eq!(p.deliveries(), 0);
+    // Beyond any message RabbitMQ takes: a garbled size, not a header.
+    let mut h = big_header(1, 1, 64);
+    h[3..7].copy_from_slice(&u32::MAX.to_be_bytes());
+    let mut bytes = deliver(1, 1);
+    bytes.extend(h);
+    let (why, code) = broken(&bytes);
+    assert!(why.contains("exceeds frame_max"), "{why}");
+    assert_eq!(code, Some(501));
+}
+
+#[test]
+fn heartbeats_swallowed_by_a_skipped_header_are_no_sign_of_life() {
+    // A header whose size was garbled (over the header bound) swallows
+    // what follows. The broker's heartbeats alone must not keep the
+    // connection alive for the gigabytes announced: the heartbeat check
+    // must see silence and end it.
+    let mut p = ReaderProbe::new(FRAME_MAX, 3);
+    let mut h = big_header(1, 1, 64);
+    h[3..7].copy_from_slice(&(256u32 << 20).to_be_bytes());
+    let mut bytes = deliver(1, 1);
+    bytes.extend(&h[..7 + 12]);
+    p.feed(&bytes).unwrap();
+    let before = p.signs_of_life();
+    let heartbeat = raw(8, 0, &[]);
+    for _ in 0..1000 {
+        p.feed(&heartbeat).unwrap();
+    }
+    assert_eq!(p.signs_of_life(), before, "8-byte heartbeats count as life");
+    // A real header streaming at link speed still counts.
+    for _ in 0..8 {
+        p.feed(&[0x55; 16 * 1024]).unwrap();
+    }
+    assert!(
+        p.signs_of_life() > before,
+        "a header streaming in is no sign of life"
+    );
 }
 
 #[test]

@@ -15,6 +15,20 @@ pub(super) struct Skip {
     pub(super) left: usize,
     pub(super) total: usize,
     pub(super) body_size: u64,
+    /// Bytes skipped since the skip last counted as a sign of life.
+    pub(super) unproven: usize,
+}
+
+/// Skipped bytes count as a sign of life (for the heartbeat check) once
+/// per this many: a header whose size was garbled swallows the frames
+/// behind it, and the broker's heartbeats alone (8 bytes each) must not
+/// keep such a connection for the gigabytes it announced.
+pub(super) const ALIVE_EVERY: usize = 64 << 10;
+
+/// What `skip` took of the bytes it was given.
+pub(super) struct Skipped {
+    pub(super) used: usize,
+    pub(super) alive: bool,
 }
 
 impl Demux {
@@ -23,17 +37,26 @@ impl Demux {
     /// delivery is read and dropped, to be rejected unread (a header the
     /// broker cannot shrink must not end the connection, or it would be
     /// redelivered into the same end forever).
-    pub(super) fn skip(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<usize, End> {
+    pub(super) fn skip(&mut self, conn: &ConnShared, buf: &[u8]) -> Result<Skipped, End> {
         let Some(skip) = self.skipping.as_mut() else {
-            return Ok(0);
+            return Ok(Skipped {
+                used: 0,
+                alive: false,
+            });
         };
         let n = skip.left.min(buf.len());
         skip.left -= n;
+        skip.unproven += n;
+        let alive = skip.unproven >= ALIVE_EVERY || skip.left == 0;
+        if alive {
+            skip.unproven = 0;
+        }
+        let done = Skipped { used: n, alive };
         if skip.left > 0 {
-            return Ok(n);
+            return Ok(done);
         }
         let Some(skip) = self.skipping.take() else {
-            return Ok(n);
+            return Ok(done);
         };
         if buf[n - 1] != codec::FRAME_END {
             return Err(Violation::frame(format!(
@@ -45,7 +68,7 @@ impl Demux {
         }
         let id = skip.channel;
         let Some(slot) = self.frame_target(conn, id)? else {
-            return Ok(n);
+            return Ok(done);
         };
         warn!(
             "channel {id}: a content header of {} bytes, over the {} byte header bound: \
@@ -64,6 +87,6 @@ impl Demux {
                 self.delivered.push(id);
             }
         }
-        Ok(n)
+        Ok(done)
     }
 }
