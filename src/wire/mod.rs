@@ -24,6 +24,7 @@ mod handshake;
 mod inbound;
 mod output;
 pub(crate) mod probe;
+pub(crate) mod props;
 mod reader;
 mod shared;
 
