@@ -6,7 +6,7 @@
  * or exits the process, and writes its out-parameters only when it returns
  * AMQP_OK. Nothing is printed unless logging is asked for.
  *
- * ABI rules (contract v2, AMQP_ABI_VERSION 2): structs the library allocates
+ * ABI rules (contract v2; AMQP_ABI_VERSION 3 adds message properties): structs the library allocates
  * and hands out (amqp_delivery) only grow at the end; fields are never
  * reordered or removed, and a field added in version N exists iff
  * amqp_abi_version() >= N. Structs the application allocates (the stats)
@@ -48,7 +48,25 @@
 
 /* The C contract version this header describes (amqp_abi_version() returns
    the loaded library's). */
-#define AMQP_ABI_VERSION 2
+#define AMQP_ABI_VERSION 3
+
+/* amqp_message.present: which properties a delivery carried (the AMQP
+   property flags); when publishing, AMQP_PROP_PRIORITY and
+   AMQP_PROP_TIMESTAMP send a priority or timestamp of 0. (ABI 3) */
+#define AMQP_PROP_CONTENT_TYPE     0x8000
+#define AMQP_PROP_CONTENT_ENCODING 0x4000
+#define AMQP_PROP_HEADERS          0x2000
+#define AMQP_PROP_DELIVERY_MODE    0x1000
+#define AMQP_PROP_PRIORITY         0x0800
+#define AMQP_PROP_CORRELATION_ID   0x0400
+#define AMQP_PROP_REPLY_TO         0x0200
+#define AMQP_PROP_EXPIRATION       0x0100
+#define AMQP_PROP_MESSAGE_ID       0x0080
+#define AMQP_PROP_TIMESTAMP        0x0040
+#define AMQP_PROP_TYPE             0x0020
+#define AMQP_PROP_USER_ID          0x0010
+#define AMQP_PROP_APP_ID           0x0008
+#define AMQP_PROP_CLUSTER_ID       0x0004
 
 /*
  The result of every call that can fail.
@@ -167,6 +185,14 @@ typedef enum amqp_report_status {
    counted it in `unsent`).
    */
   AMQP_REPORT_UNSENT = 5,
+  /*
+   Published with a routing key of its own (amqp_publish_message) that
+   no queue is bound to: the broker returned it (reply_code 312
+   NO_ROUTE) and dropped it. Not resent. Needs mandatory=true (the
+   default); a return for the queue's own key means the queue was
+   deleted, and is declared again and resent instead. (ABI 3)
+   */
+  AMQP_REPORT_UNROUTABLE = 6,
 } amqp_report_status;
 
 /*
@@ -221,6 +247,67 @@ typedef enum amqp_log_level {
    */
   AMQP_LOG_DEBUG = 4,
 } amqp_log_level;
+
+/*
+ The type of an `amqp_value` (its `kind`). Publishing accepts every kind;
+ a delivery's values are read as the type the publisher wrote.
+ */
+typedef enum amqp_value_kind {
+  /*
+   No value ('V').
+   */
+  AMQP_VALUE_VOID = 0,
+  /*
+   `integer` 0 or 1 ('t').
+   */
+  AMQP_VALUE_BOOL = 1,
+  /*
+   Signed 64-bit `integer` ('l').
+   */
+  AMQP_VALUE_INT = 2,
+  /*
+   `number` ('d').
+   */
+  AMQP_VALUE_DOUBLE = 3,
+  /*
+   UTF-8 text: `bytes`, `len` ('S'; not NUL-terminated). Checked when
+   published; a delivery's is not checked.
+   */
+  AMQP_VALUE_STRING = 4,
+  /*
+   Any bytes: `bytes`, `len` ('x').
+   */
+  AMQP_VALUE_BYTES = 5,
+  /*
+   Seconds since the epoch in `integer`, as uint64_t bits ('T').
+   */
+  AMQP_VALUE_TIMESTAMP = 6,
+  /*
+   A nested table: `bytes` points to `len` amqp_field ('F').
+   */
+  AMQP_VALUE_TABLE = 7,
+  /*
+   An array: `bytes` points to `len` amqp_value ('A').
+   */
+  AMQP_VALUE_ARRAY = 8,
+  /*
+   Narrower integers in `integer` ('b', 'B', 's', 'u', 'I', 'i').
+   */
+  AMQP_VALUE_INT8 = 9,
+  AMQP_VALUE_UINT8 = 10,
+  AMQP_VALUE_INT16 = 11,
+  AMQP_VALUE_UINT16 = 12,
+  AMQP_VALUE_INT32 = 13,
+  AMQP_VALUE_UINT32 = 14,
+  /*
+   A 32-bit float in `number` ('f').
+   */
+  AMQP_VALUE_FLOAT = 15,
+  /*
+   A decimal: `integer` (unsigned 32-bit) * 10^-`len` ('D').
+   */
+  AMQP_VALUE_DECIMAL = 16,
+} amqp_value_kind;
 
 /*
  A connection handle: never 0, below 2^53, never valid as a queue handle.
@@ -310,6 +397,106 @@ typedef struct amqp_connection_stats {
 typedef uint64_t amqp_queue_handle;
 
 /*
+ One value of a header table. Which fields mean something depends on
+ `kind` (an amqp_value_kind; any other number is AMQP_ERR_INVALID_ARGUMENT
+ when published); the others are ignored.
+ */
+typedef struct amqp_value {
+  uint32_t kind;
+  int64_t integer;
+  double number;
+  const void *bytes;
+  size_t len;
+} amqp_value;
+
+/*
+ One entry of a header table: a NUL-terminated key (1..255 bytes of UTF-8
+ when published) and its value.
+ */
+typedef struct amqp_field {
+  const char *key;
+  struct amqp_value value;
+} amqp_field;
+
+/*
+ A message's properties (AMQP 0-9-1 basic properties) and routing key.
+
+ Publishing (amqp_publish_message): set `size` to sizeof(amqp_message)
+ and the rest to zero (`amqp_message m = { sizeof m };`), then what you
+ need; a zero or NULL field means "not set". The library reads only the
+ first `size` bytes, so a program built against an older, smaller struct
+ keeps working: the struct only grows at the end, and a field added in
+ ABI version N is read iff amqp_abi_version() >= N (an older library
+ ignores fields it does not know). `size` below sizeof(size_t) is
+ AMQP_ERR_INVALID_ARGUMENT (a forgotten size, not "nothing set").
+ Strings are NUL-terminated UTF-8, at most 255 bytes; everything is
+ copied before the call returns.
+
+ Delivered (amqp_delivery.message, ABI 3): filled by the library,
+ `present` says which properties the message carried; strings are
+ NUL-terminated copies (a property with a NUL byte in it ends there);
+ `routing_key` is NULL (the delivery's own routing_key has it) and `tag`
+ 0. Valid as long as the delivery.
+ */
+typedef struct amqp_message {
+  size_t size;
+  /*
+   Overrides the queue's binding key for this message (NULL: the
+   queue's). A message that no queue takes comes back as
+   AMQP_REPORT_UNROUTABLE.
+   */
+  const char *routing_key;
+  const char *content_type;
+  const char *content_encoding;
+  /*
+   `header_count` entries (NULL with a count is
+   AMQP_ERR_INVALID_ARGUMENT; non-NULL with 0: an empty table).
+   */
+  const struct amqp_field *headers;
+  size_t header_count;
+  /*
+   1 transient, 2 persistent; 0: the queue's `persistent` option.
+   */
+  uint8_t delivery_mode;
+  /*
+   0..255 (RabbitMQ honours up to the queue's x-max-priority); set if
+   not 0 or if `present` has AMQP_PROP_PRIORITY.
+   */
+  uint8_t priority;
+  /*
+   AMQP_PROP_* bits: on a delivery, the properties it carried; when
+   publishing, AMQP_PROP_PRIORITY and AMQP_PROP_TIMESTAMP send a 0.
+   */
+  uint16_t present;
+  const char *correlation_id;
+  const char *reply_to;
+  /*
+   Milliseconds as decimal digits (per-message TTL), e.g. "60000".
+   */
+  const char *expiration;
+  const char *message_id;
+  /*
+   Seconds since the epoch; set if not 0 or if `present` has
+   AMQP_PROP_TIMESTAMP.
+   */
+  uint64_t timestamp;
+  /*
+   The AMQP `type` property.
+   */
+  const char *message_type;
+  /*
+   RabbitMQ refuses a user_id other than the connection's user
+   (reported as AMQP_REPORT_REFUSED).
+   */
+  const char *user_id;
+  const char *app_id;
+  /*
+   Handed back in the message's delivery report (as amqp_publish_tagged).
+   */
+  uint64_t tag;
+} amqp_message;
+
+/*
  One delivery. Every pointer is valid only during the callback; in a
  delivery from amqp_delivery_dup or amqp_poll, until amqp_delivery_free.
  */
@@ -355,6 +542,19 @@ typedef struct amqp_delivery {
    process for its life, never 0, below 2^53, never a broker tag.
    */
   uint64_t delivery_id;
+  /*
+   Its properties and headers (ABI 3): never NULL, valid as long as the
+   delivery (see amqp_message).
+   */
+  const struct amqp_message *message;
+  /*
+   The content header's property bytes as received (flags, then
+   fields: AMQP 0-9-1 basic properties), for forwarding or a decoder of
+   your own (ABI 3). Empty if they did not parse (then `message` has
+   none either; logged once at WARN).
+   */
+  const uint8_t *properties;
+  size_t properties_len;
 } amqp_delivery;
 
 /*
@@ -412,7 +612,7 @@ typedef struct amqp_queue_stats {
    */
   uint64_t buffered;
   /*
-   Their body bytes.
+   Their body bytes (with their properties and own routing key, if any).
    */
   uint64_t buffered_bytes;
   /*
@@ -499,6 +699,12 @@ typedef struct amqp_queue_stats {
    reconnect_delay_max). (ABI 2)
    */
   uint64_t consume_refusals;
+  /*
+   Of `failed`: returned by the broker as unroutable, published with a
+   routing key of their own (amqp_publish_message) that no queue is
+   bound to (AMQP_REPORT_UNROUTABLE). (ABI 3)
+   */
+  uint64_t unroutable;
 } amqp_queue_stats;
 
 /*
@@ -831,6 +1037,26 @@ enum amqp_result amqp_set_log_callback_ex(amqp_log_fn cb,
                                           amqp_log_level level,
                                           void *userdata,
                                           amqp_release_fn release);
+
+/*
+ amqp_publish with properties, headers and a routing key of its own,
+ described by `m` (see amqp_message; NULL: as amqp_publish). Everything
+ is copied into the queue's buffer before it returns, kept across
+ reconnects and resent byte-identical. A message published with its own
+ routing key that no queue takes ends as AMQP_REPORT_UNROUTABLE (counted
+ in `unroutable`), not resent. Errors as amqp_publish, and
+ AMQP_ERR_INVALID_ARGUMENT (nothing stored) for: `size` below
+ sizeof(size_t), a string or header key over 255 bytes, not UTF-8 or
+ (keys) empty, a NULL key, an unknown value kind, a NULL table or array
+ or bytes with a count, tables nested over 32 deep, delivery_mode over 2,
+ an expiration that is not decimal digits, or properties over 64 KiB
+ encoded. Callable from any thread, including a consume callback.
+ Blocks: never.
+ */
+enum amqp_result amqp_publish_message(amqp_queue_handle queue,
+                                      const void *body,
+                                      size_t len,
+                                      const struct amqp_message *m);
 
 /*
  Copies `len` bytes of `body` into the queue's buffer and returns at once.

@@ -13,6 +13,9 @@ mod topology;
 /// What the C API hands a consumer.
 pub(crate) use crate::consume::{Callback, DeliveryView, Disposition, Polled, Release};
 /// What the C API hands a report function.
-pub(crate) use crate::publish::{Outcome, Report, ReportFn};
+pub(crate) use crate::publish::{encode_meta, Outcome, Report, ReportFn};
+/// Message properties, encoded for amqp_publish_message and decoded for
+/// deliveries.
+pub(crate) use crate::wire::props;
 pub(crate) use connection::{CloseReport, Connection, ConnectionState, ConnectionStatsSnapshot};
 pub(crate) use queue::{Queue, QueueStatsSnapshot};

@@ -32,6 +32,7 @@ pub(crate) struct QueueStatsSnapshot {
     pub refused: u64,
     pub queue_failed: bool,
     pub consume_refusals: u64,
+    pub unroutable: u64,
 }
 
 pub(crate) struct Queue {
@@ -171,6 +172,7 @@ impl Queue {
             refused: r(&p.refused),
             queue_failed: self.outbox.is_failed(),
             consume_refusals: r(&c.consume_refusals),
+            unroutable: r(&p.unroutable),
         }
     }
 

@@ -122,6 +122,7 @@ impl ConsumerSet {
             redelivered: d.redelivered,
             exchange: d.exchange(),
             routing_key: d.routing_key(),
+            properties: d.properties(),
             delivery_id: id,
         };
         let gone = Gone { cs: self, set };

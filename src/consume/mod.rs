@@ -54,6 +54,8 @@ pub(crate) struct DeliveryView<'a> {
     pub redelivered: bool,
     pub exchange: &'a [u8],
     pub routing_key: &'a [u8],
+    /// The content header's property bytes (`wire::props`), checked.
+    pub properties: &'a [u8],
     /// Unique in the process: settles it by `ConsumerSet::settle`.
     pub delivery_id: u64,
 }

@@ -44,6 +44,7 @@ impl Polled {
             redelivered: d.redelivered,
             exchange: d.exchange(),
             routing_key: d.routing_key(),
+            properties: d.properties(),
             delivery_id: self.id,
         }
     }

@@ -1,7 +1,9 @@
 //! Consuming: callbacks on library-owned threads, stop and start.
 
+use super::message::amqp_message;
+use super::message_view::MessageView;
 use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
-use crate::client::{Callback, DeliveryView, Disposition, Polled, Release};
+use crate::client::{Callback, DeliveryView, Disposition, Release};
 use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
@@ -65,13 +67,26 @@ pub struct amqp_delivery {
     /// Identifies this delivery for amqp_settle (ABI 2): unique in the
     /// process for its life, never 0, below 2^53, never a broker tag.
     pub delivery_id: u64,
+    /// Its properties and headers (ABI 3): never NULL, valid as long as the
+    /// delivery (see amqp_message).
+    pub message: *const amqp_message,
+    /// The content header's property bytes as received (flags, then
+    /// fields: AMQP 0-9-1 basic properties), for forwarding or a decoder of
+    /// your own (ABI 3). Empty if they did not parse (then `message` has
+    /// none either; logged once at WARN).
+    pub properties: *const u8,
+    pub properties_len: usize,
 }
 
 impl amqp_delivery {
-    /// The C view of a delivery, pointing into `d`'s bytes (valid while
-    /// they are): the one place the fields are filled, for callbacks and
-    /// polled deliveries alike.
-    fn borrowing(d: &DeliveryView<'_>, queue: amqp_queue_handle) -> amqp_delivery {
+    /// The C view of a delivery, pointing into `d`'s bytes and `msg`
+    /// (valid while they are): the one place the fields are filled, for
+    /// callbacks and polled deliveries alike.
+    pub(super) fn borrowing(
+        d: &DeliveryView<'_>,
+        msg: &MessageView,
+        queue: amqp_queue_handle,
+    ) -> amqp_delivery {
         amqp_delivery {
             body: d.body.as_ptr(),
             body_len: d.body.len(),
@@ -83,6 +98,9 @@ impl amqp_delivery {
             routing_key_len: d.routing_key.len(),
             queue,
             delivery_id: d.delivery_id,
+            message: &msg.message,
+            properties: d.properties.as_ptr(),
+            properties_len: d.properties.len(),
         }
     }
 }
@@ -211,7 +229,8 @@ fn consume_ex(
     let user = UserData(userdata);
     let handle = entry.handle;
     let callback: Callback = Arc::new(move |d: &DeliveryView<'_>| {
-        let delivery = amqp_delivery::borrowing(d, handle);
+        let msg = MessageView::new(d.properties);
+        let delivery = amqp_delivery::borrowing(d, &msg, handle);
         let user = &user;
         // Not inside catch_unwind (nothing of ours here can panic): a
         // forced unwind out of `cb` must pass (see amqp_consume_fn).
@@ -383,110 +402,5 @@ pub unsafe extern "C" fn amqp_settle_many(
             }
         }
         first_error.map_or(Ok(()), Err)
-    })
-}
-
-/// A delivery the application owns (amqp_delivery_dup, amqp_poll): the
-/// struct first, so its address is the amqp_delivery's.
-#[repr(C)]
-pub(crate) struct OwnedDelivery {
-    delivery: amqp_delivery,
-    /// What `delivery` points into; never read, only kept.
-    _bytes: Kept,
-}
-
-/// The bytes of an owned delivery: a copy (amqp_delivery_dup), or the
-/// polled delivery itself (amqp_poll: no copy).
-enum Kept {
-    Copy(#[allow(dead_code)] Box<[u8]>),
-    Polled(#[allow(dead_code)] Polled),
-}
-
-impl OwnedDelivery {
-    /// A copy of every field; the pointers point into the copy's own bytes.
-    pub(crate) fn boxed(d: &amqp_delivery, parts: [&[u8]; 3]) -> *const amqp_delivery {
-        let [exchange, routing_key, body] = parts;
-        let bytes: Box<[u8]> = [exchange, routing_key, body].concat().into_boxed_slice();
-        let base = bytes.as_ptr();
-        let (e, r) = (exchange.len(), routing_key.len());
-        // Offsets within `bytes`, whose heap buffer does not move when the
-        // Box is moved into the struct (wrapping_add: no unsafe needed, and
-        // the result is in bounds or one past the end).
-        let at = |off: usize| base.wrapping_add(off);
-        let owned = Box::new(OwnedDelivery {
-            delivery: amqp_delivery {
-                body: at(e + r),
-                body_len: body.len(),
-                exchange: at(0) as *const c_char,
-                exchange_len: e,
-                routing_key: at(e) as *const c_char,
-                routing_key_len: r,
-                ..*d
-            },
-            _bytes: Kept::Copy(bytes),
-        });
-        Box::into_raw(owned) as *const amqp_delivery
-    }
-
-    /// A delivery amqp_poll hands out: it keeps the polled delivery, whose
-    /// heap bytes the pointers point into (they do not move with it).
-    pub(crate) fn polled(p: Polled, queue: amqp_queue_handle) -> *const amqp_delivery {
-        let d = p.view();
-        let delivery = amqp_delivery::borrowing(&d, queue);
-        let owned = Box::new(OwnedDelivery {
-            delivery,
-            _bytes: Kept::Polled(p),
-        });
-        Box::into_raw(owned) as *const amqp_delivery
-    }
-}
-
-/// The bytes an amqp_delivery points to.
-///
-/// # Safety
-/// `d` is a valid amqp_delivery whose pointers are valid for their lengths.
-unsafe fn parts(d: &amqp_delivery) -> [&[u8]; 3] {
-    let part = |p: *const u8, n: usize| -> &[u8] {
-        if n == 0 || p.is_null() {
-            &[]
-        } else {
-            // SAFETY: the caller promises `p` is valid for `n` bytes.
-            unsafe { std::slice::from_raw_parts(p, n) }
-        }
-    };
-    [
-        part(d.exchange as *const u8, d.exchange_len),
-        part(d.routing_key as *const u8, d.routing_key_len),
-        part(d.body, d.body_len),
-    ]
-}
-
-/// A copy of a delivery (every field, those added in later ABI versions
-/// too) that stays valid until amqp_delivery_free, whatever settle, stop or
-/// close do; settle it by its `delivery_id` as usual. NULL for NULL. Call it
-/// on a callback's delivery (or a copy). Blocks: never.
-#[no_mangle]
-pub unsafe extern "C" fn amqp_delivery_dup(d: *const amqp_delivery) -> *const amqp_delivery {
-    ffi_boundary!(value std::ptr::null(), {
-        // SAFETY: NULL or a valid amqp_delivery, by the contract.
-        match unsafe { d.as_ref() } {
-            // SAFETY: a valid delivery's pointers are valid for their lengths.
-            Some(d) => OwnedDelivery::boxed(d, unsafe { parts(d) }),
-            None => std::ptr::null(),
-        }
-    })
-}
-
-/// Frees a delivery from amqp_delivery_dup (or amqp_poll); NULL is a no-op.
-/// Never pass a callback's own delivery. Blocks: never.
-#[no_mangle]
-pub unsafe extern "C" fn amqp_delivery_free(d: *const amqp_delivery) {
-    ffi_boundary!(value(), {
-        if !d.is_null() {
-            // SAFETY: by the contract `d` came from OwnedDelivery::boxed
-            // (Box::into_raw of an OwnedDelivery, whose first field it is)
-            // and is freed once.
-            drop(unsafe { Box::from_raw(d as *mut OwnedDelivery) });
-        }
     })
 }

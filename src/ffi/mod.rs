@@ -76,8 +76,11 @@ macro_rules! c_enum_values {
 
 mod connection;
 mod consume;
+mod delivery;
 mod errors;
 mod log;
+mod message;
+mod message_view;
 mod publish;
 mod pull;
 mod queue;
@@ -85,8 +88,10 @@ mod report;
 
 pub use connection::*;
 pub use consume::*;
+pub use delivery::*;
 pub use errors::*;
 pub use log::*;
+pub use message::*;
 pub use publish::*;
 pub use pull::*;
 pub use queue::*;

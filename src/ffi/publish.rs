@@ -114,7 +114,7 @@ unsafe fn publish_wait(
 /// `body` is NULL or points to `len` readable bytes that stay valid and
 /// unchanged for `'a` (the header's promise for `amqp_publish`'s body:
 /// valid during the call).
-unsafe fn body_slice<'a>(body: *const c_void, len: usize) -> Result<&'a [u8], Error> {
+pub(super) unsafe fn body_slice<'a>(body: *const c_void, len: usize) -> Result<&'a [u8], Error> {
     if len == 0 {
         Ok(&[])
     } else if body.is_null() {

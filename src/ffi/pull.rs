@@ -1,6 +1,7 @@
 //! Pull mode: deliveries wait inside the library until amqp_poll takes them.
 
-use super::consume::{amqp_delivery, OwnedDelivery};
+use super::consume::amqp_delivery;
+use super::delivery::OwnedDelivery;
 use super::{amqp_queue_handle, amqp_result, lookup_queue, out_param};
 use crate::error::Error;
 use std::ffi::{c_char, c_int};

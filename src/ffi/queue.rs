@@ -17,7 +17,7 @@ pub struct amqp_queue_stats {
     pub size: usize,
     /// Messages held until confirmed: waiting + in flight.
     pub buffered: u64,
-    /// Their body bytes.
+    /// Their body bytes (with their properties and own routing key, if any).
     pub buffered_bytes: u64,
     /// Sent, confirm not yet received.
     pub in_flight: u64,
@@ -67,6 +67,10 @@ pub struct amqp_queue_stats {
     /// logged at ERROR once per incident and retried with backoff (up to
     /// reconnect_delay_max). (ABI 2)
     pub consume_refusals: u64,
+    /// Of `failed`: returned by the broker as unroutable, published with a
+    /// routing key of their own (amqp_publish_message) that no queue is
+    /// bound to (AMQP_REPORT_UNROUTABLE). (ABI 3)
+    pub unroutable: u64,
 }
 
 impl From<QueueStatsSnapshot> for amqp_queue_stats {
@@ -94,6 +98,7 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             refused,
             queue_failed,
             consume_refusals,
+            unroutable,
         } = s;
         amqp_queue_stats {
             size: std::mem::size_of::<amqp_queue_stats>(),
@@ -117,6 +122,7 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             refused,
             queue_failed: u64::from(queue_failed),
             consume_refusals,
+            unroutable,
         }
     }
 }

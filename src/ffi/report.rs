@@ -26,6 +26,12 @@ pub enum amqp_report_status {
     /// Still unconfirmed when the connection closed (amqp_close_graceful
     /// counted it in `unsent`).
     AMQP_REPORT_UNSENT = 5,
+    /// Published with a routing key of its own (amqp_publish_message) that
+    /// no queue is bound to: the broker returned it (reply_code 312
+    /// NO_ROUTE) and dropped it. Not resent. Needs mandatory=true (the
+    /// default); a return for the queue's own key means the queue was
+    /// deleted, and is declared again and resent instead. (ABI 3)
+    AMQP_REPORT_UNROUTABLE = 6,
 }
 
 impl From<Outcome> for amqp_report_status {
@@ -37,6 +43,7 @@ impl From<Outcome> for amqp_report_status {
             Outcome::TooLarge => amqp_report_status::AMQP_REPORT_TOO_LARGE,
             Outcome::Expired => amqp_report_status::AMQP_REPORT_EXPIRED,
             Outcome::Unsent => amqp_report_status::AMQP_REPORT_UNSENT,
+            Outcome::Unroutable => amqp_report_status::AMQP_REPORT_UNROUTABLE,
         }
     }
 }

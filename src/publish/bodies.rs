@@ -128,18 +128,20 @@ thread_local! {
 }
 
 /// An immutable message body, and in front of its bytes (in the same
-/// memory) the message's tag and publish time: a buffered message is one
+/// memory) the message's tag, publish time and metadata (its own routing
+/// key and encoded properties, `publish::meta`): a buffered message is one
 /// queue slot of 32 bytes, however much the outbox knows about it.
 pub struct Body(Repr);
 
-/// Bytes before the body: tag (8) and publish time in ms (4), little-endian.
-const PREFIX: usize = 12;
+/// Bytes before the metadata: tag (8), publish time in ms (4) and the
+/// metadata's length (4), little-endian. The body follows the metadata.
+const PREFIX: usize = 16;
 
 enum Repr {
     /// Holds one reference to `chunk`; `offset` is where the prefix starts,
     /// `len` the body's length after it.
     Pooled { chunk: Chunk, offset: u32, len: u32 },
-    /// The prefix, then the body.
+    /// The prefix, the metadata, then the body.
     Owned(Box<[u8]>),
 }
 
@@ -155,25 +157,53 @@ impl Body {
     /// Copies `bytes` into this thread's chunk (or its own allocation).
     #[cfg(test)]
     pub fn copy_from(bytes: &[u8]) -> Body {
-        Body::with_meta(0, 0, bytes)
+        Body::with_meta(0, 0, &[], bytes)
     }
 
-    /// Copies the tag, the publish time and `bytes` into this thread's
-    /// chunk (or an allocation of their own).
-    pub fn with_meta(tag: u64, born_ms: u32, bytes: &[u8]) -> Body {
+    /// Copies the tag, the publish time, `meta` (empty for a plain
+    /// publish) and `bytes` into this thread's chunk (or an allocation of
+    /// their own).
+    pub fn with_meta(tag: u64, born_ms: u32, meta: &[u8], bytes: &[u8]) -> Body {
         let mut prefix = [0u8; PREFIX];
         prefix[..8].copy_from_slice(&tag.to_le_bytes());
-        prefix[8..].copy_from_slice(&born_ms.to_le_bytes());
-        if bytes.len() <= MAX_POOLED_BODY {
-            let pooled = CURRENT.try_with(|cur| pooled(&mut cur.borrow_mut(), &prefix, bytes));
+        prefix[8..12].copy_from_slice(&born_ms.to_le_bytes());
+        prefix[12..].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+        if bytes.len() + meta.len() <= MAX_POOLED_BODY {
+            let pooled =
+                CURRENT.try_with(|cur| pooled(&mut cur.borrow_mut(), &prefix, meta, bytes));
             if let Ok(Some(body)) = pooled {
                 return body;
             }
         }
-        let mut owned = Vec::with_capacity(PREFIX + bytes.len());
+        let mut owned = Vec::with_capacity(PREFIX + meta.len() + bytes.len());
         owned.extend_from_slice(&prefix);
+        owned.extend_from_slice(meta);
         owned.extend_from_slice(bytes);
         Body(Repr::Owned(owned.into_boxed_slice()))
+    }
+
+    /// The prefix and the metadata.
+    fn head(&self) -> &[u8] {
+        let p = self.prefix();
+        let meta = u32::from_le_bytes([p[12], p[13], p[14], p[15]]) as usize;
+        match &self.0 {
+            // SAFETY: written once, before this body existed (see `Chunk`);
+            // `pooled` wrote the metadata right after the prefix.
+            Repr::Pooled { chunk, offset, .. } => unsafe {
+                std::slice::from_raw_parts(chunk.0.as_ptr().add(*offset as usize), PREFIX + meta)
+            },
+            Repr::Owned(b) => &b[..PREFIX + meta],
+        }
+    }
+
+    /// The metadata given with the publish (empty for a plain one).
+    pub fn meta(&self) -> &[u8] {
+        &self.head()[PREFIX..]
+    }
+
+    /// Bytes held for the message: the body and its metadata.
+    pub fn stored_len(&self) -> usize {
+        self.head().len() - PREFIX + self.len()
     }
 
     fn prefix(&self) -> &[u8] {
@@ -199,11 +229,17 @@ impl Body {
     }
 }
 
-fn pooled(cur: &mut Option<Current>, prefix: &[u8; PREFIX], bytes: &[u8]) -> Option<Body> {
+fn pooled(
+    cur: &mut Option<Current>,
+    prefix: &[u8; PREFIX],
+    meta: &[u8],
+    bytes: &[u8],
+) -> Option<Body> {
     let len = bytes.len();
+    let head = PREFIX + meta.len();
     if cur
         .as_ref()
-        .is_none_or(|c| c.used + PREFIX + len > CHUNK_BYTES)
+        .is_none_or(|c| c.used + head + len > CHUNK_BYTES)
     {
         // Dropping the old `Current` hands back its unused references.
         *cur = None;
@@ -214,20 +250,21 @@ fn pooled(cur: &mut Option<Current>, prefix: &[u8; PREFIX], bytes: &[u8]) -> Opt
         });
     }
     let c = cur.as_mut()?;
-    // SAFETY: `used + PREFIX + len <= CHUNK_BYTES`, and these bytes belong
-    // to no body yet (see `Chunk`); `prefix` and `bytes` cannot overlap a
-    // region we own.
+    // SAFETY: `used + head + len <= CHUNK_BYTES`, and these bytes belong
+    // to no body yet (see `Chunk`); `prefix`, `meta` and `bytes` cannot
+    // overlap a region we own.
     unsafe {
         let at = c.chunk.0.as_ptr().add(c.used);
         std::ptr::copy_nonoverlapping(prefix.as_ptr(), at, PREFIX);
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(PREFIX), len);
+        std::ptr::copy_nonoverlapping(meta.as_ptr(), at.add(PREFIX), meta.len());
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(head), len);
     }
     let body = Body(Repr::Pooled {
         chunk: c.chunk,
         offset: c.used as u32,
         len: len as u32,
     });
-    c.used += PREFIX + len;
+    c.used += head + len;
     c.issued += 1;
     Some(body)
 }
@@ -244,14 +281,17 @@ impl std::ops::Deref for Body {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match &self.0 {
-            // SAFETY: written once, before this body existed (see `Chunk`).
+            // SAFETY: written once, before this body existed (see `Chunk`);
+            // the body ends the bytes `pooled` wrote, `len` long.
             Repr::Pooled { chunk, offset, len } => unsafe {
-                std::slice::from_raw_parts(
-                    chunk.0.as_ptr().add(*offset as usize + PREFIX),
-                    *len as usize,
-                )
+                let p = chunk.0.as_ptr().add(*offset as usize);
+                let meta = u32::from_le_bytes(*(p.add(12) as *const [u8; 4])) as usize;
+                std::slice::from_raw_parts(p.add(PREFIX + meta), *len as usize)
             },
-            Repr::Owned(b) => &b[PREFIX..],
+            Repr::Owned(b) => {
+                let meta = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
+                &b[PREFIX + meta..]
+            }
         }
     }
 }
@@ -310,9 +350,15 @@ mod tests {
     fn the_tag_and_publish_time_travel_with_the_body() {
         for len in [0usize, 1, 64, MAX_POOLED_BODY, MAX_POOLED_BODY + 1] {
             let bytes = pattern(len as u64, len);
-            let b = Body::with_meta(u64::MAX - len as u64, 0xdead_beef, &bytes);
+            let b = Body::with_meta(u64::MAX - len as u64, 0xdead_beef, &[], &bytes);
             assert_eq!((b.tag(), b.born_ms()), (u64::MAX - len as u64, 0xdead_beef));
             assert_eq!(&b[..], &bytes[..]);
+            assert!(b.meta().is_empty());
+            let meta = pattern(7, len % 300 + 1);
+            let m = Body::with_meta(len as u64, 5, &meta, &bytes);
+            assert_eq!((m.tag(), m.born_ms()), (len as u64, 5));
+            assert_eq!((&m[..], m.meta()), (&bytes[..], &meta[..]));
+            assert_eq!(m.stored_len(), len + meta.len());
         }
         assert_eq!(std::mem::size_of::<Body>(), 24);
     }

@@ -58,13 +58,14 @@ impl PublishBuffer {
     /// Copies `body` in. Nothing is stored when a bound would be exceeded.
     #[cfg(test)]
     pub fn push(&self, body: &[u8]) -> Result<()> {
-        self.push_message(body, 0, 0)
+        self.push_message(body, 0, 0, &[])
     }
 
-    /// Copies `body` in, with the caller's tag and its publish time.
-    /// Nothing is stored when a bound would be exceeded.
-    pub fn push_message(&self, body: &[u8], tag: u64, born_ms: u32) -> Result<()> {
-        let len = body.len() as u64;
+    /// Copies `body` in, with the caller's tag, its publish time and its
+    /// metadata (`message::meta`; counted in the bytes). Nothing is stored
+    /// when a bound would be exceeded.
+    pub fn push_message(&self, body: &[u8], tag: u64, born_ms: u32, meta: &[u8]) -> Result<()> {
+        let len = (body.len() + meta.len()) as u64;
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max_count {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::new(
@@ -87,7 +88,7 @@ impl PublishBuffer {
                 ),
             ));
         }
-        self.queue.push(Body::with_meta(tag, born_ms, body));
+        self.queue.push(Body::with_meta(tag, born_ms, meta, body));
         if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
         }
@@ -203,7 +204,7 @@ mod tests {
         let m = b.pop().unwrap();
         // Popping is not confirming: still counted until released.
         assert_eq!(b.push(b"x").unwrap_err().kind, ErrorKind::BufferFull);
-        b.release(m.body.len());
+        b.release(m.body.stored_len());
         b.push(b"y").unwrap();
         assert_eq!(b.count(), 3);
     }
@@ -293,7 +294,7 @@ mod tests {
                     assert_eq!(i, next[p], "producer {p} out of order");
                     next[p] += 1;
                     got += 1;
-                    b.release(m.body.len());
+                    b.release(m.body.stored_len());
                 }
                 None => std::thread::yield_now(),
             }

@@ -14,6 +14,7 @@ pub(super) struct Tally {
     pub failed: u64,
     pub expired: u64,
     pub refused: u64,
+    pub unroutable: u64,
 }
 
 pub(super) struct Ends {
@@ -37,7 +38,7 @@ impl Ends {
 
     fn ended(&mut self, m: &Message) {
         self.count += 1;
-        self.bytes += m.body.len() as u64;
+        self.bytes += m.body.stored_len() as u64;
     }
 
     pub fn confirmed(&mut self, m: Message) {
@@ -60,6 +61,7 @@ impl Ends {
         match f.outcome {
             Outcome::Expired => self.tally.expired += 1,
             Outcome::Refused | Outcome::TooLarge => self.tally.refused += 1,
+            Outcome::Unroutable => self.tally.unroutable += 1,
             _ => {}
         }
         if self.reporting.is_some() {

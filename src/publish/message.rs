@@ -13,6 +13,9 @@ pub(crate) struct Message {
     pub sends: u16,
     /// Times the broker nacked it.
     pub nacks: u16,
+    /// A basic.return for its own routing key came on the current send:
+    /// its ack ends it as `Unroutable` (reset when sent again).
+    pub returned: Option<u16>,
 }
 
 impl Message {
@@ -22,7 +25,7 @@ impl Message {
     /// costs a publish).
     #[cfg(test)]
     pub fn new(body: &[u8], tag: u64, born_ms: u32) -> Message {
-        Message::from(Body::with_meta(tag, born_ms, body))
+        Message::from(Body::with_meta(tag, born_ms, &[], body))
     }
 
     pub fn tag(&self) -> u64 {
@@ -32,6 +35,38 @@ impl Message {
     pub fn born_ms(&self) -> u32 {
         self.body.born_ms()
     }
+
+    /// Its own routing key (None: the queue's) and its encoded properties
+    /// (empty: the queue's defaults).
+    pub fn meta(&self) -> (Option<&[u8]>, &[u8]) {
+        parse_meta(self.body.meta())
+    }
+}
+
+/// A message's metadata, stored in front of its body: a byte saying
+/// whether a routing key of its own follows (1) or not (0), the key as a
+/// short string, then the property bytes (`wire::props`: flags and
+/// fields, written as they are). A plain publish stores none.
+pub(crate) fn encode_meta(out: &mut Vec<u8>, routing_key: Option<&[u8]>) {
+    match routing_key {
+        Some(k) => {
+            out.extend_from_slice(&[1, k.len().min(255) as u8]);
+            out.extend_from_slice(&k[..k.len().min(255)]);
+        }
+        None => out.extend_from_slice(&[0, 0]),
+    }
+}
+
+/// The routing key and property bytes of `encode_meta`'s output.
+pub(crate) fn parse_meta(meta: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    match meta {
+        [1, n, rest @ ..] if rest.len() >= *n as usize => {
+            let (k, props) = rest.split_at(*n as usize);
+            (Some(k), props)
+        }
+        [_, n, rest @ ..] if rest.len() >= *n as usize => (None, &rest[*n as usize..]),
+        _ => (None, &[]),
+    }
 }
 
 impl From<Body> for Message {
@@ -40,13 +75,14 @@ impl From<Body> for Message {
             body,
             sends: 0,
             nacks: 0,
+            returned: None,
         }
     }
 }
 
 impl ByteLen for Message {
     fn byte_len(&self) -> u64 {
-        self.body.len() as u64
+        self.body.stored_len() as u64
     }
 }
 
@@ -67,6 +103,9 @@ pub(crate) enum Outcome {
     Expired,
     /// Still unconfirmed when the connection closed.
     Unsent,
+    /// Published with a routing key of its own that no queue is bound to:
+    /// the broker returned it (basic.return, mandatory) and dropped it.
+    Unroutable,
 }
 
 /// A message's end, as the report callback sees it.

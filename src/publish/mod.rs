@@ -18,7 +18,7 @@ mod report;
 mod window;
 
 pub(crate) use buffer::PublishBuffer;
-pub(crate) use message::{Failure, Outcome, Report};
+pub(crate) use message::{encode_meta, Failure, Outcome, Report};
 pub(crate) use publisher::{window_limits, PublisherEnd};
 pub(crate) use report::{ReportFn, ReportThread};
 
@@ -73,6 +73,8 @@ pub(crate) struct PublishStats {
     pub expired: AtomicU64,
     /// ... of which the broker refused (incl. too large).
     pub refused: AtomicU64,
+    /// ... of which the broker returned: unroutable with their own key.
+    pub unroutable: AtomicU64,
 }
 
 const OPEN: u8 = 0;
@@ -144,6 +146,17 @@ impl Outbox {
 
     /// `publish` with the caller's tag for the report.
     pub fn publish_tagged(&self, body: &[u8], tag: u64) -> Result<()> {
+        self.publish_message(body, tag, &[])
+    }
+
+    /// Whether a message without a delivery mode of its own is persistent.
+    pub fn persistent(&self) -> bool {
+        self.settings.persistent
+    }
+
+    /// `publish_tagged` with metadata (`message::encode_meta`: a routing key
+    /// of its own, encoded properties), stored in front of the body.
+    pub fn publish_message(&self, body: &[u8], tag: u64, meta: &[u8]) -> Result<()> {
         match self.state.load(Ordering::Acquire) {
             OPEN => {}
             CLOSED => {
@@ -153,19 +166,19 @@ impl Outbox {
             }
             _ => return Err(Error::new(ErrorKind::Broker, lock(&self.failure).clone())),
         }
-        self.check_size(body.len() as u64)?;
+        self.check_size(body.len() as u64, meta.len() as u64)?;
         let born = match self.settings.publish_timeout {
             Some(_) => self.now_ms(),
             None => 0,
         };
-        self.buffer.push_message(body, tag, born)?;
+        self.buffer.push_message(body, tag, born, meta)?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// A body that can never be sent is an error now, not a full buffer
     /// forever or a refusal later.
-    fn check_size(&self, len: u64) -> Result<()> {
+    fn check_size(&self, len: u64, meta: u64) -> Result<()> {
         let too_large = |why: String| {
             Err(Error::new(
                 ErrorKind::MessageTooLarge,
@@ -180,7 +193,7 @@ impl Outbox {
         if len > broker {
             return too_large(format!("the broker's max_message_size {broker}"));
         }
-        if len > self.buffer.max_bytes() {
+        if len + meta > self.buffer.max_bytes() {
             return too_large(format!(
                 "max_buffered_bytes {} (it could never be buffered)",
                 self.buffer.max_bytes()
@@ -394,6 +407,7 @@ impl Outbox {
             s.failed.fetch_add(t.failed, Ordering::Relaxed);
             s.expired.fetch_add(t.expired, Ordering::Relaxed);
             s.refused.fetch_add(t.refused, Ordering::Relaxed);
+            s.unroutable.fetch_add(t.unroutable, Ordering::Relaxed);
         }
         ends.hand_on(&self.buffer);
     }

@@ -6,7 +6,7 @@ use super::message::{self, Message, Outcome};
 use super::window::ConfirmWindow;
 use super::{lock, Outbox};
 use crate::backoff;
-use crate::wire::{Confirm, Failure, PublishTarget, WireChannel};
+use crate::wire::{Confirm, Failure, Outgoing, PublishTarget, WireChannel};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -162,7 +162,13 @@ impl Outbox {
                     resent += 1;
                 }
                 msg.sends = msg.sends.saturating_add(1);
-                batch.publish(&msg.body);
+                msg.returned = None;
+                let (routing_key, properties) = msg.meta();
+                let out = Outgoing {
+                    routing_key,
+                    properties,
+                };
+                batch.publish(out, &msg.body);
                 window.push(msg);
             }
         });
@@ -284,23 +290,7 @@ impl Outbox {
     /// backoff, or fail once nacked more than `publish_retries` times.
     /// Some: a `TopologyLost`, with nothing after it applied.
     fn apply_confirms(&self, run: &mut Run<'_>) -> Option<String> {
-        let mut lost = None;
-        let mut nacked = 0;
-        for c in run.confirms.drain(..) {
-            match c {
-                Confirm::Settled {
-                    tag,
-                    multiple,
-                    nack,
-                } => nacked += run.window.settle(tag, multiple, nack),
-                Confirm::TopologyLost(why) => {
-                    // Nothing after this may be applied: the returned
-                    // message's own ack follows its return.
-                    lost = Some(why);
-                    break;
-                }
-            }
-        }
+        let (nacked, lost) = take_confirms(run);
         if nacked > 0 {
             self.stats.nacked.fetch_add(nacked, Ordering::Relaxed);
         }
@@ -318,6 +308,11 @@ impl Outbox {
         let before = run.window.len();
         run.window.release_settled_with(|mut msg, ack| {
             match carry.released(&mut msg, ack, retries) {
+                Verdict::Confirmed if msg.returned.is_some() => {
+                    acked = true;
+                    let f = unroutable(&msg);
+                    ends.failed(msg, &f);
+                }
                 Verdict::Confirmed => {
                     acked = true;
                     ends.confirmed(msg);
@@ -328,6 +323,13 @@ impl Outbox {
         });
         if run.window.len() < before {
             run.progress = Instant::now();
+        }
+        if ends.tally().unroutable > 0 && self.first_of_incident(Outcome::Unroutable) {
+            warn!(
+                "queue '{}': {} message(s) published with a routing key of their own came back unroutable (reported, counted in unroutable)",
+                self.settings.queue,
+                ends.tally().unroutable
+            );
         }
         if let Some(f) = failed
             .as_ref()
@@ -414,4 +416,61 @@ impl Outbox {
             None => message::Failure::new(Outcome::Refused, code, text),
         }
     }
+}
+
+/// The failure of a message the broker returned for its own routing key.
+fn unroutable(m: &Message) -> message::Failure {
+    let key = String::from_utf8_lossy(m.meta().0.unwrap_or_default()).into_owned();
+    let code = m.returned.unwrap_or(312);
+    message::Failure::new(
+        Outcome::Unroutable,
+        code,
+        format!("returned by the broker ({code}): no queue is bound to routing key '{key}'"),
+    )
+}
+
+/// A return for a message's own key: the first pending message sent with
+/// that key and not returned yet is the one (the broker returns in publish
+/// order, before the message's ack). Its ack then ends it as unroutable.
+fn mark_returned(window: &mut ConfirmWindow<Message>, code: u16, routing_key: &[u8]) {
+    let returned = window
+        .pending_mut()
+        .find(|m| m.returned.is_none() && m.meta().0 == Some(routing_key));
+    if let Some(m) = returned {
+        m.returned = Some(code);
+    }
+}
+
+/// Marks the window by the confirms taken, in arrival order: (messages
+/// nacked, the reason if the queue is gone, with nothing after it applied).
+fn take_confirms(run: &mut Run<'_>) -> (u64, Option<String>) {
+    let mut lost = None;
+    let mut nacked = 0;
+    for c in run.confirms.drain(..) {
+        match c {
+            Confirm::Settled {
+                tag,
+                multiple,
+                nack,
+            } => nacked += run.window.settle(tag, multiple, nack),
+            Confirm::Returned {
+                routing_key, code, ..
+            } if routing_key != run.target.routing_key => {
+                mark_returned(&mut run.window, code, &routing_key)
+            }
+            Confirm::Returned { text, .. } => {
+                // The queue's own key: the queue is gone. Nothing after
+                // this may be applied: the message's ack follows.
+                lost = Some(format!(
+                    "the broker returned a message: {text} (its queue was deleted?)"
+                ));
+                break;
+            }
+            Confirm::TopologyLost(why) => {
+                lost = Some(why);
+                break;
+            }
+        }
+    }
+    (nacked, lost)
 }

@@ -142,6 +142,14 @@ impl<T: ByteLen> ConfirmWindow<T> {
         self.slots.get(i).map(|(m, _)| m)
     }
 
+    /// The messages sent and not settled yet, oldest first.
+    pub fn pending_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots
+            .iter_mut()
+            .filter(|(_, s)| *s == State::Pending)
+            .map(|(m, _)| m)
+    }
+
     /// The oldest message in the window.
     pub fn front(&self) -> Option<&T> {
         self.slots.front().map(|(m, _)| m)

@@ -19,14 +19,15 @@ use super::codec::Deliver;
 /// up to this size costs one allocation.
 const SMALL_BODY: usize = 256;
 
-/// One delivery: consumer tag, exchange, routing key and body in one
-/// allocation.
+/// One delivery: consumer tag, exchange, routing key, property bytes and
+/// body in one allocation.
 pub struct Delivery {
-    /// consumer tag, exchange, routing key, body.
+    /// consumer tag, exchange, routing key, properties, body.
     data: Vec<u8>,
     consumer_tag_len: usize,
     exchange_len: usize,
     routing_key_len: usize,
+    properties_len: usize,
     pub delivery_tag: u64,
     pub redelivered: bool,
     /// The body size its header announced when that was over our limit, or
@@ -47,8 +48,15 @@ impl Delivery {
         let at = self.consumer_tag_len + self.exchange_len;
         &self.data[at..at + self.routing_key_len]
     }
+    /// The content header's property bytes (flags, then fields), checked
+    /// by `props::checked` (empty if they did not parse).
+    pub fn properties(&self) -> &[u8] {
+        let at = self.consumer_tag_len + self.exchange_len + self.routing_key_len;
+        &self.data[at..at + self.properties_len]
+    }
     pub fn body(&self) -> &[u8] {
-        &self.data[self.consumer_tag_len + self.exchange_len + self.routing_key_len..]
+        let at = self.consumer_tag_len + self.exchange_len + self.routing_key_len;
+        &self.data[at + self.properties_len..]
     }
 }
 
@@ -61,9 +69,13 @@ pub(super) enum Event<'a> {
     Return,
     /// Any other method on the channel (no content).
     Method,
-    /// A content header, with the body size it announces and the largest
-    /// body we take in.
-    Header { body_size: u64, limit: u64 },
+    /// A content header, with the body size it announces, the largest
+    /// body we take in and its property bytes (`props::checked`).
+    Header {
+        body_size: u64,
+        limit: u64,
+        properties: &'a [u8],
+    },
     /// A content header over the header bound (`codec::HEADER_FRAME_MAX`),
     /// skipped unread but for the body size it announces: the body is read
     /// and dropped, and the delivery handed on `too_large`.
@@ -105,11 +117,12 @@ pub(super) enum Content {
 
 /// A delivery's fields, and its body as it arrives.
 pub(super) struct Partial {
-    /// consumer tag + exchange + routing key, then the body.
+    /// consumer tag + exchange + routing key + properties, then the body.
     data: Vec<u8>,
     consumer_tag_len: usize,
     exchange_len: usize,
     routing_key_len: usize,
+    properties_len: usize,
     delivery_tag: u64,
     redelivered: bool,
     too_large: Option<u64>,
@@ -127,10 +140,17 @@ impl Partial {
             consumer_tag_len: d.consumer_tag.len(),
             exchange_len: d.exchange.len(),
             routing_key_len: d.routing_key.len(),
+            properties_len: 0,
             delivery_tag: d.delivery_tag,
             redelivered: d.redelivered,
             too_large: None,
         }
+    }
+
+    /// Keeps the content header's property bytes, before the body.
+    fn properties(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+        self.properties_len = bytes.len();
     }
 
     /// Appends body bytes, `remaining` being what is due with them. Grows
@@ -153,6 +173,7 @@ impl Partial {
             consumer_tag_len: self.consumer_tag_len,
             exchange_len: self.exchange_len,
             routing_key_len: self.routing_key_len,
+            properties_len: self.properties_len,
             delivery_tag: self.delivery_tag,
             redelivered: self.redelivered,
             too_large: self.too_large,
@@ -161,6 +182,12 @@ impl Partial {
 }
 
 impl Content {
+    fn properties(&mut self, bytes: &[u8]) {
+        if let Content::Deliver(p) = self {
+            p.properties(bytes);
+        }
+    }
+
     fn done(self) -> Step {
         match self {
             Content::Deliver(p) => Step::Complete(p.finish()),
@@ -198,7 +225,6 @@ impl Assembly {
                 *self = Assembly::AwaitingHeader(Content::Return);
                 Ok(Step::Incomplete)
             }
-            (Assembly::AwaitingHeader(_), Event::Header { body_size: 0, .. }) => Ok(self.finish()),
             (
                 Assembly::AwaitingHeader(content),
                 Event::HugeHeader {
@@ -219,7 +245,18 @@ impl Assembly {
                 };
                 Ok(Step::Incomplete)
             }
-            (Assembly::AwaitingHeader(content), Event::Header { body_size, limit }) => {
+            (
+                Assembly::AwaitingHeader(content),
+                Event::Header {
+                    body_size,
+                    limit,
+                    properties,
+                },
+            ) => {
+                content.properties(properties);
+                if body_size == 0 {
+                    return Ok(self.finish());
+                }
                 admit_body(content, body_size, limit);
                 let content = std::mem::replace(content, Content::Return);
                 *self = Assembly::Body {

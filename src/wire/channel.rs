@@ -3,7 +3,7 @@
 //! queue of confirms the reader fills.
 
 use super::channel_state::{ChannelState, Confirm, DeliverySink};
-use super::codec::{self, PublishTarget};
+use super::codec::{self, Outgoing, PublishTarget};
 use super::output::Appending;
 use super::shared::{ConnShared, CLOSE_WAIT};
 use super::{lock, wrong_reply, Failure};
@@ -340,7 +340,7 @@ pub struct PublishBatch<'a> {
 }
 
 impl PublishBatch<'_> {
-    pub fn publish(&mut self, body: &[u8]) {
+    pub fn publish(&mut self, msg: Outgoing<'_>, body: &[u8]) {
         // Before the broker can see it (the output is held), so its confirm
         // never looks like one for a publish never sent.
         self.ch.published.fetch_add(1, Ordering::Release);
@@ -348,6 +348,7 @@ impl PublishBatch<'_> {
             self.out.frames(),
             self.ch.id,
             &self.target,
+            msg,
             body,
             self.frame_max,
         );

@@ -29,11 +29,18 @@ pub enum Confirm {
         multiple: bool,
         nack: bool,
     },
-    /// The queue is gone: a publish came back unroutable (basic.return,
-    /// always before that message's ack) or the broker cancelled a
-    /// consumer. The channel must be reopened so the topology is declared
-    /// again; nothing unconfirmed may be taken as delivered.
+    /// The queue is gone: the broker cancelled a consumer. The channel
+    /// must be reopened so the topology is declared again; nothing
+    /// unconfirmed may be taken as delivered.
     TopologyLost(String),
+    /// A publish came back unroutable (basic.return, always before that
+    /// message's ack). For the queue's own routing key the queue is gone
+    /// (as `TopologyLost`); for a message's own key, that message is.
+    Returned {
+        code: u16,
+        text: String,
+        routing_key: Vec<u8>,
+    },
 }
 
 /// A channel's consumers by tag. A handful per channel (`repeat`), so a

@@ -224,11 +224,22 @@ pub struct PublishTarget<'a> {
     pub mandatory: bool,
 }
 
+/// What one message adds to its queue's `PublishTarget`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outgoing<'a> {
+    /// Its own routing key (None: the target's).
+    pub routing_key: Option<&'a [u8]>,
+    /// Its property bytes as encoded by `props::Encoder` (flags, then
+    /// fields), written as they are; empty: the target's defaults.
+    pub properties: &'a [u8],
+}
+
 /// basic.publish + content header + body frames (split at `frame_max`).
 pub fn encode_publish(
     out: &mut Vec<u8>,
     channel: u16,
     target: &PublishTarget,
+    msg: Outgoing<'_>,
     body: &[u8],
     frame_max: usize,
 ) {
@@ -237,7 +248,7 @@ pub fn encode_publish(
     out.extend_from_slice(&METHOD_BASIC_PUBLISH.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // reserved (ticket)
     short_str(out, target.exchange);
-    short_str(out, target.routing_key);
+    short_str(out, msg.routing_key.unwrap_or(target.routing_key));
     out.push(target.mandatory as u8); // bit 0 mandatory; immediate (bit 1) off
     frame_end(out, at);
 
@@ -245,7 +256,9 @@ pub fn encode_publish(
     out.extend_from_slice(&CLASS_BASIC.to_be_bytes());
     out.extend_from_slice(&[0, 0]); // weight
     out.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    if target.persistent {
+    if !msg.properties.is_empty() {
+        out.extend_from_slice(msg.properties);
+    } else if target.persistent {
         out.extend_from_slice(&0x1000u16.to_be_bytes()); // delivery-mode present
         out.push(2);
     } else {
@@ -339,7 +352,7 @@ mod tests {
                 persistent,
                 mandatory,
             };
-            encode_publish(&mut out, 7, &target, &body, frame_max);
+            encode_publish(&mut out, 7, &target, Outgoing::default(), &body, frame_max);
             let frames = all_frames(&out);
             assert_eq!(
                 frames[0],

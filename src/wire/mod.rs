@@ -34,7 +34,7 @@ pub(crate) use amq_protocol::types::{AMQPValue, FieldTable};
 pub(crate) use assembly::Delivery;
 pub(crate) use channel::{QueueFlags, WireChannel};
 pub(crate) use channel_state::{Confirm, DeliverySink};
-pub(crate) use codec::PublishTarget;
+pub(crate) use codec::{Outgoing, PublishTarget};
 pub(crate) use connection::WireConnection;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;

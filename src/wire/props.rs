@@ -162,6 +162,79 @@ pub fn decode(bytes: &[u8]) -> Res<Properties<'_>> {
     Ok(p)
 }
 
+/// How each property is laid out, in field order.
+#[derive(Clone, Copy)]
+enum Shape {
+    Short,
+    Table,
+    Fixed(usize),
+}
+
+const LAYOUT: [(u16, Shape); 14] = [
+    (CONTENT_TYPE, Shape::Short),
+    (CONTENT_ENCODING, Shape::Short),
+    (HEADERS, Shape::Table),
+    (DELIVERY_MODE, Shape::Fixed(1)),
+    (PRIORITY, Shape::Fixed(1)),
+    (CORRELATION_ID, Shape::Short),
+    (REPLY_TO, Shape::Short),
+    (EXPIRATION, Shape::Short),
+    (MESSAGE_ID, Shape::Short),
+    (TIMESTAMP, Shape::Fixed(8)),
+    (TYPE, Shape::Short),
+    (USER_ID, Shape::Short),
+    (APP_ID, Shape::Short),
+    (CLUSTER_ID, Shape::Short),
+];
+
+/// Checks property bytes from the broker without allocating (tables by
+/// `check_field_table`: iterative, depth-limited): what passes, `decode`
+/// reads. Returns them, or nothing when they do not parse: the delivery is
+/// kept (a WARN, once), never a reason to end the connection.
+pub fn checked(bytes: &[u8]) -> &[u8] {
+    match check(bytes) {
+        Ok(()) => bytes,
+        Err(e) => {
+            static WARNED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                warn!("a delivery's properties do not parse ({e}): delivered without them (logged once)");
+            }
+            &[]
+        }
+    }
+}
+
+fn check(bytes: &[u8]) -> Res<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut r = Reader { b: bytes, at: 0 };
+    let mut word = u16::from_be_bytes(r.arr()?);
+    let flags = word;
+    while word & 1 != 0 {
+        word = u16::from_be_bytes(r.arr()?);
+    }
+    for (flag, shape) in LAYOUT {
+        if flags & flag == 0 {
+            continue;
+        }
+        match shape {
+            Shape::Short => {
+                r.short()?;
+            }
+            Shape::Table => {
+                let n = check_field_table(&bytes[r.at..])?;
+                r.take(n)?;
+            }
+            Shape::Fixed(n) => {
+                r.take(n)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_str<'a>(r: &mut Reader<'a>, p: &mut Properties<'a>, flag: u16, i: &mut usize) -> Res<()> {
     if p.flags & flag != 0 {
         p.strs[*i] = r.short()?;
@@ -191,7 +264,8 @@ fn decode_value<'a>(r: &mut Reader<'a>, depth: usize) -> Res<Value<'a>> {
         b't' => Value::Bool(r.u8()? != 0),
         b'b' => Value::I8(r.u8()? as i8),
         b'B' => Value::U8(r.u8()?),
-        b's' => Value::I16(i16::from_be_bytes(r.arr()?)),
+        // 'U' is what some clients write for a signed 16-bit integer.
+        b's' | b'U' => Value::I16(i16::from_be_bytes(r.arr()?)),
         b'u' => Value::U16(u16::from_be_bytes(r.arr()?)),
         b'I' => Value::I32(i32::from_be_bytes(r.arr()?)),
         b'i' => Value::U32(r.u32()?),

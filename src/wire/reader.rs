@@ -7,6 +7,7 @@
 use super::assembly::{Assembly, Delivery, Event, Step};
 use super::channel_state::{ChannelState, Confirm, Undelivered};
 use super::codec::{self, RawFrame};
+use super::props;
 use super::shared::ConnShared;
 use super::{channel_failure, describe_close, Violation};
 use huge_header::Skip;
@@ -292,6 +293,7 @@ impl ChannelReader {
                 self.step(Event::Header {
                     body_size,
                     limit: conn.max_body,
+                    properties: props::checked(f.payload.get(12..).unwrap_or_default()),
                 })?
             }
             _ => self.step(Event::Body(f.payload))?,
@@ -345,10 +347,11 @@ impl ChannelReader {
                 self.step(Event::Return)?;
                 // In order with the confirms: before this message's ack.
                 // Its content follows, read and dropped by the assembly.
-                ch.push_confirm(Confirm::TopologyLost(format!(
-                    "the broker returned a message: {} (its queue was deleted?)",
-                    describe_close(r.reply_code, r.reply_text.as_str())
-                )));
+                ch.push_confirm(Confirm::Returned {
+                    code: r.reply_code,
+                    text: describe_close(r.reply_code, r.reply_text.as_str()),
+                    routing_key: r.routing_key.as_str().as_bytes().to_vec(),
+                });
                 Ok(())
             }
             AMQPClass::Basic(B::GetOk(_)) => Err(Violation::command_invalid(format!(

@@ -66,6 +66,7 @@ fn feed(a: &mut Assembly, f: &Frame) -> Out {
         Frame::Header(n) => Event::Header {
             body_size: *n,
             limit: LIMIT,
+            properties: &[],
         },
         Frame::Body(b) => Event::Body(b),
     };
@@ -460,6 +461,7 @@ fn a_multi_frame_body_grows_to_its_exact_size() {
     let _ = a.step(Event::Header {
         body_size: size as u64,
         limit: u64::MAX,
+        properties: &[],
     });
     let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let mut last = None;
