@@ -152,6 +152,23 @@ impl amqp_message {
     }
 }
 
+/// amqp_message.present bits (the AMQP property flags; the header has
+/// them as macros).
+pub const AMQP_PROP_CONTENT_TYPE: u16 = props::CONTENT_TYPE;
+pub const AMQP_PROP_CONTENT_ENCODING: u16 = props::CONTENT_ENCODING;
+pub const AMQP_PROP_HEADERS: u16 = props::HEADERS;
+pub const AMQP_PROP_DELIVERY_MODE: u16 = props::DELIVERY_MODE;
+pub const AMQP_PROP_PRIORITY: u16 = props::PRIORITY;
+pub const AMQP_PROP_CORRELATION_ID: u16 = props::CORRELATION_ID;
+pub const AMQP_PROP_REPLY_TO: u16 = props::REPLY_TO;
+pub const AMQP_PROP_EXPIRATION: u16 = props::EXPIRATION;
+pub const AMQP_PROP_MESSAGE_ID: u16 = props::MESSAGE_ID;
+pub const AMQP_PROP_TIMESTAMP: u16 = props::TIMESTAMP;
+pub const AMQP_PROP_TYPE: u16 = props::TYPE;
+pub const AMQP_PROP_USER_ID: u16 = props::USER_ID;
+pub const AMQP_PROP_APP_ID: u16 = props::APP_ID;
+pub const AMQP_PROP_CLUSTER_ID: u16 = props::CLUSTER_ID;
+
 /// Encoded properties larger than this are refused: the content header
 /// must fit in one frame (RabbitMQ's frame_max is 128 KiB by default).
 const MAX_PROPERTIES: usize = 64 << 10;

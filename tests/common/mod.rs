@@ -19,12 +19,14 @@
 //! - `consume`: the consume callback `record_cb` and its `Recorder`;
 //! - `reader`: `Reader`, the independent lapin client;
 //! - `reports`: `Reports`, which records a queue's delivery reports;
+//! - `message`: `CMessage`, an amqp_message built from lapin's properties, and the way back;
 //! - here: names, polling, sequenced bodies.
 #![allow(dead_code, unused_unsafe)]
 
 mod api;
 mod broker;
 mod consume;
+mod message;
 mod reader;
 mod reports;
 
@@ -34,6 +36,8 @@ pub use api::*;
 pub use broker::*;
 #[allow(unused_imports)]
 pub use consume::*;
+#[allow(unused_imports)]
+pub use message::*;
 #[allow(unused_imports)]
 pub use reader::*;
 #[allow(unused_imports)]

@@ -15,6 +15,8 @@ pub struct Got {
     pub delivery_mode: Option<u8>,
     pub exchange: String,
     pub routing_key: String,
+    /// Every property, headers included, as lapin read them.
+    pub properties: lapin::BasicProperties,
 }
 
 pub struct Reader {
@@ -76,6 +78,7 @@ impl Reader {
                             delivery_mode: *d.properties.delivery_mode(),
                             exchange: d.exchange.to_string(),
                             routing_key: d.routing_key.to_string(),
+                            properties: d.properties,
                         });
                     }
                 }
@@ -136,6 +139,32 @@ impl Reader {
             let conf = self
                 .ch
                 .basic_publish("".into(), queue.into(), Default::default(), body, props)
+                .await
+                .expect("reader: basic_publish")
+                .await
+                .expect("reader: confirm");
+            assert!(conf.is_ack(), "reader: publish nacked");
+        })
+    }
+
+    /// Publishes one confirmed message with these properties to `exchange` / `routing_key`.
+    pub fn publish_props(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: lapin::BasicProperties,
+    ) {
+        self.rt.block_on(async {
+            let conf = self
+                .ch
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    Default::default(),
+                    body,
+                    props,
+                )
                 .await
                 .expect("reader: basic_publish")
                 .await
@@ -220,6 +249,7 @@ impl Reader {
                         delivery_mode: *d.properties.delivery_mode(),
                         exchange: d.exchange.to_string(),
                         routing_key: d.routing_key.to_string(),
+                        properties: d.properties,
                     });
                 }
                 let _ = ch.close(200, "OK".into()).await;
