@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{cs, last_error, DEAD_URI};
+use common::{cs, empty_message, every_property, last_error, CMessage, DEAD_URI};
 use resilient_amqp::*;
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::null;
@@ -892,6 +892,222 @@ fn publish_rows(t: &mut Table, h: &Handles) {
     );
 }
 
+/// amqp_publish_message (issue 12): every bad description is AMQP_ERR_INVALID_ARGUMENT with
+/// nothing stored, never a crash; checked before the buffer (`q` is full by now).
+fn message_rows(t: &mut Table) {
+    let conn = dead_conn(None);
+    let q = open_ok(conn, "props-rows", None);
+    let pm =
+        |m: &amqp_message| unsafe { amqp_publish_message(q, b"x".as_ptr() as *const c_void, 1, m) };
+    let base = empty_message;
+    let string = |bytes: &'static [u8]| amqp_value {
+        kind: amqp_value_kind::AMQP_VALUE_STRING as u32,
+        integer: 0,
+        number: 0.0,
+        bytes: bytes.as_ptr() as *const c_void,
+        len: bytes.len(),
+    };
+    let field = |key: *const c_char, value: amqp_value| amqp_field { key, value };
+    let with = |fields: &[amqp_field]| {
+        let mut m = base();
+        m.headers = fields.as_ptr();
+        m.header_count = fields.len();
+        m
+    };
+    let key = c(b"k");
+    let long_key = c(&[b'k'; 256]);
+    let empty_key = c(b"");
+    let bad_utf8 = c(&[b'a', 0xff]);
+    let long_str = c(&[b'c'; 256]);
+    t.row(
+        "publish_message(m NULL) as amqp_publish",
+        AMQP_OK,
+        "",
+        || unsafe { amqp_publish_message(q, b"x".as_ptr() as *const c_void, 1, null()) },
+    );
+    t.row(
+        "publish_message(0, m)",
+        AMQP_ERR_INVALID_HANDLE,
+        "not a valid queue handle",
+        || unsafe { amqp_publish_message(0, null(), 0, &base()) },
+    );
+    t.row(
+        "publish_message(size 0)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "m.size is 0",
+        || {
+            let mut m = base();
+            m.size = 0;
+            pm(&m)
+        },
+    );
+    t.row("publish_message(every field, zero) OK", AMQP_OK, "", || {
+        pm(&base())
+    });
+    t.row(
+        "publish_message(header key of 256 bytes)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "at most 255",
+        || pm(&with(&[field(p(&long_key), string(b"v"))])),
+    );
+    t.row(
+        "publish_message(empty header key)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "key is empty",
+        || pm(&with(&[field(p(&empty_key), string(b"v"))])),
+    );
+    t.row(
+        "publish_message(NULL header key)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "key is NULL",
+        || pm(&with(&[field(null(), string(b"v"))])),
+    );
+    t.row(
+        "publish_message(unknown value kind 99)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "unknown value kind 99",
+        || {
+            let mut v = string(b"v");
+            v.kind = 99;
+            pm(&with(&[field(p(&key), v)]))
+        },
+    );
+    t.row(
+        "publish_message(string header not UTF-8)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "not valid UTF-8",
+        || pm(&with(&[field(p(&key), string(&[0xc3, 0x28]))])),
+    );
+    t.row(
+        "publish_message(header key not UTF-8)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "not valid UTF-8",
+        || pm(&with(&[field(p(&bad_utf8), string(b"v"))])),
+    );
+    t.row(
+        "publish_message(content_type not UTF-8)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "content_type is not valid UTF-8",
+        || {
+            let mut m = base();
+            m.content_type = p(&bad_utf8);
+            pm(&m)
+        },
+    );
+    t.row(
+        "publish_message(message_id of 256 bytes)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "message_id is 256 bytes",
+        || {
+            let mut m = base();
+            m.message_id = p(&long_str);
+            pm(&m)
+        },
+    );
+    t.row(
+        "publish_message(routing_key not UTF-8)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "routing_key",
+        || {
+            let mut m = base();
+            m.routing_key = p(&bad_utf8);
+            pm(&m)
+        },
+    );
+    t.row(
+        "publish_message(headers NULL, count 3)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "headers is NULL but header_count is 3",
+        || {
+            let mut m = base();
+            m.header_count = 3;
+            pm(&m)
+        },
+    );
+    t.row(
+        "publish_message(string value NULL, len 4)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "NULL with len 4",
+        || {
+            let mut v = string(b"v");
+            v.bytes = null();
+            v.len = 4;
+            pm(&with(&[field(p(&key), v)]))
+        },
+    );
+    t.row(
+        "publish_message(nested table NULL, len 2)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "NULL with len 2",
+        || {
+            let mut v = string(b"v");
+            v.kind = amqp_value_kind::AMQP_VALUE_TABLE as u32;
+            v.bytes = null();
+            v.len = 2;
+            pm(&with(&[field(p(&key), v)]))
+        },
+    );
+    t.row(
+        "publish_message(a table that contains itself)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "nested more than 32",
+        || {
+            let mut f = [field(p(&key), string(b"v"))];
+            f[0].value.kind = amqp_value_kind::AMQP_VALUE_TABLE as u32;
+            f[0].value.bytes = f.as_ptr() as *const c_void;
+            f[0].value.len = 1;
+            pm(&with(&f))
+        },
+    );
+    t.row(
+        "publish_message(delivery_mode 3)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "delivery_mode is 3",
+        || {
+            let mut m = base();
+            m.delivery_mode = 3;
+            pm(&m)
+        },
+    );
+    t.row(
+        "publish_message(expiration \"soon\")",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "expiration must be milliseconds",
+        || {
+            let mut m = base();
+            let soon = c(b"soon");
+            m.expiration = p(&soon);
+            pm(&m)
+        },
+    );
+    t.row(
+        "publish_message(properties of 70,000 bytes)",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "at most 65536",
+        || {
+            static BIG: [u8; 70_000] = [b'b'; 70_000];
+            pm(&with(&[field(p(&key), string(&BIG))]))
+        },
+    );
+    t.row(
+        "publish_message(every type, nested) OK",
+        AMQP_OK,
+        "",
+        || {
+            let m = CMessage::from_lapin(&every_property("guest"), Some("rk"));
+            pm(&m.m)
+        },
+    );
+    let s = unsafe {
+        let mut s: amqp_queue_stats = std::mem::zeroed();
+        s.size = std::mem::size_of::<amqp_queue_stats>();
+        amqp_queue_get_stats(q, &mut s);
+        s
+    };
+    assert_eq!(s.published, 3, "only the good rows stored a message");
+    unsafe { amqp_close_graceful(conn, 0, null_mut()) };
+}
+
 /// amqp_publish_wait: `q` is full at max_buffered 2, `q2` at max_buffered_bytes 10.
 fn publish_wait_rows(t: &mut Table, h: &Handles) {
     let Handles {
@@ -1148,6 +1364,7 @@ fn bad_input_table() {
     bad_handle_rows(&mut t, &h);
     queue_open_rows(&mut t, &h, &n);
     publish_rows(&mut t, &h);
+    message_rows(&mut t);
     publish_wait_rows(&mut t, &h);
     consume_and_stats_rows(&mut t, &h);
     log_rows(&mut t);
