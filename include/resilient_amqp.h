@@ -422,7 +422,7 @@ typedef struct amqp_field {
  A message's properties (AMQP 0-9-1 basic properties) and routing key.
 
  Publishing (amqp_publish_message): set `size` to sizeof(amqp_message)
- and the rest to zero (`amqp_message m = { sizeof m };`), then what you
+ and the rest to zero (`amqp_message m = { .size = sizeof m };`), then what you
  need; a zero or NULL field means "not set". The library reads only the
  first `size` bytes, so a program built against an older, smaller struct
  keeps working: the struct only grows at the end, and a field added in

@@ -137,6 +137,7 @@ const C_PROGRAMS: &[&str] = &[
     "pull_mode.c",
     "delivery_reports.c",
     "queue_args.c",
+    "message_properties.c",
 ];
 
 #[test]
@@ -277,6 +278,16 @@ fn c_delivery_reports() {
 #[test]
 fn c_queue_args() {
     run_c_test("queue_args", Build::c("tests/c/queue_args.c"), true, 120);
+}
+
+#[test]
+fn c_message_properties() {
+    run_c_test(
+        "message_properties",
+        Build::c("tests/c/message_properties.c"),
+        true,
+        120,
+    );
 }
 
 #[test]
