@@ -34,6 +34,8 @@ THROUGHPUT = [  # (test, label in the table, short label in the chart)
         "confirmed publish, 64 B, durable + persistent, mandatory off",
         "publish 64 B durable, not mandatory",
     ),
+    ("pub_props_64", "confirmed publish, 64 B, transient, 5 string properties + 3 headers",
+     "publish 64 B with properties"),
     ("pub_transient_4k", "confirmed publish, 4 KiB, transient", "publish 4 KiB transient"),
     ("consume_64", "consume + ack, 64 B, prefetch 500", "consume + ack 64 B"),
     ("consume_pull_64", "consume + ack, 64 B, prefetch 500, ours in pull mode (amqp_poll)",

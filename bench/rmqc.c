@@ -272,16 +272,46 @@ static int mode_publish(const char *mode) {
   json_b("durable", durable);
   json_b("mandatory", (int)arg_int("mandatory", 0));
   json_i("window", arg_int("window", 512));
+  int props = (int)arg_int("props", 0);
+  json_b("props", props);
   amqp_connection_state_t c = rconnect();
   publisher p;
   memset(&p, 0, sizeof p);
+  /* pub_props_64: the same five string properties and three headers as ours.c */
+  static const char traceparent[] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  amqp_table_entry_t entries[3];
+  char id[32];
   if (c != NULL && declare(c, durable) == 0 && confirm_select(c) == 0) {
     pub_init(&p, c, (uint64_t)n, durable);
+    if (props) {
+      entries[0].key = amqp_cstring_bytes("traceparent");
+      entries[0].value.kind = AMQP_FIELD_KIND_UTF8;
+      entries[0].value.value.bytes = amqp_cstring_bytes(traceparent);
+      entries[1].key = amqp_cstring_bytes("tenant");
+      entries[1].value.kind = AMQP_FIELD_KIND_UTF8;
+      entries[1].value.value.bytes = amqp_cstring_bytes("acme");
+      entries[2].key = amqp_cstring_bytes("attempt");
+      entries[2].value.kind = AMQP_FIELD_KIND_I64;
+      entries[2].value.value.i64 = 1;
+      p.props._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+                        AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TYPE_FLAG | AMQP_BASIC_APP_ID_FLAG |
+                        AMQP_BASIC_HEADERS_FLAG;
+      p.props.content_type = amqp_cstring_bytes("application/json");
+      p.props.correlation_id = amqp_cstring_bytes("corr-0123456789");
+      p.props.type = amqp_cstring_bytes("order.created");
+      p.props.app_id = amqp_cstring_bytes("bench");
+      p.props.headers.num_entries = 3;
+      p.props.headers.entries = entries;
+    }
     uint8_t *body = calloc(1, (size_t)size + 16);
     double c0 = cpu_seconds();
     uint64_t t0 = now_ns();
     for (long long i = 0; i < n; i++) {
       fill_body(body, (size_t)size, (uint64_t)i, 0);
+      if (props) {
+        snprintf(id, sizeof id, "msg-%lld", i);
+        p.props.message_id = amqp_cstring_bytes(id);
+      }
       if (pub_send(&p, body, (size_t)size, NULL) != 0) break;
     }
     if (g_err[0] == '\0') pub_wait_all(&p, 300ull * 1000000000ull);

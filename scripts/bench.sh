@@ -17,6 +17,9 @@
 #        pub_durable_64     the same, durable queue + persistent messages
 #        pub_durable_64_nomandatory  the same without the mandatory flag (both clients)
 #                           (every other publish case: mandatory, our default, on both sides)
+#        pub_props_64       the first with 5 string properties (content_type, correlation_id,
+#                           message_id per message, type, app_id) and 3 headers (traceparent,
+#                           tenant, attempt) per message (ours: amqp_publish_message)
 #        pub_transient_4k   the same as the first with 4 KiB bodies
 #        consume_64         consume + ack (prefetch 500) a queue pre-filled with N x 64 B
 #        consume_pull_64    the same, ours in pull mode (amqp_poll batches, amqp_settle_many)
@@ -206,9 +209,9 @@ order() {
 
 qname() { echo "bench.$1.$2.r$3"; } # qname TEST CLIENT RUN
 
-# publish_case TEST N SIZE DURABLE MANDATORY (both clients publish with the same flags)
+# publish_case TEST N SIZE DURABLE MANDATORY [PROPS] (both clients publish with the same flags)
 publish_case() {
-    local test=$1 n=$2 size=$3 durable=$4 mandatory=$5 r client q
+    local test=$1 n=$2 size=$3 durable=$4 mandatory=$5 props=${6:-0} r client q
     wanted "$test" || return 0
     say "$test: confirmed publish, $n x $size B, durable=$durable mandatory=$mandatory ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
@@ -217,7 +220,7 @@ publish_case() {
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
             run "$client" "$test" "$r" publish "queue=$q" "n=$n" "size=$size" "durable=$durable" \
-                "mandatory=$mandatory"
+                "mandatory=$mandatory" "props=$props"
             verify "$client" "$test" "$r" "$q" "$n"
         done
     done
@@ -300,6 +303,7 @@ T0=$SECONDS
 publish_case pub_transient_64 "$N" 64 0 1
 publish_case pub_durable_64 "$N" 64 1 1
 publish_case pub_durable_64_nomandatory "$N" 64 1 0
+publish_case pub_props_64 "$N" 64 0 1 1
 publish_case pub_transient_4k "$N_4K" 4096 0 1
 consume_case consume_64 consume
 consume_case consume_pull_64 consume_pull
