@@ -25,7 +25,7 @@ _Static_assert(AMQP_ERR_BROKER == 8, "");
 _Static_assert(AMQP_ERR_INTERNAL == 9, "");
 _Static_assert(AMQP_ERR_STALE_DELIVERY == 10, "");
 _Static_assert(AMQP_ERR_ALREADY_SETTLED == 11, "");
-_Static_assert(AMQP_ABI_VERSION == 2, "");
+_Static_assert(AMQP_ABI_VERSION == 3, "");
 _Static_assert(AMQP_ACK == 0x5A01, "");
 _Static_assert(AMQP_REJECT == 0x5A02, "");
 _Static_assert(AMQP_REQUEUE == 0x5A03, "");
@@ -57,6 +57,22 @@ _Static_assert(IS_TYPE(d0.routing_key, const char *), "routing_key is const char
 _Static_assert(IS_TYPE(d0.routing_key_len, size_t), "routing_key_len is size_t");
 _Static_assert(IS_TYPE(d0.queue, amqp_queue_handle), "queue is amqp_queue_handle");
 _Static_assert(IS_TYPE(d0.delivery_id, uint64_t), "delivery_id is uint64_t");
+_Static_assert(IS_TYPE(d0.message, const amqp_message *), "message (ABI 3)");
+_Static_assert(IS_TYPE(d0.properties, const uint8_t *), "properties (ABI 3)");
+_Static_assert(IS_TYPE(d0.properties_len, size_t), "properties_len (ABI 3)");
+
+/* The message description (ABI 3) starts with its size; kinds and flags are fixed. */
+static const amqp_message m0;
+_Static_assert(offsetof(amqp_message, size) == 0, "size first");
+_Static_assert(IS_TYPE(m0.size, size_t) && IS_TYPE(m0.routing_key, const char *) &&
+                   IS_TYPE(m0.headers, const amqp_field *) && IS_TYPE(m0.header_count, size_t) &&
+                   IS_TYPE(m0.delivery_mode, uint8_t) && IS_TYPE(m0.priority, uint8_t) &&
+                   IS_TYPE(m0.present, uint16_t) && IS_TYPE(m0.timestamp, uint64_t) &&
+                   IS_TYPE(m0.tag, uint64_t),
+               "amqp_message fields");
+_Static_assert(AMQP_VALUE_VOID == 0 && AMQP_VALUE_TABLE == 7 && AMQP_VALUE_DECIMAL == 16, "kinds");
+_Static_assert(AMQP_PROP_CONTENT_TYPE == 0x8000 && AMQP_PROP_APP_ID == 0x0008, "property flags");
+_Static_assert(AMQP_REPORT_UNROUTABLE == 6, "");
 
 static const amqp_connection_stats cs0;
 _Static_assert(offsetof(amqp_connection_stats, size) == 0, "size first");
@@ -71,7 +87,7 @@ _Static_assert(IS_TYPE(cs0.consume_failed_attempts, uint64_t), "consume_failed_a
 
 static const amqp_queue_stats qs0;
 _Static_assert(offsetof(amqp_queue_stats, size) == 0, "size first");
-_Static_assert(sizeof qs0 == sizeof(size_t) + 20 * sizeof(uint64_t), "size + 20 counters");
+_Static_assert(sizeof qs0 == sizeof(size_t) + 21 * sizeof(uint64_t), "size + 21 counters");
 _Static_assert(IS_TYPE(qs0.buffered, uint64_t) && IS_TYPE(qs0.buffered_bytes, uint64_t) &&
                    IS_TYPE(qs0.in_flight, uint64_t) && IS_TYPE(qs0.published, uint64_t) &&
                    IS_TYPE(qs0.confirmed, uint64_t) && IS_TYPE(qs0.resent, uint64_t) &&

@@ -219,3 +219,28 @@ proptest! {
         prop_assert!(t.headers().is_some());
     }
 }
+
+proptest! {
+    /// Any bytes: `checked` never panics, and what it passes `decode` reads (the broker's
+    /// property bytes are never a reason to drop a delivery or the connection).
+    #[test]
+    fn what_check_passes_decode_reads(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let kept = checked(&bytes);
+        prop_assert!(kept.is_empty() || kept.len() == bytes.len());
+        prop_assert!(decode(kept).is_ok());
+    }
+
+    /// Valid encodings with a byte flipped: the same holds.
+    #[test]
+    fn corrupted_encodings_are_checked_or_read(
+        v in proptest::collection::vec(("[a-z]{0,4}", arb_value()), 0..4),
+        at in any::<usize>(),
+        x in any::<u8>(),
+    ) {
+        let headers: Vec<(&[u8], Value<'_>)> = v.iter().map(|(k, v)| (k.as_bytes(), v.clone())).collect();
+        let mut bytes = encode_all(&headers);
+        let i = at % bytes.len();
+        bytes[i] ^= x;
+        prop_assert!(decode(checked(&bytes)).is_ok());
+    }
+}
