@@ -397,14 +397,15 @@ unsafe fn fields(e: &mut Encoder<'_>, f: *const amqp_field, n: usize) -> crate::
         // SAFETY: by the contract.
         let key =
             unsafe { cstr(field.key) }.ok_or_else(|| Error::invalid("a header key is NULL"))?;
-        let name = String::from_utf8_lossy(&key[..key.len().min(40)]).into_owned();
         if key.is_empty() {
             return Err(Error::invalid("a header key is empty"));
         }
         e.key(key).map_err(Error::invalid)?;
         // SAFETY: by the contract.
-        unsafe { value(e, &field.value) }
-            .map_err(|err| Error::invalid(format!("header '{name}': {}", err.message)))?;
+        unsafe { value(e, &field.value) }.map_err(|err| {
+            let name = String::from_utf8_lossy(&key[..key.len().min(40)]);
+            Error::invalid(format!("header '{name}': {}", err.message))
+        })?;
     }
     Ok(())
 }
