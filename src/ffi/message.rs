@@ -256,7 +256,7 @@ unsafe fn encode(m: &amqp_message, persistent: bool, meta: &mut Vec<u8>) -> crat
     // SAFETY: the contract.
     let rk = unsafe { cstr(m.routing_key) };
     if let Some(k) = rk {
-        if k.len() > 255 || std::str::from_utf8(k).is_err() {
+        if k.len() > 255 || !props::utf8(k) {
             return Err(inv("m->routing_key is over 255 bytes or not UTF-8"));
         }
     }

@@ -183,6 +183,7 @@ impl Body {
     }
 
     /// The prefix and the metadata.
+    #[inline]
     fn head(&self) -> &[u8] {
         let p = self.prefix();
         let meta = u32::from_le_bytes([p[12], p[13], p[14], p[15]]) as usize;
@@ -197,15 +198,18 @@ impl Body {
     }
 
     /// The metadata given with the publish (empty for a plain one).
+    #[inline]
     pub fn meta(&self) -> &[u8] {
         &self.head()[PREFIX..]
     }
 
     /// Bytes held for the message: the body and its metadata.
+    #[inline]
     pub fn stored_len(&self) -> usize {
         self.head().len() - PREFIX + self.len()
     }
 
+    #[inline]
     fn prefix(&self) -> &[u8] {
         match &self.0 {
             // SAFETY: written once, before this body existed (see `Chunk`).
@@ -256,7 +260,9 @@ fn pooled(
     unsafe {
         let at = c.chunk.0.as_ptr().add(c.used);
         std::ptr::copy_nonoverlapping(prefix.as_ptr(), at, PREFIX);
-        std::ptr::copy_nonoverlapping(meta.as_ptr(), at.add(PREFIX), meta.len());
+        if !meta.is_empty() {
+            std::ptr::copy_nonoverlapping(meta.as_ptr(), at.add(PREFIX), meta.len());
+        }
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), at.add(head), len);
     }
     let body = Body(Repr::Pooled {
@@ -279,6 +285,7 @@ impl Drop for Body {
 
 impl std::ops::Deref for Body {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         match &self.0 {
             // SAFETY: written once, before this body existed (see `Chunk`);

@@ -38,6 +38,7 @@ impl Message {
 
     /// Its own routing key (None: the queue's) and its encoded properties
     /// (empty: the queue's defaults).
+    #[inline]
     pub fn meta(&self) -> (Option<&[u8]>, &[u8]) {
         parse_meta(self.body.meta())
     }
@@ -58,6 +59,7 @@ pub(crate) fn encode_meta(out: &mut Vec<u8>, routing_key: Option<&[u8]>) {
 }
 
 /// The routing key and property bytes of `encode_meta`'s output.
+#[inline]
 pub(crate) fn parse_meta(meta: &[u8]) -> (Option<&[u8]>, &[u8]) {
     match meta {
         [1, n, rest @ ..] if rest.len() >= *n as usize => {

@@ -319,7 +319,7 @@ impl<'o> Encoder<'o> {
         if s.len() > 255 {
             return Err(format!("{what} is {} bytes (at most 255)", s.len()));
         }
-        if std::str::from_utf8(s).is_err() {
+        if !utf8(s) {
             return Err(format!("{what} is not valid UTF-8"));
         }
         self.out.push(s.len() as u8);
@@ -377,7 +377,7 @@ impl<'o> Encoder<'o> {
             }
             Value::Timestamp(x) => tagged(o, b'T', &x.to_be_bytes()),
             Value::Str(s) => {
-                if std::str::from_utf8(s).is_err() {
+                if !utf8(s) {
                     return Err("a string value is not valid UTF-8 (use bytes)".into());
                 }
                 long(o, b'S', s)?
@@ -429,6 +429,13 @@ impl<'o> Encoder<'o> {
         self.out[self.flags_at..self.flags_at + 2].copy_from_slice(&f);
         self.flags
     }
+}
+
+/// Valid UTF-8: the ASCII check first (word at a time: most properties are
+/// ASCII, and `from_utf8` costs several instructions a byte on short ones).
+#[inline]
+pub fn utf8(s: &[u8]) -> bool {
+    s.is_ascii() || std::str::from_utf8(s).is_ok()
 }
 
 fn tagged(o: &mut Vec<u8>, kind: u8, bytes: &[u8]) {
