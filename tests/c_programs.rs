@@ -435,6 +435,33 @@ fn example_publisher_then_consumer() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The RPC example: a server and a client on two connections, replies
+/// matched by correlation_id through an exclusive reply queue.
+#[test]
+fn example_rpc() {
+    let uri = uri();
+    let _guard = broker_lock();
+    let dir = work_dir("rpc");
+    let exe = dir.join("rpc");
+    compile(&Build::c("examples-c/rpc.c"), &exe);
+    let mut cmd = program(&exe);
+    let seconds = (30 * time_scale()).to_string();
+    cmd.args([uri.as_str(), "500", seconds.as_str()]);
+    let r = run_with_timeout(cmd, limit(90));
+    check_memory("rpc", &r, &dir);
+    assert!(r.code == Some(0), "{}", describe("rpc", &r));
+    for want in [
+        "answered 500 of 500 requests",
+        "0 wrong",
+        "client AMQP_OK (unsent 0)",
+        "server AMQP_OK (unsent 0",
+        "unroutable 0",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {}", describe("rpc", &r));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The outage demo: the broker application is stopped and started while
 /// 20,000 messages are published; nothing may be lost.
 #[test]
