@@ -6,7 +6,7 @@
  * or exits the process, and writes its out-parameters only when it returns
  * AMQP_OK. Nothing is printed unless logging is asked for.
  *
- * ABI rules (contract v2; AMQP_ABI_VERSION 3 adds message properties): structs the library allocates
+ * ABI rules (contract v2; AMQP_ABI_VERSION 3 adds message properties, 4 pull-mode delivery reports): structs the library allocates
  * and hands out (amqp_delivery) only grow at the end; fields are never
  * reordered or removed, and a field added in version N exists iff
  * amqp_abi_version() >= N. Structs the application allocates (the stats)
@@ -48,7 +48,7 @@
 
 /* The C contract version this header describes (amqp_abi_version() returns
    the loaded library's). */
-#define AMQP_ABI_VERSION 3
+#define AMQP_ABI_VERSION 4
 
 /* amqp_message.present: which properties a delivery carried (the AMQP
    property flags); when publishing, AMQP_PROP_PRIORITY and
@@ -1309,6 +1309,56 @@ enum amqp_result amqp_queue_name(amqp_queue_handle queue, char *buf, size_t cap,
 enum amqp_result amqp_set_report_callback(amqp_queue_handle queue,
                                           amqp_report_fn cb,
                                           void *userdata);
+
+/*
+ (ABI 4) Switches the queue's delivery reports to pull mode, for event loops
+ (Node, Python asyncio, Ruby) whose code must not run on a library
+ thread: the report of every message that ends from now on waits in the
+ library until amqp_poll_reports takes it (a report function set before
+ is replaced; amqp_set_report_callback switches back). Each waiting
+ report keeps its message's place in the buffer (max_buffered,
+ max_buffered_bytes) until polled, so an application that stops polling
+ gets AMQP_ERR_BUFFER_FULL and memory stays bounded; such messages do not
+ count as unsent. A message not reported when amqp_close_graceful
+ returns was not confirmed (it is counted in `unsent`; the queue handle
+ is gone, so its report cannot be polled any more).
+
+ `notify_fd` (may be NULL): as amqp_consume_pull's, a NEW descriptor on
+ every call, the caller's to close; readable while reports wait, and for
+ good once the connection closed or failed. Only wait on it for
+ readability. Errors: AMQP_ERR_INVALID_HANDLE; AMQP_ERR_INTERNAL when no
+ descriptor could be made. Any thread. Blocks: never.
+ */
+enum amqp_result amqp_reports_pull(amqp_queue_handle queue, int *notify_fd);
+
+/*
+ (ABI 4) Takes up to `max` waiting delivery reports of the queue (after
+ amqp_reports_pull), oldest first: fills `out` (a caller array of `max`
+ pointers) and `*count`, waiting up to `timeout_ms` for the first (0:
+ never waits). Each report, its `reason` included, is the caller's until
+ amqp_reports_free.
+
+ AMQP_OK with `*count` >= 1; AMQP_ERR_TIMEOUT with `*count` 0 when none
+ came in time (amqp_last_error is then empty); AMQP_ERR_CLOSED once the
+ connection is closing, closed or failed and no report waits;
+ AMQP_ERR_INVALID_ARGUMENT when the queue's reports are not in pull
+ mode, `out` or `count` is NULL, or `max` is 0. `*count` is written (0)
+ on every failure too. Any thread. Blocks: up to timeout_ms (a close or a
+ failure ends the wait); never call it with a timeout from an event
+ loop's thread.
+ */
+enum amqp_result amqp_poll_reports(amqp_queue_handle queue,
+                                   const struct amqp_delivery_report **out,
+                                   size_t max,
+                                   uint32_t timeout_ms,
+                                   size_t *count);
+
+/*
+ (ABI 4) Frees `count` reports returned by amqp_poll_reports (NULL entries are
+ skipped; `reports` NULL frees nothing). Each report must be freed once.
+ Any thread. Blocks: never.
+ */
+void amqp_reports_free(const struct amqp_delivery_report *const *reports, size_t count);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -21,6 +21,7 @@ mod backoff;
 mod client;
 mod consume;
 mod error;
+mod notifier;
 mod os_thread;
 mod publish;
 mod registry;

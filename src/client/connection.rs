@@ -242,6 +242,7 @@ impl Connection {
         // Pollers learn AMQP_ERR_CLOSED; notify descriptors stay readable.
         for q in &queues {
             q.consumers.end();
+            q.outbox.end_reports();
         }
     }
 

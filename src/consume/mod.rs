@@ -12,7 +12,6 @@ mod deferred;
 mod dispatch;
 mod forwarder;
 mod group;
-mod notifier;
 mod pull;
 mod settle_book;
 mod settler;

@@ -16,11 +16,11 @@
 //!   good once the queue has ended (close, failure).
 
 use super::deferred::{self, Ticket};
-use super::notifier::Notifier;
 use super::settle_book::Settle;
 use super::settler::Settler;
 use super::{ConsumerSet, DeliveryView};
 use crate::error::{Error, ErrorKind, Result};
+use crate::notifier::Notifier;
 use crate::wire::{Delivery, DeliverySink};
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;

@@ -1,9 +1,12 @@
 //! Delivery reports: one per published message, confirmed or failed.
 
-use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
+use super::{amqp_queue_handle, amqp_result, lookup_queue, out_param, UserData};
 use crate::client::{Outcome, Report, ReportFn};
-use std::ffi::{c_char, c_void, CString};
+use crate::error::Error;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How a published message ended (amqp_delivery_report.status).
 #[repr(C)]
@@ -103,23 +106,29 @@ pub unsafe extern "C" fn amqp_set_report_callback(
     })
 }
 
+/// A report's C view and the reason string it points to.
+fn view(r: &Report) -> (amqp_delivery_report, Option<CString>) {
+    let reason = r
+        .reason
+        .as_ref()
+        .map(|t| CString::new(t.replace('\0', " ")).unwrap_or_default());
+    let report = amqp_delivery_report {
+        size: std::mem::size_of::<amqp_delivery_report>(),
+        tag: r.tag,
+        status: r.outcome.into(),
+        attempts: u32::from(r.attempts),
+        reply_code: u32::from(r.code),
+        reason: reason.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+    };
+    (report, reason)
+}
+
 fn report_fn(
     cb: unsafe extern "C-unwind" fn(*const amqp_delivery_report, *mut c_void),
     user: UserData,
 ) -> ReportFn {
     Arc::new(move |r: &Report| {
-        let reason = r
-            .reason
-            .as_ref()
-            .map(|t| CString::new(t.replace('\0', " ")).unwrap_or_default());
-        let report = amqp_delivery_report {
-            size: std::mem::size_of::<amqp_delivery_report>(),
-            tag: r.tag,
-            status: r.outcome.into(),
-            attempts: u32::from(r.attempts),
-            reply_code: u32::from(r.code),
-            reason: reason.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-        };
+        let (report, _reason) = view(r);
         let user = &user;
         // Not inside catch_unwind: a forced unwind out of `cb` must pass
         // (see amqp_report_fn).
@@ -127,5 +136,125 @@ fn report_fn(
         // header lets it run on the report thread with this userdata, and
         // `report` (and `reason`) stay valid for the whole call.
         unsafe { cb(&report, user.0) }
+    })
+}
+
+/// (ABI 4) Switches the queue's delivery reports to pull mode, for event loops
+/// (Node, Python asyncio, Ruby) whose code must not run on a library
+/// thread: the report of every message that ends from now on waits in the
+/// library until amqp_poll_reports takes it (a report function set before
+/// is replaced; amqp_set_report_callback switches back). Each waiting
+/// report keeps its message's place in the buffer (max_buffered,
+/// max_buffered_bytes) until polled, so an application that stops polling
+/// gets AMQP_ERR_BUFFER_FULL and memory stays bounded; such messages do not
+/// count as unsent. A message not reported when amqp_close_graceful
+/// returns was not confirmed (it is counted in `unsent`; the queue handle
+/// is gone, so its report cannot be polled any more).
+///
+/// `notify_fd` (may be NULL): as amqp_consume_pull's, a NEW descriptor on
+/// every call, the caller's to close; readable while reports wait, and for
+/// good once the connection closed or failed. Only wait on it for
+/// readability. Errors: AMQP_ERR_INVALID_HANDLE; AMQP_ERR_INTERNAL when no
+/// descriptor could be made. Any thread. Blocks: never.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_reports_pull(
+    queue: amqp_queue_handle,
+    notify_fd: *mut c_int,
+) -> amqp_result {
+    ffi_boundary!({
+        let entry = lookup_queue(queue)?;
+        let fd = (entry.conn.conn).reports_pull(&entry.queue, !notify_fd.is_null())?;
+        if let Some(fd) = fd {
+            // SAFETY: non-NULL (a descriptor is made only then), and the
+            // caller promises an int we may write.
+            unsafe { *notify_fd = fd.into_raw_fd() };
+        }
+        Ok(())
+    })
+}
+
+/// (ABI 4) Takes up to `max` waiting delivery reports of the queue (after
+/// amqp_reports_pull), oldest first: fills `out` (a caller array of `max`
+/// pointers) and `*count`, waiting up to `timeout_ms` for the first (0:
+/// never waits). Each report, its `reason` included, is the caller's until
+/// amqp_reports_free.
+///
+/// AMQP_OK with `*count` >= 1; AMQP_ERR_TIMEOUT with `*count` 0 when none
+/// came in time (amqp_last_error is then empty); AMQP_ERR_CLOSED once the
+/// connection is closing, closed or failed and no report waits;
+/// AMQP_ERR_INVALID_ARGUMENT when the queue's reports are not in pull
+/// mode, `out` or `count` is NULL, or `max` is 0. `*count` is written (0)
+/// on every failure too. Any thread. Blocks: up to timeout_ms (a close or a
+/// failure ends the wait); never call it with a timeout from an event
+/// loop's thread.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_poll_reports(
+    queue: amqp_queue_handle,
+    out: *mut *const amqp_delivery_report,
+    max: usize,
+    timeout_ms: u32,
+    count: *mut usize,
+) -> amqp_result {
+    ffi_boundary!({
+        // SAFETY: NULL or a size_t the caller lets us write (the header).
+        let count = unsafe { out_param(count, "count") }?;
+        *count = 0;
+        if out.is_null() {
+            return Err(Error::invalid("out (the array of pointers) is NULL"));
+        }
+        if max == 0 {
+            return Err(Error::invalid("max is 0"));
+        }
+        let entry = lookup_queue(queue)?;
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        let mut reports = Vec::new();
+        let n = (entry.conn.conn).poll_reports(&entry.queue, &mut reports, max, timeout)?;
+        for (i, r) in reports.iter().enumerate().take(n.min(max)) {
+            let (report, reason) = view(r);
+            let owned = Box::new(OwnedReport {
+                report,
+                _reason: reason,
+            });
+            // SAFETY: `out` is non-NULL with `max` writable pointers (the
+            // caller's promise) and i < max.
+            unsafe {
+                out.add(i)
+                    .write(Box::into_raw(owned) as *const amqp_delivery_report)
+            };
+        }
+        *count = n.min(max);
+        Ok(())
+    })
+}
+
+/// A polled report: the C view first, so a pointer to it is a pointer to
+/// the whole.
+#[repr(C)]
+struct OwnedReport {
+    report: amqp_delivery_report,
+    _reason: Option<CString>,
+}
+
+/// (ABI 4) Frees `count` reports returned by amqp_poll_reports (NULL entries are
+/// skipped; `reports` NULL frees nothing). Each report must be freed once.
+/// Any thread. Blocks: never.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_reports_free(
+    reports: *const *const amqp_delivery_report,
+    count: usize,
+) {
+    ffi_boundary!(value(), {
+        if reports.is_null() {
+            return;
+        }
+        for i in 0..count {
+            // SAFETY: the caller passes an array of `count` pointers from
+            // amqp_poll_reports, each not freed before (the header).
+            let r = unsafe { reports.add(i).read() };
+            if !r.is_null() {
+                // SAFETY: made by Box::into_raw of an OwnedReport above.
+                drop(unsafe { Box::from_raw(r as *mut OwnedReport) });
+            }
+        }
     })
 }

@@ -85,12 +85,13 @@ impl Ends {
             return;
         }
         match self.reporting {
-            Some(r) => r.thread.push(Batch {
+            Some(Reporting::Thread { callback, thread }) => thread.push(Batch {
                 reports: self.reports,
-                callback: r.callback,
+                callback,
                 buffer: buffer.clone(),
                 bytes: self.bytes,
             }),
+            Some(Reporting::Pull(pull)) => pull.push(self.reports, self.count, self.bytes, buffer),
             None => buffer.release_many(self.count, self.bytes),
         }
     }

@@ -15,12 +15,14 @@ mod ends;
 mod message;
 mod publisher;
 mod report;
+mod report_pull;
 mod window;
 
 pub(crate) use buffer::PublishBuffer;
 pub(crate) use message::{encode_meta, Failure, Outcome, Report};
 pub(crate) use publisher::{window_limits, PublisherEnd};
 pub(crate) use report::{ReportFn, ReportThread};
+pub(crate) use report_pull::{Polled, ReportPull};
 
 use crate::error::{Error, ErrorKind, Result};
 use carry::Carry;
@@ -81,11 +83,15 @@ const OPEN: u8 = 0;
 const CLOSED: u8 = 1;
 const FAILED: u8 = 2;
 
-/// The report function and the thread that calls it.
+/// Where a queue's reports go: a report function on the connection's
+/// report thread, or a queue of reports the application polls.
 #[derive(Clone)]
-pub(crate) struct Reporting {
-    pub callback: ReportFn,
-    pub thread: Arc<ReportThread>,
+pub(crate) enum Reporting {
+    Thread {
+        callback: ReportFn,
+        thread: Arc<ReportThread>,
+    },
+    Pull(Arc<ReportPull>),
 }
 
 /// A queue's messages from `amqp_publish` until their report.
@@ -247,12 +253,31 @@ impl Outbox {
 
     /// Messages not confirmed yet (waiting, in flight or to be resent).
     pub fn unconfirmed(&self) -> u64 {
-        self.buffer.count()
+        // Ended messages whose reports wait to be polled keep their room,
+        // but are not unconfirmed.
+        let reported = self.report_pull().map_or(0, |p| p.held());
+        self.buffer.count().saturating_sub(reported)
     }
 
     /// Sends the reports of this queue's messages to `reporting` from now on.
     pub fn set_reporting(&self, reporting: Option<Reporting>) {
         *self.reporting.write().unwrap_or_else(|p| p.into_inner()) = reporting;
+    }
+
+    /// The queue's pull-mode reports, if that is where they go.
+    pub fn report_pull(&self) -> Option<Arc<ReportPull>> {
+        match &*self.reporting.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(Reporting::Pull(p)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// The connection closed or failed for good: pull-mode report pollers
+    /// learn it once they took what waits.
+    pub fn end_reports(&self) {
+        if let Some(p) = self.report_pull() {
+            p.end();
+        }
     }
 
     fn ends(&self) -> ends::Ends {

@@ -75,6 +75,7 @@ impl Connection {
         // What is left is reported (Unsent) once its publisher stopped.
         for q in &queues {
             q.outbox.abandon(Duration::from_millis(500));
+            q.outbox.end_reports();
         }
         let thread = self
             .reports

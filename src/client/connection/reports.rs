@@ -1,10 +1,11 @@
 //! Delivery reports and publish timeouts of a connection's queues.
 
-use super::Connection;
+use super::{Connection, ConnectionState};
 use crate::client::Queue;
 use crate::error::{Error, ErrorKind, Result};
-use crate::publish::{ReportFn, ReportThread, Reporting};
+use crate::publish::{Polled, Report, ReportFn, ReportPull, ReportThread, Reporting};
 use crate::runtime;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +33,59 @@ impl Connection {
                 }
             }
         };
-        q.outbox.set_reporting(Some(Reporting { callback, thread }));
+        q.outbox
+            .set_reporting(Some(Reporting::Thread { callback, thread }));
         Ok(())
+    }
+}
+
+impl Connection {
+    /// `amqp_reports_pull`: the queue's reports wait to be polled from now
+    /// on (a report function set before is replaced); a new descriptor when
+    /// `want_fd`.
+    pub fn reports_pull(&self, q: &Queue, want_fd: bool) -> Result<Option<OwnedFd>> {
+        let pull = match q.outbox.report_pull() {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(ReportPull::default());
+                let s = self.lock().state;
+                if matches!(s, ConnectionState::Closed | ConnectionState::Failed) {
+                    p.end();
+                }
+                q.outbox.set_reporting(Some(Reporting::Pull(p.clone())));
+                p
+            }
+        };
+        if !want_fd {
+            return Ok(None);
+        }
+        let fd = pull
+            .descriptor()
+            .map_err(|e| Error::internal(format!("cannot create a descriptor: {e}")))?;
+        Ok(Some(fd))
+    }
+
+    /// `amqp_poll_reports`: up to `max` reports into `out`, waiting up to
+    /// `timeout` for the first.
+    pub fn poll_reports(
+        &self,
+        q: &Queue,
+        out: &mut Vec<Report>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize> {
+        let Some(pull) = q.outbox.report_pull() else {
+            return Err(Error::invalid(
+                "the queue's reports are not in pull mode (call amqp_reports_pull first)",
+            ));
+        };
+        match pull.poll(out, max, timeout) {
+            Polled::Reports(n) => Ok(n),
+            Polled::TimedOut => Err(Error::new(ErrorKind::Timeout, String::new())),
+            Polled::Ended => Err(Error::closed(
+                "the connection is closed or failed for good (no reports wait)",
+            )),
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-pub(super) struct Notifier {
+pub(crate) struct Notifier {
     read: OwnedFd,
     write: OwnedFd,
     /// The byte is in the pipe.
