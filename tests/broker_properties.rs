@@ -282,3 +282,70 @@ fn properties_survive_a_reconnect_and_are_resent_byte_identical() {
     Reader::new().delete(&name);
     c.close_ok();
 }
+
+#[test]
+fn properties_too_large_for_the_frame_max_are_reported_and_the_link_stays() {
+    // A content header is one frame: properties over the negotiated frame_max would make
+    // the broker close the connection on every resend. Such a message is reported
+    // TOO_LARGE instead, and the messages around it go through on the same connection.
+    let _broker = shared();
+    let c = ConnGuard::connect(&format!("{}?frame_max=4096", uri()), None);
+    let name = unique_name("props-framemax");
+    let q = queue_open(c.h(), &name, None, None, Some("durable=false"));
+    let reports = Reports::attach(q);
+    wait_for("connected", T, || cstats(c.h()).connects >= 1);
+    let connects = cstats(c.h()).connects;
+    let big = "x".repeat(6000);
+    for (i, id) in ["small-1", big.as_str(), "small-2"].iter().enumerate() {
+        let mut m = CMessage::new();
+        m.m.message_id = std::ptr::null();
+        m.m.correlation_id = m.s(id);
+        m.m.tag = i as u64 + 1;
+        // a short string holds 255 bytes: the big one goes in a header
+        if id.len() > 255 {
+            m.m.correlation_id = std::ptr::null();
+            let key = m.s("big");
+            let value = m.s(id);
+            let field = amqp_field {
+                key,
+                value: amqp_value {
+                    kind: amqp_value_kind::AMQP_VALUE_STRING as u32,
+                    integer: 0,
+                    number: 0.0,
+                    bytes: value as *const c_void,
+                    len: id.len(),
+                },
+            };
+            let fields = Box::leak(Box::new([field]));
+            m.m.headers = fields.as_ptr();
+            m.m.header_count = 1;
+        }
+        publish_message_ok(q, b"body", &m.m);
+    }
+    let all = reports.wait_for(3, T);
+    let mut status: Vec<(u64, amqp_report_status)> =
+        all.iter().map(|r| (r.tag, r.status)).collect();
+    use amqp_report_status::*;
+    status.sort_by_key(|s| s.0);
+    assert_eq!(
+        status,
+        [
+            (1, AMQP_REPORT_CONFIRMED),
+            (2, AMQP_REPORT_TOO_LARGE),
+            (3, AMQP_REPORT_CONFIRMED)
+        ]
+    );
+    let big_report = all.iter().find(|r| r.tag == 2).unwrap();
+    assert!(
+        big_report.reason.contains("frame_max"),
+        "{}",
+        big_report.reason
+    );
+    assert_eq!(
+        cstats(c.h()).connects,
+        connects,
+        "the connection was not lost"
+    );
+    assert_eq!(queue_messages(&name), 2);
+    c.close_ok();
+}

@@ -149,11 +149,12 @@ impl Outbox {
         let mut ends = self.ends();
         let mut resent = 0u64;
         let sent = ch.start_publish(*target).map(|mut batch| {
+            let limits = (broker_max, batch.property_room());
             while carry.may_send(window) {
                 let Some(mut msg) = carry.next(|| self.buffer.pop()) else {
                     break;
                 };
-                if let Some(f) = self.unsendable(&msg, now, broker_max) {
+                if let Some(f) = self.unsendable(&msg, now, limits) {
                     carry.dropped();
                     ends.failed(msg, &f);
                     continue;
@@ -183,13 +184,30 @@ impl Outbox {
         Ok(())
     }
 
-    /// Why `msg` must not be sent: its publish timeout passed, or it is
-    /// larger than the broker said it takes.
-    fn unsendable(&self, msg: &Message, now: u32, broker_max: u64) -> Option<message::Failure> {
+    /// Why `msg` must not be sent: its publish timeout passed, it is
+    /// larger than the broker said it takes, or its properties do not fit
+    /// a content header frame of this connection.
+    fn unsendable(
+        &self,
+        msg: &Message,
+        now: u32,
+        (broker_max, property_room): (u64, usize),
+    ) -> Option<message::Failure> {
         if let Some(t) = self.settings.publish_timeout {
             if super::expired(msg, now, t) {
                 return Some(self.expiry(t));
             }
+        }
+        let properties = msg.meta().1.len();
+        if properties > property_room {
+            return Some(message::Failure::new(
+                Outcome::TooLarge,
+                0,
+                format!(
+                    "its properties ({properties} bytes encoded) exceed what a content header \
+                     frame holds on this connection ({property_room} bytes: frame_max)"
+                ),
+            ));
         }
         if msg.body.len() as u64 > broker_max {
             return Some(message::Failure::new(

@@ -340,6 +340,14 @@ pub struct PublishBatch<'a> {
 }
 
 impl PublishBatch<'_> {
+    /// The most property bytes a content header can carry on this
+    /// connection (the header frame must fit the negotiated frame_max, or
+    /// the broker closes the connection).
+    pub fn property_room(&self) -> usize {
+        // class (2), weight (2), body size (8), the frame's own 8 bytes.
+        self.frame_max.saturating_sub(codec::FRAME_OVERHEAD + 12)
+    }
+
     pub fn publish(&mut self, msg: Outgoing<'_>, body: &[u8]) {
         // Before the broker can see it (the output is held), so its confirm
         // never looks like one for a publish never sent.
