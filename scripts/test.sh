@@ -18,6 +18,9 @@
 #            built with AddressSanitizer + UndefinedBehaviorSanitizer and run
 #            with LeakSanitizer, on the same broker (about a minute; the
 #            valgrind mode is `bash scripts/memcheck.sh valgrind`)
+#   bindings every bindings/<lang>/test.sh (C++, Go, Node, Python, Ruby: each
+#            binding's own tests against the same broker, through the C ABI
+#            of target/release; scripts/bindings.sh, a few minutes)
 #   fuzz     bash scripts/fuzz.sh with RA_FUZZ_SECONDS=30: the cargo-fuzz
 #            targets frames and reader, 30 s each on the committed corpus
 #            (about 2.5 minutes with the build; docs/FUZZING.md)
@@ -177,4 +180,5 @@ step header header_unchanged
 step test run_cargo_tests
 step bench bench_smoke
 step memcheck limited 900 bash scripts/memcheck.sh asan
+step bindings limited 1500 bash scripts/bindings.sh
 step fuzz limited 1200 env RA_FUZZ_SECONDS="${RA_FUZZ_SECONDS:-30}" bash scripts/fuzz.sh
