@@ -278,6 +278,11 @@ class Queue:
                 raise_last(rc)
             return
         if wait is not None:
+            rc = lib.amqp_publish(self.handle, b, len(b))   # fast path: room in the buffer
+            if rc == _ffi.OK:
+                return
+            if rc != _ffi.ERR_BUFFER_FULL:
+                raise_last(rc)
             buf = errbuf()
             rc = lib.amqp_publish_wait_e(self.handle, b, len(b), int(wait * 1000), buf, ERRCAP)
             if rc != _ffi.OK:
