@@ -28,7 +28,8 @@ def abi_version():
 
 def __getattr__(name):  # lazy: importing asyncio only when wanted
     if name in ("AsyncConnection", "AsyncQueue", "aio"):
-        from . import aio
+        import importlib
+        aio = importlib.import_module(__name__ + ".aio")
         return aio if name == "aio" else getattr(aio, name)
     raise AttributeError(name)
 

@@ -39,3 +39,4 @@ def ctl(*args, check=True):
 def delete_queue(conn, name):
     """Best effort: nothing in the API deletes queues; tests use durable=False
     with auto-expiry (expires_ms) instead."""
+import logging; logging.getLogger("resilient_amqp").addHandler(logging.NullHandler())  # quiet unless a test asks
