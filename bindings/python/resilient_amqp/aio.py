@@ -384,8 +384,21 @@ class AsyncConnection:
         publish_confirmed awaitables still pending then fail with UNSENT."""
         if self.sync.closed:
             return 0
+        if timeout is None:
+            timeout = self.sync.close_timeout
+        # First let the publish_confirmed awaitables settle on the loop: a
+        # report not polled when the library's close returns cannot be
+        # polled any more (the queue handle is gone).
+        pending = [f for aq in self._queues for f in aq._futures.values()]
+        start = self._loop.time()
+        if pending:
+            for aq in self._queues:
+                if aq._reports is not None and aq._reports >= 0:
+                    aq._drain_reports()
+            await asyncio.wait(pending, timeout=timeout)
+        left = max(0.0, timeout - (self._loop.time() - start))
         try:
-            return await self._loop.run_in_executor(None, self.sync.close, timeout)
+            return await self._loop.run_in_executor(None, self.sync.close, left)
         finally:
             for aq in self._queues:
                 aq._closed()

@@ -1,0 +1,148 @@
+"""3. asyncio: consume_async with an async handler that raises on every
+other message (requeued, logged, counted, 0 lost), `async for` over
+messages(), publish_confirmed resolving on the broker's confirm and
+failing with the reason, close settling what is left. Everything on the
+loop through pull mode: no handler ever runs on a library thread."""
+import asyncio
+import logging
+import threading
+import unittest
+
+from helpers import FAST, URI, qname
+
+import resilient_amqp as ra
+from resilient_amqp import _ffi, aio
+
+N = 500
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+class Async(unittest.TestCase):
+    def test_async_handler_raising_requeues(self):
+        async def main():
+            async with aio.AsyncConnection(URI, FAST, wait=15) as conn:
+                q = await conn.queue(qname("araise"), durable=False, expires_ms=60000,
+                                     prefetch=100)
+                for i in range(N):
+                    q.publish(b"a%d" % i)
+                loop_thread = threading.get_ident()
+                calls, acked, threads = [0], set(), set()
+
+                async def handler(m):
+                    threads.add(threading.get_ident())
+                    calls[0] += 1
+                    await asyncio.sleep(0)
+                    if calls[0] % 2 == 0:
+                        raise RuntimeError("async failure")
+                    acked.add(m.body)
+
+                with self.assertLogs("resilient_amqp", logging.ERROR) as logs:
+                    task = asyncio.ensure_future(q.consume_async(handler, concurrency=4))
+                    while len(acked) < N:
+                        await asyncio.sleep(0.02)
+                    task.cancel()
+                    with self.assertRaises(asyncio.CancelledError):
+                        await task
+                self.assertEqual(acked, {b"a%d" % i for i in range(N)})
+                self.assertEqual(threads, {loop_thread})
+                self.assertGreaterEqual(q.handler_errors, N // 2 - 2)
+                self.assertTrue(any("async handler raised" in r.getMessage()
+                                    for r in logs.records))
+                s = q.stats()
+                self.assertGreaterEqual(s.requeued, q.handler_errors)
+                self.assertGreaterEqual(s.acked, N)
+                self.assertEqual(s.invalid_dispositions, 0)
+            self.assertEqual(conn.close_report.unsettled, 0)
+
+        run(main())
+
+    def test_async_for_messages(self):
+        async def main():
+            async with aio.AsyncConnection(URI, FAST, wait=15) as conn:
+                q = await conn.queue(qname("aiter"), durable=False, expires_ms=60000)
+                for i in range(100):
+                    q.publish("text %d" % i, correlation_id=str(i))
+                while q.stats().confirmed < 100:   # all in the queue before consuming
+                    await asyncio.sleep(0.01)
+                seen = []
+                async for m in q.messages():
+                    self.assertEqual(m.text, "text %d" % len(seen))
+                    self.assertEqual(m.correlation_id, str(len(seen)))
+                    seen.append(m)
+                    if len(seen) % 2:
+                        m.ack()
+                    else:
+                        m.requeue() if not m.redelivered else m.ack()
+                    if len(seen) == 100:
+                        break
+                # the requeued half comes back, redelivered
+                again = []
+                async for m in q.messages(batch=10):
+                    self.assertTrue(m.redelivered)
+                    m.ack()
+                    again.append(m.body)
+                    if len(again) == 50:
+                        break
+                self.assertEqual(sorted(again), sorted(b"text %d" % i for i in range(1, 100, 2)))
+
+        run(main())
+
+    def test_consume_async_ends_when_connection_closes(self):
+        async def main():
+            conn = aio.AsyncConnection(URI, FAST)
+            await conn.wait_connected(15)
+            q = await conn.queue(qname("aend"), durable=False, expires_ms=60000)
+            got = []
+            task = asyncio.ensure_future(q.consume_async(lambda m: got.append(m.body)))
+            q.publish(b"one")
+            while not got:
+                await asyncio.sleep(0.01)
+            self.assertEqual(await conn.close(5), 0)
+            await asyncio.wait_for(task, 5)   # returned by itself
+            self.assertEqual(got, [b"one"])
+
+        run(main())
+
+    @unittest.skipUnless(_ffi.HAS_REPORTS_PULL, "library without amqp_reports_pull (ABI 4)")
+    def test_publish_confirmed(self):
+        async def main():
+            async with aio.AsyncConnection(URI, FAST, wait=15) as conn:
+                name = qname("aconf")
+                q = await conn.queue(name, "py-ex-" + name, "rk", durable=False,
+                                     expires_ms=60000)
+                attempts = await q.publish_confirmed(b"first")
+                self.assertEqual(attempts, 1)
+                futs = [q.publish_confirmed(b"m%d" % i, message_id=str(i)) for i in range(1000)]
+                q.publish(b"plain")   # reported too (tag 0), drained quietly
+                self.assertEqual(set(await asyncio.gather(*futs)), {1})
+                with self.assertRaises(ra.PublishFailed) as cm:
+                    await q.publish_confirmed(b"lost", routing_key="nobody-binds-this")
+                self.assertEqual(cm.exception.status, "UNROUTABLE")
+                self.assertIn("nobody-binds-this", cm.exception.message)
+                self.assertEqual(cm.exception.reply_code, 312)
+                s = q.stats()
+                self.assertEqual(s.confirmed, 1002)
+                self.assertEqual(s.buffered, 0)
+
+        run(main())
+
+    @unittest.skipUnless(_ffi.HAS_REPORTS_PULL, "library without amqp_reports_pull (ABI 4)")
+    def test_publish_confirmed_unsent_at_close(self):
+        async def main():
+            conn = aio.AsyncConnection("amqp://guest:guest@127.0.0.1:9/%2f", FAST)
+            q = await conn.queue(qname("aunsent"), durable=False)
+            futs = [q.publish_confirmed(b"m%d" % i) for i in range(10)]
+            self.assertEqual(await conn.close(0.3), 10)
+            for f in futs:
+                with self.assertRaises(ra.PublishFailed) as cm:
+                    await f
+                self.assertEqual(cm.exception.status, "UNSENT")
+
+        run(main())
+
+
+if __name__ == "__main__":
+    unittest.main()
