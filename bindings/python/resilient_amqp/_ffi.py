@@ -186,6 +186,7 @@ _SIGS = {
     "amqp_connect": (INT, [CHARP, CHARP, _P(U64)]),
     "amqp_wait_connected_e": (INT, [U64, U32, CHARP, SIZE]),
     "amqp_close_ex_e": (INT, [U64, U32, _P(CloseReport), CHARP, SIZE]),
+    "amqp_close_graceful": (INT, [U64, U32, _P(U64)]),
     "amqp_connection_get_stats": (INT, [U64, _P(ConnectionStats)]),
     "amqp_connection_state_str": (CHARP, [INT]),
     "amqp_queue_open_e": (INT, [U64, CHARP, CHARP, CHARP, CHARP, _P(U64), CHARP, SIZE]),

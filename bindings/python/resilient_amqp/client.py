@@ -338,7 +338,7 @@ class Queue:
         rc = lib.amqp_consume_ex(self.handle, cb, None, None, repeat, ctypes.byref(cid))
         if rc != _ffi.OK:
             raise_last(rc)
-        self.connection._keep.append(cb)  # alive as long as callbacks may run
+        _alive.setdefault(self.connection.handle, []).append(cb)  # see _alive
         return Consumer(self, cid.value)
 
     def stop(self, timeout=30.0):
@@ -444,7 +444,13 @@ class Queue:
 
 # ---- connection --------------------------------------------------------------------
 
-_graveyard = []   # callbacks of connections whose close timed out: may still be called
+# The ctypes callback objects of each open connection, by handle: the library
+# may call them until the connection is closed, so they live here (not on the
+# Connection object, which the application may drop without closing) and go
+# only after a close that returned OK. A close that timed out keeps them for
+# the process (a callback may still run).
+_alive = {}
+_graveyard = []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -478,7 +484,6 @@ class Connection:
         self.close_timeout = close_timeout
         self.closed = False
         self.close_report = None
-        self._keep = []
         self._queues = []
         if wait:
             try:
@@ -539,10 +544,9 @@ class Connection:
             raise_e(rc, buf)
         self.close_report = CloseReport(rc == _ffi.OK, rep.unsent, rep.unsettled,
                                         rep.callbacks_running)
-        if rc == _ffi.OK:
-            self._keep.clear()
-        else:
-            _graveyard.extend(self._keep)  # a callback may still run
+        kept = _alive.pop(self.handle, [])
+        if rc != _ffi.OK:
+            _graveyard.extend(kept)  # a callback may still run
             log.warning("resilient_amqp: close timed out: %d unsent, %d unsettled, "
                         "%d callbacks running", rep.unsent, rep.unsettled, rep.callbacks_running)
         return rep.unsent

@@ -102,3 +102,18 @@ class Fault(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipUnless(CTL, "RESILIENT_AMQP_TEST_CTL is not set")
+class ReadmeExample(unittest.TestCase):
+    def test_publish_through_broker_restart(self):
+        import os
+        import subprocess
+        import sys
+        from helpers import HERE
+        ex = os.path.join(os.path.dirname(HERE), "examples", "publish_through_restart.py")
+        p = subprocess.run([sys.executable, ex, URI, CTL], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("missing 0", p.stdout)
+        self.assertIn("unsent at close: 0", p.stdout)

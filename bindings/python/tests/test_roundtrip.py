@@ -155,5 +155,22 @@ class RoundTrip(unittest.TestCase):
             q.publish(b"after close")
 
 
+class DroppedConnection(unittest.TestCase):
+    def test_handler_survives_a_dropped_connection_object(self):
+        import gc
+        from resilient_amqp import _ffi
+        got = []
+        conn = ra.Connection(URI, FAST, wait=15)
+        q = conn.queue(qname("drop"), durable=False, expires_ms=60000)
+        q.consume(lambda m: got.append(m.body))
+        handle, qh = conn.handle, q.handle
+        del conn, q
+        gc.collect()
+        for i in range(50):
+            self.assertEqual(_ffi.lib.amqp_publish(qh, b"x%d" % i, 2 + len(str(i))), 0)
+        self.assertTrue(wait_until(lambda: len(got) == 50, 10), len(got))
+        self.assertEqual(_ffi.lib.amqp_close_graceful(handle, 5000, None), 0)
+
+
 if __name__ == "__main__":
     unittest.main()
