@@ -251,7 +251,6 @@ class Queue:
         self._errors = 0
         self._errors_lock = threading.Lock()
         self._pull_started = False
-        self._out = None
 
     # publishing
     def publish(self, body, *, wait=None, **props):
@@ -375,9 +374,7 @@ class Queue:
         if not self._pull_started:
             import os
             os.close(self.consume_pull())
-        out = self._out
-        if out is None or len(out) < max:
-            out = self._out = (ctypes.c_void_p * max)()
+        out = (ctypes.c_void_p * max)()   # per call: several threads may poll at once
         n = ctypes.c_size_t(0)
         buf = errbuf()
         rc = lib.amqp_poll_e(self.handle, out, max, int(timeout * 1000), ctypes.byref(n), buf, ERRCAP)

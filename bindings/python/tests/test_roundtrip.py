@@ -114,6 +114,29 @@ class RoundTrip(unittest.TestCase):
         self.assertEqual(q.poll(256, 0.3), [])
         self.assertTrue(wait_until(lambda: q.stats().unroutable == 1, 10), q.stats())
 
+    def test_pull_from_several_threads(self):
+        q = self.conn.queue(qname("mt"), durable=False, expires_ms=60000, prefetch=300)
+        for i in range(3000):
+            q.publish(b"t%d" % i)
+        seen, lock = [], threading.Lock()
+
+        def worker():
+            while True:
+                msgs = q.poll(64, 0.5)
+                if not msgs:
+                    return
+                q.settle_many([m.delivery_id for m in msgs], ra.ACK)
+                with lock:
+                    seen.extend(m.body for m in msgs)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(sorted(seen), sorted(b"t%d" % i for i in range(3000)))
+
+
     def test_stop_start_and_defer(self):
         q = self.conn.queue(qname("ss"), durable=False, expires_ms=60000)
         got = []
