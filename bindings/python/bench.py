@@ -8,7 +8,12 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+_built = os.path.join(HERE, "..", "..", "target", "release")
+if not (os.environ.get("RESILIENT_AMQP_LIB") or os.environ.get("RESILIENT_AMQP_LIB_DIR")) \
+        and os.path.exists(os.path.join(_built, "libresilient_amqp.so")):
+    os.environ["RESILIENT_AMQP_LIB_DIR"] = os.path.abspath(_built)   # this repository's build
 import resilient_amqp as ra  # noqa: E402
 
 

@@ -3,13 +3,15 @@
 #   RESILIENT_AMQP_TEST_URI      amqp URI (required)
 #   RESILIENT_AMQP_TEST_CTL      command prefix running rabbitmqctl (the fault test needs it)
 #   RESILIENT_AMQP_LIB_DIR       directory of libresilient_amqp.so (default <repo>/target/release)
-#   RESILIENT_AMQP_INCLUDE_DIR   unused by the binding (ctypes), accepted
+#   RESILIENT_AMQP_INCLUDE_DIR   the header (default <repo>/include): the layout test compiles
+#                                the ctypes structs against it with gcc
 # Exits non-zero on any failure. Installs nothing outside a temporary directory.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 : "${RESILIENT_AMQP_TEST_URI:?set RESILIENT_AMQP_TEST_URI to the amqp URI of the broker}"
 export RESILIENT_AMQP_LIB_DIR=${RESILIENT_AMQP_LIB_DIR:-$repo/target/release}
+export RESILIENT_AMQP_INCLUDE_DIR=${RESILIENT_AMQP_INCLUDE_DIR:-$repo/include}
 unset RESILIENT_AMQP_LIB
 if [[ ! -f $RESILIENT_AMQP_LIB_DIR/libresilient_amqp.so ]]; then
     echo "bindings/python/test.sh: no $RESILIENT_AMQP_LIB_DIR/libresilient_amqp.so (cargo build --release)" >&2
