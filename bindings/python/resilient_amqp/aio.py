@@ -189,7 +189,13 @@ class AsyncQueue:
         if self._pull_starting is None:
             # amqp_consume_pull waits for the broker's consume-ok: off the loop.
             self._pull_starting = self._loop.run_in_executor(None, self.queue.consume_pull)
-        fd = await asyncio.shield(self._pull_starting)
+        try:
+            fd = await asyncio.shield(self._pull_starting)
+        except BaseException:
+            f = self._pull_starting
+            if f is not None and f.done() and not f.cancelled() and f.exception() is not None:
+                self._pull_starting = None   # refused: a later call tries again
+            raise
         if self._pull is None:
             self._pull = _FdWaiter(self._loop, fd)
         return self._pull

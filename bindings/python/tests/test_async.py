@@ -106,6 +106,26 @@ class Async(unittest.TestCase):
 
         run(main())
 
+    def test_refused_pull_consumer_raises_broker_error(self):
+        async def main():
+            async with aio.AsyncConnection(URI, FAST, wait=15) as conn:
+                name = qname("aexcl")
+                other = await conn.queue(name, durable=False, expires_ms=60000,
+                                         consumer_exclusive=True)
+                other.queue.consume(lambda m: None)     # an exclusive consumer holds it
+                conn2 = aio.AsyncConnection(URI, FAST)
+                await conn2.wait_connected(15)
+                try:
+                    q = await conn2.queue(name, durable=False, expires_ms=60000)
+                    for _ in range(2):                   # refused each time, no stale state
+                        with self.assertRaises(ra.BrokerError) as cm:
+                            await q.get_batch()
+                        self.assertIn("403", cm.exception.message)
+                finally:
+                    await conn2.close(5)
+
+        run(main())
+
     @unittest.skipUnless(_ffi.HAS_REPORTS_PULL, "library without amqp_reports_pull (ABI 4)")
     def test_publish_confirmed(self):
         async def main():
