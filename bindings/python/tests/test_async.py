@@ -51,7 +51,11 @@ class Async(unittest.TestCase):
                 self.assertGreaterEqual(q.handler_errors, N // 2 - 2)
                 self.assertTrue(any("async handler raised" in r.getMessage()
                                     for r in logs.records))
-                s = q.stats()
+                for _ in range(500):   # settles are sent within a few ms
+                    s = q.stats()
+                    if s.acked >= N and s.requeued >= q.handler_errors:
+                        break
+                    await asyncio.sleep(0.01)
                 self.assertGreaterEqual(s.requeued, q.handler_errors)
                 self.assertGreaterEqual(s.acked, N)
                 self.assertEqual(s.invalid_dispositions, 0)
@@ -143,7 +147,11 @@ class Async(unittest.TestCase):
                 self.assertEqual(cm.exception.status, "UNROUTABLE")
                 self.assertIn("nobody-binds-this", cm.exception.message)
                 self.assertEqual(cm.exception.reply_code, 312)
-                s = q.stats()
+                for _ in range(500):
+                    s = q.stats()
+                    if s.confirmed >= 1002 and s.buffered == 0:
+                        break
+                    await asyncio.sleep(0.01)
                 self.assertEqual(s.confirmed, 1002)
                 self.assertEqual(s.buffered, 0)
 

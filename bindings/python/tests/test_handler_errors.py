@@ -41,6 +41,8 @@ class HandlerRaises(unittest.TestCase):
             self.assertTrue(wait_until(lambda: len(acked) == N, 30),
                             f"{len(acked)} of {N} acked")
             q.stop(10)
+        # the dispositions of the last handlers are applied just after they return
+        wait_until(lambda: q.stats().requeued + q.stats().acked == calls[0], 5)
         s = q.stats()
         self.assertEqual(acked, {b"m%d" % i for i in range(N)})
         self.assertGreaterEqual(s.handler_errors, N // 2 - 1)
