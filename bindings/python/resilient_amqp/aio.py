@@ -17,13 +17,12 @@ import ctypes
 import functools
 import inspect
 import itertools
-import logging
 import os
 
 from . import _ffi
-from .client import Connection, Queue, log
+from .client import Connection, log
 from .errors import (AlreadySettled, Closed, InvalidHandle, PublishFailed, StaleDelivery, errbuf,
-                     error_for, raise_e, ERRCAP)
+                     raise_e, raise_last, ERRCAP)
 
 lib = _ffi.lib
 
@@ -110,7 +109,6 @@ class AsyncQueue:
         fd = ctypes.c_int(-1)
         rc = lib.amqp_reports_pull(self.queue.handle, ctypes.byref(fd))
         if rc != _ffi.OK:
-            from .errors import raise_last
             raise_last(rc)
         self._reports = fd.value
         self._rep_out = (ctypes.c_void_p * 256)()
@@ -174,7 +172,6 @@ class AsyncQueue:
                 b = body.encode() if isinstance(body, str) else bytes(body)
                 rc = lib.amqp_publish_tagged(self.queue.handle, b, len(b), tag)
                 if rc != _ffi.OK:
-                    from .errors import raise_last
                     raise_last(rc)
         except BaseException:
             del self._futures[tag]

@@ -8,7 +8,7 @@ import threading
 from . import _ffi
 from ._codec import _s, _string_at, build_message, cstr, option_string, table_of
 from ._ffi import lib
-from .errors import AmqpError, errbuf, raise_e, raise_last, ERRCAP
+from .errors import errbuf, raise_e, raise_last, ERRCAP
 
 log = logging.getLogger("resilient_amqp")
 
