@@ -86,10 +86,17 @@ class Fault(unittest.TestCase):
                 task = asyncio.ensure_future(q.consume_async(handler))
                 loop = asyncio.get_running_loop()
                 with Killer() as k:
-                    await loop.run_in_executor(None, self.publish_spread, q.queue)
+                    # publish_confirmed from the loop: every awaitable must resolve
+                    futs = []
+                    for b in range(10):
+                        for i in range(b * N // 10, (b + 1) * N // 10):
+                            futs.append(q.publish_confirmed(b"f%05d" % i))
+                        await asyncio.sleep(0.6)
+                    attempts = await asyncio.wait_for(asyncio.gather(*futs), 90)
                     end = loop.time() + 90
                     while len(got) < N and loop.time() < end:
                         await asyncio.sleep(0.05)
+                self.assertEqual(len(attempts), N)
                 self.assertGreaterEqual(k.kills, 3, f"too few connection kills: {k.errors[:2]}")
                 self.assertEqual(len(got), N, f"{N - len(got)} missing after {k.kills} kills")
                 self.assertEqual(got, {b"f%05d" % i for i in range(N)})

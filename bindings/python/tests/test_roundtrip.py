@@ -137,6 +137,22 @@ class RoundTrip(unittest.TestCase):
         self.assertEqual(sorted(seen), sorted(b"t%d" % i for i in range(3000)))
 
 
+    def test_consumer_cancel(self):
+        q = self.conn.queue(qname("cancel"), durable=False, expires_ms=60000)
+        got = []
+        c = q.consume(lambda m: got.append(m.body))
+        q.publish(b"before")
+        self.assertTrue(wait_until(lambda: got == [b"before"], 10), got)
+        c.cancel(10)
+        q.publish(b"after")
+        time.sleep(0.5)
+        self.assertEqual(got, [b"before"])
+        with self.assertRaises(ra.InvalidArgument):
+            c.cancel(1)   # a second cancel
+        msgs = q.poll(10, 5.0)
+        self.assertEqual([m.body for m in msgs], [b"after"])
+        msgs[0].ack()
+
     def test_stop_start_and_defer(self):
         q = self.conn.queue(qname("ss"), durable=False, expires_ms=60000)
         got = []
