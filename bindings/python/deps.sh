@@ -16,10 +16,11 @@ if sys.version_info < (3, 8):
     sys.exit(f"bindings/python needs Python >= 3.8, found {sys.version.split()[0]}")
 import ctypes  # noqa: F401
 PY
-if ! python3 -c "import setuptools" 2>/dev/null; then
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! PYTHONPATH="$here/.deps" python3 -c "import setuptools" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --target "$here/.deps" setuptools==69.5.1
 fi
 if [[ ! -d $here/.deps/wheel-0.45.1.dist-info ]]; then
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    python3 -m pip install --quiet --disable-pip-version-check \
         --target "$here/.deps" "$WHEEL"
 fi
