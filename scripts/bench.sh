@@ -27,6 +27,9 @@
 #        e2e_10k            publish -> consume latency at 10,000 msg/s, same process
 #        memory_1m          (ours only) RSS growth with 1,000,000 buffered 64 B messages
 #                           while the broker is unreachable
+#        bindings           every language binding's publish and consume against the C
+#                           driver, same broker, same run (scripts/bench-bindings.sh;
+#                           target/bench/bindings.md)
 #   4. bench/aggregate.py writes target/bench/results.md, results.json and results.svg
 #      from target/bench/raw.jsonl (one JSON line per run)
 #
@@ -311,6 +314,11 @@ latency_case latency_1t 1
 latency_case latency_8t 8
 e2e_case
 memory_case
+if wanted bindings; then
+    say "bindings: every language binding against the C path (scripts/bench-bindings.sh)"
+    RA_BENCH_BROKER=running RA_BENCH_RUNS=$RUNS RA_BENCH_N=$N bash scripts/bench-bindings.sh ||
+        FAILS=$((FAILS + 1))
+fi
 
 rm -f "$OUT/line.json"
 python3 bench/aggregate.py meta-end >>"$RAW"
