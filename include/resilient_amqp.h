@@ -996,6 +996,15 @@ const struct amqp_delivery *amqp_delivery_dup(const struct amqp_delivery *d);
 void amqp_delivery_free(const struct amqp_delivery *d);
 
 /*
+ (ABI 4) Frees `count` deliveries of an array (from amqp_poll, or
+ amqp_delivery_dup), as amqp_delivery_free does for each: one call per
+ poll batch instead of one per delivery, for bindings whose every foreign
+ call costs. NULL entries are skipped; `deliveries` NULL frees nothing.
+ Blocks: never.
+ */
+void amqp_delivery_free_many(const struct amqp_delivery *const *deliveries, size_t count);
+
+/*
  The contract version of the loaded library (AMQP_ABI_VERSION it was built
  with): compare at run time, e.g. before reading a field added later.
  Blocks: never.

@@ -123,3 +123,29 @@ pub unsafe extern "C" fn amqp_delivery_free(d: *const amqp_delivery) {
         }
     })
 }
+
+/// (ABI 4) Frees `count` deliveries of an array (from amqp_poll, or
+/// amqp_delivery_dup), as amqp_delivery_free does for each: one call per
+/// poll batch instead of one per delivery, for bindings whose every foreign
+/// call costs. NULL entries are skipped; `deliveries` NULL frees nothing.
+/// Blocks: never.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_delivery_free_many(
+    deliveries: *const *const amqp_delivery,
+    count: usize,
+) {
+    ffi_boundary!(value(), {
+        if deliveries.is_null() {
+            return;
+        }
+        for i in 0..count {
+            // SAFETY: the caller passes an array of `count` pointers, each
+            // from amqp_poll or amqp_delivery_dup and not freed before.
+            let d = unsafe { deliveries.add(i).read() };
+            if !d.is_null() {
+                // SAFETY: as in amqp_delivery_free.
+                drop(unsafe { Box::from_raw(d as *mut OwnedDelivery) });
+            }
+        }
+    })
+}
