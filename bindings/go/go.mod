@@ -1,0 +1,3 @@
+module github.com/resilient-amqp/resilient-amqp/bindings/go
+
+go 1.19
