@@ -148,11 +148,20 @@ func (c *Conn) CloseEx(timeout time.Duration) (CloseReport, error) {
 	c.closed = true
 	queues := append([]*Queue(nil), c.queues...)
 	c.mu.Unlock()
+	// Reports are polled by the binding: let the ones the broker is about to
+	// confirm arrive before the close frees the queue handles (a report not
+	// taken by then could never be taken). The library's own wait follows
+	// with the time left.
+	deadline := time.Now().Add(timeout)
 	for _, q := range queues {
-		q.beginClose()
+		q.waitReported(deadline)
+	}
+	left := time.Until(deadline)
+	if left < 0 {
+		left = 0
 	}
 	var rep C.amqp_close_report
-	err := check(C.ra_close(c.h, C.uint32_t(timeout.Milliseconds()), &rep))
+	err := check(C.ra_close(c.h, C.uint32_t(left.Milliseconds()), &rep))
 	out := CloseReport{Unsent: uint64(rep.unsent), Unsettled: uint64(rep.unsettled),
 		CallbacksRunning: uint64(rep.callbacks_running)}
 	for _, q := range queues {

@@ -8,7 +8,9 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -50,8 +52,6 @@ type Queue struct {
 	nextTag         uint64
 	pending         map[uint64]chan Report
 }
-
-var queues sync.Map // handle (uint64) -> *Queue, for reports
 
 // Queue opens (declares) the queue `name` on its own channel; while
 // connected it waits for the broker's answer (a refusal is a CodeBroker
@@ -199,19 +199,79 @@ func (e *PublishError) Error() string {
 	return fmt.Sprintf("resilient-amqp: publish %s: %s", e.Report.Status, e.Report.Reason)
 }
 
-// startReports routes the queue's delivery reports to the binding (once).
+// startReports switches the queue's delivery reports to pull mode and
+// starts the goroutine that takes them (once; q.rmu held).
 func (q *Queue) startReports() error {
 	if q.reporting {
 		return nil
 	}
-	queues.Store(uint64(q.h), q)
-	if err := check(C.ra_set_report(q.h)); err != nil {
-		queues.Delete(uint64(q.h))
+	if err := check(C.ra_reports_pull(q.h)); err != nil {
 		return err
 	}
 	q.reporting = true
 	q.pending = map[uint64]chan Report{}
+	go q.reportLoop()
 	return nil
+}
+
+// reportLoop takes the queue's reports in batches of up to 256 (one cgo
+// call each) and hands each to its PublishAsync channel, until the
+// connection closes.
+func (q *Queue) reportLoop() {
+	runtime.LockOSThread() // the blocking poll keeps a thread anyway
+	defer runtime.UnlockOSThread()
+	out := (**C.amqp_delivery_report)(C.calloc(batchMax, C.size_t(unsafe.Sizeof(uintptr(0)))))
+	count := (*C.size_t)(C.calloc(1, C.size_t(unsafe.Sizeof(C.size_t(0)))))
+	defer C.free(unsafe.Pointer(out))
+	defer C.free(unsafe.Pointer(count))
+	outs := unsafe.Slice(out, batchMax)
+	reps := make([]Report, 0, batchMax)
+	tags := make([]uint64, 0, batchMax)
+	for {
+		r := C.ra_poll_reports(q.h, out, batchMax, pollTimeoutMs, count)
+		if r.r == C.AMQP_ERR_TIMEOUT {
+			continue
+		}
+		if err := check(r); err != nil {
+			if !errors.Is(err, ErrClosed) && !errors.Is(err, ErrInvalidHandle) {
+				logLine(LogError, fmt.Sprintf("queue %q: polling delivery reports: %v", q.name, err))
+			}
+			return
+		}
+		n := int(*count)
+		reps, tags = reps[:0], tags[:0]
+		for _, cr := range outs[:n] {
+			rep := Report{Status: ReportStatus(cr.status), Attempts: uint32(cr.attempts), ReplyCode: uint32(cr.reply_code)}
+			if cr.reason != nil {
+				rep.Reason = C.GoString(cr.reason)
+			}
+			reps = append(reps, rep)
+			tags = append(tags, uint64(cr.tag))
+		}
+		C.amqp_reports_free(out, C.size_t(n))
+		q.rmu.Lock()
+		for i, tag := range tags {
+			if ch := q.pending[tag]; ch != nil {
+				delete(q.pending, tag)
+				ch <- reps[i] // room for one: never blocks
+			}
+		}
+		q.rmu.Unlock()
+	}
+}
+
+// waitReported waits until every PublishAsync of the queue got its report,
+// or until the deadline.
+func (q *Queue) waitReported(deadline time.Time) {
+	for time.Now().Before(deadline) {
+		q.rmu.Lock()
+		n := len(q.pending)
+		q.rmu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // PublishAsync publishes body (with m's properties if m is not nil) and
@@ -269,34 +329,8 @@ func (q *Queue) waitReport(ctx context.Context, body []byte, m *Message) error {
 	}
 }
 
-//export raGoReport
-func raGoReport(qh C.uint64_t, r *C.amqp_delivery_report) {
-	defer func() { _ = recover() }()
-	v, ok := queues.Load(uint64(qh))
-	if !ok {
-		return
-	}
-	q := v.(*Queue)
-	tag := uint64(r.tag)
-	q.rmu.Lock()
-	ch := q.pending[tag]
-	delete(q.pending, tag)
-	q.rmu.Unlock()
-	if ch == nil {
-		return
-	}
-	rep := Report{Status: ReportStatus(r.status), Attempts: uint32(r.attempts), ReplyCode: uint32(r.reply_code)}
-	if r.reason != nil {
-		rep.Reason = C.GoString(r.reason)
-	}
-	ch <- rep
-}
-
-func (q *Queue) beginClose() {}
-
 // endClose settles what the close left: reports never given are Unsent.
 func (q *Queue) endClose() {
-	queues.Delete(uint64(q.h))
 	q.rmu.Lock()
 	pending := q.pending
 	q.pending = map[uint64]chan Report{}

@@ -83,12 +83,15 @@ void ra_free_many(const amqp_delivery **d, size_t n) {
     }
 }
 
-static void ra_report_tramp(const amqp_delivery_report *report, void *userdata) {
-    raGoReport((uint64_t)(uintptr_t)userdata, (amqp_delivery_report *)report);
+ra_ret ra_reports_pull(amqp_queue_handle q) {
+    return last(amqp_reports_pull(q, NULL));
 }
 
-ra_ret ra_set_report(amqp_queue_handle q) {
-    return last(amqp_set_report_callback(q, ra_report_tramp, (void *)(uintptr_t)q));
+ra_ret ra_poll_reports(amqp_queue_handle q, const amqp_delivery_report **out, size_t max,
+                       uint32_t ms, size_t *count) {
+    amqp_result r = amqp_poll_reports(q, out, max, ms, count);
+    if (r == AMQP_OK || r == AMQP_ERR_TIMEOUT) return (ra_ret){ r, NULL };
+    return last(r);
 }
 
 static void ra_log_tramp(amqp_log_level level, const char *message, void *userdata) {

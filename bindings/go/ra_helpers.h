@@ -33,9 +33,11 @@ ra_ret ra_settle_many(amqp_queue_handle q, const uint64_t *ids, size_t n,
                            int disposition);
 /* Frees `n` polled deliveries in one cgo call. */
 void ra_free_many(const amqp_delivery **d, size_t n);
-/* Routes the queue's reports to the Go function raGoReport (userdata: the
-   queue handle itself, so no Go pointer is handed to C). */
-ra_ret ra_set_report(amqp_queue_handle q);
+/* Switches the queue's delivery reports to pull mode (ABI 4). */
+ra_ret ra_reports_pull(amqp_queue_handle q);
+/* amqp_poll_reports with its error text read in the same call. */
+ra_ret ra_poll_reports(amqp_queue_handle q, const amqp_delivery_report **out, size_t max,
+                       uint32_t ms, size_t *count);
 /* Routes library logs to the Go function raGoLog (level OFF: none). */
 amqp_result ra_set_log(int level);
 

@@ -205,6 +205,23 @@ func TestPublishConfirmed(t *testing.T) {
 	if err != nil || s.Confirmed != 120 || s.Unroutable != 1 || s.Published != 121 {
 		t.Fatalf("stats %+v %v", s, err)
 	}
+	// Close right after publishing: every report arrives before the handles
+	// are freed, none is turned into Unsent.
+	c2 := connect(t)
+	q2 := openQueue(t, c2, QueueOptions{})
+	for i := range chans {
+		if chans[i], err = q2.PublishAsync([]byte("b"), &Message{MessageID: fmt.Sprint(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if unsent, err := c2.Close(10 * time.Second); err != nil || unsent != 0 {
+		t.Fatalf("close: unsent %d, %v", unsent, err)
+	}
+	for _, ch := range chans {
+		if r := <-ch; r.Status != Confirmed {
+			t.Fatalf("report after close %+v", r)
+		}
+	}
 }
 
 // Test 2: a handler that panics on every other call never acks: 0 lost,
@@ -494,8 +511,16 @@ func TestFaultCloseConnections(t *testing.T) {
 			return Ack
 		}, 1)
 	}()
+	var reports []<-chan Report // every 10th message published with a report
 	for i := 0; i < n; i++ {
-		if err := q.PublishWait([]byte(fmt.Sprint("f", i)), 30*time.Second); err != nil {
+		body := []byte(fmt.Sprint("f", i))
+		if i%10 == 0 {
+			ch, err := q.PublishAsync(body, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reports = append(reports, ch)
+		} else if err := q.PublishWait(body, 30*time.Second); err != nil {
 			t.Fatal(err)
 		}
 		if i%100 == 0 {
@@ -512,6 +537,11 @@ func TestFaultCloseConnections(t *testing.T) {
 		len(got), n, deliveries, faults.Load(), cs.Connects, cs.ConsumeConnects)
 	if len(got) != n {
 		t.Fatalf("missing %d (Consume: %v)", n-len(got), err)
+	}
+	for _, ch := range reports {
+		if r := <-ch; r.Status != Confirmed {
+			t.Fatalf("report %+v", r)
+		}
 	}
 	if faults.Load() < 3 || cs.Connects < 3 || cs.ConsumeConnects < 3 {
 		t.Fatalf("the fault loop did not disturb the run (%d faults, %d connects)", faults.Load(), cs.Connects)
