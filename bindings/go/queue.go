@@ -48,7 +48,8 @@ type Queue struct {
 
 	rmu             sync.Mutex
 	reporting       bool
-	pausedByConsume bool // Consume ended and paused the pull consumer
+	pausedByConsume bool          // Consume ended and paused the pull consumer
+	reportsDone     chan struct{} // closed when reportLoop ended
 	nextTag         uint64
 	pending         map[uint64]chan Report
 }
@@ -210,6 +211,7 @@ func (q *Queue) startReports() error {
 	}
 	q.reporting = true
 	q.pending = map[uint64]chan Report{}
+	q.reportsDone = make(chan struct{})
 	go q.reportLoop()
 	return nil
 }
@@ -218,6 +220,7 @@ func (q *Queue) startReports() error {
 // call each) and hands each to its PublishAsync channel, until the
 // connection closes.
 func (q *Queue) reportLoop() {
+	defer close(q.reportsDone)
 	runtime.LockOSThread() // the blocking poll keeps a thread anyway
 	defer runtime.UnlockOSThread()
 	out := (**C.amqp_delivery_report)(C.calloc(batchMax, C.size_t(unsafe.Sizeof(uintptr(0)))))
@@ -331,6 +334,17 @@ func (q *Queue) waitReport(ctx context.Context, body []byte, m *Message) error {
 
 // endClose settles what the close left: reports never given are Unsent.
 func (q *Queue) endClose() {
+	q.rmu.Lock()
+	done := q.reportsDone
+	q.rmu.Unlock()
+	if done != nil {
+		// The loop may be handing out a batch it took before the close
+		// returned; the freed handle ends its next poll at once.
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+		}
+	}
 	q.rmu.Lock()
 	pending := q.pending
 	q.pending = map[uint64]chan Report{}
