@@ -8,7 +8,8 @@
 # RESILIENT_AMQP_LIB_DIR (default <repo>/target/release) holds
 # libresilient_amqp.so, RESILIENT_AMQP_INCLUDE_DIR (default <repo>/include)
 # resilient_amqp.h. Runs gofmt, go vet, go test -race (every test, the fault
-# test included) and a 2,000-message smoke run of the bench. Installs
+# test included), a 2,000-message smoke run of the bench and the README's
+# example across a broker restart (stop_app, start_app 2 s later). Installs
 # nothing (see deps.sh); the Go build cache goes to <repo>/target/go-cache
 # unless GOCACHE is set; no network (GOPROXY=off: the module has no
 # dependencies).
@@ -52,4 +53,9 @@ go test -race -count=1 -timeout 200s -v .
 echo "== bench smoke (2,000 x 64 B)"
 go build -o "$GOCACHE/ra-go-bench" ./cmd/bench
 timeout 60 "$GOCACHE/ra-go-bench" "$RESILIENT_AMQP_TEST_URI" "go-bench-smoke-$$" 2000 64
+echo "== example: publish through a broker restart (stop_app / start_app)"
+go build -o "$GOCACHE/ra-go-example-restart" ./cmd/example-restart
+# whatever happens to the example, the broker is left running
+trap 'sh -c "$RESILIENT_AMQP_TEST_CTL start_app" >/dev/null 2>&1 || true' EXIT
+timeout 90 "$GOCACHE/ra-go-example-restart" "$RESILIENT_AMQP_TEST_URI" "$RESILIENT_AMQP_TEST_CTL" 2>/dev/null
 echo "bindings/go: all tests passed"
