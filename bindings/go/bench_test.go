@@ -2,6 +2,8 @@ package resilientamqp
 
 import (
 	"context"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -67,3 +69,66 @@ func BenchmarkPublishAsync(b *testing.B) {
 		}
 	}
 }
+
+// Consuming 20,000 pre-published messages with ack: pull mode (Consume:
+// batches of 256, one cgo call each) against one cgo callback per message
+// from the library's consumer thread.
+func benchConsume(b *testing.B, pull bool) {
+	const n = 20000
+	c, err := Connect(testURI, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close(30 * time.Second)
+	var elapsed time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		q, err := c.Queue(fmt.Sprint("go-bench-consume-", time.Now().UnixNano()),
+			QueueOptions{Prefetch: 500, Options: tmpQueue})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for k := 0; k < n; k++ {
+			if err := q.PublishWait(make([]byte, 64), 30*time.Second); err != nil {
+				b.Fatal(err)
+			}
+		}
+		for s, _ := q.Stats(); s.Confirmed < n; s, _ = q.Stats() {
+			time.Sleep(time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		var got atomic.Int64
+		h := func(ctx context.Context, d Delivery) Disposition {
+			if got.Add(1) == n {
+				cancel()
+			}
+			return Ack
+		}
+		b.StartTimer()
+		start := time.Now()
+		if pull {
+			_ = q.Consume(ctx, h, 1)
+		} else {
+			stop, err := q.consumeCallback(ctx, h, 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			<-ctx.Done()
+			elapsed += time.Since(start)
+			b.StopTimer()
+			stop()
+		}
+		if pull {
+			elapsed += time.Since(start)
+		}
+		b.StopTimer()
+		cancel()
+		if got.Load() < n {
+			b.Fatalf("consumed %d of %d", got.Load(), n)
+		}
+	}
+	b.ReportMetric(float64(n*b.N)/elapsed.Seconds(), "msg/s")
+}
+
+func BenchmarkConsumePull(b *testing.B)     { benchConsume(b, true) }
+func BenchmarkConsumeCallback(b *testing.B) { benchConsume(b, false) }

@@ -141,3 +141,16 @@ ra_ret ra_poll(amqp_queue_handle q, const amqp_delivery **out, size_t max,
     if (r == AMQP_OK || r == AMQP_ERR_TIMEOUT) return (ra_ret){ r, NULL };
     return own(r, buf);
 }
+
+static amqp_disposition ra_consume_tramp(const amqp_delivery *d, void *userdata) {
+    return (amqp_disposition)raGoConsume((amqp_delivery *)d, (uintptr_t)userdata);
+}
+
+ra_ret ra_consume_callback(amqp_queue_handle q, uintptr_t key, uint32_t repeat, uint64_t *id) {
+    return last(amqp_consume_ex(q, ra_consume_tramp, (void *)key, NULL, repeat, id));
+}
+
+ra_ret ra_consume_cancel(amqp_queue_handle q, uint64_t id, uint32_t ms) {
+    char buf[ERRCAP] = "";
+    return own(amqp_consume_cancel_e(q, id, ms, buf, sizeof buf), buf);
+}

@@ -38,6 +38,12 @@ ra_ret ra_reports_pull(amqp_queue_handle q);
 /* amqp_poll_reports with its error text read in the same call. */
 ra_ret ra_poll_reports(amqp_queue_handle q, const amqp_delivery_report **out, size_t max,
                        uint32_t ms, size_t *count);
+/* Callback-mode consumer (measured against pull mode by bench_test.go;
+   not part of the API): every delivery calls the Go function raGoConsume
+   on a library thread with `key` (a cgo.Handle). */
+ra_ret ra_consume_callback(amqp_queue_handle q, uintptr_t key, uint32_t repeat, uint64_t *id);
+ra_ret ra_consume_cancel(amqp_queue_handle q, uint64_t id, uint32_t ms);
+
 /* Routes library logs to the Go function raGoLog (level OFF: none). */
 amqp_result ra_set_log(int level);
 
