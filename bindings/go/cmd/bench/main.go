@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	resilientamqp "github.com/resilient-amqp/resilient-amqp/bindings/go"
@@ -20,6 +21,13 @@ import (
 func fail(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...)
 	os.Exit(1)
+}
+
+// cpu is the process's user+system CPU time so far.
+func cpu() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func main() {
@@ -48,7 +56,7 @@ func main() {
 	}
 
 	body := make([]byte, size)
-	start := time.Now()
+	start, cpu0 := time.Now(), cpu()
 	for i := 0; i < n; i++ {
 		if err := q.PublishWait(body, 60*time.Second); err != nil {
 			fail("publish %d: %v", i, err)
@@ -68,11 +76,12 @@ func main() {
 		time.Sleep(time.Millisecond)
 	}
 	pubRate := float64(n) / time.Since(start).Seconds()
+	pubCPU := float64((cpu() - cpu0).Microseconds()) / float64(n)
 
 	cctx, ccancel := context.WithTimeout(context.Background(), 300*time.Second)
 	defer ccancel()
 	var got atomic.Int64
-	start = time.Now()
+	start, cpu0 = time.Now(), cpu()
 	err = q.Consume(cctx, func(ctx context.Context, d resilientamqp.Delivery) resilientamqp.Disposition {
 		if got.Add(1) == int64(n) {
 			ccancel()
@@ -80,6 +89,7 @@ func main() {
 		return resilientamqp.Ack
 	}, 1)
 	elapsed := time.Since(start)
+	conCPU := float64((cpu() - cpu0).Microseconds()) / float64(n)
 	if got.Load() < int64(n) {
 		fail("consumed %d of %d: %v", got.Load(), n, err)
 	}
@@ -87,5 +97,8 @@ func main() {
 	if unsent, err := conn.Close(30 * time.Second); err != nil || unsent != 0 {
 		fail("close: unsent %d, %v", unsent, err)
 	}
+	// CPU per message (the whole process: library threads included) to
+	// stderr: steadier than rates on a busy machine.
+	fmt.Fprintf(os.Stderr, "bench: cpu us/msg publish %.2f consume %.2f\n", pubCPU, conCPU)
 	fmt.Printf("BENCH go publish %.0f consume %.0f\n", pubRate, conRate)
 }
