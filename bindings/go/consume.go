@@ -196,8 +196,16 @@ func (q *Queue) settleMany(ids []uint64, disp Disposition) {
 
 // run calls h, turning a panic into the queue's panic disposition.
 func (q *Queue) run(ctx context.Context, h Handler, d Delivery) (disp Disposition) {
+	returned := false
 	defer func() {
-		if r := recover(); r != nil {
+		if r := recover(); r == nil && !returned {
+			// runtime.Goexit (or panic(nil) before Go 1.21): the caller
+			// settles the delivery with the panic disposition.
+			disp = q.panicDisposition
+			q.panics.Add(1)
+			logLine(LogError, fmt.Sprintf("queue %q: consume handler called runtime.Goexit on delivery %d (%s)",
+				q.name, d.ID, q.panicDisposition))
+		} else if r != nil {
 			q.panics.Add(1)
 			disp = q.panicDisposition
 			logLine(LogError, fmt.Sprintf("queue %q: consume handler panicked on delivery %d: %v (%s)",
@@ -205,6 +213,7 @@ func (q *Queue) run(ctx context.Context, h Handler, d Delivery) (disp Dispositio
 		}
 	}()
 	disp = h(ctx, d)
+	returned = true
 	switch disp {
 	case Ack, Reject, Requeue, Defer:
 	default:
@@ -233,21 +242,34 @@ func (q *Queue) Consume(ctx context.Context, h Handler, workers int) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	var acks, rejects, requeues []uint64
-	disps := make([]Disposition, batchMax)
+	b := &batchState{q: q, disps: make([]Disposition, batchMax)}
+	// A handler that calls runtime.Goexit (t.FailNow, ...) ends this
+	// goroutine: the batch is still settled, the unfinished ones with the
+	// panic disposition.
+	defer b.settle()
 	var jobs chan int
 	var wg sync.WaitGroup
-	var batch []Delivery
 	if workers > 1 {
 		jobs = make(chan int, batchMax)
 		defer close(jobs)
-		for w := 0; w < workers; w++ {
-			go func() {
-				for i := range jobs {
-					disps[i] = q.run(ctx, h, batch[i])
-					wg.Done()
+		var worker func()
+		worker = func() {
+			goexit := true
+			defer func() {
+				if goexit { // a handler called runtime.Goexit: replace this worker
+					go worker()
 				}
 			}()
+			for i := range jobs {
+				func() {
+					defer wg.Done()
+					b.disps[i] = q.run(ctx, h, b.ds[i])
+				}()
+			}
+			goexit = false
+		}
+		for w := 0; w < workers; w++ {
+			go worker()
 		}
 	}
 	for {
@@ -261,10 +283,13 @@ func (q *Queue) Consume(ctx context.Context, h Handler, workers int) error {
 		if len(ds) == 0 {
 			continue
 		}
-		batch = ds
+		b.ds = ds
+		for i := range ds {
+			b.disps[i] = q.panicDisposition
+		}
 		if jobs == nil {
 			for i := range ds {
-				disps[i] = q.run(ctx, h, ds[i])
+				b.disps[i] = q.run(ctx, h, ds[i])
 			}
 		} else {
 			wg.Add(len(ds))
@@ -273,21 +298,38 @@ func (q *Queue) Consume(ctx context.Context, h Handler, workers int) error {
 			}
 			wg.Wait()
 		}
-		acks, rejects, requeues = acks[:0], rejects[:0], requeues[:0]
-		for i := range ds {
-			switch disps[i] {
-			case Ack:
-				acks = append(acks, ds[i].ID)
-			case Reject:
-				rejects = append(rejects, ds[i].ID)
-			case Requeue:
-				requeues = append(requeues, ds[i].ID)
-			}
-		}
-		q.settleMany(acks, Ack)
-		q.settleMany(rejects, Reject)
-		q.settleMany(requeues, Requeue)
+		b.settle()
 	}
+}
+
+// batchState is one polled batch and what its handlers decided.
+type batchState struct {
+	q                       *Queue
+	ds                      []Delivery
+	disps                   []Disposition
+	acks, rejects, requeues []uint64
+}
+
+// settle settles the batch (once), one amqp_settle_many per disposition.
+func (b *batchState) settle() {
+	if len(b.ds) == 0 {
+		return
+	}
+	b.acks, b.rejects, b.requeues = b.acks[:0], b.rejects[:0], b.requeues[:0]
+	for i := range b.ds {
+		switch b.disps[i] {
+		case Ack:
+			b.acks = append(b.acks, b.ds[i].ID)
+		case Reject:
+			b.rejects = append(b.rejects, b.ds[i].ID)
+		case Requeue:
+			b.requeues = append(b.requeues, b.ds[i].ID)
+		}
+	}
+	b.ds = nil
+	b.q.settleMany(b.acks, Ack)
+	b.q.settleMany(b.rejects, Reject)
+	b.q.settleMany(b.requeues, Requeue)
 }
 
 // Deliveries returns a channel of the queue's deliveries, each to be settled

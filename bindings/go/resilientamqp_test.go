@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -283,6 +284,89 @@ func TestPanickingHandler(t *testing.T) {
 	s2 := waitStats(t, q2, func(s QueueStats) bool { return s.Rejected >= 10 })
 	if s2.Acked != 0 || s2.Rejected != 10 || s2.HandlerPanics != 10 {
 		t.Fatalf("reject stats %+v", s2)
+	}
+}
+
+// A handler that calls runtime.Goexit (t.FailNow does) ends its goroutine,
+// yet its delivery and the rest of the batch are settled, none acked by it.
+func TestHandlerGoexit(t *testing.T) {
+	const n = 20
+	c := connect(t)
+	defer closeConn(t, c)
+	q := openQueue(t, c, QueueOptions{})
+	for i := 0; i < n; i++ {
+		_ = q.PublishString(fmt.Sprint("g", i))
+	}
+	// One at a time: the Goexit ends the goroutine that called Consume.
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		_ = q.Consume(context.Background(), func(ctx context.Context, d Delivery) Disposition {
+			runtime.Goexit()
+			return Ack
+		}, 1)
+	}()
+	select {
+	case <-ended:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Consume did not end")
+	}
+	// Workers: a Goexit ends one worker, which is replaced.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	got := map[string]bool{}
+	var calls atomic.Int64
+	err := q.Consume(ctx, func(ctx context.Context, d Delivery) Disposition {
+		if calls.Add(1)%3 == 0 {
+			runtime.Goexit()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		got[string(d.Body)] = true
+		if len(got) == n {
+			cancel()
+		}
+		return Ack
+	}, 2)
+	if !errors.Is(err, context.Canceled) || len(got) != n {
+		t.Fatalf("Consume: %v, %d of %d", err, len(got), n)
+	}
+	s := waitStats(t, q, func(s QueueStats) bool { return s.Acked >= n })
+	if s.HandlerPanics < 2 || s.Acked != n || !logged("runtime.Goexit") {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// A server-named queue: the broker's name, bound to an exchange.
+func TestServerNamedQueue(t *testing.T) {
+	c := connect(t)
+	defer closeConn(t, c)
+	ex := "go-test-fanout"
+	q, err := c.Queue("", QueueOptions{Exchange: ex, Options: map[string]string{"exchange_type": "fanout", "durable": "false"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name, err := q.Name()
+	if err != nil || !strings.HasPrefix(name, "amq.gen-") {
+		t.Fatalf("name %q, %v", name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := q.PublishConfirmed(ctx, []byte("fan")); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := q.Deliveries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := <-ch
+	if string(d.Body) != "fan" || d.Exchange != ex {
+		t.Fatalf("delivery %q from %q", d.Body, d.Exchange)
+	}
+	_ = d.Ack()
+	cancel()
+	for range ch {
 	}
 }
 
