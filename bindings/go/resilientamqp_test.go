@@ -597,6 +597,11 @@ func TestFaultCloseConnections(t *testing.T) {
 	}()
 	var reports []<-chan Report // every 10th message published with a report
 	for i := 0; i < n; i++ {
+		if i == n-1000 { // a slow rabbitmqctl: let at least 3 faults hit the publishing
+			for k := 0; k < 300 && faults.Load() < 3; k++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 		body := []byte(fmt.Sprint("f", i))
 		if i%10 == 0 {
 			ch, err := q.PublishAsync(body, nil)
