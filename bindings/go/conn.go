@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,19 +106,32 @@ func Connect(uri string, opts *Options) (*Conn, error) {
 	return &Conn{h: h}, nil
 }
 
-// WaitConnected waits until the connection is up, at most until ctx ends
-// (without a deadline: 30 s). CodeTimeout when it did not connect in time,
-// CodeClosed once it gave up for good (the message says why).
+// WaitConnected waits until the connection is up, until ctx ends (without
+// a deadline: at most 30 s). CodeTimeout when it did not connect by the
+// deadline, ctx.Err() when ctx was cancelled, CodeClosed once it gave up for
+// good (the message says why, e.g. the broker's 403 ACCESS_REFUSED).
 func (c *Conn) WaitConnected(ctx context.Context) error {
-	ms := uint32(30000)
-	if dl, ok := ctx.Deadline(); ok {
-		d := time.Until(dl)
-		if d < 0 {
-			d = 0
-		}
-		ms = uint32(d.Milliseconds())
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(30 * time.Second)
 	}
-	return check(C.ra_wait_connected(c.h, C.uint32_t(ms)))
+	for {
+		// Slices of at most 100 ms, so that a cancelled ctx ends the wait.
+		left := time.Until(deadline)
+		if left < 0 {
+			left = 0
+		}
+		if left > 100*time.Millisecond {
+			left = 100 * time.Millisecond
+		}
+		err := check(C.ra_wait_connected(c.h, C.uint32_t(left.Milliseconds())))
+		if err == nil || !errors.Is(err, ErrTimeout) || !time.Now().Before(deadline) {
+			return err
+		}
+		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return ctx.Err()
+		}
+	}
 }
 
 // CloseReport says what a Close left undone at its deadline.

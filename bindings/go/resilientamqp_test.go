@@ -657,7 +657,16 @@ func TestCloseUnsentStatsLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := c.WaitConnected(ctx); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("WaitConnected: %v", err)
+	}
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel2)
+	if err := c.WaitConnected(ctx2); !errors.Is(err, context.Canceled) {
+		t.Fatalf("WaitConnected cancelled: %v", err)
+	}
 	cs, err := c.Stats()
 	if err != nil || cs.State == StateConnected || cs.FailedAttempts == 0 {
 		t.Fatalf("conn stats %+v %v", cs, err)
