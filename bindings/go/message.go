@@ -9,6 +9,7 @@ import "C"
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"time"
 	"unsafe"
@@ -35,7 +36,8 @@ const (
 // a routing key of its own. Empty fields are not sent. On a delivery,
 // Present says which properties the message carried.
 //
-// Header values: string, []byte, bool, int/int64 (signed 64-bit), int8,
+// Header values: string, []byte, bool, int/int64 (signed 64-bit; uint and
+// uint64 up to 2^63-1 are sent as such and read back as int64), int8,
 // uint8, int16, uint16, int32, uint32, float64, float32, time.Time (a
 // timestamp, seconds), Decimal, nil (void), map[string]any (a nested table)
 // and []any (an array). Deliveries give them back with the same Go types.
@@ -160,6 +162,16 @@ func valueToC(a *arena, v *C.amqp_value, x any, depth int) error {
 	case int:
 		v.kind, v.integer = C.AMQP_VALUE_INT, C.int64_t(x)
 	case int64:
+		v.kind, v.integer = C.AMQP_VALUE_INT, C.int64_t(x)
+	case uint:
+		if uint64(x) > math.MaxInt64 {
+			return invalid("header value %d does not fit a signed 64-bit integer", x)
+		}
+		v.kind, v.integer = C.AMQP_VALUE_INT, C.int64_t(x)
+	case uint64:
+		if x > math.MaxInt64 {
+			return invalid("header value %d does not fit a signed 64-bit integer", x)
+		}
 		v.kind, v.integer = C.AMQP_VALUE_INT, C.int64_t(x)
 	case int8:
 		v.kind, v.integer = C.AMQP_VALUE_INT8, C.int64_t(x)

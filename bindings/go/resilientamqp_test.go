@@ -171,6 +171,12 @@ func TestRoundTrip(t *testing.T) {
 	if len(m.Headers) != len(headers) {
 		t.Errorf("%d headers, want %d", len(m.Headers), len(headers))
 	}
+	// Headers the library refuses: nothing stored, the reason named.
+	for _, bad := range []map[string]any{{"k": struct{}{}}, {"k": uint64(1 << 63)}, {"": "empty key"}, {"k": "\xff"}} {
+		if err := q.PublishMessage([]byte("x"), Message{Headers: bad}); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("headers %v: %v", bad, err)
+		}
+	}
 }
 
 // PublishConfirmed resolves when the broker confirmed; an unroutable
