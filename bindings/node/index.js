@@ -444,17 +444,19 @@ class ReportSource {
         break;
       }
       const n = this.count[0];
-      for (let i = 0; i < n; i++) this._report(this.out.readBigUInt64LE(8 * i));
+      for (let i = 0; i < n; i++) this._report(ptrAt(this.out, 8 * i));
       api.reports_free(this.out, n);
       if (n < BATCH) break;
     }
   }
 
   _report(ptr) {
-    const v = new DataView(koffi.view(ptr, 40));
-    const tag = Number(v.getBigUint64(8, true));
-    const status = v.getUint32(16, true);
-    const attempts = v.getUint32(20, true);
+    // amqp_delivery_report: size 0, tag 8, status 16, attempts 20, reply_code 24, reason 32.
+    const v = scratch;
+    native().libc.copy(v, ptr, 40);
+    const tag = ptrAt(v, 8);
+    const status = v.readUInt32LE(16);
+    const attempts = v.readUInt32LE(20);
     if (this.outstanding > 0) this.outstanding--;
     const p = tag ? this.pending.get(tag) : undefined;
     if (!p) return;
@@ -463,9 +465,9 @@ class ReportSource {
       p.resolve({ attempts });
       return;
     }
-    const replyCode = v.getUint32(24, true);
-    const reasonPtr = v.getBigUint64(32, true);
-    const reason = reasonPtr ? koffi.decode(reasonPtr, 'const char *') : '';
+    const replyCode = v.readUInt32LE(24);
+    const reasonPtr = ptrAt(v, 32);
+    const reason = reasonPtr ? koffi.decode(reasonPtr, 'char', -1) : '';
     p.reject(new PublishError(REPORT_STATUS[status] || `status_${status}`, reason, replyCode, attempts));
   }
 
@@ -504,17 +506,39 @@ class Message {
   }
 }
 
+const scratch = Buffer.alloc(128);
+
+function ptrAt(buf, off) {
+  return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * 4294967296;
+}
+
+/** Copies `len` bytes at address `ptr` into a new Buffer. */
+function copyOut(ptr, len) {
+  const b = Buffer.allocUnsafe(len);
+  native().libc.copy(b, ptr, len);
+  return b;
+}
+
+// amqp_delivery: body 0, body_len 8, delivery_tag 16, redelivered 24,
+// exchange 32 (+len 40), routing_key 48 (+len 56), queue 64, delivery_id 72,
+// message 80.
 function decodeDelivery(ptr) {
-  const v = new DataView(koffi.view(ptr, 104));
-  const bodyLen = Number(v.getBigUint64(8, true));
-  const body = bodyLen ? Buffer.from(new Uint8Array(koffi.view(v.getBigUint64(0, true), bodyLen))) : Buffer.alloc(0);
-  const exLen = Number(v.getBigUint64(40, true));
-  const rkLen = Number(v.getBigUint64(56, true));
-  const exchange = exLen ? koffi.decode(v.getBigUint64(32, true), 'char', exLen) : '';
-  const routingKey = rkLen ? koffi.decode(v.getBigUint64(48, true), 'char', rkLen) : '';
-  const id = Number(v.getBigUint64(72, true));
-  return new Message(body, id, Number(v.getBigUint64(16, true)), v.getUint8(24) !== 0, exchange, routingKey,
-    decodeMessage(v.getBigUint64(80, true)));
+  const s = scratch;
+  native().libc.copy(s, ptr, 88);
+  const bodyLen = ptrAt(s, 8);
+  const bodyPtr = ptrAt(s, 0);
+  const exLen = ptrAt(s, 40);
+  const exPtr = ptrAt(s, 32);
+  const rkLen = ptrAt(s, 56);
+  const rkPtr = ptrAt(s, 48);
+  const id = ptrAt(s, 72);
+  const tag = ptrAt(s, 16);
+  const redelivered = s[24] !== 0;
+  const msgPtr = ptrAt(s, 80);
+  const body = bodyLen ? copyOut(bodyPtr, bodyLen) : Buffer.alloc(0);
+  const exchange = exLen ? koffi.decode(exPtr, 'char', exLen) : '';
+  const routingKey = rkLen ? koffi.decode(rkPtr, 'char', rkLen) : '';
+  return new Message(body, id, tag, redelivered, exchange, routingKey, decodeMessage(msgPtr, native().libc.copy));
 }
 
 class Consumer {
@@ -573,7 +597,7 @@ class Consumer {
       const requeues = [];
       const rejects = [];
       for (let i = 0; i < n; i++) {
-        const ptr = this.out.readBigUInt64LE(8 * i);
+        const ptr = ptrAt(this.out, 8 * i);
         let msg;
         try {
           msg = decodeDelivery(ptr);

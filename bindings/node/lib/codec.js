@@ -1,6 +1,6 @@
 // JS values <-> the library's amqp_message / amqp_field / amqp_value.
 'use strict';
-const { koffi, MessageOut, FieldOut, ValueOut } = require('./native');
+const { koffi, FieldOut, ValueOut } = require('./native');
 
 const K = {
   VOID: 0, BOOL: 1, INT: 2, DOUBLE: 3, STRING: 4, BYTES: 5, TIMESTAMP: 6, TABLE: 7, ARRAY: 8,
@@ -145,25 +145,47 @@ function decodeTable(ptr, count) {
 
 const EMPTY = Object.freeze({});
 
-/** A delivery's amqp_message -> { properties, headers }. */
-function decodeMessage(ptr) {
-  const present = koffi.decode(ptr, 50, 'uint16_t');
+const mscratch = Buffer.alloc(128);
+
+function str(buf, off) {
+  const lo = buf.readUInt32LE(off);
+  const hi = buf.readUInt32LE(off + 4);
+  return lo || hi ? koffi.decode(lo + hi * 4294967296, 'char', -1) : null;
+}
+
+/**
+ * A delivery's amqp_message -> { properties, headers }.
+ * Layout: size 0, routing_key 8, content_type 16, content_encoding 24,
+ * headers 32, header_count 40, delivery_mode 48, priority 49, present 50,
+ * correlation_id 56, reply_to 64, expiration 72, message_id 80,
+ * timestamp 88, message_type 96, user_id 104, app_id 112, tag 120.
+ * @param {number} ptr
+ * @param {(dst:Buffer, src:number, n:number)=>void} copy
+ */
+function decodeMessage(ptr, copy) {
+  const m = mscratch;
+  copy(m, ptr, 120);
+  const present = m.readUInt16LE(50);
   if (present === 0) return { properties: EMPTY, headers: EMPTY };
-  const m = koffi.decode(ptr, MessageOut);
   const p = {};
-  if (present & P.CONTENT_TYPE) p.contentType = m.content_type;
-  if (present & P.CONTENT_ENCODING) p.contentEncoding = m.content_encoding;
-  if (present & P.DELIVERY_MODE) p.deliveryMode = m.delivery_mode;
-  if (present & P.PRIORITY) p.priority = m.priority;
-  if (present & P.CORRELATION_ID) p.correlationId = m.correlation_id;
-  if (present & P.REPLY_TO) p.replyTo = m.reply_to;
-  if (present & P.EXPIRATION) p.expiration = m.expiration;
-  if (present & P.MESSAGE_ID) p.messageId = m.message_id;
-  if (present & P.TIMESTAMP) p.timestamp = new Date(Number(m.timestamp) * 1000);
-  if (present & P.TYPE) p.type = m.message_type;
-  if (present & P.USER_ID) p.userId = m.user_id;
-  if (present & P.APP_ID) p.appId = m.app_id;
-  const headers = (present & P.HEADERS) && m.header_count ? decodeTable(m.headers, m.header_count) : {};
+  if (present & P.CONTENT_TYPE) p.contentType = str(m, 16);
+  if (present & P.CONTENT_ENCODING) p.contentEncoding = str(m, 24);
+  if (present & P.DELIVERY_MODE) p.deliveryMode = m[48];
+  if (present & P.PRIORITY) p.priority = m[49];
+  if (present & P.CORRELATION_ID) p.correlationId = str(m, 56);
+  if (present & P.REPLY_TO) p.replyTo = str(m, 64);
+  if (present & P.EXPIRATION) p.expiration = str(m, 72);
+  if (present & P.MESSAGE_ID) p.messageId = str(m, 80);
+  if (present & P.TIMESTAMP) p.timestamp = new Date(Number(m.readBigUInt64LE(88)) * 1000);
+  if (present & P.TYPE) p.type = str(m, 96);
+  if (present & P.USER_ID) p.userId = str(m, 104);
+  if (present & P.APP_ID) p.appId = str(m, 112);
+  let headers = EMPTY;
+  const count = m.readUInt32LE(40) + m.readUInt32LE(44) * 4294967296;
+  if (present & P.HEADERS) {
+    const hp = m.readUInt32LE(32) + m.readUInt32LE(36) * 4294967296;
+    headers = count ? decodeTable(hp, count) : {};
+  }
   return { properties: p, headers };
 }
 

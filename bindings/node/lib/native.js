@@ -132,7 +132,9 @@ function native() {
     poll: f('int amqp_poll(uint64_t queue, void *out, size_t max, uint32_t timeout_ms, _Out_ size_t *count)'),
     settle: f('int amqp_settle(uint64_t queue, uint64_t delivery_id, int disposition)'),
     settle_many: f('int amqp_settle_many(uint64_t queue, const uint64_t *ids, size_t n, int disposition, void *results)'),
-    delivery_free: f('void amqp_delivery_free(void *d)'),
+    // Pointers travel as Numbers (user-space addresses are below 2^53) in
+    // the integer register a pointer uses (x86_64, aarch64).
+    delivery_free: f('void amqp_delivery_free(uint64_t d)'),
     consume_stop_timeout_e: f('int amqp_consume_stop_timeout_e(uint64_t queue, uint32_t timeout_ms, ' +
       '_Out_ uint8_t *errbuf, size_t errcap)'),
     consume_start: f('int amqp_consume_start(uint64_t queue)'),
@@ -155,6 +157,8 @@ function native() {
     read: libc.func('long read(int fd, void *buf, size_t n)'),
     write: libc.func('long write(int fd, const void *buf, size_t n)'),
     close: libc.func('int close(int fd)'),
+    // Reads library memory into a Buffer: far cheaper than koffi.view.
+    copy: libc.func('void *memcpy(void *dst, uint64_t src, size_t n)'),
   };
   return api;
 }
