@@ -244,6 +244,13 @@ class Connection {
 
   async _close(timeoutMs) {
     for (const q of this.queues) q._closing();
+    // Let the reports of pending publishConfirmed calls come in first: a
+    // report still waiting in the library when close frees the queue
+    // could not be taken any more.
+    const deadline = Date.now() + timeoutMs;
+    const pending = () => [...this.queues].some((q) => q.reports && !q.reports.done && q.reports.pending.size > 0);
+    while (pending() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 2));
+    timeoutMs = Math.max(0, deadline - Date.now());
     const report = { size: 32, unsent: 0, unsettled: 0, callbacks_running: 0 };
     const err = Buffer.alloc(ERRCAP);
     const rc = await callAsync(native().close_ex_e, this.handle, timeoutMs, report, err, ERRCAP);
