@@ -31,10 +31,17 @@ test('broker connections closed every 0.5 s while publishing and consuming 10,00
         if (seen.size === N) allIn();
       });
       // Publish at ~2,000 msg/s so that faults hit publishing too.
+      // Every other message through publishConfirmed: each must resolve
+      // (confirmed), whatever the faults.
+      const confirms = [];
       for (let i = 0; i < N; i++) {
-        q.publish(`f${i}`);
+        if (i % 2) confirms.push(q.publishConfirmed(`f${i}`));
+        else q.publish(`f${i}`);
         if (i % 200 === 199) await sleep(100);
       }
+      const outcomes = await Promise.allSettled(confirms);
+      const failed = outcomes.filter((o) => o.status === 'rejected');
+      assert.strictEqual(failed.length, 0, `publishConfirmed failures: ${failed.slice(0, 3).map((o) => o.reason).join('; ')}`);
       let timer;
       const deadline = new Promise((r) => { timer = setTimeout(() => r('timeout'), 150000); });
       const r = await Promise.race([received.then(() => 'ok'), deadline]);
