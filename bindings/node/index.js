@@ -115,17 +115,71 @@ function onLibraryLog(level, message) {
  */
 function setLogger(target, level = 'warn') {
   const api = native();
+  const lvl = target === null ? 0 : LEVELS[level];
+  if (lvl === undefined) throw new TypeError(`resilient-amqp: unknown log level '${level}'`);
   logger = target || console;
-  logLevel = target === null ? 0 : LEVELS[level];
-  if (logLevel === undefined) throw new TypeError(`resilient-amqp: unknown log level '${level}'`);
+  logLevel = lvl;
   if (!logCallback) logCallback = koffi.register(onLibraryLog, koffi.pointer(LogFn));
-  if (logLevel === 0) api.set_log_callback(null, 0, null);
-  else api.set_log_callback(logCallback, logLevel, null);
+  if (logLevel === 0) {
+    api.set_log_callback(null, 0, null);
+    logReleased = null;
+  } else {
+    // A semaphore of its own per installation, posted by the library (libc's
+    // sem_post as the release function, on its log thread) once this
+    // callback is replaced and its last call returned.
+    const sem = koffi.alloc('uint8_t', 64);
+    api.libc.sem_init(sem, 0, 0);
+    check(api.set_log_callback_ex(logCallback, logLevel, sem, semPost()), 'amqp_set_log_callback_ex');
+    logReleased = sem;
+  }
   if (!logInstalled) {
     logInstalled = true;
-    // Stop the library's calls into JS before Node frees its environment.
-    process.on('exit', () => api.set_log_callback(null, 0, null));
+    process.on('beforeExit', drainLogging);
+    process.on('exit', stopLogging);
   }
+}
+
+let logReleased = null;
+let semPostPtr = null;
+function semPost() {
+  if (!semPostPtr) semPostPtr = native().libc.dlsym(null, 'sem_post');
+  return semPostPtr;
+}
+
+// The event loop is empty (the process is about to end by draining it):
+// turn the callback off and keep the loop alive until the library says its
+// last call returned, serving the calls still queued for it meanwhile. Then
+// the process ends with no library thread able to call JavaScript.
+function drainLogging() {
+  const sem = logReleased;
+  if (!sem) return;
+  logReleased = null;
+  const api = native();
+  api.set_log_callback(null, 0, null);
+  const end = Date.now() + 2000;
+  const wait = () => {
+    if (api.libc.sem_trywait(sem) === 0 || Date.now() > end) return;
+    setTimeout(wait, 1);
+  };
+  wait();
+}
+
+// At exit (process.exit(), an uncaught exception), before Node frees its environment: no library thread may call
+// into JavaScript any more. Turn the callback off and wait (bounded) until
+// the library says its last call returned. A call blocked waiting for this
+// (the main) thread cannot return now: it stays queued, and Node drops it
+// with its environment; that log thread then waits for good, harmlessly.
+function stopLogging() {
+  const api = native();
+  api.set_log_callback(null, 0, null);
+  const sem = logReleased;
+  logReleased = null;
+  if (!sem) return;
+  const until = Date.now() + 200;
+  const ts = Buffer.alloc(16);
+  ts.writeBigInt64LE(BigInt(Math.floor(until / 1000)), 0);
+  ts.writeBigInt64LE(BigInt((until % 1000) * 1e6), 8);
+  api.libc.sem_timedwait(sem, ts);
 }
 
 function binding(msg, err) {

@@ -144,6 +144,7 @@ function native() {
     connection_get_stats: f('int amqp_connection_get_stats(uint64_t conn, _Inout_ amqp_connection_stats *out)'),
     connection_state_str: f('const char *amqp_connection_state_str(int state)'),
     set_log_callback: f('int amqp_set_log_callback(amqp_log_fn *cb, int level, void *userdata)'),
+    set_log_callback_ex: f('int amqp_set_log_callback_ex(amqp_log_fn *cb, int level, void *userdata, void *release)'),
     // Delivery reports in pull mode (ABI with amqp_reports_pull): optional so
     // that an older library still loads (publishConfirmed then throws).
     reports_pull: optional('int amqp_reports_pull(uint64_t queue, _Out_ int *fd)'),
@@ -157,6 +158,10 @@ function native() {
     read: libc.func('long read(int fd, void *buf, size_t n)'),
     write: libc.func('long write(int fd, const void *buf, size_t n)'),
     close: libc.func('int close(int fd)'),
+    sem_init: libc.func('int sem_init(void *sem, int pshared, unsigned int value)'),
+    sem_timedwait: libc.func('int sem_timedwait(void *sem, const void *abstime)'),
+    sem_trywait: libc.func('int sem_trywait(void *sem)'),
+    dlsym: libc.func('void *dlsym(void *handle, const char *name)'),
     // Reads library memory into a Buffer: far cheaper than koffi.view.
     copy: libc.func('void *memcpy(void *dst, uint64_t src, size_t n)'),
   };
