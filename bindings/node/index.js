@@ -606,7 +606,8 @@ class Consumer {
   constructor(queue, handler, options) {
     this.queue = queue;
     this.handler = handler;
-    this.concurrency = options.concurrency || Math.max(queue.prefetch, 1);
+    // prefetch 0 (unlimited): the batch size bounds each poll, nothing else.
+    this.concurrency = options.concurrency || (queue.prefetch > 0 ? queue.prefetch : Infinity);
     this.onError = options.onError === 'reject' ? D_REJECT : D_REQUEUE;
     this.inflight = 0;
     this.running = true;
