@@ -128,7 +128,11 @@ function decodeValue(v) {
     case K.BOOL: return v.integer !== 0;
     case K.DOUBLE: case K.FLOAT: return v.number;
     case K.STRING: return v.len ? koffi.decode(v.bytes, 'char', v.len) : '';
-    case K.BYTES: return v.len ? Buffer.from(koffi.view(v.bytes, v.len)) : Buffer.alloc(0);
+    case K.BYTES: { // a copy: the delivery's memory is freed after decoding
+      const b = Buffer.alloc(v.len);
+      if (v.len) b.set(new Uint8Array(koffi.view(v.bytes, v.len)));
+      return b;
+    }
     case K.TIMESTAMP: return new Date(Number(v.integer) * 1000);
     case K.TABLE: return v.len ? decodeTable(v.bytes, v.len) : {};
     case K.ARRAY: return v.len ? koffi.decode(v.bytes, ValueOut, v.len).map(decodeValue) : [];

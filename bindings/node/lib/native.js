@@ -49,27 +49,6 @@ const Message = koffi.struct('amqp_message', {
   app_id: 'const char *',
   tag: 'uint64_t',
 });
-// The message as decoded from a delivery: `headers` stays a raw pointer.
-const MessageOut = koffi.struct('amqp_message_out', {
-  size: 'size_t',
-  routing_key: 'const char *',
-  content_type: 'const char *',
-  content_encoding: 'const char *',
-  headers: 'void *',
-  header_count: 'size_t',
-  delivery_mode: 'uint8_t',
-  priority: 'uint8_t',
-  present: 'uint16_t',
-  correlation_id: 'const char *',
-  reply_to: 'const char *',
-  expiration: 'const char *',
-  message_id: 'const char *',
-  timestamp: 'uint64_t',
-  message_type: 'const char *',
-  user_id: 'const char *',
-  app_id: 'const char *',
-  tag: 'uint64_t',
-});
 const ValueOut = koffi.struct('amqp_value_out', {
   kind: 'uint32_t', integer: 'int64_t', number: 'double', bytes: 'void *', len: 'size_t',
 });
@@ -169,6 +148,6 @@ function native() {
 }
 
 module.exports = {
-  native, koffi, Value, Field, Message, MessageOut, ValueOut, FieldOut, QueueStats, ConnectionStats,
+  native, koffi, Value, Field, Message, ValueOut, FieldOut, QueueStats, ConnectionStats,
   CloseReport, LogFn, QUEUE_STATS, libraryCandidates,
 };
