@@ -77,3 +77,31 @@ test('publishConfirmed resolves when the broker confirmed; failures reject with 
       assert.strictEqual(await conn.close(5000), 0);
     }
   });
+
+test('close waits for async handlers in flight and applies their acks', async () => {
+  const name = qname('closewait');
+  const conn = await amqp.connect(URI);
+  const q = await conn.queue(name, { ...QOPTS, prefetch: 5 });
+  for (let i = 0; i < 5; i++) q.publish(`w${i}`);
+  let started = 0;
+  let finished = 0;
+  await q.consume(async () => {
+    started++;
+    await new Promise((r) => setTimeout(r, 300));
+    finished++;
+  });
+  await until(() => started === 5, 10000, 'five handlers running');
+  assert.strictEqual(await conn.close(5000), 0);
+  assert.strictEqual(finished, 5, 'close returned after the handlers');
+  // Their acks reached the broker: nothing comes back.
+  const conn2 = await amqp.connect(URI);
+  try {
+    const q2 = await conn2.queue(name, QOPTS);
+    let again = 0;
+    await q2.consume(() => { again++; });
+    await new Promise((r) => setTimeout(r, 500));
+    assert.strictEqual(again, 0, 'no delivery came back');
+  } finally {
+    await conn2.close(5000);
+  }
+});
