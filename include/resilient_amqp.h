@@ -894,6 +894,23 @@ enum amqp_result amqp_consume_ex(amqp_queue_handle queue,
                                  uint64_t *consumer_id);
 
 /*
+ (ABI 4) amqp_consume_ex, and on failure the error message also goes to
+ `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+ `errcap` > 0; untouched on success), e.g. the broker's text of a
+ refused consumer, for bindings that call it on a worker thread.
+ amqp_consume is this with `release` and `consumer_id` NULL.
+ Blocks: as amqp_consume_ex, at most 30 s.
+ */
+enum amqp_result amqp_consume_ex_e(amqp_queue_handle queue,
+                                   amqp_consume_fn cb,
+                                   void *userdata,
+                                   amqp_release_fn release,
+                                   uint32_t repeat,
+                                   uint64_t *consumer_id,
+                                   char *errbuf,
+                                   size_t errcap);
+
+/*
  Ends one consumer set (amqp_consume_ex's `consumer_id`): its broker
  consumers are cancelled, its prefetched deliveries not yet handed to a
  callback go back to the broker, no callback of it starts any more; the
@@ -1162,6 +1179,18 @@ enum amqp_result amqp_publish_wait_e(amqp_queue_handle queue,
 enum amqp_result amqp_consume_pull(amqp_queue_handle queue, int *notify_fd);
 
 /*
+ (ABI 4) amqp_consume_pull, and on failure the error message also goes
+ to `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+ `errcap` > 0; untouched on success), e.g. the broker's text of a refused
+ consumer, for bindings that call it on a worker thread (Node's pool).
+ Blocks: as amqp_consume_pull, at most 30 s.
+ */
+enum amqp_result amqp_consume_pull_e(amqp_queue_handle queue,
+                                     int *notify_fd,
+                                     char *errbuf,
+                                     size_t errcap);
+
+/*
  Takes up to `max` waiting deliveries of the queue's pull consumer: fills
  `out` (a caller-provided array of `max` pointers) and `*count`, waiting
  up to `timeout_ms` for the first (0: never waits).
@@ -1328,9 +1357,11 @@ enum amqp_result amqp_set_report_callback(amqp_queue_handle queue,
  report keeps its message's place in the buffer (max_buffered,
  max_buffered_bytes) until polled, so an application that stops polling
  gets AMQP_ERR_BUFFER_FULL and memory stays bounded; such messages do not
- count as unsent. A message not reported when amqp_close_graceful
- returns was not confirmed (it is counted in `unsent`; the queue handle
- is gone, so its report cannot be polled any more).
+ count as unsent. amqp_close_graceful waits, within its timeout, while
+ waiting reports are being polled (an event loop polling beside the
+ close gets them all), and stops waiting after 200 ms in which none was
+ taken. A message not reported when it returns was not confirmed, or
+ its report was not polled in time (the queue handle is gone).
 
  `notify_fd` (may be NULL): as amqp_consume_pull's, a NEW descriptor on
  every call, the caller's to close; readable while reports wait, and for

@@ -155,6 +155,40 @@ fn exclusive_consumer_elsewhere_refuses_ours_and_publishing_goes_on() {
     let r = unsafe { amqp_consume_pull(q, &mut fd) };
     assert_eq!(r, amqp_result::AMQP_ERR_BROKER, "{}", last_error());
     assert_eq!(fd, -1, "notify_fd untouched on failure");
+    // The _e variants put the broker's text in the caller's buffer, in the same call.
+    let mut buf = [0 as std::ffi::c_char; 256];
+    let r = unsafe { amqp_consume_pull_e(q, &mut fd, buf.as_mut_ptr(), buf.len()) };
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(r, amqp_result::AMQP_ERR_BROKER, "{text}");
+    assert!(
+        text.contains("exclusive"),
+        "amqp_consume_pull_e's text: {text}"
+    );
+    let mut buf = [0 as std::ffi::c_char; 256];
+    let mut id = 0u64;
+    let r = unsafe {
+        amqp_consume_ex_e(
+            q,
+            Some(record_cb_on(&rec)),
+            std::ptr::null_mut(),
+            None,
+            1,
+            &mut id,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    let text = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(r, amqp_result::AMQP_ERR_BROKER, "{text}");
+    assert!(
+        text.contains("exclusive"),
+        "amqp_consume_ex_e's text: {text}"
+    );
+    assert_eq!(id, 0);
     let took = publish_confirmed(q, 20_000, Duration::from_secs(60));
     let s = qstats(q);
     eprintln!(

@@ -227,3 +227,47 @@ fn a_blocked_poll_learns_the_close_and_bad_arguments_are_refused() {
         "the close did not end the wait: {took:?}"
     );
 }
+
+#[test]
+fn close_waits_for_reports_being_polled_beside_it() {
+    // An event loop polls reports while another thread closes: every report reaches it
+    // before the queue handle goes.
+    let _broker = broker_shared();
+    let c = ConnGuard::connect_ok(None);
+    let q = queue_open(
+        c.h(),
+        &unique_name("pullclose2"),
+        None,
+        None,
+        Some("durable=false"),
+    );
+    let _fd = reports_pull(q);
+    const N: u64 = 3000;
+    for i in 0..N {
+        publish_tagged_ok(q, &seq_body(i), i + 1);
+    }
+    wait_for("all confirmed", Duration::from_secs(20), || {
+        qstats(q).confirmed == N
+    });
+    let poller = std::thread::spawn(move || {
+        let mut tags = 0u64;
+        loop {
+            // slowly: 50 at a time
+            let (r, got) = poll_reports(q, 50, 0);
+            tags += got.len() as u64;
+            match r {
+                amqp_result::AMQP_OK | amqp_result::AMQP_ERR_TIMEOUT => {}
+                _ => return tags,
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(10));
+    let (r, unsent) = c.close(10_000);
+    assert_eq!((r, unsent), (amqp_result::AMQP_OK, 0));
+    assert_eq!(
+        poller.join().unwrap(),
+        N,
+        "every report was polled before the close ended"
+    );
+}

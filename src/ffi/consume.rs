@@ -192,26 +192,62 @@ pub unsafe extern "C" fn amqp_consume_ex(
     repeat: u32,
     consumer_id: *mut u64,
 ) -> amqp_result {
-    ffi_boundary!({
-        // SAFETY: the caller promises `consumer_id` is NULL or a writable
-        // uint64_t for this call; written only on success.
-        let out = unsafe { consumer_id.as_mut() };
-        let user = UserData(userdata);
-        let release = release.map(|release| {
-            Box::new(move || {
-                let user = user;
-                // SAFETY: the application's non-NULL release function,
-                // called once on a library thread with its userdata, as
-                // the header says.
-                unsafe { release(user.0) }
-            }) as Release
-        });
-        let id = consume_ex(queue, cb, userdata, release, repeat)?;
-        if let Some(out) = out {
-            *out = id;
-        }
-        Ok(())
+    // SAFETY: the caller's promises for `consumer_id` (above).
+    ffi_boundary!({ unsafe { consume_ex_out(queue, cb, userdata, release, repeat, consumer_id) } })
+}
+
+/// (ABI 4) amqp_consume_ex, and on failure the error message also goes to
+/// `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+/// `errcap` > 0; untouched on success), e.g. the broker's text of a
+/// refused consumer, for bindings that call it on a worker thread.
+/// amqp_consume is this with `release` and `consumer_id` NULL.
+/// Blocks: as amqp_consume_ex, at most 30 s.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_consume_ex_e(
+    queue: amqp_queue_handle,
+    cb: amqp_consume_fn,
+    userdata: *mut c_void,
+    release: amqp_release_fn,
+    repeat: u32,
+    consumer_id: *mut u64,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    ffi_boundary!(errbuf errbuf, errcap, {
+        // SAFETY: as in amqp_consume_ex.
+        unsafe { consume_ex_out(queue, cb, userdata, release, repeat, consumer_id) }
     })
+}
+
+/// amqp_consume_ex's body.
+///
+/// # Safety
+/// `consumer_id` is NULL or a writable uint64_t for this call.
+unsafe fn consume_ex_out(
+    queue: amqp_queue_handle,
+    cb: amqp_consume_fn,
+    userdata: *mut c_void,
+    release: amqp_release_fn,
+    repeat: u32,
+    consumer_id: *mut u64,
+) -> crate::Result<()> {
+    // SAFETY: the caller promises `consumer_id` is NULL or a writable
+    // uint64_t for this call; written only on success.
+    let out = unsafe { consumer_id.as_mut() };
+    let user = UserData(userdata);
+    let release = release.map(|release| {
+        Box::new(move || {
+            let user = user;
+            // SAFETY: the application's non-NULL release function, called
+            // once on a library thread with its userdata, as the header says.
+            unsafe { release(user.0) }
+        }) as Release
+    });
+    let id = consume_ex(queue, cb, userdata, release, repeat)?;
+    if let Some(out) = out {
+        *out = id;
+    }
+    Ok(())
 }
 
 fn consume_ex(

@@ -44,20 +44,45 @@ pub unsafe extern "C" fn amqp_consume_pull(
     queue: amqp_queue_handle,
     notify_fd: *mut c_int,
 ) -> amqp_result {
-    ffi_boundary!({
-        let entry = lookup_queue(queue)?;
-        entry.conn.check_open()?;
-        let fd = entry
-            .conn
-            .conn
-            .consume_pull(&entry.queue, !notify_fd.is_null())?;
-        if let Some(fd) = fd {
-            // SAFETY: non-NULL (we asked for a descriptor only then), and
-            // the caller promises an int we may write.
-            unsafe { *notify_fd = fd.into_raw_fd() };
-        }
-        Ok(())
+    // SAFETY: the caller's promise for `notify_fd` (above).
+    ffi_boundary!({ unsafe { consume_pull(queue, notify_fd) } })
+}
+
+/// (ABI 4) amqp_consume_pull, and on failure the error message also goes
+/// to `errbuf` (like snprintf: at most `errcap` bytes, NUL-terminated when
+/// `errcap` > 0; untouched on success), e.g. the broker's text of a refused
+/// consumer, for bindings that call it on a worker thread (Node's pool).
+/// Blocks: as amqp_consume_pull, at most 30 s.
+#[no_mangle]
+pub unsafe extern "C" fn amqp_consume_pull_e(
+    queue: amqp_queue_handle,
+    notify_fd: *mut c_int,
+    errbuf: *mut c_char,
+    errcap: usize,
+) -> amqp_result {
+    ffi_boundary!(errbuf errbuf, errcap, {
+        // SAFETY: as in amqp_consume_pull.
+        unsafe { consume_pull(queue, notify_fd) }
     })
+}
+
+/// amqp_consume_pull's body.
+///
+/// # Safety
+/// `notify_fd` is NULL or a writable int.
+unsafe fn consume_pull(queue: amqp_queue_handle, notify_fd: *mut c_int) -> crate::Result<()> {
+    let entry = lookup_queue(queue)?;
+    entry.conn.check_open()?;
+    let fd = entry
+        .conn
+        .conn
+        .consume_pull(&entry.queue, !notify_fd.is_null())?;
+    if let Some(fd) = fd {
+        // SAFETY: non-NULL (we asked for a descriptor only then), and the
+        // caller promises an int we may write.
+        unsafe { *notify_fd = fd.into_raw_fd() };
+    }
+    Ok(())
 }
 
 /// Takes up to `max` waiting deliveries of the queue's pull consumer: fills

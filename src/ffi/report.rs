@@ -147,9 +147,11 @@ fn report_fn(
 /// report keeps its message's place in the buffer (max_buffered,
 /// max_buffered_bytes) until polled, so an application that stops polling
 /// gets AMQP_ERR_BUFFER_FULL and memory stays bounded; such messages do not
-/// count as unsent. A message not reported when amqp_close_graceful
-/// returns was not confirmed (it is counted in `unsent`; the queue handle
-/// is gone, so its report cannot be polled any more).
+/// count as unsent. amqp_close_graceful waits, within its timeout, while
+/// waiting reports are being polled (an event loop polling beside the
+/// close gets them all), and stops waiting after 200 ms in which none was
+/// taken. A message not reported when it returns was not confirmed, or
+/// its report was not polled in time (the queue handle is gone).
 ///
 /// `notify_fd` (may be NULL): as amqp_consume_pull's, a NEW descriptor on
 /// every call, the caller's to close; readable while reports wait, and for

@@ -64,6 +64,7 @@ impl Connection {
             std::thread::sleep(Duration::from_millis(2));
             report = CloseReport::of(&queues);
         }
+        await_polled_reports(&queues, deadline);
         // Settles made while we waited go out before the connection.
         for q in &queues {
             q.consumers.flush(Duration::from_millis(200));
@@ -89,5 +90,24 @@ impl Connection {
             }
         }
         report
+    }
+}
+
+/// Pull-mode reports still waiting: a polling application (an event loop
+/// beside this close) gets them before the queues go, within `deadline`;
+/// one that does not poll costs at most POLL_GRACE.
+fn await_polled_reports(queues: &[Arc<Queue>], deadline: Instant) {
+    const POLL_GRACE: Duration = Duration::from_millis(200);
+    let held = || -> u64 {
+        let pulls = queues.iter().filter_map(|q| q.outbox.report_pull());
+        pulls.map(|p| p.held()).sum()
+    };
+    let (mut last, mut since) = (held(), Instant::now());
+    while last > 0 && Instant::now() < deadline && since.elapsed() < POLL_GRACE {
+        std::thread::sleep(Duration::from_millis(2));
+        let now = held();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
     }
 }
