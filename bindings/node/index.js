@@ -624,12 +624,9 @@ class Consumer {
   async _start() {
     const fd = [0];
     // Blocks for the broker's consume-ok: on the pool, off the event loop.
-    const rc = await callAsync(native().consume_pull, this.queue.handle, fd);
-    if (rc !== OK) {
-      // amqp_consume_pull has no _e variant: the message is not ours to read
-      // from another thread, so the code alone is reported.
-      throw new AmqpError(codeName(rc), rc, `amqp_consume_pull failed: ${codeName(rc)}`, 'amqp_consume_pull');
-    }
+    const err = Buffer.alloc(ERRCAP);
+    const rc = await callAsync(native().consume_pull_e, this.queue.handle, fd, err, ERRCAP);
+    if (rc !== OK) throw new AmqpError(codeName(rc), rc, errText(err), 'amqp_consume_pull');
     this.fd = fd[0];
     getReactor().add(this);
   }
@@ -658,16 +655,13 @@ class Consumer {
       const acks = [];
       const requeues = [];
       const rejects = [];
-      for (let i = 0; i < n; i++) {
-        const ptr = ptrAt(this.out, 8 * i);
-        let msg;
-        try {
-          msg = decodeDelivery(ptr);
-        } finally {
-          api.delivery_free(ptr);
-        }
-        this._dispatch(msg, acks, requeues, rejects);
+      const msgs = [];
+      try {
+        for (let i = 0; i < n; i++) msgs.push(decodeDelivery(ptrAt(this.out, 8 * i)));
+      } finally {
+        api.delivery_free_many(this.out, n); // the batch in one call (decoded copies kept)
       }
+      for (const msg of msgs) this._dispatch(msg, acks, requeues, rejects);
       this._settle(acks, D_ACK);
       this._settle(requeues, D_REQUEUE);
       this._settle(rejects, D_REJECT);

@@ -107,13 +107,14 @@ function native() {
     publish_tagged_str: f('int amqp_publish_tagged(uint64_t queue, const char *body, size_t len, uint64_t tag)'),
     publish_message: f('int amqp_publish_message(uint64_t queue, const void *body, size_t len, const amqp_message *m)'),
     publish_message_str: f('int amqp_publish_message(uint64_t queue, const char *body, size_t len, const amqp_message *m)'),
-    consume_pull: f('int amqp_consume_pull(uint64_t queue, _Out_ int *fd)'),
+    consume_pull_e: f('int amqp_consume_pull_e(uint64_t queue, _Out_ int *fd, _Out_ uint8_t *errbuf, size_t errcap)'),
     poll: f('int amqp_poll(uint64_t queue, void *out, size_t max, uint32_t timeout_ms, _Out_ size_t *count)'),
     settle: f('int amqp_settle(uint64_t queue, uint64_t delivery_id, int disposition)'),
     settle_many: f('int amqp_settle_many(uint64_t queue, const uint64_t *ids, size_t n, int disposition, void *results)'),
     // Pointers travel as Numbers (user-space addresses are below 2^53) in
     // the integer register a pointer uses (x86_64, aarch64).
     delivery_free: f('void amqp_delivery_free(uint64_t d)'),
+    delivery_free_many: f('void amqp_delivery_free_many(const void *ds, size_t count)'),
     consume_stop_timeout_e: f('int amqp_consume_stop_timeout_e(uint64_t queue, uint32_t timeout_ms, ' +
       '_Out_ uint8_t *errbuf, size_t errcap)'),
     consume_start: f('int amqp_consume_start(uint64_t queue)'),

@@ -52,3 +52,22 @@ test('the broker\'s refusal comes with its text; synchronous errors too', async 
   }
   await assert.rejects(conn.queue('after-close', QOPTS), (e) => e.code === 'AMQP_ERR_CLOSED');
 });
+
+test('a refused consumer rejects with the broker\'s text (amqp_consume_pull_e)', async () => {
+  const holder = await amqp.connect(URI);
+  const conn = await amqp.connect(URI);
+  try {
+    const name = qname('exclusive');
+    const held = await holder.queue(name, { ...QOPTS, consumerExclusive: true });
+    await held.consume(() => amqp.ACK);
+    const q = await conn.queue(name, QOPTS);
+    await assert.rejects(q.consume(() => amqp.ACK), (e) => {
+      assert.strictEqual(e.code, 'AMQP_ERR_BROKER');
+      assert.match(e.message, /exclusive/);
+      return true;
+    });
+  } finally {
+    await conn.close(5000);
+    await holder.close(5000);
+  }
+});
