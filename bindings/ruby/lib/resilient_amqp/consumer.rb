@@ -93,7 +93,7 @@ module ResilientAmqp
         rc = Native.amqp_poll_e(h, out, @batch, @timeout, count, errbuf, ERRCAP)
         case rc
         when Native::OK
-          handle_batch(h, out.get_array_of_pointer(0, count.read(:size_t)), ids)
+          handle_batch(h, out, out.get_array_of_pointer(0, count.read(:size_t)), ids)
         when Native::ERR_TIMEOUT
           next
         when Native::ERR_CLOSED, Native::ERR_INVALID_HANDLE
@@ -111,7 +111,7 @@ module ResilientAmqp
     # Yields each delivery; settles the batch (one amqp_settle_many per
     # disposition) and frees it, also when the thread is killed or the block
     # raises an exception that ends the thread (the rest is requeued).
-    def handle_batch(h, ptrs, ids)
+    def handle_batch(h, out, ptrs, ids)
       groups = { Native::ACK => [], Native::REJECT => [], Native::REQUEUE => [] }
       done = 0
       begin
@@ -130,7 +130,7 @@ module ResilientAmqp
           mem.put_array_of_uint64(0, list)
           Native.amqp_settle_many(h, mem, list.size, disp, nil) # stale after a reconnect: redelivered anyway
         end
-        ptrs.each { |p| Native.amqp_delivery_free(p) }
+        Native.amqp_delivery_free_many(out, ptrs.size) # the batch in one call
       end
     end
 

@@ -156,6 +156,7 @@ module ResilientAmqp
     attach_function :amqp_settle, %i[uint64 uint64 int], :int
     attach_function :amqp_settle_many, %i[uint64 pointer size_t int pointer], :int
     attach_function :amqp_delivery_free, [:pointer], :void
+    attach_function :amqp_delivery_free_many, %i[pointer size_t], :void
     attach_function :amqp_consume_stop_timeout_e, %i[uint64 uint32 pointer size_t], :int, blocking: true
     attach_function :amqp_consume_start, [:uint64], :int
     attach_function :amqp_set_log_callback, %i[log_fn int pointer], :int
