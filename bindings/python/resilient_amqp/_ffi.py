@@ -206,6 +206,7 @@ _SIGS = {
     "amqp_settle": (INT, [U64, U64, INT]),
     "amqp_settle_many": (INT, [U64, _P(U64), SIZE, INT, VOIDP]),
     "amqp_delivery_free": (None, [VOIDP]),
+    "amqp_delivery_free_many": (None, [VOIDP, SIZE]),
     "amqp_abi_version": (U32, []),
     "amqp_result_str": (CHARP, [INT]),
     "amqp_last_error": (SIZE, [CHARP, SIZE]),

@@ -34,8 +34,9 @@ class Async(unittest.TestCase):
                 async def handler(m):
                     threads.add(threading.get_ident())
                     calls[0] += 1
+                    nth = calls[0]  # before the await: concurrent handlers interleave
                     await asyncio.sleep(0)
-                    if calls[0] % 2 == 0:
+                    if nth % 2 == 0:
                         raise RuntimeError("async failure")
                     acked.add(m.body)
 
