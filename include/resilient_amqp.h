@@ -1055,7 +1055,10 @@ enum amqp_result amqp_set_log_callback(amqp_log_fn cb, amqp_log_level level, voi
  amqp_set_log_callback with a `release` (may be NULL) for `userdata`:
  called once, on the "ramqp-log" thread, when this callback is replaced
  (by another amqp_set_log_callback / _ex call) or turned off (cb NULL),
- after its last call returned. Never called when this call fails, nor
+ after its last call returned. Once replaced or turned off, a callback is
+ not called again (lines still queued for it are dropped; a call already
+ in progress finishes), so a runtime that turns logging off before it
+ ends is not called after that. Never called when this call fails, nor
  for a NULL `cb` (nothing to release). No API call waits for it.
  Blocks: never.
  */

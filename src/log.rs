@@ -4,7 +4,7 @@
 //!   "ramqp-log" thread, one record at a time and in order, so a
 //!   slow or re-entrant callback never stalls the network or a caller.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +47,9 @@ pub(crate) type LogCallback = Arc<dyn Fn(Level, &str) + Send + Sync>;
 static STDERR_LEVEL: AtomicU8 = AtomicU8::new(255);
 static SINK_LEVEL: AtomicU8 = AtomicU8::new(0);
 /// Feeds the log thread, which owns the application's callback.
-static SINK: Mutex<Option<Sender<(Level, String)>>> = Mutex::new(None);
+/// The current callback's queue, and the flag that retires its thread.
+type Sink = (Sender<(Level, String)>, Arc<AtomicBool>);
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
 
 fn stderr_level() -> u8 {
     let l = STDERR_LEVEL.load(Ordering::Relaxed);
@@ -76,7 +78,7 @@ pub(crate) fn emit(level: Level, message: String) {
         eprintln!("resilient-amqp {}: {}", level.name(), message);
     }
     if l <= SINK_LEVEL.load(Ordering::Relaxed) {
-        if let Some(tx) = SINK.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some((tx, _)) = SINK.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let _ = tx.send((level, message));
         }
     }
@@ -106,20 +108,32 @@ pub(crate) fn set_callback(
         libc::pthread_atfork(None, None, Some(silence_in_forked_child));
     });
     let mut guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    // The old callback is called no more once this returns (but for a call
+    // in progress): lines still queued for it are dropped. An application
+    // that turns logging off before its runtime ends (Node at exit) must
+    // not be called after that.
+    if let Some((_, retired)) = guard.take() {
+        retired.store(true, Ordering::SeqCst);
+    }
     match callback {
         None => {
             SINK_LEVEL.store(0, Ordering::Relaxed);
-            *guard = None; // the log thread ends once its queue is drained
         }
         Some(callback) => {
             let (tx, rx) = channel::<(Level, String)>();
+            let retired = Arc::new(AtomicBool::new(false));
+            let done = retired.clone();
             // Not a std thread: a runtime that ends it inside the callback
             // (pthread_exit at Python's exit) must not abort the process
             // (`os_thread`). Then the receiver is dropped, and records sent
             // to it are discarded (and release is not called: the process
             // is ending).
+            SINK_LEVEL.store(0, Ordering::Relaxed); // until the thread runs
             crate::os_thread::spawn(c"ramqp-log", move || {
                 for (level, msg) in rx {
+                    if done.load(Ordering::SeqCst) {
+                        break;
+                    }
                     callback(level, &msg);
                 }
                 // Replaced or removed, and every message sent before was
@@ -131,7 +145,7 @@ pub(crate) fn set_callback(
                     release();
                 }
             })?;
-            *guard = Some(tx);
+            *guard = Some((tx, retired));
             SINK_LEVEL.store(level as u8, Ordering::Relaxed);
         }
     }

@@ -525,10 +525,60 @@ fn log_probe() -> (Arc<LogProbe>, *mut c_void) {
     (p, ud)
 }
 
+/// The log callback is process-wide: the log tests take turns.
+static LOG_TESTS: Mutex<()> = Mutex::new(());
+
+unsafe extern "C-unwind" fn slow_log_cb(
+    _level: amqp_log_level_raw,
+    _msg: *const c_char,
+    ud: *mut c_void,
+) {
+    let p = &*(ud as *const LogProbe);
+    p.calls.fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(20));
+}
+
+/// Turned off, a callback is called no more (lines queued for it are dropped; only a call in
+/// progress finishes), and its release follows at once: a runtime that turns logging off
+/// before it ends (Node at exit) is not called after that.
+#[test]
+fn a_callback_turned_off_is_not_called_for_lines_still_queued() {
+    let _turn = LOG_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+    let debug = amqp_log_level::AMQP_LOG_DEBUG as amqp_log_level_raw;
+    let (a, ua) = log_probe();
+    let r = unsafe { amqp_set_log_callback_ex(Some(slow_log_cb), debug, ua, Some(log_release)) };
+    assert_eq!(r, amqp_result::AMQP_OK);
+    // Lines come much faster than the callback takes them: a queue builds up.
+    let dead = ConnGuard::connect(
+        DEAD_URI,
+        Some("reconnect_delay_ms=1&reconnect_delay_max_ms=2"),
+    );
+    wait_for("log calls", T, || a.calls.load(Ordering::SeqCst) >= 5);
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let r = unsafe { amqp_set_log_callback(None, 0, std::ptr::null_mut()) };
+    assert_eq!(r, amqp_result::AMQP_OK);
+    let at_off = a.calls.load(Ordering::SeqCst);
+    wait_for("the release", T, || a.released.load(Ordering::SeqCst) == 1);
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = a.calls.load(Ordering::SeqCst) - at_off;
+    drop(dead);
+    assert!(
+        after <= 1,
+        "{after} calls after it was turned off (a call in progress at most)"
+    );
+    assert!(
+        took < Duration::from_millis(500),
+        "release took {took:?}: the queue was drained first"
+    );
+}
+
 /// The log callback's release comes once, when it is replaced or turned off, after its last
 /// call.
 #[test]
 fn log_callback_release_follows_its_last_call() {
+    let _turn = LOG_TESTS.lock().unwrap_or_else(|p| p.into_inner());
     let debug = amqp_log_level::AMQP_LOG_DEBUG as amqp_log_level_raw;
     let (a, ua) = log_probe();
     let (b, ub) = log_probe();
