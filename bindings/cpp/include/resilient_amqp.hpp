@@ -26,6 +26,8 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -455,6 +457,79 @@ Handler wrap_handler(F&& f) {
 }
 }  // namespace detail
 
+// ---- delivery reports (publish_confirmed) ------------------------------------------
+
+// How a message published with Queue::publish_confirmed ended.
+struct Report {
+  amqp_report_status status = AMQP_REPORT_UNSENT;
+  std::uint32_t attempts = 0;
+  std::uint32_t reply_code = 0;  // the broker's, for REFUSED / TOO_LARGE / UNROUTABLE
+  std::string reason;            // empty when confirmed
+  bool confirmed() const noexcept { return status == AMQP_REPORT_CONFIRMED; }
+};
+
+namespace detail {
+// The pending confirmations of one queue: the library's report function
+// (on its report thread) fulfils them. Owned by the Connection's list, so
+// it outlives every report call (close waits for the report thread).
+struct ReportState {
+  std::mutex m;
+  std::map<std::uint64_t, std::promise<Report>> pending;
+  std::uint64_t next_tag = 1;
+  bool installed = false;
+
+  // Every promise left (the connection closed before their report).
+  void settle_remaining(const std::string& why) {
+    std::map<std::uint64_t, std::promise<Report>> left;
+    {
+      std::lock_guard<std::mutex> g(m);
+      left.swap(pending);
+    }
+    for (auto& kv : left) {
+      Report r;
+      r.reason = why;
+      kv.second.set_value(std::move(r));
+    }
+  }
+};
+
+struct ReportStates {
+  std::mutex m;
+  std::vector<std::unique_ptr<ReportState>> all;
+  ReportState* add() {
+    std::lock_guard<std::mutex> g(m);
+    all.push_back(std::make_unique<ReportState>());
+    return all.back().get();
+  }
+};
+
+extern "C" inline void ra_cpp_report_trampoline(const amqp_delivery_report* r, void* ud) noexcept {
+  auto* st = static_cast<ReportState*>(ud);
+  std::promise<Report> p;
+  {
+    std::lock_guard<std::mutex> g(st->m);
+    auto it = st->pending.find(r->tag);
+    if (it == st->pending.end()) return;  // a plain publish (tag 0) on this queue
+    p = std::move(it->second);
+    st->pending.erase(it);
+  }
+  try {
+    Report rep;
+    rep.status = r->status;
+    rep.attempts = r->attempts;
+    rep.reply_code = r->reply_code;
+    if (r->reason != nullptr) rep.reason = r->reason;
+    p.set_value(std::move(rep));
+  } catch (...) {
+    // nothing may cross into the library (bad_alloc): the future gets it
+    try {
+      p.set_exception(std::current_exception());
+    } catch (...) {
+    }
+  }
+}
+}  // namespace detail
+
 // ---- queue ----------------------------------------------------------------------
 
 // A queue of a Connection (one channel). Move-only. Its consumer sets end
@@ -464,20 +539,25 @@ Handler wrap_handler(F&& f) {
 class Queue {
  public:
   Queue() = default;
-  explicit Queue(amqp_queue_handle h) : h_(h), errors_(std::make_shared<std::atomic<std::uint64_t>>(0)) {}
+  explicit Queue(amqp_queue_handle h, std::shared_ptr<detail::ReportStates> reports = nullptr)
+      : h_(h), errors_(std::make_shared<std::atomic<std::uint64_t>>(0)), reports_(std::move(reports)) {}
   Queue(const Queue&) = delete;
   Queue& operator=(const Queue&) = delete;
   Queue(Queue&& o) noexcept
       : cancel_timeout_ms(o.cancel_timeout_ms),
         h_(std::exchange(o.h_, 0)),
         consumers_(std::move(o.consumers_)),
-        errors_(std::move(o.errors_)) {}
+        errors_(std::move(o.errors_)),
+        reports_(std::move(o.reports_)),
+        report_(std::exchange(o.report_, nullptr)) {}
   Queue& operator=(Queue&& o) noexcept {
     if (this != &o) {
       cancel_consumers();
       h_ = std::exchange(o.h_, 0);
       consumers_ = std::move(o.consumers_);
       errors_ = std::move(o.errors_);
+      reports_ = std::move(o.reports_);
+      report_ = std::exchange(o.report_, nullptr);
       cancel_timeout_ms = o.cancel_timeout_ms;
     }
     return *this;
@@ -504,6 +584,16 @@ class Queue {
   // No exception: the library's code (AMQP_OK, AMQP_ERR_BUFFER_FULL, ...).
   amqp_result try_publish(const void* body, std::size_t len) noexcept { return amqp_publish(h_, body, len); }
   amqp_result try_publish(std::string_view body) noexcept { return amqp_publish(h_, body.data(), body.size()); }
+  // Publishes and returns a future that becomes ready when the broker
+  // confirmed the message (Report::confirmed()) or it failed for good
+  // (NACKED, REFUSED, TOO_LARGE, EXPIRED, UNROUTABLE; UNSENT when the
+  // connection closed first). Throws Error as publish does (nothing stored,
+  // no future). The first call sets the queue's report function (its plain
+  // publishes are then reported too, and ignored).
+  std::future<Report> publish_confirmed(std::string_view body) { return publish_confirmed(body, nullptr); }
+  std::future<Report> publish_confirmed(std::string_view body, const Message& m) {
+    return publish_confirmed(body, &m);
+  }
   // Waits up to timeout_ms while the buffer is full (confirms make room).
   void publish_wait(const void* body, std::size_t len, std::uint32_t timeout_ms) {
     char buf[detail::kErrCap] = "";
@@ -578,6 +668,38 @@ class Queue {
   std::uint32_t cancel_timeout_ms = 30000;
 
  private:
+  std::future<Report> publish_confirmed(std::string_view body, const Message* m) {
+    if (!reports_) throw Error(AMQP_ERR_INVALID_HANDLE, "publish_confirmed: a queue not opened by a Connection");
+    if (report_ == nullptr) {
+      detail::ReportState* st = reports_->add();
+      detail::check(amqp_set_report_callback(h_, detail::ra_cpp_report_trampoline, st), "amqp_set_report_callback");
+      report_ = st;
+    }
+    std::future<Report> f;
+    std::uint64_t tag;
+    {
+      std::lock_guard<std::mutex> g(report_->m);
+      tag = report_->next_tag++;
+      f = report_->pending[tag].get_future();
+    }
+    amqp_result rc;
+    if (m != nullptr) {
+      std::vector<amqp_field> fields;
+      amqp_message cm = m->to_c(fields);
+      cm.tag = tag;
+      rc = amqp_publish_message(h_, body.data(), body.size(), &cm);
+    } else {
+      rc = amqp_publish_tagged(h_, body.data(), body.size(), tag);
+    }
+    if (rc != AMQP_OK) {
+      {
+        std::lock_guard<std::mutex> g(report_->m);
+        report_->pending.erase(tag);
+      }
+      detail::throw_last(rc, m != nullptr ? "amqp_publish_message" : "amqp_publish_tagged");
+    }
+    return f;
+  }
   void cancel_consumers() noexcept {
     for (std::uint64_t id : consumers_) amqp_consume_cancel(h_, id, cancel_timeout_ms);  // closed conn: ignored
     consumers_.clear();
@@ -585,6 +707,8 @@ class Queue {
   amqp_queue_handle h_ = 0;
   std::vector<std::uint64_t> consumers_;
   std::shared_ptr<std::atomic<std::uint64_t>> errors_;
+  std::shared_ptr<detail::ReportStates> reports_;
+  detail::ReportState* report_ = nullptr;  // owned by reports_
 };
 
 // ---- connection -----------------------------------------------------------------
@@ -607,11 +731,13 @@ class Connection {
   }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
-  Connection(Connection&& o) noexcept : close_timeout_ms(o.close_timeout_ms), h_(std::exchange(o.h_, 0)) {}
+  Connection(Connection&& o) noexcept
+      : close_timeout_ms(o.close_timeout_ms), h_(std::exchange(o.h_, 0)), reports_(std::move(o.reports_)) {}
   Connection& operator=(Connection&& o) noexcept {
     if (this != &o) {
       close_noexcept();
       h_ = std::exchange(o.h_, 0);
+      reports_ = std::move(o.reports_);
       close_timeout_ms = o.close_timeout_ms;
     }
     return *this;
@@ -638,7 +764,7 @@ class Connection {
     amqp_result rc = amqp_queue_open_e(h_, queue.c_str(), exchange.c_str(), routing_key.c_str(), options.c_str(), &q,
                                        buf, sizeof buf);
     detail::check_e(rc, buf, "amqp_queue_open");
-    return Queue(q);
+    return Queue(q, reports_);
   }
 
   // Graceful close: waits up to timeout_ms for confirms and running
@@ -653,6 +779,7 @@ class Connection {
     char buf[detail::kErrCap] = "";
     amqp_result rc = amqp_close_ex_e(h_, timeout_ms, &r, buf, sizeof buf);
     h_ = 0;  // freed in every case
+    settle_reports();
     if (rc != AMQP_OK && rc != AMQP_ERR_TIMEOUT) detail::check_e(rc, buf, "amqp_close_ex");
     return CloseReport{rc, r.unsent, r.unsettled, r.callbacks_running};
   }
@@ -671,9 +798,23 @@ class Connection {
 
  private:
   void close_noexcept() noexcept {
-    if (h_ != 0) amqp_close_graceful(std::exchange(h_, 0), close_timeout_ms, nullptr);
+    if (h_ != 0) {
+      amqp_close_graceful(std::exchange(h_, 0), close_timeout_ms, nullptr);
+      try {
+        settle_reports();
+      } catch (...) {
+      }
+    }
+  }
+  // After close (the report thread has ended): confirmations still pending
+  // were not sent.
+  void settle_reports() {
+    if (!reports_) return;
+    std::lock_guard<std::mutex> g(reports_->m);
+    for (auto& st : reports_->all) st->settle_remaining("not confirmed when the connection closed");
   }
   amqp_connection_handle h_ = 0;
+  std::shared_ptr<detail::ReportStates> reports_ = std::make_shared<detail::ReportStates>();
 };
 
 }  // namespace resilient_amqp

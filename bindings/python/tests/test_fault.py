@@ -44,9 +44,12 @@ class Killer:
 
 @unittest.skipUnless(CTL, "RESILIENT_AMQP_TEST_CTL is not set")
 class Fault(unittest.TestCase):
-    def publish_spread(self, q, seconds=6.0):
-        # spread over several kill periods: 10 batches of N/10
+    def publish_spread(self, q, k, seconds=6.0):
+        # spread over several kill periods: 10 batches of N/10; rabbitmqctl is slow on a
+        # loaded machine, so the last batch waits until 3 kills landed while publishing
         for b in range(10):
+            if b == 9:
+                wait_until(lambda: k.kills >= 3, 60, 0.05)
             for i in range(b * N // 10, (b + 1) * N // 10):
                 q.publish(b"f%05d" % i, wait=30)
             time.sleep(seconds / 10)
@@ -64,7 +67,7 @@ class Fault(unittest.TestCase):
             q = conn.queue(qname("fault"), durable=False, expires_ms=300000, prefetch=200)
             q.consume(handler, repeat=2)
             with Killer() as k:
-                self.publish_spread(q)
+                self.publish_spread(q, k)
                 done = wait_until(lambda: len(got) >= N, 90, 0.05)
             self.assertTrue(done, f"{N - len(got)} missing of {N} after {k.kills} kills")
             self.assertGreaterEqual(k.kills, 3, f"too few connection kills: {k.errors[:2]}")
@@ -89,6 +92,10 @@ class Fault(unittest.TestCase):
                     # publish_confirmed from the loop: every awaitable must resolve
                     futs = []
                     for b in range(10):
+                        if b == 9:  # 3 kills while publishing, however slow rabbitmqctl is
+                            end = loop.time() + 60
+                            while k.kills < 3 and loop.time() < end:
+                                await asyncio.sleep(0.05)
                         for i in range(b * N // 10, (b + 1) * N // 10):
                             futs.append(q.publish_confirmed(b"f%05d" % i))
                         await asyncio.sleep(0.6)
