@@ -15,6 +15,7 @@ require_relative "resilient_amqp/headers"
 require_relative "resilient_amqp/logging"
 require_relative "resilient_amqp/delivery"
 require_relative "resilient_amqp/consumer"
+require_relative "resilient_amqp/confirmations"
 require_relative "resilient_amqp/queue"
 require_relative "resilient_amqp/connection"
 

@@ -28,6 +28,20 @@ module ResilientAmqp
   class StaleDeliveryError < Error; end
   class AlreadySettledError < Error; end
 
+  # A message published with Queue#publish_confirmed that the broker did not
+  # take: #status (:nacked, :refused, :too_large, :expired, :unsent,
+  # :unroutable), #reply_code (the broker's, or 0), #reason.
+  class PublishError < StandardError
+    attr_reader :status, :reply_code, :reason
+
+    def initialize(status, reply_code, reason)
+      @status = status
+      @reply_code = reply_code
+      @reason = reason
+      super("#{status}: #{reason}")
+    end
+  end
+
   ERROR_CLASSES = {
     1 => InvalidArgumentError, 2 => InvalidHandleError, 3 => BufferFullError,
     4 => MessageTooLargeError, 5 => ClosedError, 6 => TimeoutError, 7 => NotConnectedError,

@@ -134,6 +134,14 @@ module ResilientAmqp
       layout :size, :size_t, :unsent, :uint64, :unsettled, :uint64, :callbacks_running, :uint64
     end
 
+    # amqp_delivery_report (a report taken by amqp_poll_reports).
+    class Report < FFI::Struct
+      layout :size, :size_t, :tag, :uint64, :status, :int, :attempts, :uint32, :reply_code, :uint32,
+             :reason, :pointer
+    end
+
+    REPORT_STATUS = %i[confirmed nacked refused too_large expired unsent unroutable].freeze
+
     callback :log_fn, %i[int string pointer], :void
 
     attach_function :amqp_abi_version, [], :uint32
@@ -160,5 +168,9 @@ module ResilientAmqp
     attach_function :amqp_consume_stop_timeout_e, %i[uint64 uint32 pointer size_t], :int, blocking: true
     attach_function :amqp_consume_start, [:uint64], :int
     attach_function :amqp_set_log_callback, %i[log_fn int pointer], :int
+    attach_function :amqp_publish_tagged, %i[uint64 buffer_in size_t uint64], :int
+    attach_function :amqp_reports_pull, %i[uint64 pointer], :int
+    attach_function :amqp_poll_reports, %i[uint64 pointer size_t uint32 pointer], :int, blocking: true
+    attach_function :amqp_reports_free, %i[pointer size_t], :void
   end
 end

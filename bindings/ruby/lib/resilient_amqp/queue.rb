@@ -14,6 +14,11 @@ module ResilientAmqp
       @handle = handle
       @handler_errors = 0
       @errors_mutex = Mutex.new
+      @confirmations = nil
+    end
+
+    def confirmations # :nodoc:
+      @errors_mutex.synchronize { @confirmations ||= Confirmations.new(@handle) }
     end
 
     # Copies `body` (a String: binary or text, sent as its bytes) into the
@@ -34,6 +39,26 @@ module ResilientAmqp
         Errors.check(Native.amqp_publish_message(@handle, body, body.bytesize, m.pointer), "amqp_publish_message")
       end
       nil
+    end
+
+    # Publishes (as #publish, properties included) and waits until the broker
+    # confirmed the message: returns the number of times it was sent; raises
+    # PublishError when it failed for good (nacked, refused, too large,
+    # unroutable, or unsent when the connection closed first) and
+    # TimeoutError after timeout_ms without an end (the message stays
+    # buffered and is still sent). Reports come through the library's pull
+    # mode on a Ruby thread of this queue (GVL released while it waits), so
+    # no Ruby code runs on a library thread; once used, every publish of the
+    # queue is reported (plain ones are ignored).
+    def publish_confirmed(body, timeout_ms: 60_000, **props)
+      waiter = confirmations.expect
+      begin
+        publish(body, **props, tag: waiter.tag)
+      rescue StandardError
+        confirmations.forget(waiter)
+        raise
+      end
+      waiter.wait(timeout_ms)
     end
 
     # As #publish without properties, but waits (GVL released) up to
