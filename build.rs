@@ -5,9 +5,11 @@ fn main() {
     write_pkg_config();
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
+    println!("cargo:rerun-if-changed=Cargo.toml");
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
-    let config =
+    let mut config =
         cbindgen::Config::from_file(format!("{crate_dir}/cbindgen.toml")).expect("cbindgen.toml");
+    config.after_includes = Some(version_macros() + config.after_includes.as_deref().unwrap_or(""));
     match cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)
@@ -21,6 +23,24 @@ fn main() {
             println!("cargo:warning=cbindgen could not generate the header: {e}");
         }
     }
+}
+
+/// The header's version macros, from Cargo.toml's version (its one place);
+/// tests/facts.rs checks they, amqp_version() and Cargo.toml agree.
+fn version_macros() -> String {
+    let part = |name: &str| std::env::var(name).unwrap_or_default();
+    format!(
+        "\n/* The library version this header belongs to (Cargo.toml's); \
+         amqp_version() returns\n   the loaded library's. */\n\
+         #define AMQP_VERSION_MAJOR {}\n\
+         #define AMQP_VERSION_MINOR {}\n\
+         #define AMQP_VERSION_PATCH {}\n\
+         #define AMQP_VERSION_STRING \"{}\"\n",
+        part("CARGO_PKG_VERSION_MAJOR"),
+        part("CARGO_PKG_VERSION_MINOR"),
+        part("CARGO_PKG_VERSION_PATCH"),
+        part("CARGO_PKG_VERSION"),
+    )
 }
 
 /// Writes `resilient_amqp.pc` next to the built libraries

@@ -46,6 +46,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+/* The library version this header belongs to (Cargo.toml's); amqp_version() returns
+   the loaded library's. */
+#define AMQP_VERSION_MAJOR 0
+#define AMQP_VERSION_MINOR 1
+#define AMQP_VERSION_PATCH 0
+#define AMQP_VERSION_STRING "0.1.0"
+
 /* The C contract version this header describes (amqp_abi_version() returns
    the loaded library's). */
 #define AMQP_ABI_VERSION 4
@@ -1027,6 +1034,14 @@ void amqp_delivery_free_many(const struct amqp_delivery *const *deliveries, size
  Blocks: never.
  */
 uint32_t amqp_abi_version(void);
+
+/*
+ The version of the loaded library, "MAJOR.MINOR.PATCH" (Cargo.toml's
+ version; the header's AMQP_VERSION_STRING is the one it was built
+ against). A static, NUL-terminated string: never free it.
+ Blocks: never.
+ */
+const char *amqp_version(void);
 
 /*
  A static, NUL-terminated name for any value, including unknown ones.

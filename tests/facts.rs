@@ -255,3 +255,33 @@ fn the_abi_version_is_declared_once() {
     assert_eq!(value, resilient_amqp::AMQP_ABI_VERSION);
     assert_eq!(resilient_amqp::amqp_abi_version(), value);
 }
+
+/// The version is written once, in Cargo.toml: the header's AMQP_VERSION_*
+/// macros (written by build.rs) and amqp_version() are the same.
+#[test]
+fn the_version_is_cargo_tomls() {
+    let manifest = read("Cargo.toml");
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .expect("Cargo.toml: no `version = \"...\"` line");
+    let h = header();
+    let define = |name: &str| -> String {
+        let prefix = format!("#define {name} ");
+        h.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("the header does not define {name}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(define("AMQP_VERSION_STRING"), format!("\"{version}\""));
+    let parts: Vec<&str> = version.split('.').collect();
+    assert_eq!(parts.len(), 3, "Cargo.toml's version is MAJOR.MINOR.PATCH");
+    assert_eq!(define("AMQP_VERSION_MAJOR"), parts[0]);
+    assert_eq!(define("AMQP_VERSION_MINOR"), parts[1]);
+    assert_eq!(define("AMQP_VERSION_PATCH"), parts[2]);
+    // SAFETY: amqp_version returns a static NUL-terminated string.
+    let loaded = unsafe { CStr::from_ptr(resilient_amqp::amqp_version()) };
+    assert_eq!(loaded.to_str().unwrap(), version);
+}

@@ -2,7 +2,7 @@
 
 use crate::error::{ErrorKind, Result};
 use std::cell::RefCell;
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, CStr};
 
 /// The result of every call that can fail.
 #[repr(C)]
@@ -164,6 +164,22 @@ pub const AMQP_ABI_VERSION: u32 = 4;
 #[no_mangle]
 pub extern "C" fn amqp_abi_version() -> u32 {
     ffi_boundary!(value AMQP_ABI_VERSION, { AMQP_ABI_VERSION })
+}
+
+/// Cargo.toml's version, for amqp_version.
+const VERSION: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => panic!("the version holds a NUL"),
+    };
+
+/// The version of the loaded library, "MAJOR.MINOR.PATCH" (Cargo.toml's
+/// version; the header's AMQP_VERSION_STRING is the one it was built
+/// against). A static, NUL-terminated string: never free it.
+/// Blocks: never.
+#[no_mangle]
+pub extern "C" fn amqp_version() -> *const c_char {
+    ffi_boundary!(value VERSION.as_ptr(), { VERSION.as_ptr() })
 }
 
 /// A static, NUL-terminated name for any value, including unknown ones.
