@@ -46,12 +46,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* The library version this header belongs to (Cargo.toml's); amqp_version() returns
-   the loaded library's. */
-#define AMQP_VERSION_MAJOR 0
-#define AMQP_VERSION_MINOR 1
-#define AMQP_VERSION_PATCH 0
-#define AMQP_VERSION_STRING "0.1.0"
+/* The library version this header belongs to, from Cargo.toml; amqp_library_version()
+   returns the loaded library's. (Not AMQP_VERSION_*: rabbitmq-c's amqp.h has those.) */
+#define AMQP_LIBRARY_VERSION_MAJOR 0
+#define AMQP_LIBRARY_VERSION_MINOR 1
+#define AMQP_LIBRARY_VERSION_PATCH 0
+#define AMQP_LIBRARY_VERSION_STRING "0.1.0"
 
 /* The C contract version this header describes (amqp_abi_version() returns
    the loaded library's). */
@@ -1037,11 +1037,11 @@ uint32_t amqp_abi_version(void);
 
 /*
  The version of the loaded library, "MAJOR.MINOR.PATCH" (Cargo.toml's
- version; the header's AMQP_VERSION_STRING is the one it was built
+ version; the header's AMQP_LIBRARY_VERSION_STRING is the one it was built
  against). A static, NUL-terminated string: never free it.
  Blocks: never.
  */
-const char *amqp_version(void);
+const char *amqp_library_version(void);
 
 /*
  A static, NUL-terminated name for any value, including unknown ones.

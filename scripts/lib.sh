@@ -30,7 +30,7 @@ build_bench_drivers() {
     local dir=$1
     local cflags=(-std=c11 -O2 -Wall -Wextra -Werror)
     mkdir -p "$dir"
-    cp target/release/libresilient_amqp.so "$dir/"
+    cp -P target/release/libresilient_amqp.so target/release/libresilient_amqp.so.0 "$dir/"
     gcc "${cflags[@]}" -Iinclude bench/ours.c -L"$dir" -lresilient_amqp \
         -Wl,-rpath,"$(cd "$dir" && pwd)" -lpthread -o "$dir/ours"
     gcc "${cflags[@]}" bench/rmqc.c -lrabbitmq -lpthread -o "$dir/rmqc"

@@ -152,7 +152,7 @@ limited 1800 cargo test --release --test c_programs --no-run
 LIB_DIR=$OUT/lib
 rm -rf "$LIB_DIR"
 mkdir -p "$LIB_DIR"
-cp target/release/libresilient_amqp.so "$LIB_DIR/"
+cp -P target/release/libresilient_amqp.so target/release/libresilient_amqp.so.0 "$LIB_DIR/"
 export RA_C_LIB_DIR=$LIB_DIR
 
 # --- runs ------------------------------------------------------------------------

@@ -256,8 +256,8 @@ fn the_abi_version_is_declared_once() {
     assert_eq!(resilient_amqp::amqp_abi_version(), value);
 }
 
-/// The version is written once, in Cargo.toml: the header's AMQP_VERSION_*
-/// macros (written by build.rs) and amqp_version() are the same.
+/// The version is written once, in Cargo.toml: the header's AMQP_LIBRARY_VERSION_*
+/// macros (written by build.rs) and amqp_library_version() are the same.
 #[test]
 fn the_version_is_cargo_tomls() {
     let manifest = read("Cargo.toml");
@@ -275,13 +275,16 @@ fn the_version_is_cargo_tomls() {
             .trim()
             .to_string()
     };
-    assert_eq!(define("AMQP_VERSION_STRING"), format!("\"{version}\""));
+    assert_eq!(
+        define("AMQP_LIBRARY_VERSION_STRING"),
+        format!("\"{version}\"")
+    );
     let parts: Vec<&str> = version.split('.').collect();
     assert_eq!(parts.len(), 3, "Cargo.toml's version is MAJOR.MINOR.PATCH");
-    assert_eq!(define("AMQP_VERSION_MAJOR"), parts[0]);
-    assert_eq!(define("AMQP_VERSION_MINOR"), parts[1]);
-    assert_eq!(define("AMQP_VERSION_PATCH"), parts[2]);
-    // SAFETY: amqp_version returns a static NUL-terminated string.
-    let loaded = unsafe { CStr::from_ptr(resilient_amqp::amqp_version()) };
+    assert_eq!(define("AMQP_LIBRARY_VERSION_MAJOR"), parts[0]);
+    assert_eq!(define("AMQP_LIBRARY_VERSION_MINOR"), parts[1]);
+    assert_eq!(define("AMQP_LIBRARY_VERSION_PATCH"), parts[2]);
+    // SAFETY: amqp_library_version returns a static NUL-terminated string.
+    let loaded = unsafe { CStr::from_ptr(resilient_amqp::amqp_library_version()) };
     assert_eq!(loaded.to_str().unwrap(), version);
 }

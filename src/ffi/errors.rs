@@ -166,7 +166,7 @@ pub extern "C" fn amqp_abi_version() -> u32 {
     ffi_boundary!(value AMQP_ABI_VERSION, { AMQP_ABI_VERSION })
 }
 
-/// Cargo.toml's version, for amqp_version.
+/// Cargo.toml's version, for amqp_library_version.
 const VERSION: &CStr =
     match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
         Ok(v) => v,
@@ -174,11 +174,11 @@ const VERSION: &CStr =
     };
 
 /// The version of the loaded library, "MAJOR.MINOR.PATCH" (Cargo.toml's
-/// version; the header's AMQP_VERSION_STRING is the one it was built
+/// version; the header's AMQP_LIBRARY_VERSION_STRING is the one it was built
 /// against). A static, NUL-terminated string: never free it.
 /// Blocks: never.
 #[no_mangle]
-pub extern "C" fn amqp_version() -> *const c_char {
+pub extern "C" fn amqp_library_version() -> *const c_char {
     ffi_boundary!(value VERSION.as_ptr(), { VERSION.as_ptr() })
 }
 
