@@ -3,7 +3,7 @@
 # build and test resilient-amqp:
 #   rabbitmq-server   the broker the tests run (as a private node, scripts/broker.sh)
 #   gcc g++ make      C/C++ programs in tests/c and examples-c, the C++ header check
-#   pkg-config
+#   pkg-config cmake  the install test (scripts/install-test.sh) and the C++ binding
 #   librabbitmq-dev   rabbitmq-c, for the header-coexistence test and benchmarks
 #   valgrind          memory checks of the C programs
 #   git               the header-unchanged check of scripts/test.sh
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/apt-install.sh \
-    rabbitmq-server gcc g++ make pkg-config librabbitmq-dev valgrind git ca-certificates
+    rabbitmq-server gcc g++ make cmake pkg-config librabbitmq-dev valgrind git ca-certificates
 
 # Rust components used by scripts/test.sh (rustup installs them; without
 # rustup, the toolchain must already have them).

@@ -18,6 +18,10 @@
 #            built with AddressSanitizer + UndefinedBehaviorSanitizer and run
 #            with LeakSanitizer, on the same broker (about a minute; the
 #            valgrind mode is `bash scripts/memcheck.sh valgrind`)
+#   install  bash scripts/install-test.sh: install into a temporary prefix and
+#            build the C examples there with pkg-config alone and CMake alone
+#            (run against the broker), the .debs installed with apt-get and
+#            removed again, the export list checked
 #   bindings every bindings/<lang>/test.sh (C++, Go, Node, Python, Ruby: each
 #            binding's own tests against the same broker, through the C ABI
 #            of target/release; scripts/bindings.sh, a few minutes)
@@ -180,5 +184,6 @@ step header header_unchanged
 step test run_cargo_tests
 step bench bench_smoke
 step memcheck limited 900 bash scripts/memcheck.sh asan
+step install limited 600 bash scripts/install-test.sh
 step bindings limited 1500 bash scripts/bindings.sh
 step fuzz limited 1200 env RA_FUZZ_SECONDS="${RA_FUZZ_SECONDS:-30}" bash scripts/fuzz.sh
