@@ -124,12 +124,25 @@ fn paced_publisher(
     std::thread::JoinHandle<Vec<(u64, amqp_result)>>,
     Arc<AtomicU64>,
 ) {
+    paced_publisher_until(q, Arc::new(AtomicU64::new(n)), interval_us)
+}
+
+/// As `paced_publisher`, publishing until `limit` (which the test may lower meanwhile).
+fn paced_publisher_until(
+    q: u64,
+    limit: Arc<AtomicU64>,
+    interval_us: u64,
+) -> (
+    std::thread::JoinHandle<Vec<(u64, amqp_result)>>,
+    Arc<AtomicU64>,
+) {
     let progress = Arc::new(AtomicU64::new(0));
     let p = progress.clone();
     let h = std::thread::spawn(move || {
         let mut failures = Vec::new();
         let start = Instant::now();
-        for i in 0..n {
+        let mut i = 0;
+        while i < limit.load(Ordering::SeqCst) {
             let r = publish(q, &seq_body(i));
             if r != amqp_result::AMQP_OK {
                 failures.push((i, r));
@@ -140,6 +153,7 @@ fn paced_publisher(
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }
+            i += 1;
         }
         failures
     });
@@ -170,8 +184,10 @@ fn outage_while_publishing_loses_nothing() {
     let c = c_guard.h();
     let name = unique_name("outage");
     let q = open_simple(c, &name); // durable + persistent by default
-    let n = 5000u64;
-    let (publisher, progress) = paced_publisher(q, n, 2000); // ~10 s
+                                   // Publishes (2 ms apart) until 1,000 messages after the restart, however long
+                                   // rabbitmqctl takes to stop and start the broker on a loaded machine.
+    let limit = Arc::new(AtomicU64::new(100_000));
+    let (publisher, progress) = paced_publisher_until(q, limit.clone(), 2000);
     wait_for("1000 published", T, || {
         progress.load(Ordering::SeqCst) >= 1000
     });
@@ -180,6 +196,8 @@ fn outage_while_publishing_loses_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     app.start();
     let restarted_at = progress.load(Ordering::SeqCst);
+    let n = restarted_at + 1000;
+    limit.store(n, Ordering::SeqCst);
     let failures = publisher.join().unwrap();
     assert!(
         failures.is_empty(),
