@@ -329,10 +329,15 @@ fn connect_rows(t: &mut Table, n: &Names) -> u64 {
         || connect_str("http://guest:guest@127.0.0.1:1/", None),
     );
     t.row_out(
-        "connect(amqps://127.0.0.1:1/) (no TLS in this build)",
+        "connect(amqps://127.0.0.1:1/?cacertfile=<missing file>)",
         AMQP_ERR_INVALID_ARGUMENT,
-        "TLS",
-        || connect_str("amqps://guest:guest@127.0.0.1:1/", None),
+        "cacertfile '/nonexistent/ca.pem'",
+        || {
+            connect_str(
+                "amqps://guest:guest@127.0.0.1:1/?cacertfile=/nonexistent/ca.pem",
+                None,
+            )
+        },
     );
     t.row_out(
         "connect(uri with bad UTF-8)",

@@ -254,7 +254,11 @@ fn uri_fixed_cases() {
     let a = parse_uri("amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10").unwrap();
     assert_eq!(a.display, "amqp://guest@127.0.0.1:5672/%2f");
     for (bad, needle) in [
-        ("amqps://u:ZQsecret1@h/", "TLS"),
+        (
+            "amqps://u:ZQsecret1@h/?cacertfile=/nonexistent/ca.pem",
+            "cacertfile '/nonexistent/ca.pem'",
+        ),
+        ("amqp://u:ZQsecret1@h/?certfile=/c.pem", "for amqps://"),
         ("http://u:ZQsecret1@h/", "scheme 'http'"),
         (
             "amqp://u:ZQsecret1@h/?colour=1",

@@ -2,9 +2,24 @@
 //! from it to connect. The password never reaches an error message or a log.
 
 use crate::error::{Error, Result};
-use crate::wire::{Credentials, WireConfig};
+use crate::wire::{Credentials, SASLMechanism, Tls, TlsSettings, WireConfig};
 use amq_protocol::uri::{AMQPScheme, AMQPUri};
 use std::time::Duration;
+
+/// The query parameters of `amqp://` URIs; `amqps://` takes the TLS ones too.
+const QUERY_PARAMS: &[&str] = &[
+    "heartbeat",
+    "connection_timeout",
+    "frame_max",
+    "channel_max",
+    "auth_mechanism",
+];
+const TLS_QUERY_PARAMS: &[&str] = &[
+    "cacertfile",
+    "certfile",
+    "keyfile",
+    "tls_insecure_skip_verify",
+];
 
 /// The heartbeat we ask for when the URI names none: a dead peer is noticed
 /// within about two heartbeats.
@@ -19,6 +34,8 @@ pub struct BrokerAddress {
     pub uri: AMQPUri,
     pub display: String,
     pub connect_timeout: Duration,
+    /// TLS (amqps://), its files read and ready.
+    pub(crate) tls: Option<Tls>,
 }
 
 impl BrokerAddress {
@@ -37,6 +54,7 @@ impl BrokerAddress {
             channel_max: uri.query.channel_max,
             connect_timeout: self.connect_timeout,
             max_body,
+            tls: self.tls.clone(),
         }
     }
 }
@@ -44,19 +62,15 @@ impl BrokerAddress {
 pub fn parse_uri(s: &str) -> Result<BrokerAddress> {
     // Never echo `s`: it may hold a password.
     let url = url::Url::parse(s).map_err(|e| Error::invalid(format!("bad AMQP URI: {e}")))?;
-    match url.scheme() {
-        "amqp" => {}
-        "amqps" => {
-            return Err(Error::invalid(
-                "amqps:// needs TLS, which this build of resilient-amqp does not include",
-            ))
-        }
+    let tls = match url.scheme() {
+        "amqp" => false,
+        "amqps" => true,
         other => {
             return Err(Error::invalid(format!(
-                "bad AMQP URI: scheme '{other}' (expected amqp://)"
+                "bad AMQP URI: scheme '{other}' (expected amqp:// or amqps://)"
             )))
         }
-    }
+    };
     if url.cannot_be_a_base() || url.host_str().is_none_or(str::is_empty) {
         return Err(Error::invalid("bad AMQP URI: no host"));
     }
@@ -68,21 +82,11 @@ pub fn parse_uri(s: &str) -> Result<BrokerAddress> {
              user name and password",
         ));
     }
-    for (k, _) in url.query_pairs() {
-        if !matches!(
-            k.as_ref(),
-            "heartbeat" | "connection_timeout" | "frame_max" | "channel_max" | "auth_mechanism"
-        ) {
-            return Err(Error::invalid(format!(
-                "bad AMQP URI: unknown query parameter '{k}' (known: heartbeat, \
-                 connection_timeout, frame_max, channel_max, auth_mechanism)"
-            )));
-        }
-    }
+    let tls_settings = query_params(&url, tls)?;
     let mut uri: AMQPUri = s.parse().map_err(|_| {
         Error::invalid("bad AMQP URI: a query parameter or percent-encoding is invalid")
     })?;
-    debug_assert!(matches!(uri.scheme, AMQPScheme::AMQP));
+    debug_assert_eq!(matches!(uri.scheme, AMQPScheme::AMQPS), tls);
     // amq-protocol-uri keeps only DNS names; IP literals would become "localhost".
     let host = url.host_str().unwrap_or_default();
     uri.authority.host = host
@@ -99,14 +103,85 @@ pub fn parse_uri(s: &str) -> Result<BrokerAddress> {
         .map_or(DEFAULT_CONNECT_TIMEOUT, Duration::from_millis);
     let vhost = if uri.vhost == "/" { "%2f" } else { &uri.vhost };
     let display = format!(
-        "amqp://{}@{}:{}/{}",
-        uri.authority.userinfo.username, host, uri.authority.port, vhost
+        "{}://{}@{}:{}/{}",
+        url.scheme(),
+        uri.authority.userinfo.username,
+        host,
+        uri.authority.port,
+        vhost
     );
+    let tls = match tls_settings {
+        Some(settings) => {
+            check_external(&uri, &settings)?;
+            Some(Tls::new(&uri.authority.host, &settings).map_err(Error::invalid)?)
+        }
+        None if uri.query.auth_mechanism == Some(SASLMechanism::External) => {
+            return Err(Error::invalid(
+                "bad AMQP URI: auth_mechanism=external needs amqps:// with certfile= and \
+                 keyfile= (the broker takes the user from the client certificate)",
+            ))
+        }
+        None => None,
+    };
     Ok(BrokerAddress {
         uri,
         display,
         connect_timeout,
+        tls,
     })
+}
+
+/// Checks the query's keys; for amqps, the TLS settings (None for amqp://).
+fn query_params(url: &url::Url, tls: bool) -> Result<Option<TlsSettings>> {
+    let mut settings = TlsSettings::default();
+    for (k, v) in url.query_pairs() {
+        let k = k.as_ref();
+        if QUERY_PARAMS.contains(&k) {
+            continue;
+        }
+        if !TLS_QUERY_PARAMS.contains(&k) {
+            let known = QUERY_PARAMS.iter().chain(TLS_QUERY_PARAMS).copied();
+            return Err(Error::invalid(format!(
+                "bad AMQP URI: unknown query parameter '{k}' (known: {})",
+                known.collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if !tls {
+            return Err(Error::invalid(format!(
+                "bad AMQP URI: '{k}' is a TLS setting, for amqps:// URIs"
+            )));
+        }
+        let v = v.into_owned();
+        match k {
+            "cacertfile" => settings.cacertfile = Some(v),
+            "certfile" => settings.certfile = Some(v),
+            "keyfile" => settings.keyfile = Some(v),
+            _ => {
+                settings.insecure_skip_verify = match v.as_str() {
+                    "true" | "1" | "yes" | "on" => true,
+                    "false" | "0" | "no" | "off" => false,
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "bad AMQP URI: tls_insecure_skip_verify has bad value '{v}' \
+                             (expected true or false)"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(tls.then_some(settings))
+}
+
+/// EXTERNAL logs in with the client certificate: there must be one.
+fn check_external(uri: &AMQPUri, settings: &TlsSettings) -> Result<()> {
+    if uri.query.auth_mechanism == Some(SASLMechanism::External) && settings.certfile.is_none() {
+        return Err(Error::invalid(
+            "bad AMQP URI: auth_mechanism=external needs a client certificate (certfile= and \
+             keyfile=)",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -129,7 +204,9 @@ mod tests {
             "",
             "not a uri",
             "http://h/",
-            "amqps://h/",
+            "amqp://h/?cacertfile=/ca.pem",
+            "amqps://h/?cacertfile=/nonexistent/ca.pem",
+            "amqps://h/?auth_mechanism=external",
             "amqp://u:pw@h/?heartbeat=x",
             "amqp://h/?colour=1",
         ] {

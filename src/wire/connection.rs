@@ -10,15 +10,16 @@
 
 use super::channel::WireChannel;
 use super::codec;
+use super::handshake::Stream;
 use super::output::write_loop;
 use super::reader::read_loop;
 use super::shared::{ConnShared, CLOSE_WAIT};
+use super::socket::{Sink, Source};
 use super::{handshake, wrong_reply, Failure, WireConfig};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// A live connection; clones share it.
 #[derive(Clone)]
@@ -27,8 +28,8 @@ pub struct WireConnection {
 }
 
 impl WireConnection {
-    /// TCP connect, handshake (PLAIN), tune, open the vhost; then the
-    /// connection runs on its own task. Bounded by the connect timeout.
+    /// TCP connect (and TLS), handshake (SASL), tune, open the vhost; then
+    /// the connection runs on its own task. Bounded by the connect timeout.
     pub async fn connect(config: &WireConfig) -> Result<WireConnection, Failure> {
         let timeout = config.connect_timeout;
         let opened = match tokio::time::timeout(timeout, handshake::open(config)).await {
@@ -39,19 +40,35 @@ impl WireConnection {
                 )))
             }
         };
-        let stream = Arc::new(opened.stream);
-        let shared = Arc::new(ConnShared::new(
-            Some(stream.clone()),
-            opened.channel_max,
-            opened.frame_max,
-            config.max_body,
-        ));
-        tokio::spawn(drive(
-            shared.clone(),
-            stream,
-            opened.leftover,
-            opened.heartbeat,
-        ));
+        let (leftover, heartbeat) = (opened.leftover, opened.heartbeat);
+        let (channel_max, frame_max) = (opened.channel_max, opened.frame_max);
+        let shared = match opened.stream {
+            Stream::Tcp(tcp) => {
+                let stream = Arc::new(tcp);
+                let shared = Arc::new(ConnShared::new(
+                    Some(stream.clone()),
+                    channel_max,
+                    frame_max,
+                    config.max_body,
+                ));
+                let io = (stream.clone(), stream);
+                tokio::spawn(drive(shared.clone(), io, leftover, heartbeat));
+                shared
+            }
+            Stream::Tls(tls) => {
+                // The appending threads cannot write into a TLS session:
+                // the writer loop does it all.
+                let shared = Arc::new(ConnShared::new(
+                    None,
+                    channel_max,
+                    frame_max,
+                    config.max_body,
+                ));
+                let io = tokio::io::split(*tls);
+                tokio::spawn(drive(shared.clone(), io, leftover, heartbeat));
+                shared
+            }
+        };
         Ok(WireConnection { shared })
     }
 
@@ -124,17 +141,17 @@ impl WireConnection {
 /// The connection's task: reader, writer and heartbeats until one ends.
 async fn drive(
     shared: Arc<ConnShared>,
-    stream: Arc<TcpStream>,
+    (source, sink): (impl Source, impl Sink),
     leftover: Vec<u8>,
     heartbeat: Option<Duration>,
 ) {
     // However this task ends, a panic included, the connection is marked
     // dead, so the supervisor reconnects rather than waiting on a zombie.
     let _dead_on_exit = DieOnExit(shared.clone());
-    let mut writer = std::pin::pin!(write_loop(&shared.output, stream.clone()));
+    let mut writer = std::pin::pin!(write_loop(&shared.output, sink));
     let mut writer_done = false;
     let why = tokio::select! {
-        why = read_loop(&shared, stream, leftover) => why,
+        why = read_loop(&shared, source, leftover) => why,
         why = &mut writer => {
             writer_done = true;
             why
@@ -200,6 +217,8 @@ mod tests {
 
     /// A connected socket pair on loopback (the peer end is returned to
     /// keep it open).
+    use tokio::net::TcpStream;
+
     async fn socket_pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -217,7 +236,8 @@ mod tests {
         let (ours, _peer) = socket_pair().await;
         let stream = Arc::new(ours);
         let shared = Arc::new(ConnShared::new(Some(stream.clone()), 16, 4096, 1 << 20));
-        let task = tokio::spawn(drive(shared.clone(), stream, Vec::new(), None));
+        let io = (stream.clone(), stream);
+        let task = tokio::spawn(drive(shared.clone(), io, Vec::new(), None));
         shared.output.close();
         let ended = tokio::time::timeout(Duration::from_secs(5), task).await;
         let joined = ended.expect("the connection task ends");

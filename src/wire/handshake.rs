@@ -1,14 +1,15 @@
-//! Opening a connection: TCP connect, the protocol header, then
-//! connection.start / start-ok (SASL), tune / tune-ok and open / open-ok,
-//! before the connection's own task runs.
+//! Opening a connection: TCP connect (and the TLS handshake for amqps), the
+//! protocol header, then connection.start / start-ok (SASL), tune / tune-ok
+//! and open / open-ok, before the connection's own task runs.
 
 use super::codec;
 use super::{unexpected, Failure, WireConfig};
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// We propose this frame size; RabbitMQ's default is the same.
 const CLIENT_FRAME_MAX: u32 = 131_072;
@@ -16,9 +17,15 @@ const CLIENT_FRAME_MAX: u32 = 131_072;
 /// `channel_max` says otherwise; RabbitMQ's default is the same.
 pub(crate) const DEFAULT_CHANNEL_MAX: u16 = 2047;
 
+/// The connected socket: plain TCP, or TLS over it.
+pub(super) enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// A connection that is open, and what was agreed in tune-ok.
 pub(super) struct Opened {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     /// Bytes read after open-ok (frames the reader must see).
     pub(super) leftover: Vec<u8>,
     pub(super) channel_max: u16,
@@ -30,9 +37,26 @@ fn io(e: std::io::Error) -> Failure {
     Failure::Link(format!("I/O error: {e}"))
 }
 
-/// Connects and opens the vhost. Not bounded in time: the caller is.
+/// Connects (TCP, then TLS for amqps) and opens the vhost. Not bounded in
+/// time: the caller is.
 pub(super) async fn open(config: &WireConfig) -> Result<Opened, Failure> {
-    let mut stream = tcp_connect(config).await?;
+    let tcp = tcp_connect(config).await?;
+    match &config.tls {
+        None => amqp_open(config, tcp, Stream::Tcp).await,
+        Some(tls) => {
+            let peer = format!("{}:{}", config.host, config.port);
+            let stream = tls.connect(tcp, &peer).await?;
+            amqp_open(config, stream, |s| Stream::Tls(Box::new(s))).await
+        }
+    }
+}
+
+/// The AMQP handshake on a connected socket of either kind.
+async fn amqp_open<S: AsyncRead + AsyncWrite + Unpin>(
+    config: &WireConfig,
+    mut stream: S,
+    wrap: impl FnOnce(S) -> Stream,
+) -> Result<Opened, Failure> {
     stream.write_all(codec::PROTOCOL_HEADER).await.map_err(io)?;
     let mut hs = Handshake {
         stream,
@@ -62,7 +86,7 @@ pub(super) async fn open(config: &WireConfig) -> Result<Opened, Failure> {
     }
     let heartbeat = tune_ok.heartbeat;
     Ok(Opened {
-        stream: hs.stream,
+        stream: wrap(hs.stream),
         leftover: hs.buf,
         channel_max: tune_ok.channel_max,
         frame_max: tune_ok.frame_max as usize,
@@ -161,12 +185,12 @@ fn client_properties() -> FieldTable {
 }
 
 /// Method frames in and out on channel 0, before the connection's task runs.
-struct Handshake {
-    stream: TcpStream,
+struct Handshake<S> {
+    stream: S,
     buf: Vec<u8>,
 }
 
-impl Handshake {
+impl<S: AsyncRead + AsyncWrite + Unpin> Handshake<S> {
     async fn method(&mut self) -> Result<AMQPClass, Failure> {
         loop {
             match codec::parse_frame(&self.buf, CLIENT_FRAME_MAX as usize) {
@@ -233,6 +257,7 @@ mod tests {
             channel_max,
             connect_timeout: Duration::from_secs(1),
             max_body: 1,
+            tls: None,
         }
     }
 

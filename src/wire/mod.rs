@@ -10,7 +10,8 @@
 //!
 //! By job: `handshake` opens a connection; `connection` runs it (its task,
 //! heartbeats, death, channel ids, close); `output` is the shared output
-//! buffer and the writer; `reader` reads and dispatches frames;
+//! buffer and the writer; `reader` reads and dispatches frames; `socket`
+//! is what they read from and write to (TCP, or `tls`'s stream);
 //! `assembly` puts deliveries together from their frames; `channel` is a
 //! channel's calls, consumers, acks, publishes and confirms; `codec` the
 //! frames themselves.
@@ -27,6 +28,8 @@ pub(crate) mod probe;
 pub(crate) mod props;
 mod reader;
 mod shared;
+mod socket;
+mod tls;
 
 pub(crate) use amq_protocol::auth::{Credentials, SASLMechanism};
 use amq_protocol::protocol::{connection as conn_methods, AMQPClass, AMQPErrorKind};
@@ -38,6 +41,7 @@ pub(crate) use codec::{Outgoing, PublishTarget};
 pub(crate) use connection::WireConnection;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+pub(crate) use tls::{Tls, TlsSettings};
 
 /// A lock that a panic elsewhere did not poison for us.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -56,12 +60,14 @@ pub(crate) struct WireConfig {
     pub heartbeat: Option<u16>,
     pub frame_max: Option<u32>,
     pub channel_max: Option<u16>,
-    /// Bound on TCP connect + handshake.
+    /// Bound on TCP connect + handshake (TLS's included).
     pub connect_timeout: Duration,
     /// The largest message body we take in (a receive limit): a delivery
     /// whose header announces more is read, dropped and handed on marked
     /// `too_large`, without allocating for it.
     pub max_body: u64,
+    /// TLS (amqps): None for plain TCP.
+    pub tls: Option<Tls>,
 }
 
 impl WireConfig {

@@ -7,6 +7,7 @@
 //! neither a batch of publishes nor a batch of acks needs a task hand-off.
 
 use super::lock;
+use super::socket::Sink;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::TcpStream;
@@ -32,7 +33,8 @@ struct OutputBuffer {
     /// The writer loop holds bytes taken from `frames` that are not all
     /// written yet: nobody else may write to the socket now.
     writing: bool,
-    /// For writes straight from the appending thread (None once closed).
+    /// For writes straight from the appending thread (None once closed,
+    /// and on TLS: the writer loop alone writes there).
     stream: Option<Arc<TcpStream>>,
 }
 
@@ -162,7 +164,7 @@ impl Output {
 
 /// Sends the frames appended while it was busy, until the output is closed
 /// and empty, or a write fails.
-pub(super) async fn write_loop(output: &Output, stream: Arc<TcpStream>) -> String {
+pub(super) async fn write_loop(output: &Output, mut stream: impl Sink) -> String {
     let mut chunk: Vec<u8> = Vec::with_capacity(WRITE_BUFFER);
     loop {
         let idle = {
@@ -183,17 +185,8 @@ pub(super) async fn write_loop(output: &Output, stream: Arc<TcpStream>) -> Strin
             }
             None => {}
         }
-        let mut at = 0;
-        while at < chunk.len() {
-            match stream.try_write(&chunk[at..]) {
-                Ok(n) => at += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Err(e) = stream.writable().await {
-                        return format!("I/O error: {e}");
-                    }
-                }
-                Err(e) => return format!("I/O error: {e}"),
-            }
+        if let Err(e) = stream.write_chunk(&chunk).await {
+            return format!("I/O error: {e}");
         }
         lock(&output.buffer).writing = false;
         output.wrote.store(true, Ordering::Relaxed);

@@ -14,10 +14,10 @@ use huge_header::Skip;
 mod slots;
 
 mod huge_header;
+use super::socket::Source;
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// The read buffer holds many frames, so one read syscall serves many.
 const READ_BUFFER: usize = 256 * 1024;
@@ -34,7 +34,7 @@ const OUTPUT_BACKLOG: u64 = 64 << 20;
 /// returns why.
 pub(super) async fn read_loop(
     conn: &ConnShared,
-    stream: Arc<TcpStream>,
+    mut stream: impl Source,
     leftover: Vec<u8>,
 ) -> String {
     let frame_max = conn.frame_max;
@@ -83,19 +83,11 @@ pub(super) async fn read_loop(
             unyielded = 0;
             tokio::task::yield_now().await;
         }
-        // Read what is there before waiting for readiness: a busy link is
-        // read again at once, without a trip through epoll.
-        let got = loop {
-            match stream.try_read(&mut buf[end..]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    unyielded = 0;
-                    if let Err(e) = stream.readable().await {
-                        break Err(e);
-                    }
-                }
-                other => break other,
-            }
-        };
+        let mut waited = false;
+        let got = stream.read_some(&mut buf[end..], &mut waited).await;
+        if waited {
+            unyielded = 0;
+        }
         match got {
             Ok(0) => return "the broker closed the connection (EOF)".into(),
             Ok(n) => {
