@@ -36,6 +36,14 @@
 #                            at every start, so each run sees an empty broker)
 #   RA_RABBITMQ_BIN          directory of rabbitmq-server/rabbitmqctl (default
 #                            /usr/lib/rabbitmq/bin)
+#   RA_BROKER_TLS_DIR        optional: a directory with ca.pem, server.pem and server.key
+#                            (PEM); the node then also listens for TLS (amqps) on
+#                            127.0.0.1:$RA_BROKER_TLS_PORT, asks for a client certificate
+#                            (verified against ca.pem, not required), and offers the EXTERNAL
+#                            mechanism (user = the certificate's CN) when RabbitMQ has the
+#                            rabbitmq_auth_mechanism_ssl plugin. Unset: no TLS (the default).
+#                            scripts/tls-certs.sh makes such a directory.
+#   RA_BROKER_TLS_PORT       the TLS port (default RA_BROKER_PORT+3)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -48,6 +56,18 @@ if ! [[ $PORT =~ ^[0-9]+$ ]] || ((PORT < 1024 || PORT > 65000)); then
 fi
 DIST_PORT=$((PORT + 1))
 EPMD_PORT=$((PORT + 2))
+TLS_DIR=${RA_BROKER_TLS_DIR:-}
+TLS_PORT=${RA_BROKER_TLS_PORT:-$((PORT + 3))}
+if [[ -n $TLS_DIR ]]; then
+    if ! [[ $TLS_PORT =~ ^[0-9]+$ ]] || ((TLS_PORT < 1024 || TLS_PORT > 65535)); then
+        echo "broker.sh: RA_BROKER_TLS_PORT must be a number in 1024..65535 (got '$TLS_PORT')" >&2
+        exit 2
+    fi
+    TLS_DIR=$(cd "$TLS_DIR" 2>/dev/null && pwd) || {
+        echo "broker.sh: RA_BROKER_TLS_DIR '${RA_BROKER_TLS_DIR}' is not a directory" >&2
+        exit 2
+    }
+fi
 CTL_PORT_MIN=0 # 0..0: rabbitmqctl listens on an ephemeral port (no fixed range to collide)
 CTL_PORT_MAX=0
 NODENAME=resilient-amqp-test@localhost
@@ -68,6 +88,8 @@ LOCK_FILE=$REPO_ROOT/target/rabbitmq/node-$PORT.lock
 TAG="resilient-amqp-broker:$BASE"
 
 URI="amqp://guest:guest@127.0.0.1:$PORT/%2f"
+# The server certificate of scripts/tls-certs.sh is for the name localhost.
+TLS_URI="amqps://guest:guest@localhost:$TLS_PORT/%2f"
 
 log() { printf 'broker.sh: %s\n' "$*" >&2; }
 die() {
@@ -240,6 +262,39 @@ disk_free_limit.absolute = 16MB
 log.file.level = info
 log.console = false
 EOF
+    [[ -z $TLS_DIR ]] || tls_config
+}
+
+# The TLS listener (RA_BROKER_TLS_DIR set) in rabbitmq.conf, and the EXTERNAL
+# mechanism's plugin when this RabbitMQ has it.
+tls_config() {
+    local f
+    for f in ca.pem server.pem server.key; do
+        [[ -r $TLS_DIR/$f ]] || die "RA_BROKER_TLS_DIR: $TLS_DIR/$f is missing (see scripts/tls-certs.sh)"
+    done
+    local external=0
+    if compgen -G "$RMQ_BIN/../plugins/rabbitmq_auth_mechanism_ssl-*" >/dev/null ||
+        compgen -G "/usr/lib/rabbitmq/lib/*/plugins/rabbitmq_auth_mechanism_ssl-*" >/dev/null; then
+        external=1
+        echo '[rabbitmq_auth_mechanism_ssl].' >"$BASE/enabled_plugins"
+    else
+        log "the rabbitmq_auth_mechanism_ssl plugin is not installed: no EXTERNAL mechanism"
+    fi
+    {
+        echo "# TLS listener (RA_BROKER_TLS_DIR=$TLS_DIR)"
+        echo "listeners.ssl.1 = 127.0.0.1:$TLS_PORT"
+        echo "ssl_options.cacertfile = $TLS_DIR/ca.pem"
+        echo "ssl_options.certfile = $TLS_DIR/server.pem"
+        echo "ssl_options.keyfile = $TLS_DIR/server.key"
+        echo "ssl_options.verify = verify_peer"
+        echo "ssl_options.fail_if_no_peer_cert = false"
+        if ((external)); then
+            echo "auth_mechanisms.1 = PLAIN"
+            echo "auth_mechanisms.2 = AMQPLAIN"
+            echo "auth_mechanisms.3 = EXTERNAL"
+            echo "ssl_cert_login_from = common_name"
+        fi
+    } >>"$BASE/rabbitmq.conf"
 }
 
 # --- commands ------------------------------------------------------------------
@@ -310,8 +365,9 @@ cmd_start() {
         stop_all
     fi
 
-    local p
-    for p in "$PORT" "$DIST_PORT"; do
+    local p ports=("$PORT" "$DIST_PORT")
+    [[ -z $TLS_DIR ]] || ports+=("$TLS_PORT")
+    for p in "${ports[@]}"; do
         if port_open "$p"; then
             die "port $p on 127.0.0.1 is already in use by another program; set RA_BROKER_PORT to another base port (the node uses PORT, PORT+1 and PORT+2)"
         fi
@@ -357,7 +413,7 @@ cmd_start() {
 wait_ready() {
     local t0=$1
     while :; do
-        if port_open "$PORT" && beam_alive; then
+        if port_open "$PORT" && beam_alive && { [[ -z $TLS_DIR ]] || port_open "$TLS_PORT"; }; then
             break
         fi
         if [[ -f $SERVER_PID_FILE ]] && ! server_alive && ! beam_alive; then
@@ -485,6 +541,10 @@ cmd_env() {
     printf 'export %s=%q\n' RA_BROKER_PORT "$PORT"
     printf 'export %s=%q\n' RESILIENT_AMQP_TEST_URI "$URI"
     printf 'export %s=%q\n' RESILIENT_AMQP_TEST_CTL "$SCRIPT_DIR/broker.sh ctl"
+    if [[ -n $TLS_DIR ]]; then
+        printf 'export %s=%q\n' RESILIENT_AMQP_TEST_TLS_URI "$TLS_URI"
+        printf 'export %s=%q\n' RESILIENT_AMQP_TEST_TLS_DIR "$TLS_DIR"
+    fi
 }
 
 usage() {
