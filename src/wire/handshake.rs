@@ -34,7 +34,7 @@ pub(super) struct Opened {
 }
 
 fn io(e: std::io::Error) -> Failure {
-    Failure::Link(format!("I/O error: {e}"))
+    Failure::Link(super::tls::io_error(&e))
 }
 
 /// Connects (TCP, then TLS for amqps) and opens the vhost. Not bounded in

@@ -111,19 +111,35 @@ impl Tls {
 
 /// rustls's own error inside the I/O error, with a hint for the usual causes.
 fn why(e: &std::io::Error) -> String {
-    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+    let Some(tls) = rustls_error(e) else {
         return format!("I/O error: {e}");
     };
-    use rustls::{CertificateError as C, Error as E};
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
     let hint = match tls {
         E::InvalidCertificate(C::UnknownIssuer) => {
             " (the broker's certificate is not signed by a trusted CA; set cacertfile= to the \
              CA that signed it)"
         }
         E::InvalidMessage(_) => " (is this port a TLS listener?)",
+        E::AlertReceived(
+            A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::CertificateRequired,
+        ) => " (the broker refused our client certificate, certfile=)",
         _ => "",
     };
     format!("{tls}{hint}")
+}
+
+fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+}
+
+/// An I/O error after the TLS handshake (e.g. the broker's alert about our
+/// client certificate, which TLS 1.3 delivers after the handshake).
+pub(super) fn io_error(e: &std::io::Error) -> String {
+    match rustls_error(e) {
+        Some(_) => format!("TLS error: {}", why(e)),
+        None => format!("I/O error: {e}"),
+    }
 }
 
 fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
