@@ -40,6 +40,9 @@ THROUGHPUT = [  # (test, label in the table, short label in the chart)
     ("consume_64", "consume + ack, 64 B, prefetch 500", "consume + ack 64 B"),
     ("consume_pull_64", "consume + ack, 64 B, prefetch 500, ours in pull mode (amqp_poll)",
      "consume + ack 64 B, pull"),
+    ("pub_tls_64", "confirmed publish, 64 B, transient, over TLS (ours: rustls; rabbitmq-c: OpenSSL)",
+     "publish 64 B over TLS"),
+    ("consume_tls_64", "consume + ack, 64 B, prefetch 500, over TLS", "consume + ack 64 B over TLS"),
 ]
 LATENCY = [("latency_1t", "1 thread"), ("latency_8t", "8 threads")]
 PCTS = [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")]

@@ -766,14 +766,21 @@ extern "C" {
 #endif // __cplusplus
 
 /*
- Starts a connection to `uri` (`amqp://user:pass@host:port/vhost?heartbeat=10`)
- and returns at once: connecting and every reconnect run in the background,
- and a broker that is down is not an error. `options` is NULL or
+ Starts a connection to `uri` (`amqp://user:pass@host:port/vhost?heartbeat=10`,
+ or `amqps://` for TLS: the broker's certificate and host name verified
+ against the system's roots, or the query's `cacertfile=PATH` (PEM);
+ `certfile=`/`keyfile=` a client certificate (with `auth_mechanism=external`
+ the login); `tls_insecure_skip_verify=true` verifies nothing and logs a
+ warning at every connect) and returns at once: connecting and every
+ reconnect run in the background, and a broker that is down (or a TLS
+ handshake that fails) is not an error. `options` is NULL or
  `key=value&...`: reconnect_delay_ms (100), reconnect_delay_max_ms (5000),
  max_reconnects (0 = never give up), max_buffered (100000 per queue),
  max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB).
- Errors: AMQP_ERR_INVALID_ARGUMENT (NULL, bad URI or option; amqp_last_error
- names it; the password is never repeated). Blocks: never.
+ Errors: AMQP_ERR_INVALID_ARGUMENT (NULL, bad URI or option, a TLS file that
+ cannot be read; amqp_last_error names it; the password is never repeated).
+ Blocks: never on the network (an amqps:// URI reads its certificate files,
+ or the system's roots, in this call).
  */
 enum amqp_result amqp_connect(const char *uri, const char *options, amqp_connection_handle *out);
 

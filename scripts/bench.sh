@@ -9,7 +9,8 @@
 #   1. installs what is missing (scripts/deps.sh: rabbitmq-server, librabbitmq-dev, gcc),
 #      cargo build --release, builds the C drivers bench/ours.c and bench/rmqc.c with gcc -O2
 #   2. starts a private RabbitMQ node (scripts/broker.sh, port $RA_BROKER_PORT, default 31750)
-#      and stops it at the end if it started it
+#      with a TLS listener on PORT+3 (certificates by scripts/tls-certs.sh into
+#      target/bench/certs) and stops it at the end if it started it
 #   3. runs every case ALTERNATING ours, rabbitmq-c, ours, rabbitmq-c, ... each run on a fresh
 #      queue; after each run the broker's count (rabbitmqctl list_queues) is checked against
 #      what the driver says it did, and the queue is deleted
@@ -21,8 +22,12 @@
 #                           message_id per message, type, app_id) and 3 headers (traceparent,
 #                           tenant, attempt) per message (ours: amqp_publish_message)
 #        pub_transient_4k   the same as the first with 4 KiB bodies
+#        pub_tls_64         the first over TLS (amqps://, the node's TLS listener on PORT+3;
+#                           ours: rustls, rabbitmq-c: amqp_ssl_socket, OpenSSL; both verify
+#                           the certificate and host name against the test CA)
 #        consume_64         consume + ack (prefetch 500) a queue pre-filled with N x 64 B
 #        consume_pull_64    the same, ours in pull mode (amqp_poll batches, amqp_settle_many)
+#        consume_tls_64     consume_64 over TLS
 #        latency_1t/_8t     the time of each publish call from 1 and from 8 threads
 #        e2e_10k            publish -> consume latency at 10,000 msg/s, same process
 #        memory_1m          (ours only) RSS growth with 1,000,000 buffered 64 B messages
@@ -37,7 +42,8 @@
 # (a message not confirmed, not consumed, or a broker count that does not match).
 #
 # Settings (environment):
-#   RA_BROKER_PORT        broker port (default 31750; the node also uses PORT+1 and PORT+2)
+#   RA_BROKER_PORT        broker port (default 31750; the node also uses PORT+1, PORT+2 and
+#                         PORT+3 for TLS)
 #   RA_BENCH_RUNS         runs per case (default 3; --quick: 1)
 #   RA_BENCH_N            messages for the publish/consume/latency cases (default 200000)
 #   RA_BENCH_N_4K         messages for the 4 KiB case (default 200000 = 800 MiB of bodies)
@@ -133,15 +139,24 @@ build_bench_drivers "$BIN"
 
 # ---- broker --------------------------------------------------------------------------------
 
+CERTS=$OUT/certs
+TLS_PORT=$((RA_BROKER_PORT + 3))
 if bash scripts/broker.sh status >/dev/null 2>&1; then
     say "using the private RabbitMQ node already running on port $RA_BROKER_PORT"
 else
-    say "starting a private RabbitMQ node on port $RA_BROKER_PORT"
+    say "starting a private RabbitMQ node on port $RA_BROKER_PORT (TLS on $TLS_PORT)"
     BROKER_STARTED=1
-    bash scripts/broker.sh start >>"$LOG" 2>&1 || {
+    bash scripts/tls-certs.sh "$CERTS" >>"$LOG" 2>&1
+    RA_BROKER_TLS_DIR=$CERTS RA_BROKER_TLS_PORT=$TLS_PORT bash scripts/broker.sh start >>"$LOG" 2>&1 || {
         tail -20 "$LOG" >&2
         exit 1
     }
+fi
+# The TLS cases' URI (the certificate is for localhost); empty when the node has no TLS
+# listener (a node that was already running): those cases are skipped.
+TLS_URI=""
+if [[ -r $CERTS/ca.pem ]] && (exec 3<>"/dev/tcp/127.0.0.1/$TLS_PORT") 2>/dev/null; then
+    TLS_URI="amqps://guest:guest@localhost:$TLS_PORT/%2f?cacertfile=$CERTS/ca.pem"
 fi
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -160,7 +175,7 @@ run() {
     shift 4
     bin=$BIN/ours
     [[ $client == rabbitmq-c ]] && bin=$BIN/rmqc
-    limited 900 "$bin" "$mode" "uri=$URI" "test=$test" "run=$run" "$@" >"$OUT/line.json" 2>>"$LOG" || rc=$?
+    limited 900 "$bin" "$mode" "uri=${RUN_URI:-$URI}" "test=$test" "run=$run" "$@" >"$OUT/line.json" 2>>"$LOG" || rc=$?
     line=$(tail -n 1 "$OUT/line.json")
     if [[ -z $line ]]; then
         line="{\"kind\":\"run\",\"client\":\"$client\",\"mode\":\"$mode\",\"test\":\"$test\",\"run\":$run,\"ok\":false,\"error\":\"driver exited with $rc and no output (see $LOG)\"}"
@@ -310,6 +325,13 @@ publish_case pub_props_64 "$N" 64 0 1 1
 publish_case pub_transient_4k "$N_4K" 4096 0 1
 consume_case consume_64 consume
 consume_case consume_pull_64 consume_pull
+# over TLS: the timed runs on the TLS listener (RUN_URI); fill, checks and deletes on the plain one
+if [[ -n $TLS_URI ]]; then
+    RUN_URI=$TLS_URI publish_case pub_tls_64 "$N" 64 0 1
+    RUN_URI=$TLS_URI consume_case consume_tls_64 consume
+elif wanted pub_tls_64 || wanted consume_tls_64; then
+    say "pub_tls_64, consume_tls_64: skipped (the running node has no TLS listener on $TLS_PORT)"
+fi
 latency_case latency_1t 1
 latency_case latency_8t 8
 e2e_case
