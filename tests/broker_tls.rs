@@ -349,9 +349,10 @@ fn client_certificate_of_another_ca_is_refused_by_the_broker() {
     eprintln!("{} failed attempts; {err}", s.failed_attempts);
     assert_eq!(r, amqp_result::AMQP_ERR_TIMEOUT, "{err}");
     assert_eq!(s.connects, 0);
+    // the broker's alert (usually), or the reset that overtook it (our AMQP header crossed it)
     assert!(
-        err.contains("TLS error: received fatal alert"),
-        "the broker's TLS alert expected: {err}"
+        err.contains("TLS error: received fatal alert") || err.contains("I/O error"),
+        "{err}"
     );
     assert!(err.contains("refused our client certificate"), "{err}");
     assert!(

@@ -46,7 +46,8 @@ pub(super) async fn open(config: &WireConfig) -> Result<Opened, Failure> {
         Some(tls) => {
             let peer = format!("{}:{}", config.host, config.port);
             let stream = tls.connect(tcp, &peer).await?;
-            amqp_open(config, stream, |s| Stream::Tls(Box::new(s))).await
+            let opened = amqp_open(config, stream, |s| Stream::Tls(Box::new(s))).await;
+            opened.map_err(|f| tls.explain_lost_link(f))
         }
     }
 }

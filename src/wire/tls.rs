@@ -39,6 +39,8 @@ pub(crate) struct Tls {
     connector: TlsConnector,
     server_name: ServerName<'static>,
     insecure: bool,
+    /// We present a client certificate.
+    client_cert: bool,
 }
 
 impl std::fmt::Debug for Tls {
@@ -85,6 +87,7 @@ impl Tls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
             insecure: s.insecure_skip_verify,
+            client_cert: s.certfile.is_some(),
         })
     }
 
@@ -106,6 +109,24 @@ impl Tls {
             .connect(name, tcp)
             .await
             .map_err(|e| Failure::Link(format!("TLS handshake with {peer} failed: {}", why(&e))))
+    }
+}
+
+impl Tls {
+    /// A link lost in the AMQP handshake just after the TLS one: with TLS
+    /// 1.3 the broker checks our client certificate after our side of the
+    /// handshake ended, and its refusal (an alert, then close) may reach us
+    /// as a reset or an end of stream when our first bytes cross it.
+    pub(super) fn explain_lost_link(&self, f: Failure) -> Failure {
+        match f {
+            Failure::Link(text) if self.client_cert && !text.contains("client certificate") => {
+                Failure::Link(format!(
+                    "{text} (right after the TLS handshake: the broker may have refused our \
+                     client certificate, certfile=)"
+                ))
+            }
+            other => other,
+        }
     }
 }
 
@@ -269,8 +290,19 @@ mod tests {
             insecure_skip_verify: true,
             ..Default::default()
         };
-        let t = Tls::new("127.0.0.1", &insecure).unwrap();
+        let mut t = Tls::new("127.0.0.1", &insecure).unwrap();
         assert!(t.insecure);
         assert!(matches!(t.server_name, ServerName::IpAddress(_)));
+        // a reset right after the handshake: a hint only when we sent a certificate
+        let reset = || Failure::Link("I/O error: Connection reset by peer".into());
+        assert_eq!(t.explain_lost_link(reset()), reset());
+        t.client_cert = true;
+        let f = t.explain_lost_link(reset());
+        assert!(f.text().contains("refused our client certificate"), "{f}");
+        let refused = Failure::ConnectionRefused {
+            code: 403,
+            text: "ACCESS_REFUSED".into(),
+        };
+        assert_eq!(t.explain_lost_link(refused.clone()), refused);
     }
 }
