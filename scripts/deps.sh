@@ -7,6 +7,8 @@
 #   librabbitmq-dev   rabbitmq-c, for the header-coexistence test and benchmarks
 #   valgrind          memory checks of the C programs
 #   git               the header-unchanged check of scripts/test.sh
+#   openssl           the TLS tests' certificates (scripts/tls-certs.sh); the
+#                     library itself uses rustls, no OpenSSL
 #   cargo-fuzz        the fuzz step (scripts/fuzz.sh; cargo install, pinned)
 # Only missing packages are installed (`dpkg -s`), with one `apt-get update`.
 # Installing rabbitmq-server does not start the default RabbitMQ service here
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/apt-install.sh \
-    rabbitmq-server gcc g++ make cmake pkg-config librabbitmq-dev valgrind git ca-certificates
+    rabbitmq-server gcc g++ make cmake pkg-config librabbitmq-dev valgrind git ca-certificates openssl
 
 # Rust components used by scripts/test.sh (rustup installs them; without
 # rustup, the toolchain must already have them).
