@@ -712,6 +712,12 @@ typedef struct amqp_queue_stats {
    bound to (AMQP_REPORT_UNROUTABLE). (ABI 3)
    */
   uint64_t unroutable;
+  /*
+   Deliveries acked without reaching the application because their
+   message_id was acked on this queue handle already (queue option
+   dedupe; docs/DEDUPE.md). Newer than ABI 4: check `size`.
+   */
+  uint64_t deduplicated;
 } amqp_queue_stats;
 
 /*

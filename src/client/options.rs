@@ -83,6 +83,9 @@ pub struct QueueOptions {
     pub consumer_name: Option<String>,
     /// basic.consume with the exclusive flag.
     pub consumer_exclusive: bool,
+    /// The window of acked message ids deliveries are checked against
+    /// (duplicates acked unseen); 0 = off.
+    pub dedupe: u64,
     /// Consumer arguments (x-priority, `consumer_arg.` ones).
     pub consumer_arguments: Arguments,
 }
@@ -115,6 +118,7 @@ impl QueueOptions {
             arguments: Vec::new(),
             consumer_name: None,
             consumer_exclusive: false,
+            dedupe: 0,
             consumer_arguments: Vec::new(),
         }
     }

@@ -33,6 +33,7 @@ pub(crate) struct QueueStatsSnapshot {
     pub queue_failed: bool,
     pub consume_refusals: u64,
     pub unroutable: u64,
+    pub deduplicated: u64,
 }
 
 pub(crate) struct Queue {
@@ -110,6 +111,7 @@ impl Queue {
                 ConsumerSettings {
                     name: options.consumer_name.clone(),
                     exclusive: options.consumer_exclusive,
+                    dedupe: options.dedupe as usize,
                     arguments: field_table(&options.consumer_arguments),
                 },
             ),
@@ -173,6 +175,7 @@ impl Queue {
             queue_failed: self.outbox.is_failed(),
             consume_refusals: r(&c.consume_refusals),
             unroutable: r(&p.unroutable),
+            deduplicated: r(&c.deduplicated),
         }
     }
 

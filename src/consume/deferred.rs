@@ -7,6 +7,7 @@
 //! bit 52, so every id is below 2^53 (exact in a double) and none is a
 //! small number that a broker delivery tag or an accident would be.
 
+use super::dedupe::Remember;
 use super::settle_book::Settle;
 use super::settler::Settler;
 use crate::error::{Error, ErrorKind, Result};
@@ -33,19 +34,41 @@ pub(super) struct Ticket {
     pub tag: u64,
     /// Its consumer's count of undecided deliveries (the prefetch check).
     pub unsettled: Arc<AtomicU64>,
+    /// Its message_id, remembered when it is acked (queue option dedupe).
+    pub remember: Option<Remember>,
 }
 
 impl Ticket {
+    pub fn new(settler: &Arc<Settler>, tag: u64, unsettled: &Arc<AtomicU64>) -> Ticket {
+        Ticket {
+            settler: settler.clone(),
+            tag,
+            unsettled: unsettled.clone(),
+            remember: None,
+        }
+    }
+
     /// Records the decision on the delivery's own channel.
     pub fn decide(self, how: Settle) {
+        self.remember_if(how);
         self.unsettled.fetch_sub(1, Ordering::Relaxed);
         self.settler.decide(self.tag, how);
+    }
+
+    /// An ack remembers the message_id (queue option dedupe), also when its
+    /// channel is gone: the application handled the message, and the
+    /// broker's redelivery is a duplicate.
+    fn remember_if(&self, how: Settle) {
+        if let (Settle::Ack, Some(r)) = (how, &self.remember) {
+            r.dedupe.remember(&r.id);
+        }
     }
 
     /// Decides unless the channel is gone (then nothing is applied: the
     /// broker redelivers, and a tag is never acked on another channel).
     pub fn settle(self, how: Settle) -> Result<()> {
         if !self.settler.channel_open() {
+            self.remember_if(how);
             self.unsettled.fetch_sub(1, Ordering::Relaxed);
             return Err(stale());
         }

@@ -104,6 +104,12 @@ impl ConsumerSet {
             ticket.decide(Settle::Reject);
             return None;
         }
+        let Some(ticket) = self.screen(&d, ticket) else {
+            // A duplicate (queue option dedupe), acked.
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            set.running.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        };
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         let id = deferred::next_id();
         *work.running() = Some(Running {

@@ -80,11 +80,7 @@ impl DeliverySink for Forwarder {
         let cs = &self.cs;
         cs.count_unsettled(&self.unsettled)?;
         cs.queued.fetch_add(1, Ordering::SeqCst);
-        let ticket = Ticket {
-            settler: self.settler.clone(),
-            tag: delivery.delivery_tag,
-            unsettled: self.unsettled.clone(),
-        };
+        let ticket = Ticket::new(&self.settler, delivery.delivery_tag, &self.unsettled);
         let job = Job {
             delivery,
             ticket,

@@ -8,6 +8,7 @@
 //! callback can start; deliveries that arrive paused are given back with
 //! basic.reject(requeue=true).
 
+mod dedupe;
 mod deferred;
 mod dispatch;
 mod forwarder;
@@ -20,6 +21,8 @@ mod worker;
 
 use crate::runtime;
 use crate::wire::{Failure, FieldTable, WireChannel};
+use dedupe::Dedupe;
+pub(crate) use dedupe::MAX_DEDUPE;
 pub(crate) use group::Release;
 use group::SetShared;
 pub(crate) use pull::Polled;
@@ -92,6 +95,8 @@ pub(crate) struct ConsumeStats {
     pub returns_ignored: AtomicU64,
     /// basic.consume (or the consume channel's declares) refused.
     pub consume_refusals: AtomicU64,
+    /// Deliveries acked unseen as duplicates (queue option dedupe).
+    pub deduplicated: AtomicU64,
 }
 
 /// One consumer set as the broker sees it.
@@ -145,6 +150,8 @@ pub(crate) struct ConsumerSettings {
     pub exclusive: bool,
     /// basic.consume's arguments (x-priority, x-stream-offset, ...).
     pub arguments: FieldTable,
+    /// Queue option dedupe: the window of acked message ids (0 = off).
+    pub dedupe: usize,
 }
 
 /// The consumers of one queue.
@@ -181,6 +188,8 @@ pub(crate) struct ConsumerSet {
     ended: AtomicBool,
     /// Starts callers wait for, and the refusal incident (`start.rs`).
     starts: Mutex<start::Starts>,
+    /// The acked message ids (queue option dedupe), if on.
+    dedupe: Option<Arc<Dedupe>>,
 }
 
 impl ConsumerSet {
@@ -194,7 +203,6 @@ impl ConsumerSet {
         Arc::new(ConsumerSet {
             queue_id,
             queue_name: queue_name.to_string(),
-            settings,
             prefetch,
             invalid_as: if invalid_rejects {
                 Settle::Reject
@@ -217,6 +225,8 @@ impl ConsumerSet {
             pull: OnceLock::new(),
             ended: AtomicBool::new(false),
             starts: Mutex::default(),
+            dedupe: Dedupe::new(settings.dedupe),
+            settings,
         })
     }
 

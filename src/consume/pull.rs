@@ -300,8 +300,11 @@ impl ConsumerSet {
                 w.ticket.decide(Settle::Reject);
                 continue;
             }
+            let Some(ticket) = self.screen(&w.delivery, w.ticket) else {
+                continue; // a duplicate (queue option dedupe), acked
+            };
             let id = deferred::next_id();
-            parked.push((id, w.ticket));
+            parked.push((id, ticket));
             emit(Polled {
                 delivery: w.delivery,
                 id,
@@ -357,11 +360,7 @@ struct PullSink {
 impl DeliverySink for PullSink {
     fn deliver(&mut self, delivery: Delivery) -> std::result::Result<(), String> {
         self.cs.count_unsettled(&self.unsettled)?;
-        let ticket = Ticket {
-            settler: self.settler.clone(),
-            tag: delivery.delivery_tag,
-            unsettled: self.unsettled.clone(),
-        };
+        let ticket = Ticket::new(&self.settler, delivery.delivery_tag, &self.unsettled);
         let mut st = self.pull.lock();
         if st.ended {
             drop(st);

@@ -71,6 +71,10 @@ pub struct amqp_queue_stats {
     /// routing key of their own (amqp_publish_message) that no queue is
     /// bound to (AMQP_REPORT_UNROUTABLE). (ABI 3)
     pub unroutable: u64,
+    /// Deliveries acked without reaching the application because their
+    /// message_id was acked on this queue handle already (queue option
+    /// dedupe; docs/DEDUPE.md). Newer than ABI 4: check `size`.
+    pub deduplicated: u64,
 }
 
 impl From<QueueStatsSnapshot> for amqp_queue_stats {
@@ -99,6 +103,7 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             queue_failed,
             consume_refusals,
             unroutable,
+            deduplicated,
         } = s;
         amqp_queue_stats {
             size: std::mem::size_of::<amqp_queue_stats>(),
@@ -123,6 +128,7 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             queue_failed: u64::from(queue_failed),
             consume_refusals,
             unroutable,
+            deduplicated,
         }
     }
 }

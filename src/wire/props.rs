@@ -235,6 +235,36 @@ fn check(bytes: &[u8]) -> Res<()> {
     Ok(())
 }
 
+/// The message_id of property bytes that passed `checked`, without
+/// decoding the rest: the fields before it are skipped by their lengths
+/// (a header table by its size field). None when absent or unreadable.
+pub fn message_id(bytes: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader { b: bytes, at: 0 };
+    let mut word = u16::from_be_bytes(r.arr().ok()?);
+    let flags = word;
+    if flags & MESSAGE_ID == 0 {
+        return None;
+    }
+    while word & 1 != 0 {
+        word = u16::from_be_bytes(r.arr().ok()?);
+    }
+    for (flag, shape) in LAYOUT {
+        if flags & flag == 0 {
+            continue;
+        }
+        let field = match shape {
+            Shape::Short => r.short(),
+            Shape::Table => r.long(),
+            Shape::Fixed(n) => r.take(n),
+        }
+        .ok()?;
+        if flag == MESSAGE_ID {
+            return Some(field);
+        }
+    }
+    None
+}
+
 fn read_str<'a>(r: &mut Reader<'a>, p: &mut Properties<'a>, flag: u16, i: &mut usize) -> Res<()> {
     if p.flags & flag != 0 {
         p.strs[*i] = r.short()?;

@@ -3,6 +3,7 @@
 //! rendered from these).
 
 use super::*;
+use crate::consume::MAX_DEDUPE;
 
 /// The largest integer a named argument option takes.
 const MAX_ARG_INT: u64 = i64::MAX as u64;
@@ -312,6 +313,22 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         value: Value::Word {
             words: &["requeue", "reject"],
             set: |o, w| o.invalid_disposition_rejects = w == "reject",
+        },
+    },
+    OptionSpec {
+        key: "dedupe",
+        default: OptionDefault::Text("0"),
+        doc: "duplicate suppression on consume: remembers the message_id of the last N \
+              deliveries this queue handle acked (a callback's AMQP_ACK, amqp_settle); a delivery \
+              whose message_id is among them is acked without reaching the callback or \
+              amqp_poll, counted in `deduplicated`. Deliveries without a message_id always \
+              reach you; ids acked by another consumer, process or before a restart are not \
+              known (docs/DEDUPE.md). About 100 bytes plus the id's length per id; 0 = off",
+        value: Value::Int {
+            min: 0,
+            max: MAX_DEDUPE,
+            bytes: false,
+            set: |o, n| o.dedupe = n,
         },
     },
     OptionSpec {

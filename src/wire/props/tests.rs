@@ -87,6 +87,8 @@ fn every_property_and_type_round_trips_and_amq_protocol_agrees() {
         (2, 7, 1_700_000_001)
     );
     assert_eq!(p.str(APP_ID), Some(&b"app"[..]));
+    assert_eq!(message_id(&bytes), Some(&b"id-1"[..]));
+    assert_eq!(message_id(&[]), None);
     let t = theirs(&bytes);
     assert_eq!(
         t.content_type().as_ref().map(|s| s.as_str()),
@@ -228,6 +230,7 @@ proptest! {
         let kept = checked(&bytes);
         prop_assert!(kept.is_empty() || kept.len() == bytes.len());
         prop_assert!(decode(kept).is_ok());
+        prop_assert_eq!(message_id(kept), decode(kept).unwrap().str(MESSAGE_ID));
     }
 
     /// Valid encodings with a byte flipped: the same holds.
@@ -241,6 +244,8 @@ proptest! {
         let mut bytes = encode_all(&headers);
         let i = at % bytes.len();
         bytes[i] ^= x;
-        prop_assert!(decode(checked(&bytes)).is_ok());
+        let kept = checked(&bytes);
+        prop_assert!(decode(kept).is_ok());
+        prop_assert_eq!(message_id(kept), decode(kept).unwrap().str(MESSAGE_ID));
     }
 }
