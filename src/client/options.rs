@@ -86,6 +86,8 @@ pub struct QueueOptions {
     /// The window of acked message ids deliveries are checked against
     /// (duplicates acked unseen); 0 = off.
     pub dedupe: u64,
+    /// Every message published without a message_id gets a unique one.
+    pub auto_message_id: bool,
     /// Consumer arguments (x-priority, `consumer_arg.` ones).
     pub consumer_arguments: Arguments,
 }
@@ -119,6 +121,7 @@ impl QueueOptions {
             consumer_name: None,
             consumer_exclusive: false,
             dedupe: 0,
+            auto_message_id: false,
             consumer_arguments: Vec::new(),
         }
     }

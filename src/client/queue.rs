@@ -98,6 +98,7 @@ impl Queue {
                 .then(|| Duration::from_millis(options.publish_timeout_ms)),
             retry_delay: conn.reconnect_delay.max(Duration::from_millis(10)),
             retry_delay_max: conn.reconnect_delay_max.max(Duration::from_millis(10)),
+            auto_message_id: options.auto_message_id,
         });
         Queue {
             name: name.to_string(),

@@ -146,7 +146,11 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// topology_check_ms (5000: how often a passive declare checks that the
 /// queue still exists, so a queue deleted while another queue takes its
 /// messages is declared again; 0 = never), max_buffered (the connection's),
-/// max_buffered_bytes (the connection's).
+/// max_buffered_bytes (the connection's), dedupe (0: off; N: a delivery
+/// whose message_id this queue handle acked among its last N acks is acked
+/// without reaching the callback or amqp_poll, counted in `deduplicated`;
+/// docs/DEDUPE.md says what it cannot promise), auto_message_id (false:
+/// true gives every message published without a message_id a unique one).
 /// Queue declare: passive (false: true only checks that the queue exists,
 /// whatever its arguments, and declares nothing on it), exclusive (false:
 /// the connection's own queue; its consumers run on the publish link),

@@ -8,6 +8,7 @@
 //! broker acks it. A nack or a lost channel puts unconfirmed messages back,
 //! in their original order, ahead of everything not yet sent.
 
+mod auto_id;
 mod bodies;
 mod buffer;
 mod carry;
@@ -57,6 +58,8 @@ pub(crate) struct PublishSettings {
     /// The backoff before resending nacked messages: first step and cap.
     pub retry_delay: Duration,
     pub retry_delay_max: Duration,
+    /// Every message without a message_id gets one (`auto_id`).
+    pub auto_message_id: bool,
 }
 
 /// Publish counters; all monotonic but `in_flight`.
@@ -115,6 +118,8 @@ pub(crate) struct Outbox {
     /// Failures logged in the current incident (bits of `Outcome`): one
     /// line per incident, not per message; a confirm ends the incident.
     logged: AtomicU8,
+    /// The queue option auto_message_id's ids, if on.
+    auto_ids: Option<auto_id::AutoIds>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +129,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Outbox {
     pub fn new(settings: PublishSettings) -> Self {
         Outbox {
+            auto_ids: settings.auto_message_id.then(auto_id::AutoIds::new),
             buffer: Arc::new(PublishBuffer::new(
                 settings.max_buffered,
                 settings.max_buffered_bytes,
@@ -163,6 +169,15 @@ impl Outbox {
     /// `publish_tagged` with metadata (`message::encode_meta`: a routing key
     /// of its own, encoded properties), stored in front of the body.
     pub fn publish_message(&self, body: &[u8], tag: u64, meta: &[u8]) -> Result<()> {
+        match &self.auto_ids {
+            Some(ids) => ids.stamp(meta, self.settings.persistent, |meta| {
+                self.store(body, tag, meta)
+            }),
+            None => self.store(body, tag, meta),
+        }
+    }
+
+    fn store(&self, body: &[u8], tag: u64, meta: &[u8]) -> Result<()> {
         match self.state.load(Ordering::Acquire) {
             OPEN => {}
             CLOSED => {

@@ -481,5 +481,8 @@ fn long(o: &mut Vec<u8>, kind: u8, s: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+mod stamp;
+pub use stamp::with_message_id;
+
 #[cfg(test)]
 mod tests;

@@ -332,6 +332,18 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         },
     },
     OptionSpec {
+        key: "auto_message_id",
+        default: OptionDefault::Text("false"),
+        doc: "every message published on this queue handle without a message_id (amqp_publish \
+              too) gets a unique one: 32 hex digits read from /dev/urandom when the queue is \
+              opened, a dash and a count in hex (up to 49 bytes), unique across processes and \
+              restarts; for `dedupe` on the consuming side. A plain publish then carries \
+              properties (docs/DEDUPE.md: its cost)",
+        value: Value::Bool {
+            set: |o, b| o.auto_message_id = b,
+        },
+    },
+    OptionSpec {
         key: "publish_retries",
         default: OptionDefault::Text("3"),
         doc: "times a message nacked by the broker is sent again (after a backoff from \

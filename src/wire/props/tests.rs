@@ -49,6 +49,26 @@ fn every_type() -> Vec<(&'static [u8], Value<'static>)> {
     ]
 }
 
+/// Every property but message_id (and cluster_id), headers of every type.
+pub(super) fn encode_all_but_message_id() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut e = Encoder::new(&mut out);
+    e.str(CONTENT_TYPE, b"text/plain", "ct").unwrap();
+    e.begin_headers();
+    for (k, v) in every_type() {
+        e.key(k).unwrap();
+        e.value(&v).unwrap();
+    }
+    e.end().unwrap();
+    e.u8(DELIVERY_MODE, 1);
+    e.u8(PRIORITY, 3);
+    e.str(EXPIRATION, b"5000", "e").unwrap();
+    e.timestamp(1_700_000_002);
+    e.str(APP_ID, b"app", "a").unwrap();
+    e.finish();
+    out
+}
+
 fn encode_all(headers: &[(&[u8], Value<'_>)]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut e = Encoder::new(&mut out);
