@@ -10,12 +10,7 @@
 //! broker has it: exactly what makes a redelivery after a lost connection
 //! a duplicate.
 
-use super::deferred::Ticket;
-use super::settle_book::Settle;
-use super::ConsumerSet;
-use crate::wire::{props, Delivery};
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// The largest window `dedupe` takes.
@@ -97,32 +92,6 @@ impl Dedupe {
 pub(super) struct Remember {
     pub dedupe: Arc<Dedupe>,
     pub id: Box<[u8]>,
-}
-
-impl ConsumerSet {
-    /// Before a delivery reaches the application: with dedupe on, one whose
-    /// message_id was acked here already is acked now and counted (None);
-    /// any other with a message_id gets it in its ticket, remembered when
-    /// the ticket is acked. Without dedupe or a message_id: as it came.
-    pub(super) fn screen(&self, d: &Delivery, mut ticket: Ticket) -> Option<Ticket> {
-        let Some(dedupe) = &self.dedupe else {
-            return Some(ticket);
-        };
-        let id = match props::message_id(d.properties()) {
-            Some(id) if !id.is_empty() => id,
-            _ => return Some(ticket),
-        };
-        if dedupe.seen(id) {
-            self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
-            ticket.decide(Settle::Ack);
-            return None;
-        }
-        ticket.remember = Some(Remember {
-            dedupe: dedupe.clone(),
-            id: id.into(),
-        });
-        Some(ticket)
-    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub(super) struct Ticket {
     /// Its consumer's count of undecided deliveries (the prefetch check).
     pub unsettled: Arc<AtomicU64>,
     /// Its message_id, remembered when it is acked (queue option dedupe).
-    pub remember: Option<Remember>,
+    pub remember: Option<Box<Remember>>,
 }
 
 impl Ticket {

@@ -1,12 +1,13 @@
 //! The broker consumers' sinks of a consumer set: a `Forwarder` per worker
 //! thread (callbacks), or the pull consumer's sink (`pull.rs`).
 
+use super::dedupe::Remember;
 use super::deferred::Ticket;
 use super::settle_book::Settle;
 use super::settler::Settler;
 use super::worker::{Job, WorkQueue};
 use super::{ConsumerSet, Group};
-use crate::wire::{Delivery, DeliverySink};
+use crate::wire::{props, Delivery, DeliverySink};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -43,6 +44,30 @@ impl ConsumerSet {
             sinks.push((tag, sink));
         }
         sinks
+    }
+
+    /// Before a delivery reaches the application: with dedupe on, one whose
+    /// message_id was acked here already is acked now and counted (None);
+    /// any other with a message_id gets it in its ticket, remembered when
+    /// the ticket is acked. Without dedupe or a message_id: as it came.
+    pub(super) fn screen(&self, d: &Delivery, mut ticket: Ticket) -> Option<Ticket> {
+        let Some(dedupe) = &self.dedupe else {
+            return Some(ticket);
+        };
+        let id = match props::message_id(d.properties()) {
+            Some(id) if !id.is_empty() => id,
+            _ => return Some(ticket),
+        };
+        if dedupe.seen(id) {
+            self.stats.deduplicated.fetch_add(1, Ordering::Relaxed);
+            ticket.decide(Settle::Ack);
+            return None;
+        }
+        ticket.remember = Some(Box::new(Remember {
+            dedupe: dedupe.clone(),
+            id: id.into(),
+        }));
+        Some(ticket)
     }
 
     /// Counts a delivery against its consumer's prefetch; Err when the
