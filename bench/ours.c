@@ -19,7 +19,8 @@
  *                                           process; publish -> callback latency
  *   memory   n size                         RSS growth with n buffered messages while the
  *                                           broker is unreachable (a dead local port)
- * Common keys: test=LABEL run=K (copied into the JSON line).
+ * Common keys: test=LABEL run=K (copied into the JSON line); auto_id=1 opens the queue with
+ *   auto_message_id=true (every plain publish then gets a message_id).
  */
 #define _GNU_SOURCE 1
 
@@ -47,9 +48,10 @@ static void set_err(const char *what, amqp_result rc) {
 }
 
 static const char *queue_options(int durable, long long prefetch, char *buf, size_t cap) {
-  snprintf(buf, cap, "durable=%s&persistent=%s&prefetch=%lld&mandatory=%s",
+  snprintf(buf, cap, "durable=%s&persistent=%s&prefetch=%lld&mandatory=%s%s",
            durable ? "true" : "false", durable ? "true" : "false", prefetch,
-           arg_int("mandatory", 1) ? "true" : "false");
+           arg_int("mandatory", 1) ? "true" : "false",
+           arg_int("auto_id", 0) ? "&auto_message_id=true" : "");
   return buf;
 }
 
