@@ -19,6 +19,7 @@
 //!   bad ack in the broker log, the consumer count is `repeat` after recovery)
 //!
 //! Settings: FAULT_SUITE=full (bigger N, longer faults), FAULT_SUITE_ONLY=2,4c (only those),
+//! FAULT_SUITE_DEDUPE=N (the consume scenarios seed message ids and consume with dedupe=N),
 //! FAULT_SUITE_TRACE=1 (the library's timeline per scenario on stderr).
 //!
 //! What reached the broker is counted by an independent lapin reader, never by the library's own

@@ -124,6 +124,29 @@ impl Reader {
         })
     }
 
+    /// `publish`, each message with its body as message_id.
+    pub fn publish_with_ids(&self, queue: &str, bodies: &[Vec<u8>]) {
+        self.rt.block_on(async {
+            let mut confirms = Vec::new();
+            for b in bodies {
+                let id = String::from_utf8_lossy(b).into_owned();
+                let props = lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(id.into());
+                let c = self
+                    .ch
+                    .basic_publish("".into(), queue.into(), Default::default(), b, props)
+                    .await
+                    .expect("reader: basic_publish");
+                confirms.push(c);
+            }
+            for c in confirms {
+                let conf = c.await.expect("reader: confirm");
+                assert!(conf.is_ack(), "reader: publish nacked");
+            }
+        })
+    }
+
     /// Publishes one confirmed persistent message with these headers to `queue` (default
     /// exchange).
     pub fn publish_with_headers(

@@ -267,10 +267,22 @@ pub(crate) fn con_prepare(cfg: &Cfg, tag: &str, conns: &mut ConnGuards) -> ConSi
     let conn =
         conns.push(lib_connect(&cfg.uri_with("heartbeat=2")).unwrap_or_else(|e| panic!("{e}")));
     let name = unique_name(&format!("fs-{tag}-con"));
-    let q = open_simple(conn, &name);
     let n = cfg.consume_n;
-    // seeded by plain lapin, persistent, confirmed
-    Reader::new().publish(&name, &(0..n).map(seq_body).collect::<Vec<_>>());
+    let bodies: Vec<Vec<u8>> = (0..n).map(seq_body).collect();
+    // seeded by plain lapin, persistent, confirmed; with FAULT_SUITE_DEDUPE=N each with its
+    // body as message_id, consumed with dedupe=N
+    let q = match dedupe_window() {
+        Some(w) => {
+            let q = queue_open(conn, &name, None, None, Some(&format!("dedupe={w}")));
+            Reader::new().publish_with_ids(&name, &bodies);
+            q
+        }
+        None => {
+            let q = open_simple(conn, &name);
+            Reader::new().publish(&name, &bodies);
+            q
+        }
+    };
     let bad_log_before = bad_log_lines(cfg).map(|v| v.len()).unwrap_or(0);
     let mon = Monitor::start(conn, q);
     let done: DoneSet = Default::default();
@@ -297,6 +309,14 @@ pub(crate) fn con_prepare(cfg: &Cfg, tag: &str, conns: &mut ConnGuards) -> ConSi
     }
 }
 
+/// FAULT_SUITE_DEDUPE=N: the consume scenarios run with the queue option dedupe=N.
+pub(crate) fn dedupe_window() -> Option<u64> {
+    std::env::var("FAULT_SUITE_DEDUPE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&w| w > 0)
+}
+
 pub(crate) fn con_begin(cfg: &Cfg, side: &ConSide) {
     consume(side.q, &side.rec, cfg.consume_repeat);
 }
@@ -320,6 +340,13 @@ pub(crate) fn con_finish(cfg: &Cfg, mut side: ConSide, fault: Fault, row: &mut R
     });
     let (_, dups, foreign) = check_seqs(side.rec.bodies().iter().map(|b| b.as_slice()), n);
     row.duplicates = dups as u64;
+    if let Some(w) = dedupe_window() {
+        let s = qstats(side.q);
+        row.notes.push(format!(
+            "dedupe={w}: {} deduplicated, {dups} duplicates reached the handler",
+            s.deduplicated
+        ));
+    }
     row.check(foreign == 0, || format!("{foreign} unexpected bodies"));
 
     // the queue ends empty (nothing ready, nothing unacked)
