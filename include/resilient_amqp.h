@@ -715,7 +715,7 @@ typedef struct amqp_queue_stats {
   /*
    Deliveries acked without reaching the application because their
    message_id was acked on this queue handle already (queue option
-   dedupe; docs/DEDUPE.md). Newer than ABI 4: check `size`.
+   dedupe; docs/DEDUPE.md). (ABI 4)
    */
   uint64_t deduplicated;
 } amqp_queue_stats;

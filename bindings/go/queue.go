@@ -360,7 +360,7 @@ type QueueStats struct {
 	Buffered, BufferedBytes, InFlight, Published, Confirmed, Resent, Nacked uint64
 	Delivered, Acked, Rejected, Requeued, Released, Unsettled               uint64
 	InvalidDispositions, ReturnsIgnored, Failed, Expired, Refused           uint64
-	QueueFailed, ConsumeRefusals, Unroutable                                uint64
+	QueueFailed, ConsumeRefusals, Unroutable, Deduplicated                  uint64
 	// Consume handlers that panicked (their deliveries requeued or rejected).
 	HandlerPanics uint64
 }
@@ -381,6 +381,7 @@ func (q *Queue) Stats() (QueueStats, error) {
 		Failed: uint64(s.failed), Expired: uint64(s.expired), Refused: uint64(s.refused),
 		QueueFailed: uint64(s.queue_failed), ConsumeRefusals: uint64(s.consume_refusals),
 		Unroutable:    uint64(s.unroutable),
+		Deduplicated:  uint64(s.deduplicated),
 		HandlerPanics: q.panics.Load(),
 	}, nil
 }

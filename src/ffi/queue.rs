@@ -73,7 +73,7 @@ pub struct amqp_queue_stats {
     pub unroutable: u64,
     /// Deliveries acked without reaching the application because their
     /// message_id was acked on this queue handle already (queue option
-    /// dedupe; docs/DEDUPE.md). Newer than ABI 4: check `size`.
+    /// dedupe; docs/DEDUPE.md). (ABI 4)
     pub deduplicated: u64,
 }
 

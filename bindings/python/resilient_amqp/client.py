@@ -108,6 +108,7 @@ class QueueStats:
     queue_failed: int = 0
     consume_refusals: int = 0
     unroutable: int = 0
+    deduplicated: int = 0
     handler_errors: int = 0   # the binding's: handlers that raised
 
     def as_dict(self):
