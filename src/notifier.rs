@@ -46,6 +46,15 @@ impl Notifier {
         })
     }
 
+    /// Makes the read end readable exactly when `readable`.
+    pub fn show(&mut self, readable: bool) {
+        if readable {
+            self.raise();
+        } else {
+            self.lower();
+        }
+    }
+
     /// Makes the read end readable (if it is not already).
     pub fn raise(&mut self) {
         if self.raised {

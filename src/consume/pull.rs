@@ -90,11 +90,7 @@ impl PullState {
     fn signal(&mut self) {
         let on = self.ended || !self.waiting.is_empty();
         if let Some(n) = &mut self.notifier {
-            if on {
-                n.raise();
-            } else {
-                n.lower();
-            }
+            n.show(on);
         }
     }
 }

@@ -35,11 +35,7 @@ impl State {
     fn signal(&mut self) {
         let on = self.ended || !self.held.is_empty();
         if let Some(n) = &mut self.notifier {
-            if on {
-                n.raise();
-            } else {
-                n.lower();
-            }
+            n.show(on);
         }
     }
 }
