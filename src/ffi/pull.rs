@@ -155,15 +155,8 @@ unsafe fn poll(
     timeout_ms: u32,
     count: *mut usize,
 ) -> crate::Result<()> {
-    // SAFETY: NULL or a size_t the caller lets us write (the header).
-    let count = unsafe { out_param(count, "count") }?;
-    *count = 0;
-    if out.is_null() {
-        return Err(Error::invalid("out (the array of pointers) is NULL"));
-    }
-    if max == 0 {
-        return Err(Error::invalid("max is 0"));
-    }
+    // SAFETY: the caller's promise for `count` (above).
+    let count = unsafe { batch_args(out, max, count) }?;
     let entry = lookup_queue(queue)?;
     let handle = entry.handle;
     let timeout = Duration::from_millis(u64::from(timeout_ms));
@@ -188,4 +181,27 @@ unsafe fn poll(
 #[no_mangle]
 pub extern "C" fn amqp_poll_wake(queue: amqp_queue_handle) -> amqp_result {
     ffi_boundary!({ lookup_queue(queue)?.queue.consumers.poll_wake() })
+}
+
+/// The argument checks of a batch poll (amqp_poll, amqp_poll_reports):
+/// `*count` is written 0 first (every failure leaves it so), then `out` must
+/// not be NULL nor `max` 0. Returns `count`.
+///
+/// # Safety
+/// `count` is NULL or a writable size_t.
+pub(super) unsafe fn batch_args<'a, T>(
+    out: *mut T,
+    max: usize,
+    count: *mut usize,
+) -> crate::Result<&'a mut usize> {
+    // SAFETY: NULL or a size_t the caller lets us write (the header).
+    let count = unsafe { out_param(count, "count") }?;
+    *count = 0;
+    if out.is_null() {
+        return Err(Error::invalid("out (the array of pointers) is NULL"));
+    }
+    if max == 0 {
+        return Err(Error::invalid("max is 0"));
+    }
+    Ok(count)
 }

@@ -1,8 +1,7 @@
 //! Delivery reports: one per published message, confirmed or failed.
 
-use super::{amqp_queue_handle, amqp_result, lookup_queue, out_param, UserData};
+use super::{amqp_queue_handle, amqp_result, lookup_queue, UserData};
 use crate::client::{Outcome, Report, ReportFn};
-use crate::error::Error;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
@@ -198,15 +197,8 @@ pub unsafe extern "C" fn amqp_poll_reports(
     count: *mut usize,
 ) -> amqp_result {
     ffi_boundary!({
-        // SAFETY: NULL or a size_t the caller lets us write (the header).
-        let count = unsafe { out_param(count, "count") }?;
-        *count = 0;
-        if out.is_null() {
-            return Err(Error::invalid("out (the array of pointers) is NULL"));
-        }
-        if max == 0 {
-            return Err(Error::invalid("max is 0"));
-        }
+        // SAFETY: the caller's promise for `count` (the header).
+        let count = unsafe { super::pull::batch_args(out, max, count) }?;
         let entry = lookup_queue(queue)?;
         let timeout = Duration::from_millis(u64::from(timeout_ms));
         let mut reports = Vec::new();
