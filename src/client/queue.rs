@@ -52,6 +52,9 @@ pub(crate) struct Queue {
     /// One declare at a time of a server-named queue, so the publish and
     /// the consume session of a generation share one queue.
     naming: tokio::sync::Mutex<()>,
+    /// Declared once already: after a reconnect, a durable queue that is
+    /// missing was lost by the broker (see `lost_by_broker`).
+    declared: AtomicBool,
 }
 
 /// A field table of `args`, in order.
@@ -121,6 +124,7 @@ impl Queue {
             refused_for_good: AtomicBool::new(false),
             live: Mutex::new((0, name.to_string())),
             naming: tokio::sync::Mutex::new(()),
+            declared: AtomicBool::new(false),
         }
     }
 
@@ -209,7 +213,12 @@ impl Queue {
         generation: u64,
         confirm: bool,
     ) -> Result<(WireChannel, String), Failure> {
-        let ch = conn.create_channel().await?;
+        let mut ch = conn.create_channel().await?;
+        if self.lost_by_broker(&ch).await? {
+            // the refusal closed the channel
+            ch.close().await;
+            ch = conn.create_channel().await?;
+        }
         let declared = async {
             if confirm {
                 ch.confirm_select().await?;
@@ -231,7 +240,10 @@ impl Queue {
             Ok(name)
         };
         match declared.await {
-            Ok(name) => Ok((ch, name)),
+            Ok(name) => {
+                self.declared.store(true, Ordering::Relaxed);
+                Ok((ch, name))
+            }
             Err(e) => {
                 ch.close().await;
                 Err(e)
@@ -241,6 +253,40 @@ impl Queue {
 }
 
 impl Queue {
+    /// Whether a durable queue this handle declared before is missing now
+    /// (on `ch`, before it is declared again after a reconnect). A broker
+    /// that crashed can lose a queue declared just before (RabbitMQ 3.10
+    /// did, with the messages it had confirmed into it: docs/STATUS.md),
+    /// and a node can come back without its data; the messages are gone
+    /// with the queue, and the library no longer holds them (confirmed).
+    /// It cannot bring them back, but it says so. True: the check closed
+    /// `ch` (a refusal). Err: the link failed.
+    async fn lost_by_broker(&self, ch: &WireChannel) -> Result<bool, Failure> {
+        let o = &self.options;
+        let durable_named = o.durable && !o.passive && !o.exclusive && !o.auto_delete;
+        if !durable_named || self.name.is_empty() || !self.declared.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match ch.queue_exists(&self.name).await {
+            Ok(()) => Ok(false),
+            Err(Failure::Refused { code: 404, .. }) => {
+                warn!(
+                    "queue '{}' was missing after the reconnect: the broker lost it (a crash \
+                     soon after it was declared, or a node without its data); messages it had \
+                     confirmed into it are lost with it; declaring it again",
+                    self.name
+                );
+                Ok(true)
+            }
+            Err(Failure::Refused { text, .. }) => {
+                // not ours to judge (e.g. permissions): the declare says
+                debug!("queue '{}': passive check refused: {text}", self.name);
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// queue.declare as the options say; the queue's name. A server-named
     /// queue is declared anew ("") once per publish-link generation, and by
     /// its name again within it.

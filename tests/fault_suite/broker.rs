@@ -158,6 +158,25 @@ pub(crate) fn compact(s: &str, max: usize) -> String {
     t.chars().take(max).collect()
 }
 
+/// `name messages` of the given queues as the broker lists them (rabbitmqctl list_queues).
+pub(crate) fn queue_depths(cfg: &Cfg, names: &[&str]) -> String {
+    let out = broker_cmd(cfg, &["ctl", "-q", "list_queues", "name", "messages"]).output();
+    let Ok(out) = out else {
+        return "list_queues did not run".into();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let found: Vec<String> = text
+        .lines()
+        .filter(|l| names.iter().any(|n| l.split_whitespace().next() == Some(n)))
+        .map(|l| compact(l, 200))
+        .collect();
+    if found.is_empty() {
+        format!("none of {names:?} listed ({})", compact(&text, 200))
+    } else {
+        found.join("; ")
+    }
+}
+
 /// What holds the AMQP port (`ss`), for failure messages: a TIME-WAIT with the port as both
 /// ends is a TCP self-connect.
 pub(crate) fn sockets_on_port(cfg: &Cfg) -> String {

@@ -137,6 +137,7 @@ pub(crate) fn s_kill(cfg: &Cfg) -> Vec<Row> {
         }
         fault.last = Instant::now();
         handled_before_kill.push(con.rec.finished());
+        let before = qstats(side.q);
         let out = broker_cmd(cfg, &["kill"]).output().expect("broker.sh kill");
         assert!(
             out.status.success(),
@@ -154,6 +155,14 @@ pub(crate) fn s_kill(cfg: &Cfg) -> Vec<Row> {
             compact(&out, 400)
         );
         fault.end = open_at.unwrap_or_else(Instant::now);
+        // what the broker recovered, against what it had confirmed: tells a broker that lost
+        // confirmed messages in the unclean restart from a library that misapplied confirms
+        notes.push(format!(
+            "before the kill: {} published, {} confirmed; recovered: {}",
+            before.published,
+            before.confirmed,
+            queue_depths(cfg, &[&side.name, &con.name])
+        ));
         notes.push(format!(
             "kill took {:.2} s, broker boot {:.1} s, down {:.1} s",
             delta(fault.last, killed),

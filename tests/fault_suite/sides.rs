@@ -226,9 +226,9 @@ pub(crate) fn pub_finish(cfg: &Cfg, mut side: PubSide, fault: Fault, row: &mut R
             row.duplicates = dups;
             row.check(missing.is_empty(), || {
                 format!(
-                    "{} messages lost, e.g. {:?}",
+                    "{} messages lost: {}",
                     missing.len(),
-                    &missing[..missing.len().min(10)]
+                    seq_ranges(&missing, 8)
                 )
             });
             row.check(foreign == 0, || format!("{foreign} unexpected bodies"));
@@ -245,6 +245,24 @@ pub(crate) fn pub_finish(cfg: &Cfg, mut side: PubSide, fault: Fault, row: &mut R
             });
         }
     }
+}
+
+/// `a..=b` ranges of the sorted sequence numbers `s`, at most `max` of them.
+fn seq_ranges(s: &[u64], max: usize) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < s.len() && out.len() < max {
+        let mut j = i;
+        while j + 1 < s.len() && s[j + 1] == s[j] + 1 {
+            j += 1;
+        }
+        out.push(format!("{}..={}", s[i], s[j]));
+        i = j + 1;
+    }
+    if i < s.len() {
+        out.push("...".into());
+    }
+    out.join(", ")
 }
 
 /// Distinct bodies handled by the callbacks, and when the last missing one was.
