@@ -44,17 +44,7 @@ BROKER_STARTED=0
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 finish() {
     local rc=$?
-    trap - EXIT
-    trap "" INT TERM HUP # let the broker stop finish (it is bounded)
-    set +e
-    if [[ -n $CHILD ]]; then
-        kill -TERM "$CHILD" 2>/dev/null
-        wait "$CHILD" 2>/dev/null
-    fi
-    if ((BROKER_STARTED)); then
-        say "stopping the private RabbitMQ node (port $RA_BROKER_PORT)"
-        bash "$ROOT/scripts/broker.sh" stop || echo "faults.sh: WARNING: could not stop the broker" >&2
-    fi
+    stop_child_and_broker
     echo
     if ((rc == 0)); then
         echo "faults.sh: PASSED ($FAULT_SUITE suite, $((SECONDS - T0)) s) -- target/fault-suite.md, target/fault-suite.json"
@@ -68,11 +58,7 @@ install_traps
 # rabbitmq-server etc. when missing (a no-op when all is there)
 bash scripts/deps.sh
 
-if bash scripts/broker.sh status >/dev/null 2>&1; then
-    echo "faults.sh: a node is already running on port $RA_BROKER_PORT; this script starts and stops its own." >&2
-    echo "faults.sh: stop it (RA_BROKER_PORT=$RA_BROKER_PORT bash scripts/broker.sh stop) or set another RA_BROKER_PORT." >&2
-    exit 1
-fi
+require_no_running_broker
 
 say "starting a private RabbitMQ node on 127.0.0.1:$RA_BROKER_PORT"
 BROKER_STARTED=1

@@ -44,17 +44,7 @@ FAILED=()
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 finish() {
     local rc=$?
-    trap - EXIT
-    trap "" INT TERM HUP # let the broker stop finish (it is bounded)
-    set +e
-    if [[ -n $CHILD ]]; then
-        kill -TERM "$CHILD" 2>/dev/null
-        wait "$CHILD" 2>/dev/null
-    fi
-    if ((BROKER_STARTED)); then
-        say "stopping the private RabbitMQ node (port $RA_BROKER_PORT)"
-        bash "$ROOT/scripts/broker.sh" stop || echo "hostile.sh: WARNING: could not stop the broker" >&2
-    fi
+    stop_child_and_broker
     echo
     echo "hostile.sh: ${#PASSED[@]} passed, ${#FAILED[@]} failed in $((SECONDS - T0)) s (logs: $LOGS/)"
     if ((${#FAILED[@]})); then
@@ -67,11 +57,7 @@ install_traps
 
 bash scripts/deps.sh
 
-if bash scripts/broker.sh status >/dev/null 2>&1; then
-    echo "hostile.sh: a node is already running on port $RA_BROKER_PORT; this script starts and stops its own." >&2
-    echo "hostile.sh: stop it (RA_BROKER_PORT=$RA_BROKER_PORT bash scripts/broker.sh stop) or set another RA_BROKER_PORT." >&2
-    exit 1
-fi
+require_no_running_broker
 
 say "building tests/hostile_broker.rs"
 limited 1800 cargo test --release --test hostile_broker --no-run

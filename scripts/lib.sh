@@ -69,3 +69,30 @@ export_test_broker() {
     export RESILIENT_AMQP_TEST_URI="amqp://guest:guest@127.0.0.1:$RA_BROKER_PORT/%2f"
     export RESILIENT_AMQP_TEST_CTL="$ROOT/scripts/broker.sh ctl"
 }
+
+# The first half of the EXIT trap of a script that starts its own node: ends
+# the running step (CHILD) and stops the node when BROKER_STARTED=1 (bounded).
+# The caller saved $? before and prints its verdict after.
+stop_child_and_broker() {
+    trap - EXIT
+    trap "" INT TERM HUP # let the broker stop finish (it is bounded)
+    set +e
+    if [[ -n ${CHILD:-} ]]; then
+        kill -TERM "$CHILD" 2>/dev/null
+        wait "$CHILD" 2>/dev/null
+    fi
+    if ((${BROKER_STARTED:-0})); then
+        say "stopping the private RabbitMQ node (port $RA_BROKER_PORT)"
+        bash "$ROOT/scripts/broker.sh" stop || echo "$SCRIPT: WARNING: could not stop the broker" >&2
+    fi
+}
+
+# Refuses to go on when a node already runs on RA_BROKER_PORT: the script
+# starts and stops its own.
+require_no_running_broker() {
+    if bash "$ROOT/scripts/broker.sh" status >/dev/null 2>&1; then
+        echo "$SCRIPT: a node is already running on port $RA_BROKER_PORT; this script starts and stops its own." >&2
+        echo "$SCRIPT: stop it (RA_BROKER_PORT=$RA_BROKER_PORT bash scripts/broker.sh stop) or set another RA_BROKER_PORT." >&2
+        exit 1
+    fi
+}

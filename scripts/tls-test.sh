@@ -41,17 +41,7 @@ BROKER_STARTED=0
 # shellcheck disable=SC2317 # invoked by the EXIT trap
 finish() {
     local rc=$?
-    trap - EXIT
-    trap "" INT TERM HUP # let the broker stop finish (it is bounded)
-    set +e
-    if [[ -n $CHILD ]]; then
-        kill -TERM "$CHILD" 2>/dev/null
-        wait "$CHILD" 2>/dev/null
-    fi
-    if ((BROKER_STARTED)); then
-        say "stopping the private RabbitMQ node (port $RA_BROKER_PORT)"
-        bash "$ROOT/scripts/broker.sh" stop || echo "$SCRIPT: WARNING: could not stop the broker" >&2
-    fi
+    stop_child_and_broker
     echo
     if ((rc == 0)); then
         echo "$SCRIPT: PASSED ($((SECONDS - T0)) s)"
@@ -64,11 +54,7 @@ install_traps
 
 bash scripts/deps.sh
 
-if bash scripts/broker.sh status >/dev/null 2>&1; then
-    echo "$SCRIPT: a node is already running on port $RA_BROKER_PORT; this script starts and stops its own." >&2
-    echo "$SCRIPT: stop it (RA_BROKER_PORT=$RA_BROKER_PORT bash scripts/broker.sh stop) or set another RA_BROKER_PORT." >&2
-    exit 1
-fi
+require_no_running_broker
 
 say "certificates (scripts/tls-certs.sh) into $CERTS"
 rm -rf "$CERTS"

@@ -135,17 +135,9 @@ pub unsafe extern "C" fn amqp_delivery_free_many(
     count: usize,
 ) {
     ffi_boundary!(value(), {
-        if deliveries.is_null() {
-            return;
-        }
-        for i in 0..count {
-            // SAFETY: the caller passes an array of `count` pointers, each
-            // from amqp_poll or amqp_delivery_dup and not freed before.
-            let d = unsafe { deliveries.add(i).read() };
-            if !d.is_null() {
-                // SAFETY: as in amqp_delivery_free.
-                drop(unsafe { Box::from_raw(d as *mut OwnedDelivery) });
-            }
-        }
+        // SAFETY: the caller passes NULL or an array of `count` pointers,
+        // each NULL or from amqp_poll / amqp_delivery_dup (boxed
+        // OwnedDelivery) and not freed before (the header).
+        unsafe { super::pull::free_batch::<_, OwnedDelivery>(deliveries, count) }
     })
 }

@@ -238,17 +238,9 @@ pub unsafe extern "C" fn amqp_reports_free(
     count: usize,
 ) {
     ffi_boundary!(value(), {
-        if reports.is_null() {
-            return;
-        }
-        for i in 0..count {
-            // SAFETY: the caller passes an array of `count` pointers from
-            // amqp_poll_reports, each not freed before (the header).
-            let r = unsafe { reports.add(i).read() };
-            if !r.is_null() {
-                // SAFETY: made by Box::into_raw of an OwnedReport above.
-                drop(unsafe { Box::from_raw(r as *mut OwnedReport) });
-            }
-        }
+        // SAFETY: the caller passes NULL or an array of `count` pointers,
+        // each NULL or from amqp_poll_reports (boxed OwnedReport) and not
+        // freed before (the header).
+        unsafe { super::pull::free_batch::<_, OwnedReport>(reports, count) }
     })
 }

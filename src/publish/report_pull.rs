@@ -24,6 +24,8 @@ struct Held {
 #[derive(Default)]
 struct State {
     held: VecDeque<Held>,
+    /// The sum of `held`'s counts (read by the stats on every call).
+    held_count: u64,
     /// The connection closed or failed: once empty, polls learn it.
     ended: bool,
     notifier: Option<Notifier>,
@@ -77,6 +79,7 @@ impl ReportPull {
             return;
         }
         let mut st = self.lock();
+        st.held_count += count;
         st.held.push_back(Held {
             reports: reports.into(),
             count,
@@ -90,7 +93,7 @@ impl ReportPull {
 
     /// Messages whose reports wait here.
     pub fn held(&self) -> u64 {
-        self.lock().held.iter().map(|h| h.count).sum()
+        self.lock().held_count
     }
 
     /// No more reports will come once what is held is polled.
@@ -131,6 +134,7 @@ impl ReportPull {
             taken += n;
             if front.reports.is_empty() {
                 let done = st.held.pop_front().expect("the front");
+                st.held_count -= done.count;
                 done.buffer.release_many(done.count, done.bytes);
             } else {
                 // Each report taken frees its message's place now; the
@@ -138,6 +142,7 @@ impl ReportPull {
                 let freed = (n as u64).min(front.count);
                 front.count -= freed;
                 front.buffer.release_many(freed, 0);
+                st.held_count -= freed;
             }
         }
         st.signal();
@@ -179,7 +184,9 @@ mod tests {
         pull.push(vec![report(1), report(2), report(3)], 3, 30, &buffer);
         pull.push(vec![report(4), report(5)], 2, 20, &buffer);
         let mut out = Vec::new();
+        assert_eq!(pull.held(), 5);
         assert_eq!(pull.poll(&mut out, 2, Duration::ZERO), Polled::Reports(2));
+        assert_eq!(pull.held(), 3);
         assert_eq!(buffer.count(), 3, "each report taken frees its place");
         assert_eq!(
             buffer.bytes(),
@@ -190,6 +197,7 @@ mod tests {
         let tags: Vec<u64> = out.iter().map(|r| r.tag).collect();
         assert_eq!(tags, vec![1, 2, 3, 4, 5]);
         assert_eq!(buffer.count(), 0);
+        assert_eq!(pull.held(), 0);
         assert_eq!(pull.poll(&mut out, 10, Duration::ZERO), Polled::TimedOut);
         pull.end();
         assert_eq!(pull.poll(&mut out, 10, Duration::ZERO), Polled::Ended);
