@@ -29,6 +29,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <utility>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -266,6 +267,36 @@ class Delivery {
     if (!(m().present & flag) || s == nullptr) return std::nullopt;
     return std::string_view(s);
   }
+  const amqp_delivery* d_;
+};
+
+// A delivery taken with Queue::poll (pull mode): owned, valid until this
+// object is destroyed (it then frees it), whatever settle, stop, reconnect
+// or close do. Settle it by id with Queue::settle (before or after it is
+// destroyed); every polled delivery must be settled. Move-only.
+class PolledDelivery {
+ public:
+  explicit PolledDelivery(const amqp_delivery* d) noexcept : d_(d) {}
+  PolledDelivery(const PolledDelivery&) = delete;
+  PolledDelivery& operator=(const PolledDelivery&) = delete;
+  PolledDelivery(PolledDelivery&& o) noexcept : d_(std::exchange(o.d_, nullptr)) {}
+  PolledDelivery& operator=(PolledDelivery&& o) noexcept {
+    if (this != &o) {
+      if (d_ != nullptr) amqp_delivery_free(d_);
+      d_ = std::exchange(o.d_, nullptr);
+    }
+    return *this;
+  }
+  ~PolledDelivery() {
+    if (d_ != nullptr) amqp_delivery_free(d_);
+  }
+  // Everything Delivery reads (body, properties, headers, delivery_id...).
+  Delivery view() const { return Delivery(d_); }
+  std::string_view body() const { return view().body(); }
+  std::uint64_t delivery_id() const { return d_->delivery_id; }
+  bool redelivered() const { return d_->redelivered; }
+
+ private:
   const amqp_delivery* d_;
 };
 
@@ -644,6 +675,39 @@ class Queue {
   void settle(std::uint64_t delivery_id, Disposition d) {
     detail::check(amqp_settle(h_, delivery_id, static_cast<amqp_disposition>(d)), "amqp_settle");
   }
+
+  // Pull mode (no library thread runs your code): starts the queue's pull
+  // consumer (once; later calls keep it) and returns a NEW file descriptor
+  // that you own and close: readable while deliveries wait (level-
+  // triggered; readiness can be spurious), for an event loop (epoll,
+  // boost::asio's posix::stream_descriptor, ...). Blocks while connected
+  // until the broker's consume-ok (up to 30 s). Throws Error
+  // (AMQP_ERR_BROKER: the broker refused the consumer).
+  int consume_pull() {
+    char buf[detail::kErrCap] = "";
+    int fd = -1;
+    detail::check_e(amqp_consume_pull_e(h_, &fd, buf, sizeof buf), buf, "amqp_consume_pull");
+    return fd;
+  }
+  // Takes up to `max` waiting deliveries, waiting up to timeout_ms for the
+  // first (0: never waits). Empty on timeout or after poll_wake. Throws
+  // Error: AMQP_ERR_CLOSED once the connection is closed or failed,
+  // AMQP_ERR_INVALID_ARGUMENT without consume_pull. Blocks up to timeout_ms.
+  std::vector<PolledDelivery> poll(std::size_t max = 64, std::uint32_t timeout_ms = 0) {
+    if (max == 0) throw Error(AMQP_ERR_INVALID_ARGUMENT, "poll: max is 0");
+    std::vector<const amqp_delivery*> raw(max, nullptr);
+    std::size_t n = 0;
+    char buf[detail::kErrCap] = "";
+    amqp_result rc = amqp_poll_e(h_, raw.data(), max, timeout_ms, &n, buf, sizeof buf);
+    std::vector<PolledDelivery> out;
+    if (rc == AMQP_ERR_TIMEOUT) return out;
+    detail::check_e(rc, buf, "amqp_poll");
+    out.reserve(n);
+    for (std::size_t i = 0; i < n; i++) out.emplace_back(raw[i]);
+    return out;
+  }
+  // Makes a poll blocked in another thread return (empty) at once.
+  void poll_wake() { detail::check(amqp_poll_wake(h_), "amqp_poll_wake"); }
 
   QueueStats stats() const {
     QueueStats s;

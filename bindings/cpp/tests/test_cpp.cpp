@@ -4,6 +4,7 @@
 //   test_cpp NAME...    only those
 #include <resilient_amqp.hpp>
 
+#include <poll.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -508,6 +509,59 @@ void test_publish_confirmed() {
   CHECK_EQ(int(pending.get().status), int(AMQP_REPORT_UNSENT));
 }
 
+// Pull mode: a descriptor that turns readable, deliveries owned until destroyed, settled by
+// id (also after destruction), poll_wake ending a blocked poll, CLOSED after close.
+void test_pull_mode() {
+  ra::Connection conn(g_uri);
+  CHECK(conn.wait_connected(10000));
+  ra::Queue q = conn.open_queue(qname("pull"), "", "", kQueueOpts);
+  int fd = q.consume_pull();
+  CHECK(fd >= 0);
+  CHECK(q.poll(8, 0).empty());  // nothing yet: timeout, no exception
+  for (int i = 0; i < 20; i++) q.publish("p-" + std::to_string(i));
+  pollfd pfd{fd, POLLIN, 0};
+  CHECK_EQ(::poll(&pfd, 1, 10000), 1);  // readable once deliveries wait
+  std::vector<std::string> bodies;
+  std::vector<std::uint64_t> ids;
+  auto deadline = Clock::now() + 10s;
+  while (bodies.size() < 20 && Clock::now() < deadline) {
+    for (auto& d : q.poll(8, 1000)) {
+      bodies.emplace_back(d.body());
+      ids.push_back(d.delivery_id());
+      CHECK(!d.view().redelivered());
+    }  // each PolledDelivery frees its delivery here
+  }
+  CHECK_EQ(bodies.size(), std::size_t(20));
+  CHECK_EQ(bodies.front(), std::string("p-0"));
+  CHECK_EQ(bodies.back(), std::string("p-19"));
+  CHECK_EQ(q.stats().unsettled, std::uint64_t(20));
+  for (std::size_t i = 0; i < ids.size(); i++)
+    q.settle(ids[i], i == 0 ? ra::Disposition::Requeue : ra::Disposition::Ack);
+  auto again = q.poll(8, 10000);  // the requeued one comes back
+  CHECK_EQ(again.size(), std::size_t(1));
+  CHECK_EQ(again[0].body(), std::string("p-0"));
+  CHECK(again[0].redelivered());
+  q.settle(again[0].delivery_id(), ra::Disposition::Ack);
+  CHECK(wait_for([&] { return q.stats().acked == 20; }, 5s));
+  // poll_wake ends a poll blocked in another thread
+  auto t0 = Clock::now();
+  std::thread waker([&] {
+    std::this_thread::sleep_for(200ms);
+    q.poll_wake();
+  });
+  CHECK(q.poll(8, 20000).empty());
+  waker.join();
+  CHECK(Clock::now() - t0 < 10s);
+  CHECK_EQ(conn.close(5000), std::uint64_t(0));
+  try {
+    q.poll(8, 0);
+    CHECK(false);
+  } catch (const ra::Error& e) {
+    CHECK(e.code() == AMQP_ERR_CLOSED || e.code() == AMQP_ERR_INVALID_HANDLE);
+  }
+  ::close(fd);
+}
+
 struct Test {
   const char* name;
   void (*fn)();
@@ -521,6 +575,7 @@ const Test kTests[] = {
     {"stop_start_defer", test_stop_start_defer},
     {"fault_close_connections", test_fault_close_connections},
     {"publish_confirmed", test_publish_confirmed},
+    {"pull_mode", test_pull_mode},
 };
 
 }  // namespace
