@@ -45,6 +45,8 @@ THROUGHPUT = [  # (test, label in the table, short label in the chart)
     ("consume_tls_64", "consume + ack, 64 B, prefetch 500, over TLS", "consume + ack 64 B over TLS"),
 ]
 LATENCY = [("latency_1t", "1 thread"), ("latency_8t", "8 threads")]
+# producer threads on one connection: (test, threads, queues)
+THREADS = [("threads_8x1", 8, 1), ("threads_8x8", 8, 8), ("threads_32x1", 32, 1), ("threads_32x8", 32, 8)]
 PCTS = [("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"), ("max", "max")]
 
 
@@ -178,6 +180,10 @@ def cmd_line(args):
         s = "end-to-end p50 %s, p99 %s, p99.9 %s, max %s at %s msg/s; received %s/%s" % (
             fmt_ns(r["e2e_p50_ns"]), fmt_ns(r["e2e_p99_ns"]), fmt_ns(r["e2e_p999_ns"]),
             fmt_ns(r["e2e_max_ns"]), fmt_rate(r["achieved_rate"]), r["received"], n)
+    elif mode == "threads":
+        s = "%s msg/s over %s threads / %s queues; call p50 %s, p99 %s, p99.9 %s; confirmed %s/%s" % (
+            fmt_rate(r["msgs_per_s"]), r["threads"], r["queues"], fmt_ns(r["call_p50_ns"]),
+            fmt_ns(r["call_p99_ns"]), fmt_ns(r["call_p999_ns"]), r["confirmed"], n)
     elif mode == "memory":
         s = "RSS %s -> %s kB with %s buffered: +%.1f MB, %.0f B/msg; unsent at close %s" % (
             r["rss_before_kb"], r["rss_after_kb"], r["buffered"], r["growth_mb"], r["bytes_per_msg"],
@@ -215,7 +221,7 @@ def aggregate(lines):
     meta = next((x for x in lines if x.get("kind") == "meta"), {})
     meta_end = next((x for x in lines if x.get("kind") == "meta_end"), {})
     runs = [x for x in lines if x.get("kind") == "run" and x.get("mode") in
-            ("publish", "consume", "latency", "e2e", "memory")]
+            ("publish", "consume", "latency", "e2e", "memory", "threads")]
     fills = [x for x in lines if x.get("kind") == "run" and x.get("mode") == "fill"]
     verifies = [x for x in lines if x.get("kind") == "verify"]
 
@@ -224,7 +230,7 @@ def aggregate(lines):
         return [r for r in rs if r.get("ok")] if ok_only else rs
 
     res = {"meta": meta, "meta_end": meta_end, "throughput": [], "publish_call_latency": [],
-           "e2e_latency": None, "memory": None, "correctness": [], "failures": []}
+           "e2e_latency": None, "memory": None, "producer_threads": [], "correctness": [], "failures": []}
 
     for test, label, short in THROUGHPUT:
         o, t = of(test, "ours"), of(test, "rabbitmq-c")
@@ -262,6 +268,8 @@ def aggregate(lines):
             "ours": summary([r.get("call_mean_ns") for r in o]),
             "rabbitmq-c": summary([r.get("call_mean_ns") for r in t])}
         res["publish_call_latency"].append(entry)
+
+    res["producer_threads"] = producer_threads(of)
 
     o, t = of("e2e_10k", "ours"), of("e2e_10k", "rabbitmq-c")
     if o or t:
@@ -315,7 +323,7 @@ def aggregate(lines):
             r = {k: ("–" if v is None else v) for k, v in r0.items()}
             r.update({k: "–" for k in ("confirmed", "consumed", "received", "buffered", "unsent") if k not in r0})
             mode = r.get("mode")
-            if mode in ("publish", "latency"):
+            if mode in ("publish", "latency", "threads"):
                 done.append("%s/%s confirmed" % (r.get("confirmed"), r.get("n")))
             elif mode == "consume":
                 done.append("%s/%s consumed" % (r.get("consumed"), r.get("n")))
@@ -335,6 +343,50 @@ def aggregate(lines):
     res["fills"] = fills
     res["verifications"] = verifies
     return res
+
+
+def producer_threads(of):
+    """The THREADS cases: rates (with the pair ratio) and call percentiles of each client."""
+    out = []
+    for test, threads, queues in THREADS:
+        o, t = of(test, "ours"), of(test, "rabbitmq-c")
+        if not o and not t:
+            continue
+        ob = {r.get("run"): r.get("msgs_per_s") for r in o}
+        tb = {r.get("run"): r.get("msgs_per_s") for r in t}
+        pairs = [ob[k] / tb[k] for k in ob if k in tb and tb[k]]
+        e = {"test": test, "threads": threads, "queues": queues, "n": (o or t)[0].get("n"),
+             "msgs_per_s": {"ours": summary(list(ob.values())), "rabbitmq-c": summary(list(tb.values()))},
+             "ratio_pairs": summary(pairs), "percentiles_ns": {}}
+        for key in ("p50", "p99", "p999"):
+            e["percentiles_ns"][key] = {"ours": summary([r.get("call_%s_ns" % key) for r in o]),
+                                        "rabbitmq-c": summary([r.get("call_%s_ns" % key) for r in t])}
+        out.append(e)
+    return out
+
+
+def producer_threads_md(res, w):
+    if not res.get("producer_threads"):
+        return
+    w("## Many producer threads, one connection")
+    w("")
+    w("Every thread publishes its share of N x 64 B (mandatory, transient queues), thread i to queue "
+      "i % queues. Ours: `amqp_publish` on one queue handle per queue of one connection. rabbitmq-c: "
+      "ONE connection shared under a mutex (it is not thread-safe), a confirm channel per queue, "
+      "confirms streamed under the same lock (window 512 per channel); a call = lock + "
+      "`amqp_basic_publish` + unlock. Rate: first call to last confirm.")
+    w("")
+    w("| threads x queues | ours msg/s | rabbitmq-c msg/s | ratio (pairs min-max) | call p99 ours / rabbitmq-c | call p99.9 ours / rabbitmq-c |")
+    w("|---|---|---|---|---|---|")
+    for e in res["producer_threads"]:
+        r, p = e["ratio_pairs"], e["percentiles_ns"]
+        w("| %s x %s | %s | %s | %s | %s / %s | %s / %s |" % (
+            e["threads"], e["queues"], cell(e["msgs_per_s"]["ours"], fmt_rate),
+            cell(e["msgs_per_s"]["rabbitmq-c"], fmt_rate),
+            ("%.2f (%.2f-%.2f)" % (r["median"], r["min"], r["max"])) if r else "–",
+            cell(p["p99"]["ours"], fmt_ns), cell(p["p99"]["rabbitmq-c"], fmt_ns),
+            cell(p["p999"]["ours"], fmt_ns), cell(p["p999"]["rabbitmq-c"], fmt_ns)))
+    w("")
 
 
 # ---------------------------------------------------------------------------- markdown
@@ -466,6 +518,8 @@ def markdown(res):
         w("| process CPU µs/msg (sender + consumer) | %s | %s |" % (
             cell(e["cpu_us_per_msg"]["ours"], fmt_g), cell(e["cpu_us_per_msg"]["rabbitmq-c"], fmt_g)))
         w("")
+
+    producer_threads_md(res, w)
 
     m = res["memory"]
     if m:

@@ -19,6 +19,9 @@
  *                                           process; publish -> callback latency
  *   memory   n size                         RSS growth with n buffered messages while the
  *                                           broker is unreachable (a dead local port)
+ *   threads  uri queue n size threads queues  `threads` threads publish n in all over one
+ *                                           connection, thread i to queue QUEUE.(i % queues);
+ *                                           rate to the last confirm, every call's duration
  * Common keys: test=LABEL run=K (copied into the JSON line); auto_id=1 opens the queue with
  *   auto_message_id=true (every plain publish then gets a message_id).
  */
@@ -629,6 +632,107 @@ static int mode_memory(void) {
   return finish();
 }
 
+/* ---- many producer threads: T threads on one connection, to Q queues ------------------------ */
+
+typedef struct {
+  amqp_queue_handle q;
+  size_t size;
+  long long calls;
+  uint64_t *lat;
+  uint64_t failed;
+  amqp_result first_rc;
+  pthread_barrier_t *barrier;
+} mt_thread;
+
+static void *mt_run(void *arg) {
+  mt_thread *t = arg;
+  uint8_t *body = calloc(1, t->size + 16);
+  pthread_barrier_wait(t->barrier);
+  for (long long i = 0; i < t->calls; i++) {
+    fill_body(body, t->size, (uint64_t)i, 0);
+    uint64_t a = now_ns();
+    amqp_result rc = amqp_publish(t->q, body, t->size);
+    t->lat[i] = now_ns() - a;
+    if (rc != AMQP_OK && t->failed++ == 0) t->first_rc = rc;
+  }
+  free(body);
+  return NULL;
+}
+
+/* threads uri queue n size threads queues: `threads` threads publish n messages in all, thread
+ * i to queue `queue`.(i % queues), over one connection; the time from the first call to the
+ * last confirm (rate) and every call's duration */
+static int mode_threads(void) {
+  long long n = arg_int("n", 200000), size = arg_int("size", 64);
+  int threads = (int)arg_int("threads", 8), queues = (int)arg_int("queues", 1);
+  if (threads < 1 || queues < 1 || queues > threads) {
+    fprintf(stderr, "ours threads: need 1 <= queues <= threads\n");
+    return 2;
+  }
+  long long per = n / threads;
+  n = per * threads;
+  json_begin(CLIENT, "threads");
+  json_i("n", n);
+  json_i("size", size);
+  json_i("threads", threads);
+  json_i("queues", queues);
+  char copts[256], qopts[256], name[256];
+  snprintf(copts, sizeof copts, "max_buffered=%lld&max_buffered_bytes=%lld", n + 1000,
+           n * size * 2 + (64ll << 20));
+  amqp_connection_handle conn = 0;
+  amqp_queue_handle *qs = calloc((size_t)queues, sizeof *qs);
+  amqp_result rc = amqp_connect(arg_str("uri", ""), copts, &conn);
+  if (rc == AMQP_OK) rc = amqp_wait_connected(conn, 20000);
+  for (int k = 0; k < queues && rc == AMQP_OK; k++) {
+    snprintf(name, sizeof name, "%s.%d", arg_str("queue", "bench"), k);
+    rc = amqp_queue_open(conn, name, NULL, NULL, queue_options(0, 100, qopts, sizeof qopts), &qs[k]);
+  }
+  if (rc != AMQP_OK) {
+    set_err("connect / amqp_queue_open", rc);
+  } else {
+    mt_thread *ts = calloc((size_t)threads, sizeof *ts);
+    pthread_t *tid = calloc((size_t)threads, sizeof *tid);
+    uint64_t *all = calloc((size_t)n, sizeof *all);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, (unsigned)threads + 1);
+    for (int i = 0; i < threads; i++) {
+      ts[i] = (mt_thread){qs[i % queues], (size_t)size, per, all + (size_t)i * per, 0, AMQP_OK, &barrier};
+      pthread_create(&tid[i], NULL, mt_run, &ts[i]);
+    }
+    double c0 = cpu_seconds();
+    pthread_barrier_wait(&barrier);
+    uint64_t t0 = now_ns(), failed = 0;
+    for (int i = 0; i < threads; i++) {
+      pthread_join(tid[i], NULL);
+      if (ts[i].failed != 0 && failed == 0) set_err("amqp_publish", ts[i].first_rc);
+      failed += ts[i].failed;
+    }
+    uint64_t t1 = t0, confirmed = 0;
+    for (int k = 0; k < queues; k++) {
+      amqp_queue_stats s;
+      memset(&s, 0, sizeof s);
+      s.size = sizeof s;
+      t1 = wait_confirmed(qs[k], 300ull * 1000000000ull, &s);
+      confirmed += s.confirmed;
+    }
+    double c1 = cpu_seconds();
+    json_f("seconds", (t1 - t0) / 1e9);
+    json_f("msgs_per_s", (double)n / ((t1 - t0) / 1e9));
+    json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_u("failed_calls", failed);
+    json_u("confirmed", confirmed);
+    json_pcts("call", all, (size_t)n);
+    if (g_err[0] == '\0' && confirmed != (uint64_t)n)
+      set_errf("confirmed %" PRIu64 " of %lld", confirmed, n);
+    free(all);
+    free(ts);
+    free(tid);
+  }
+  if (conn != 0) close_conn(conn);
+  free(qs);
+  return finish();
+}
+
 int main(int argc, char **argv) {
   g_argc = argc;
   g_argv = argv;
@@ -639,6 +743,7 @@ int main(int argc, char **argv) {
   if (strcmp(mode, "latency") == 0) return mode_latency();
   if (strcmp(mode, "e2e") == 0) return mode_e2e();
   if (strcmp(mode, "memory") == 0) return mode_memory();
-  fprintf(stderr, "usage: ours publish|consume|consume_pull|latency|e2e|memory key=value...\n");
+  if (strcmp(mode, "threads") == 0) return mode_threads();
+  fprintf(stderr, "usage: ours publish|consume|consume_pull|latency|e2e|memory|threads key=value...\n");
   return 2;
 }

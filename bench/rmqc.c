@@ -18,6 +18,12 @@
  *   fill     uri queue n size durable         (untimed) declare + publish n confirmed messages
  *   delete   uri queue                        (untimed) delete the queue
  *   count    uri queue                        (untimed) passive declare: message_count
+ *   threads  uri queue n size threads queues  `threads` threads share ONE connection under a
+ *                                             mutex (rabbitmq-c is not thread-safe: what C
+ *                                             users do), thread i publishing to queue
+ *                                             QUEUE.(i % queues) on channel (i % queues)+1;
+ *                                             confirms streamed (window per channel) under the
+ *                                             same lock; a call = lock + publish + unlock
  * Common keys: test=LABEL run=K (copied into the JSON line).
  * An amqps:// uri connects with TLS (amqp_ssl_socket, OpenSSL; peer and host name verified);
  * its query's cacertfile=PATH is the CA to trust (the same uri as ours takes).
@@ -669,6 +675,174 @@ static int mode_count(void) {
   return finish();
 }
 
+/* ---- many producer threads sharing one connection under a lock ------------------------------ */
+
+typedef struct {
+  pthread_mutex_t lock;
+  amqp_connection_state_t c;
+  int queues;
+  publisher *pubs; /* channel k+1 = pubs[k] */
+  char (*names)[256];
+  int failed;
+} mt_conn;
+
+static int mt_frame(mt_conn *m, amqp_frame_t *f) {
+  if (f->channel < 1 || f->channel > m->queues) return 0;
+  return pub_frame(&m->pubs[f->channel - 1], f);
+}
+
+/* reads confirms of every channel: one frame blocking (up to 1 s) if `block`, then whatever is
+ * already buffered or readable without waiting. Caller holds the lock. */
+static int mt_drain(mt_conn *m, int block) {
+  amqp_frame_t f;
+  struct timeval tv0 = {0, 0}, tv1 = {1, 0};
+  for (;;) {
+    int r = amqp_simple_wait_frame_noblock(m->c, &f, block ? &tv1 : &tv0);
+    if (r == AMQP_STATUS_TIMEOUT) return block ? 1 : 0;
+    block = 0;
+    if (r != AMQP_STATUS_OK) {
+      set_errf("reading confirms: %s", amqp_error_string2(r));
+      return -1;
+    }
+    if (mt_frame(m, &f) != 0) return -1;
+  }
+}
+
+typedef struct {
+  mt_conn *m;
+  int k;
+  size_t size;
+  long long calls;
+  uint64_t *lat;
+  pthread_barrier_t *barrier;
+} mt_thread;
+
+static int mt_publish(mt_conn *m, int k, const uint8_t *body, size_t size) {
+  publisher *p = &m->pubs[k];
+  while (p->published - p->settled >= p->window) {
+    if (mt_drain(m, 1) < 0) return -1;
+  }
+  amqp_bytes_t b = {size, (void *)body};
+  int r = amqp_basic_publish(m->c, (amqp_channel_t)(k + 1), amqp_empty_bytes,
+                             amqp_cstring_bytes(m->names[k]), p->mandatory, 0, &p->props, b);
+  if (r != AMQP_STATUS_OK) {
+    set_errf("amqp_basic_publish: %s", amqp_error_string2(r));
+    return -1;
+  }
+  p->published++;
+  if ((p->published & 63) == 0) return mt_drain(m, 0) < 0 ? -1 : 0;
+  return 0;
+}
+
+static void *mt_run(void *arg) {
+  mt_thread *t = arg;
+  uint8_t *body = calloc(1, t->size + 16);
+  pthread_barrier_wait(t->barrier);
+  for (long long i = 0; i < t->calls && !t->m->failed; i++) {
+    fill_body(body, t->size, (uint64_t)i, 0);
+    uint64_t a = now_ns();
+    pthread_mutex_lock(&t->m->lock);
+    int r = mt_publish(t->m, t->k, body, t->size);
+    pthread_mutex_unlock(&t->m->lock);
+    t->lat[i] = now_ns() - a;
+    if (r != 0) t->m->failed = 1;
+  }
+  free(body);
+  return NULL;
+}
+
+static uint64_t mt_settled(mt_conn *m, uint64_t *published) {
+  uint64_t s = 0;
+  *published = 0;
+  for (int k = 0; k < m->queues; k++) {
+    s += m->pubs[k].acked;
+    *published += m->pubs[k].published;
+  }
+  return s;
+}
+
+static int mode_threads(void) {
+  long long n = arg_int("n", 200000), size = arg_int("size", 64);
+  int threads = (int)arg_int("threads", 8), queues = (int)arg_int("queues", 1);
+  if (threads < 1 || queues < 1 || queues > threads) {
+    fprintf(stderr, "rmqc threads: need 1 <= queues <= threads\n");
+    return 2;
+  }
+  long long per = n / threads;
+  n = per * threads;
+  json_begin(CLIENT, "threads");
+  json_i("n", n);
+  json_i("size", size);
+  json_i("threads", threads);
+  json_i("queues", queues);
+  mt_conn m;
+  memset(&m, 0, sizeof m);
+  pthread_mutex_init(&m.lock, NULL);
+  m.queues = queues;
+  m.pubs = calloc((size_t)queues, sizeof *m.pubs);
+  m.names = calloc((size_t)queues, sizeof *m.names);
+  m.c = rconnect();
+  int ok = m.c != NULL;
+  for (int k = 0; k < queues && ok; k++) {
+    snprintf(m.names[k], sizeof m.names[k], "%s.%d", arg_str("queue", "bench"), k);
+    amqp_channel_t ch = (amqp_channel_t)(k + 1);
+    if (k > 0) {
+      amqp_channel_open(m.c, ch);
+      ok = rpc_ok(m.c, "channel.open") == 0;
+    }
+    if (ok) {
+      amqp_queue_declare(m.c, ch, amqp_cstring_bytes(m.names[k]), 0, 0, 0, 0, amqp_empty_table);
+      ok = rpc_ok(m.c, "queue.declare") == 0;
+    }
+    if (ok) {
+      amqp_confirm_select(m.c, ch);
+      ok = rpc_ok(m.c, "confirm.select") == 0;
+    }
+    /* the messages of channel k: every thread i with i % queues == k */
+    uint64_t mine = (uint64_t)per * (uint64_t)((threads - 1 - k) / queues + 1);
+    pub_init(&m.pubs[k], m.c, mine, 0);
+  }
+  if (ok) {
+    mt_thread *ts = calloc((size_t)threads, sizeof *ts);
+    pthread_t *tid = calloc((size_t)threads, sizeof *tid);
+    uint64_t *all = calloc((size_t)n, sizeof *all);
+    pthread_barrier_t barrier;
+    pthread_barrier_init(&barrier, NULL, (unsigned)threads + 1);
+    for (int i = 0; i < threads; i++) {
+      ts[i] = (mt_thread){&m, i % queues, (size_t)size, per, all + (size_t)i * per, &barrier};
+      pthread_create(&tid[i], NULL, mt_run, &ts[i]);
+    }
+    double c0 = cpu_seconds();
+    pthread_barrier_wait(&barrier);
+    uint64_t t0 = now_ns();
+    for (int i = 0; i < threads; i++) pthread_join(tid[i], NULL);
+    uint64_t deadline = now_ns() + 300ull * 1000000000ull, published = 0, acked = 0;
+    while (!m.failed) {
+      acked = mt_settled(&m, &published);
+      if (acked >= published) break;
+      if (mt_drain(&m, 1) < 0 || now_ns() > deadline) m.failed = 1;
+    }
+    uint64_t t1 = now_ns();
+    double c1 = cpu_seconds();
+    acked = mt_settled(&m, &published);
+    json_f("seconds", (t1 - t0) / 1e9);
+    json_f("msgs_per_s", (double)n / ((t1 - t0) / 1e9));
+    json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_u("confirmed", acked);
+    json_pcts("call", all, (size_t)n);
+    if (g_err[0] == '\0' && acked != (uint64_t)n)
+      set_errf("confirmed %" PRIu64 " of %lld", acked, n);
+    free(all);
+    free(ts);
+    free(tid);
+  }
+  for (int k = 0; k < queues; k++) free(m.pubs[k].done);
+  free(m.pubs);
+  free(m.names);
+  rclose(m.c);
+  return finish();
+}
+
 int main(int argc, char **argv) {
   g_argc = argc;
   g_argv = argv;
@@ -679,10 +853,11 @@ int main(int argc, char **argv) {
   if (strcmp(mode, "e2e") == 0) return mode_e2e();
   if (strcmp(mode, "delete") == 0) return mode_delete();
   if (strcmp(mode, "count") == 0) return mode_count();
+  if (strcmp(mode, "threads") == 0) return mode_threads();
   if (strcmp(mode, "version") == 0) {
     printf("%s\n", amqp_version());
     return 0;
   }
-  fprintf(stderr, "usage: rmqc publish|consume|latency|e2e|fill|delete|count|version key=value...\n");
+  fprintf(stderr, "usage: rmqc publish|consume|latency|e2e|threads|fill|delete|count|version key=value...\n");
   return 2;
 }

@@ -29,6 +29,9 @@
 #        consume_pull_64    the same, ours in pull mode (amqp_poll batches, amqp_settle_many)
 #        consume_tls_64     consume_64 over TLS
 #        latency_1t/_8t     the time of each publish call from 1 and from 8 threads
+#        threads_8x1/_8x8/_32x1/_32x8   8 or 32 producer threads on ONE connection, to 1 or 8
+#                           queues: rate and call p99/p99.9 (rabbitmq-c: the connection
+#                           shared under a mutex, a confirm channel per queue)
 #        e2e_10k            publish -> consume latency at 10,000 msg/s, same process
 #        memory_1m          (ours only) RSS growth with 1,000,000 buffered 64 B messages
 #                           while the broker is unreachable
@@ -216,6 +219,40 @@ verify() {
     "$BIN/rmqc" delete "uri=$URI" "queue=$queue" >/dev/null 2>>"$LOG" || true
 }
 
+# verify_set CLIENT TEST RUN QUEUE=EXPECTED...: verify for several queues with one
+# rabbitmqctl call per try (it costs seconds on a loaded machine)
+verify_set() {
+    local client=$1 test=$2 run=$3 listing pair queue expected row messages unacked ok all
+    shift 3
+    local deadline=$((SECONDS + 20))
+    while :; do
+        listing=$(bash scripts/broker.sh ctl -q list_queues --no-table-headers name messages messages_unacknowledged 2>>"$LOG") || true
+        all=true
+        for pair in "$@"; do
+            queue=${pair%=*} expected=${pair##*=}
+            row=$(awk -v q="$queue" '$1 == q {print $2, $3}' <<<"$listing")
+            [[ $row == "$expected 0" ]] || all=false
+        done
+        [[ $all == true ]] && break
+        ((SECONDS >= deadline)) && break
+        sleep 1
+    done
+    for pair in "$@"; do
+        queue=${pair%=*} expected=${pair##*=} messages=-1 unacked=-1 ok=false
+        row=$(awk -v q="$queue" '$1 == q {print $2, $3}' <<<"$listing")
+        [[ -n $row ]] && read -r messages unacked <<<"$row"
+        [[ $messages == "$expected" && $unacked == 0 ]] && ok=true
+        echo "{\"kind\":\"verify\",\"client\":\"$client\",\"test\":\"$test\",\"run\":$run,\"queue\":\"$queue\",\"method\":\"rabbitmqctl list_queues\",\"expected_messages\":$expected,\"messages\":$messages,\"unacked\":$unacked,\"ok\":$ok}" >>"$RAW"
+        if [[ $ok != true ]]; then
+            printf '    broker check: FAILED: %s has %s messages, %s unacked (expected %s)\n' "$queue" "$messages" "$unacked" "$expected"
+            FAILS=$((FAILS + 1))
+        fi
+        "$BIN/rmqc" delete "uri=$URI" "queue=$queue" >/dev/null 2>>"$LOG" || true
+    done
+    [[ $all == true ]] && printf '    broker check: %s queues hold what was published, 0 unacked: ok\n' "$#"
+    return 0
+}
+
 settle() { if [[ $SETTLE != 0 ]]; then sleep "$SETTLE"; fi; }
 
 # Odd runs: ours first; even runs: rabbitmq-c first. Whoever runs first after a case starts
@@ -292,6 +329,30 @@ latency_case() {
     done
 }
 
+# threads_case TEST THREADS QUEUES: producer threads on one connection, thread i to queue
+# QUEUE.(i % QUEUES) (rabbitmq-c: the connection under a mutex); each queue's count verified
+threads_case() {
+    local test=$1 threads=$2 queues=$3 n=$N r client q k per
+    wanted "$test" || return 0
+    per=$((n / threads))
+    say "$test: $threads publishing threads, $queues queue(s), one connection, $((per * threads)) x 64 B ($RUNS runs each, alternating, ABBA)"
+    for ((r = 1; r <= RUNS; r++)); do
+        for client in $(order "$r"); do
+            q=$(qname "$test" "$client" "$r")
+            for ((k = 0; k < queues; k++)); do
+                "$BIN/rmqc" delete "uri=$URI" "queue=$q.$k" >/dev/null 2>>"$LOG" || true
+            done
+            settle
+            run "$client" "$test" "$r" threads "queue=$q" "n=$n" "threads=$threads" "queues=$queues" size=64 mandatory=1
+            local pairs=()
+            for ((k = 0; k < queues; k++)); do
+                pairs+=("$q.$k=$((per * ((threads - 1 - k) / queues + 1)))")
+            done
+            verify_set "$client" "$test" "$r" "${pairs[@]}"
+        done
+    done
+}
+
 e2e_case() {
     local test=e2e_10k r client q
     wanted "$test" || return 0
@@ -334,6 +395,10 @@ elif wanted pub_tls_64 || wanted consume_tls_64; then
 fi
 latency_case latency_1t 1
 latency_case latency_8t 8
+threads_case threads_8x1 8 1
+threads_case threads_8x8 8 8
+threads_case threads_32x1 32 1
+threads_case threads_32x8 32 8
 e2e_case
 memory_case
 if wanted bindings; then
