@@ -26,6 +26,7 @@ mod os_thread;
 mod publish;
 mod registry;
 mod runtime;
+mod spool;
 mod wire;
 
 pub mod ffi;

@@ -32,6 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "backoff",
             "os_thread",
             "notifier",
+            "spool",
         ],
     ),
     (
@@ -39,6 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["wire", "error", "log", "runtime", "os_thread", "notifier"],
     ),
     ("wire", &["log"]),
+    ("spool", &["error", "log"]),
     ("error", &[]),
     ("log", &["os_thread"]),
     ("os_thread", &[]),
