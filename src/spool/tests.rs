@@ -130,6 +130,8 @@ fn truncate_current(s: &Spool, per_mille: u16) -> Place {
     (seg, x)
 }
 
+// Long: one model run, its steps side by side (the model and what it
+// checks read best together).
 /// Runs `ops`; after every reopen the restored messages are exactly the
 /// model's (those appended and durable, not forgotten durably), in order.
 fn run(ops: &[Op], segment_bytes: u64) {
