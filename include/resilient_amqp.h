@@ -718,6 +718,24 @@ typedef struct amqp_queue_stats {
    dedupe; docs/DEDUPE.md). (ABI 4)
    */
   uint64_t deduplicated;
+  /*
+   Messages in the queue's spool (queue option spool_dir) not confirmed
+   or failed yet, those from an earlier process included; 0 without a
+   spool. (ABI 4)
+   */
+  uint64_t spooled;
+  /*
+   Messages an earlier process left unconfirmed in the spool, found when
+   the queue was opened and sent before any new publish. (ABI 4)
+   */
+  uint64_t spool_restored;
+  /*
+   Bytes of damaged or torn record tails dropped from the spool when the
+   queue was opened (checksum mismatch, truncated last record; logged
+   at WARN with the file and offset; the records before them are
+   sent). (ABI 4)
+   */
+  uint64_t spool_dropped_bytes;
 } amqp_queue_stats;
 
 /*
@@ -1298,7 +1316,16 @@ enum amqp_result amqp_poll_wake(amqp_queue_handle queue);
  whose message_id this queue handle acked among its last N acks is acked
  without reaching the callback or amqp_poll, counted in `deduplicated`;
  docs/DEDUPE.md says what it cannot promise), auto_message_id (false:
- true gives every message published without a message_id a unique one).
+ true gives every message published without a message_id a unique one),
+ spool_dir ("": none; a directory where every message amqp_publish
+ accepts is written before it returns and forgotten once confirmed or
+ failed; the next amqp_queue_open with it sends the unconfirmed ones
+ first, in order; a directory in use by another queue handle or process,
+ or another queue's, is AMQP_ERR_INVALID_ARGUMENT; docs/SPOOL.md),
+ spool_sync (batch: fdatasync every 10 ms; always: before amqp_publish
+ returns; none: page cache only, survives the process's death but not a
+ power cut), spool_max_bytes (0: max_buffered_bytes; a full spool is
+ AMQP_ERR_BUFFER_FULL).
  Queue declare: passive (false: true only checks that the queue exists,
  whatever its arguments, and declares nothing on it), exclusive (false:
  the connection's own queue; its consumers run on the publish link),

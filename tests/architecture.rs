@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "client",
         &[
-            "publish", "consume", "wire", "error", "log", "runtime", "backoff",
+            "publish", "consume", "wire", "error", "log", "runtime", "backoff", "spool",
         ],
     ),
     (

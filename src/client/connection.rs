@@ -263,7 +263,7 @@ impl Connection {
             routing_key,
             options,
             &self.options,
-        ));
+        )?);
         let current = {
             let s = self.lock();
             match s.state {

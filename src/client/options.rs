@@ -88,6 +88,11 @@ pub struct QueueOptions {
     pub dedupe: u64,
     /// Every message published without a message_id gets a unique one.
     pub auto_message_id: bool,
+    /// The on-disk spool's directory ("": none), sync mode and bound (0:
+    /// `max_buffered_bytes`).
+    pub spool_dir: String,
+    pub spool_sync: crate::spool::SyncMode,
+    pub spool_max_bytes: u64,
     /// Consumer arguments (x-priority, `consumer_arg.` ones).
     pub consumer_arguments: Arguments,
 }
@@ -122,6 +127,9 @@ impl QueueOptions {
             consumer_exclusive: false,
             dedupe: 0,
             auto_message_id: false,
+            spool_dir: String::new(),
+            spool_sync: crate::spool::SyncMode::Batch,
+            spool_max_bytes: 0,
             consumer_arguments: Vec::new(),
         }
     }

@@ -5,6 +5,7 @@ use super::options::{ArgValue, Arguments, ConnectionOptions, QueueOptions, Queue
 use crate::consume::{ConsumerSet, ConsumerSettings};
 use crate::error::{Error, ErrorKind};
 use crate::publish::{window_limits, Outbox, PublishSettings};
+use crate::spool::{Spool, SpoolConfig, SEGMENT_BYTES};
 use crate::wire::{AMQPValue, Failure, FieldTable, QueueFlags, WireChannel, WireConnection};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,9 @@ pub(crate) struct QueueStatsSnapshot {
     pub consume_refusals: u64,
     pub unroutable: u64,
     pub deduplicated: u64,
+    pub spooled: u64,
+    pub spool_restored: u64,
+    pub spool_dropped_bytes: u64,
 }
 
 pub(crate) struct Queue {
@@ -71,6 +75,28 @@ fn field_table(args: &Arguments) -> FieldTable {
     t
 }
 
+/// The queue option spool_dir's spool and what an earlier process left in
+/// it, if the option is set.
+fn open_spool(name: &str, options: &QueueOptions) -> crate::error::Result<Option<SpoolOpened>> {
+    if options.spool_dir.is_empty() {
+        return Ok(None);
+    }
+    let max_bytes = match options.spool_max_bytes {
+        0 => options.max_buffered_bytes,
+        n => n,
+    };
+    Spool::open(SpoolConfig {
+        dir: options.spool_dir.clone().into(),
+        sync: options.spool_sync,
+        max_bytes,
+        segment_bytes: SEGMENT_BYTES,
+        queue: name.to_string(),
+    })
+    .map(Some)
+}
+
+type SpoolOpened = (Arc<Spool>, Vec<crate::spool::Record>);
+
 impl Queue {
     pub fn new(
         id: u64,
@@ -79,7 +105,7 @@ impl Queue {
         routing_key: &str,
         options: QueueOptions,
         conn: &ConnectionOptions,
-    ) -> Self {
+    ) -> crate::error::Result<Self> {
         // Default exchange: route by queue name. Otherwise by the routing key.
         let publish_routing_key = if exchange.is_empty() {
             name
@@ -103,7 +129,11 @@ impl Queue {
             retry_delay_max: conn.reconnect_delay_max.max(Duration::from_millis(10)),
             auto_message_id: options.auto_message_id,
         });
-        Queue {
+        let outbox = match open_spool(name, &options)? {
+            Some((spool, restored)) => outbox.with_spool(spool, restored),
+            None => outbox,
+        };
+        Ok(Queue {
             name: name.to_string(),
             exchange: exchange.to_string(),
             routing_key: routing_key.to_string(),
@@ -125,7 +155,7 @@ impl Queue {
             live: Mutex::new((0, name.to_string())),
             naming: tokio::sync::Mutex::new(()),
             declared: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The queue's name at the broker now: a server-named queue's latest
@@ -181,6 +211,9 @@ impl Queue {
             consume_refusals: r(&c.consume_refusals),
             unroutable: r(&p.unroutable),
             deduplicated: r(&c.deduplicated),
+            spooled: self.outbox.spool().map_or(0, |s| r(&s.stats.live)),
+            spool_restored: self.outbox.spool().map_or(0, |s| r(&s.stats.restored)),
+            spool_dropped_bytes: self.outbox.spool().map_or(0, |s| r(&s.stats.dropped_bytes)),
         }
     }
 

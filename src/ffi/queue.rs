@@ -75,6 +75,18 @@ pub struct amqp_queue_stats {
     /// message_id was acked on this queue handle already (queue option
     /// dedupe; docs/DEDUPE.md). (ABI 4)
     pub deduplicated: u64,
+    /// Messages in the queue's spool (queue option spool_dir) not confirmed
+    /// or failed yet, those from an earlier process included; 0 without a
+    /// spool. (ABI 4)
+    pub spooled: u64,
+    /// Messages an earlier process left unconfirmed in the spool, found when
+    /// the queue was opened and sent before any new publish. (ABI 4)
+    pub spool_restored: u64,
+    /// Bytes of damaged or torn record tails dropped from the spool when the
+    /// queue was opened (checksum mismatch, truncated last record; logged
+    /// at WARN with the file and offset; the records before them are
+    /// sent). (ABI 4)
+    pub spool_dropped_bytes: u64,
 }
 
 impl From<QueueStatsSnapshot> for amqp_queue_stats {
@@ -104,6 +116,9 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             consume_refusals,
             unroutable,
             deduplicated,
+            spooled,
+            spool_restored,
+            spool_dropped_bytes,
         } = s;
         amqp_queue_stats {
             size: std::mem::size_of::<amqp_queue_stats>(),
@@ -129,6 +144,9 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
             consume_refusals,
             unroutable,
             deduplicated,
+            spooled,
+            spool_restored,
+            spool_dropped_bytes,
         }
     }
 }
@@ -150,7 +168,16 @@ impl From<QueueStatsSnapshot> for amqp_queue_stats {
 /// whose message_id this queue handle acked among its last N acks is acked
 /// without reaching the callback or amqp_poll, counted in `deduplicated`;
 /// docs/DEDUPE.md says what it cannot promise), auto_message_id (false:
-/// true gives every message published without a message_id a unique one).
+/// true gives every message published without a message_id a unique one),
+/// spool_dir ("": none; a directory where every message amqp_publish
+/// accepts is written before it returns and forgotten once confirmed or
+/// failed; the next amqp_queue_open with it sends the unconfirmed ones
+/// first, in order; a directory in use by another queue handle or process,
+/// or another queue's, is AMQP_ERR_INVALID_ARGUMENT; docs/SPOOL.md),
+/// spool_sync (batch: fdatasync every 10 ms; always: before amqp_publish
+/// returns; none: page cache only, survives the process's death but not a
+/// power cut), spool_max_bytes (0: max_buffered_bytes; a full spool is
+/// AMQP_ERR_BUFFER_FULL).
 /// Queue declare: passive (false: true only checks that the queue exists,
 /// whatever its arguments, and declares nothing on it), exclusive (false:
 /// the connection's own queue; its consumers run on the publish link),

@@ -133,9 +133,10 @@ thread_local! {
 /// queue slot of 32 bytes, however much the outbox knows about it.
 pub struct Body(Repr);
 
-/// Bytes before the metadata: tag (8), publish time in ms (4) and the
-/// metadata's length (4), little-endian. The body follows the metadata.
-const PREFIX: usize = 16;
+/// Bytes before the metadata: tag (8), publish time in ms (4), the
+/// metadata's length (4) and the spool's sequence number (8; 0: not
+/// spooled), little-endian. The body follows the metadata.
+const PREFIX: usize = 24;
 
 enum Repr {
     /// Holds one reference to `chunk`; `offset` is where the prefix starts,
@@ -157,17 +158,18 @@ impl Body {
     /// Copies `bytes` into this thread's chunk (or its own allocation).
     #[cfg(test)]
     pub fn copy_from(bytes: &[u8]) -> Body {
-        Body::with_meta(0, 0, &[], bytes)
+        Body::with_meta(0, 0, 0, &[], bytes)
     }
 
-    /// Copies the tag, the publish time, `meta` (empty for a plain
-    /// publish) and `bytes` into this thread's chunk (or an allocation of
-    /// their own).
-    pub fn with_meta(tag: u64, born_ms: u32, meta: &[u8], bytes: &[u8]) -> Body {
+    /// Copies the tag, the publish time, the spool's sequence number (0:
+    /// none), `meta` (empty for a plain publish) and `bytes` into this
+    /// thread's chunk (or an allocation of their own).
+    pub fn with_meta(tag: u64, born_ms: u32, seq: u64, meta: &[u8], bytes: &[u8]) -> Body {
         let mut prefix = [0u8; PREFIX];
         prefix[..8].copy_from_slice(&tag.to_le_bytes());
         prefix[8..12].copy_from_slice(&born_ms.to_le_bytes());
-        prefix[12..].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+        prefix[12..16].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+        prefix[16..].copy_from_slice(&seq.to_le_bytes());
         if bytes.len() + meta.len() <= MAX_POOLED_BODY {
             let pooled =
                 CURRENT.try_with(|cur| pooled(&mut cur.borrow_mut(), &prefix, meta, bytes));
@@ -224,6 +226,12 @@ impl Body {
     pub fn tag(&self) -> u64 {
         let p = self.prefix();
         u64::from_le_bytes([p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]])
+    }
+
+    /// The spool's sequence number of the message (0: not spooled).
+    pub fn seq(&self) -> u64 {
+        let p = self.prefix();
+        u64::from_le_bytes([p[16], p[17], p[18], p[19], p[20], p[21], p[22], p[23]])
     }
 
     /// The publish time (ms since the outbox's epoch; 0 when not kept).
@@ -357,12 +365,13 @@ mod tests {
     fn the_tag_and_publish_time_travel_with_the_body() {
         for len in [0usize, 1, 64, MAX_POOLED_BODY, MAX_POOLED_BODY + 1] {
             let bytes = pattern(len as u64, len);
-            let b = Body::with_meta(u64::MAX - len as u64, 0xdead_beef, &[], &bytes);
+            let b = Body::with_meta(u64::MAX - len as u64, 0xdead_beef, 9, &[], &bytes);
             assert_eq!((b.tag(), b.born_ms()), (u64::MAX - len as u64, 0xdead_beef));
+            assert_eq!(b.seq(), 9);
             assert_eq!(&b[..], &bytes[..]);
             assert!(b.meta().is_empty());
             let meta = pattern(7, len % 300 + 1);
-            let m = Body::with_meta(len as u64, 5, &meta, &bytes);
+            let m = Body::with_meta(len as u64, 5, 0, &meta, &bytes);
             assert_eq!((m.tag(), m.born_ms()), (len as u64, 5));
             assert_eq!((&m[..], m.meta()), (&bytes[..], &meta[..]));
             assert_eq!(m.stored_len(), len + meta.len());

@@ -58,13 +58,20 @@ impl PublishBuffer {
     /// Copies `body` in. Nothing is stored when a bound would be exceeded.
     #[cfg(test)]
     pub fn push(&self, body: &[u8]) -> Result<()> {
-        self.push_message(body, 0, 0, &[])
+        self.push_message(body, 0, 0, 0, &[])
     }
 
-    /// Copies `body` in, with the caller's tag, its publish time and its
-    /// metadata (`message::meta`; counted in the bytes). Nothing is stored
-    /// when a bound would be exceeded.
-    pub fn push_message(&self, body: &[u8], tag: u64, born_ms: u32, meta: &[u8]) -> Result<()> {
+    /// Copies `body` in, with the caller's tag, its publish time, its spool
+    /// sequence number (0: none) and its metadata (`message::meta`; counted
+    /// in the bytes). Nothing is stored when a bound would be exceeded.
+    pub fn push_message(
+        &self,
+        body: &[u8],
+        tag: u64,
+        born_ms: u32,
+        seq: u64,
+        meta: &[u8],
+    ) -> Result<()> {
         let len = (body.len() + meta.len()) as u64;
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max_count {
             self.count.fetch_sub(1, Ordering::AcqRel);
@@ -88,11 +95,21 @@ impl PublishBuffer {
                 ),
             ));
         }
-        self.queue.push(Body::with_meta(tag, born_ms, meta, body));
+        self.queue
+            .push(Body::with_meta(tag, born_ms, seq, meta, body));
         if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// A message the spool kept from an earlier run: stored whatever the
+    /// bounds say (they refuse new publishes until it is confirmed).
+    pub fn push_restored(&self, body: &[u8], tag: u64, seq: u64, meta: &[u8]) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.bytes
+            .fetch_add((body.len() + meta.len()) as u64, Ordering::AcqRel);
+        self.queue.push(Body::with_meta(tag, 0, seq, meta, body));
     }
 
     pub fn pop(&self) -> Option<Message> {

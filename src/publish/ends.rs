@@ -23,6 +23,10 @@ pub(super) struct Ends {
     tally: Tally,
     count: u64,
     bytes: u64,
+    /// Spooled messages that ended for good (not `Unsent`, which the next
+    /// process sends) and their bytes: the spool forgets them.
+    pub spooled: Vec<u64>,
+    pub spooled_bytes: u64,
 }
 
 impl Ends {
@@ -33,16 +37,24 @@ impl Ends {
             tally: Tally::default(),
             count: 0,
             bytes: 0,
+            spooled: Vec::new(),
+            spooled_bytes: 0,
         }
     }
 
-    fn ended(&mut self, m: &Message) {
+    fn ended(&mut self, m: &Message, outcome: Outcome) {
+        let len = m.body.stored_len() as u64;
         self.count += 1;
-        self.bytes += m.body.stored_len() as u64;
+        self.bytes += len;
+        let seq = m.body.seq();
+        if seq != 0 && outcome != Outcome::Unsent {
+            self.spooled.push(seq);
+            self.spooled_bytes += len;
+        }
     }
 
     pub fn confirmed(&mut self, m: Message) {
-        self.ended(&m);
+        self.ended(&m, Outcome::Confirmed);
         self.tally.confirmed += 1;
         if self.reporting.is_some() {
             self.reports.push(Report {
@@ -56,7 +68,7 @@ impl Ends {
     }
 
     pub fn failed(&mut self, m: Message, f: &Failure) {
-        self.ended(&m);
+        self.ended(&m, f.outcome);
         self.tally.failed += 1;
         match f.outcome {
             Outcome::Expired => self.tally.expired += 1,

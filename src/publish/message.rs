@@ -25,7 +25,7 @@ impl Message {
     /// costs a publish).
     #[cfg(test)]
     pub fn new(body: &[u8], tag: u64, born_ms: u32) -> Message {
-        Message::from(Body::with_meta(tag, born_ms, &[], body))
+        Message::from(Body::with_meta(tag, born_ms, 0, &[], body))
     }
 
     pub fn tag(&self) -> u64 {

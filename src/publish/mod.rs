@@ -17,6 +17,7 @@ mod message;
 mod publisher;
 mod report;
 mod report_pull;
+mod spooled;
 mod window;
 
 pub(crate) use buffer::PublishBuffer;
@@ -120,6 +121,8 @@ pub(crate) struct Outbox {
     logged: AtomicU8,
     /// The queue option auto_message_id's ids, if on.
     auto_ids: Option<auto_id::AutoIds>,
+    /// The queue option spool_dir's log, if on (`spooled`).
+    spool: Option<Arc<crate::spool::Spool>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,6 +147,7 @@ impl Outbox {
             epoch: Instant::now(),
             broker_max: AtomicU64::new(u64::MAX),
             logged: AtomicU8::new(0),
+            spool: None,
         }
     }
 
@@ -192,7 +196,12 @@ impl Outbox {
             Some(_) => self.now_ms(),
             None => 0,
         };
-        self.buffer.push_message(body, tag, born, meta)?;
+        match &self.spool {
+            None => self.buffer.push_message(body, tag, born, 0, meta)?,
+            Some(spool) => spool.append(tag, meta, body, |seq| {
+                self.buffer.push_message(body, tag, born, seq, meta)
+            })?,
+        }
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -426,7 +435,10 @@ impl Outbox {
     }
 
     /// Counts, reports and releases messages that ended.
-    fn finish(&self, ends: ends::Ends) {
+    fn finish(&self, mut ends: ends::Ends) {
+        if let Some(spool) = &self.spool {
+            spool.forget(&mut ends.spooled, ends.spooled_bytes);
+        }
         let s = &self.stats;
         let t = ends.tally();
         if t.confirmed > 0 {

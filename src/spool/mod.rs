@@ -44,7 +44,7 @@ pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 
 /// When written records reach the disk itself (not only the page cache).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SyncMode {
+pub enum SyncMode {
     /// `fdatasync` before `append` returns (concurrent appends share one).
     Always,
     /// `fdatasync` by a background thread every `BATCH_INTERVAL`.

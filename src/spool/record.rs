@@ -29,11 +29,6 @@ pub(crate) struct Record {
     pub body: Vec<u8>,
 }
 
-/// Bytes a message record takes on disk.
-pub(crate) fn message_len(meta: usize, body: usize) -> u64 {
-    (HEADER + MESSAGE_FIXED + meta + body) as u64
-}
-
 /// Appends the message record to `out`.
 pub(crate) fn encode_message(out: &mut Vec<u8>, seq: u64, tag: u64, meta: &[u8], body: &[u8]) {
     let start = out.len();
@@ -108,7 +103,7 @@ pub(crate) fn read_segment(
     mut each: impl FnMut(Entry),
 ) -> std::io::Result<Tail> {
     let mut at = 0u64;
-    let mut bad = |at: u64, why| Tail {
+    let bad = |at: u64, why| Tail {
         good: at,
         dropped: len - at,
         why: Some(why),

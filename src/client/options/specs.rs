@@ -344,6 +344,49 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         },
     },
     OptionSpec {
+        key: "spool_dir",
+        default: OptionDefault::Text(""),
+        doc: "a directory (created if missing) where every message amqp_publish accepts on this \
+              queue handle is written before the call returns, and forgotten once confirmed or \
+              failed; a later amqp_queue_open with the same directory sends what was never \
+              confirmed first, in order. One queue handle per directory (a second is refused: \
+              AMQP_ERR_INVALID_ARGUMENT). Empty = no spool (docs/SPOOL.md)",
+        value: Value::Name {
+            set: |o, v| o.spool_dir = v.to_string(),
+        },
+    },
+    OptionSpec {
+        key: "spool_sync",
+        default: OptionDefault::Text("batch"),
+        doc: "when spooled messages reach the disk: always = fdatasync before amqp_publish \
+              returns (survives a power cut); batch = fdatasync every 10 ms (a power cut loses \
+              at most the last ~10 ms); none = the kernel's page cache only (survives the \
+              process's death, not a power cut)",
+        value: Value::Word {
+            words: &["always", "batch", "none"],
+            set: |o, w| {
+                o.spool_sync = match w {
+                    "always" => crate::spool::SyncMode::Always,
+                    "none" => crate::spool::SyncMode::None,
+                    _ => crate::spool::SyncMode::Batch,
+                }
+            },
+        },
+    },
+    OptionSpec {
+        key: "spool_max_bytes",
+        default: OptionDefault::Text("0"),
+        doc: "bound on the body and property bytes of spooled messages not yet confirmed \
+              (amqp_publish returns AMQP_ERR_BUFFER_FULL beyond it); 0 = this queue's \
+              max_buffered_bytes",
+        value: Value::Int {
+            min: 0,
+            max: MAX_BUFFERED_BYTES_LIMIT,
+            bytes: true,
+            set: |o, n| o.spool_max_bytes = n,
+        },
+    },
+    OptionSpec {
         key: "publish_retries",
         default: OptionDefault::Text("3"),
         doc: "times a message nacked by the broker is sent again (after a backoff from \
