@@ -93,6 +93,11 @@ fn open_spool(name: &str, options: &QueueOptions) -> crate::error::Result<Option
         queue: name.to_string(),
     })
     .map(Some)
+    // A directory that cannot be used is a bad option value.
+    .map_err(|e| match e.kind {
+        ErrorKind::Internal => Error::invalid(format!("spool_dir: {}", e.message)),
+        _ => e,
+    })
 }
 
 type SpoolOpened = (Arc<Spool>, Vec<crate::spool::Record>);

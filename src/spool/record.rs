@@ -149,8 +149,8 @@ fn decode(mut p: Vec<u8>) -> Option<Entry> {
         p.get(i..i + 4)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
     };
-    match p.first()? {
-        &MESSAGE => {
+    match *p.first()? {
+        MESSAGE => {
             let seq = u64_at(&p, 1)?;
             let tag = u64_at(&p, 9)?;
             let meta_len = u32_at(&p, 17)? as usize;
@@ -166,8 +166,8 @@ fn decode(mut p: Vec<u8>) -> Option<Entry> {
                 body,
             }))
         }
-        &FORGET => {
-            if (p.len() - 1) % RANGE != 0 {
+        FORGET => {
+            if !(p.len() - 1).is_multiple_of(RANGE) {
                 return None;
             }
             let ranges = p[1..]

@@ -64,7 +64,7 @@ struct Model {
 }
 
 fn append(s: &Spool, tag: u64, len: usize) -> (Record, Place) {
-    let meta = if tag % 3 == 0 {
+    let meta = if tag.is_multiple_of(3) {
         vec![1, 2, b'k', b'y', 9]
     } else {
         vec![]
