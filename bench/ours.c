@@ -51,10 +51,15 @@ static void set_err(const char *what, amqp_result rc) {
 }
 
 static const char *queue_options(int durable, long long prefetch, char *buf, size_t cap) {
-  snprintf(buf, cap, "durable=%s&persistent=%s&prefetch=%lld&mandatory=%s%s",
-           durable ? "true" : "false", durable ? "true" : "false", prefetch,
-           arg_int("mandatory", 1) ? "true" : "false",
-           arg_int("auto_id", 0) ? "&auto_message_id=true" : "");
+  int n = snprintf(buf, cap, "durable=%s&persistent=%s&prefetch=%lld&mandatory=%s%s",
+                   durable ? "true" : "false", durable ? "true" : "false", prefetch,
+                   arg_int("mandatory", 1) ? "true" : "false",
+                   arg_int("auto_id", 0) ? "&auto_message_id=true" : "");
+  /* spool=DIR [spool_sync=MODE]: the on-disk spool (pub_spool_64) */
+  const char *spool = arg_str("spool", "");
+  if (spool[0] != '\0' && n > 0 && (size_t)n < cap)
+    snprintf(buf + n, cap - (size_t)n, "&spool_dir=%s&spool_sync=%s", spool,
+             arg_str("spool_sync", "batch"));
   return buf;
 }
 
@@ -62,7 +67,7 @@ static const char *queue_options(int durable, long long prefetch, char *buf, siz
  * is refused), or the library's defaults when max_msgs is 0 */
 static int open_queue(long long max_msgs, long long max_bytes, int durable, long long prefetch,
                       amqp_connection_handle *conn, amqp_queue_handle *q) {
-  char copts[256], qopts[256];
+  char copts[256], qopts[1024];
   snprintf(copts, sizeof copts, "max_buffered=%lld&max_buffered_bytes=%lld", max_msgs, max_bytes);
   amqp_result rc = amqp_connect(arg_str("uri", ""), max_msgs > 0 ? copts : NULL, conn);
   if (rc != AMQP_OK) {
@@ -144,7 +149,8 @@ static int mode_publish(void) {
   long long n = arg_int("n", 200000), size = arg_int("size", 64);
   int durable = (int)arg_int("durable", 0);
   int props = (int)arg_int("props", 0);
-  json_begin(CLIENT, "publish");
+  /* client=NAME: the spool case's variants (ours, ours-spool-batch, ...) */
+  json_begin(arg_str("client", CLIENT), "publish");
   json_b("props", props);
   json_i("n", n);
   json_i("size", size);

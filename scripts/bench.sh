@@ -25,6 +25,11 @@
 #        pub_tls_64         the first over TLS (amqps://, the node's TLS listener on PORT+3;
 #                           ours: rustls, rabbitmq-c: amqp_ssl_socket, OpenSSL; both verify
 #                           the certificate and host name against the test CA)
+#        pub_spool_64       ours only: pub_transient_64 in memory (client ours) against the
+#                           same with the on-disk spool (queue option spool_dir, client
+#                           ours-spool-batch: spool_sync=batch; ours-spool-always with
+#                           RA_BENCH_N_ALWAYS messages: fdatasync per publish), rotating
+#                           the order each run; the spool in target/bench/spool
 #        consume_64         consume + ack (prefetch 500) a queue pre-filled with N x 64 B
 #        consume_pull_64    the same, ours in pull mode (amqp_poll batches, amqp_settle_many)
 #        consume_tls_64     consume_64 over TLS
@@ -50,6 +55,7 @@
 #   RA_BENCH_RUNS         runs per case (default 3; --quick: 1)
 #   RA_BENCH_N            messages for the publish/consume/latency cases (default 200000)
 #   RA_BENCH_N_4K         messages for the 4 KiB case (default 200000 = 800 MiB of bodies)
+#   RA_BENCH_N_ALWAYS     messages for pub_spool_64's spool_sync=always runs (default N/20)
 #   RA_BENCH_E2E_SECONDS  length of the end-to-end run (default 5)
 #   RA_BENCH_SETTLE       seconds of pause between runs (default 1; --quick: 0)
 #   RA_BENCH_ONLY         space-separated case names to run (default: all)
@@ -96,6 +102,7 @@ else
     SETTLE=${RA_BENCH_SETTLE:-1}
 fi
 N_MEM=1000000
+N_ALWAYS=${RA_BENCH_N_ALWAYS:-$((N / 20))}
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || {
     echo "bench.sh: runs must be a positive number (got '$RUNS')" >&2
     exit 2
@@ -281,6 +288,43 @@ publish_case() {
     done
 }
 
+# spool_case TEST: ours in memory against ours with the on-disk spool (batch, and always with
+# N_ALWAYS messages); the order rotates each run (the first after a pause pays the warm-up)
+spool_case() {
+    local test=$1 r variant q n dir variants
+    wanted "$test" || return 0
+    say "$test: confirmed publish, 64 B, transient: in memory vs spool_sync=batch ($N) and always ($N_ALWAYS) ($RUNS runs each, rotating)"
+    for ((r = 1; r <= RUNS; r++)); do
+        case $((r % 3)) in
+            1) variants="ours ours-spool-batch ours-spool-always" ;;
+            2) variants="ours-spool-batch ours-spool-always ours" ;;
+            *) variants="ours-spool-always ours ours-spool-batch" ;;
+        esac
+        for variant in $variants; do
+            q=$(qname "$test" "$variant" "$r")
+            dir=$OUT/spool/$q
+            rm -rf "$dir"
+            "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
+            settle
+            n=$N
+            case $variant in
+                ours) run ours "$test" "$r" publish "queue=$q" "n=$n" size=64 durable=0 mandatory=1 ;;
+                ours-spool-batch)
+                    run ours "$test" "$r" publish "queue=$q" "n=$n" size=64 durable=0 mandatory=1 \
+                        "client=$variant" "spool=$dir" spool_sync=batch
+                    ;;
+                ours-spool-always)
+                    n=$N_ALWAYS
+                    run ours "$test" "$r" publish "queue=$q" "n=$n" size=64 durable=0 mandatory=1 \
+                        "client=$variant" "spool=$dir" spool_sync=always
+                    ;;
+            esac
+            verify "$variant" "$test" "$r" "$q" "$n"
+            rm -rf "$dir"
+        done
+    done
+}
+
 # consume_case TEST OURS_MODE: ours consumes with OURS_MODE (consume: callbacks; consume_pull:
 # amqp_poll batches settled with amqp_settle_many), rabbitmq-c as always
 consume_case() {
@@ -384,6 +428,7 @@ publish_case pub_durable_64 "$N" 64 1 1
 publish_case pub_durable_64_nomandatory "$N" 64 1 0
 publish_case pub_props_64 "$N" 64 0 1 1
 publish_case pub_transient_4k "$N_4K" 4096 0 1
+spool_case pub_spool_64
 consume_case consume_64 consume
 consume_case consume_pull_64 consume_pull
 # over TLS: the timed runs on the TLS listener (RUN_URI); fill, checks and deletes on the plain one
