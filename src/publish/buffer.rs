@@ -75,30 +75,53 @@ impl PublishBuffer {
         let len = (body.len() + meta.len()) as u64;
         if self.count.fetch_add(1, Ordering::AcqRel) >= self.max_count {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::new(
-                ErrorKind::BufferFull,
-                format!(
-                    "publish buffer full: {} messages (max_buffered)",
-                    self.max_count
-                ),
-            ));
+            return Err(self.full_count());
         }
         let before = self.bytes.fetch_add(len, Ordering::AcqRel);
         if before + len > self.max_bytes {
             self.bytes.fetch_sub(len, Ordering::AcqRel);
             self.count.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::new(
-                ErrorKind::BufferFull,
-                format!(
-                    "publish buffer full: {before} + {len} bytes exceeds max_buffered_bytes {}",
-                    self.max_bytes
-                ),
-            ));
+            return Err(self.full_bytes(before, len));
         }
         self.queue
             .push(Body::with_meta(tag, born_ms, seq, meta, body));
         if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
             self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn full_count(&self) -> Error {
+        Error::new(
+            ErrorKind::BufferFull,
+            format!(
+                "publish buffer full: {} messages (max_buffered)",
+                self.max_count
+            ),
+        )
+    }
+
+    fn full_bytes(&self, before: u64, len: u64) -> Error {
+        Error::new(
+            ErrorKind::BufferFull,
+            format!(
+                "publish buffer full: {before} + {len} bytes exceeds max_buffered_bytes {}",
+                self.max_bytes
+            ),
+        )
+    }
+
+    /// Whether a message of `len` bytes (body and metadata) fits now: the
+    /// spool asks before writing it. Only releases can change the answer
+    /// before the push when every push holds the spool's lock, as they do
+    /// on a spooled queue.
+    pub fn check_room(&self, len: u64) -> Result<()> {
+        if self.count.load(Ordering::Acquire) >= self.max_count {
+            return Err(self.full_count());
+        }
+        let before = self.bytes.load(Ordering::Acquire);
+        if before + len > self.max_bytes {
+            return Err(self.full_bytes(before, len));
         }
         Ok(())
     }

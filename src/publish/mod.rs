@@ -198,9 +198,13 @@ impl Outbox {
         };
         match &self.spool {
             None => self.buffer.push_message(body, tag, born, 0, meta)?,
-            Some(spool) => spool.append(tag, meta, body, |seq| {
-                self.buffer.push_message(body, tag, born, seq, meta)
-            })?,
+            Some(spool) => spool.append(
+                tag,
+                meta,
+                body,
+                || self.buffer.check_room((body.len() + meta.len()) as u64),
+                |seq| self.buffer.push_message(body, tag, born, seq, meta),
+            )?,
         }
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())

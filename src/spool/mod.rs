@@ -175,19 +175,24 @@ impl Spool {
         &self.cfg.dir
     }
 
-    /// Writes a message record, then calls `accept(seq)` (the caller stores
-    /// the message); when that fails the record is forgotten again and its
-    /// error returned. `BufferFull` when the spool holds `max_bytes`
-    /// already. Returns after the sync its mode promises.
+    /// Asks `room()` whether the caller can take the message (its error is
+    /// returned, nothing written), writes a message record, then calls
+    /// `accept(seq)` (the caller stores the message; should it fail after
+    /// all, the record is forgotten again and its error returned); both
+    /// run under the spool's lock, so what `accept` stores is in `seq`
+    /// order. `BufferFull` when the spool holds `max_bytes` already.
+    /// Returns after the sync its mode promises.
     pub fn append(
         &self,
         tag: u64,
         meta: &[u8],
         body: &[u8],
+        room: impl FnOnce() -> Result<()>,
         accept: impl FnOnce(u64) -> Result<()>,
     ) -> Result<()> {
         let len = (meta.len() + body.len()) as u64;
         let mut g = lock(&self.inner);
+        room()?;
         if g.live_bytes + len > self.cfg.max_bytes {
             return Err(Error::new(
                 ErrorKind::BufferFull,

@@ -71,10 +71,16 @@ fn append(s: &Spool, tag: u64, len: usize) -> (Record, Place) {
     };
     let b = body(tag, len);
     let mut seq = 0;
-    s.append(tag, &meta, &b, |n| {
-        seq = n;
-        Ok(())
-    })
+    s.append(
+        tag,
+        &meta,
+        &b,
+        || Ok(()),
+        |n| {
+            seq = n;
+            Ok(())
+        },
+    )
     .expect("append");
     let rec = Record {
         seq,
@@ -346,16 +352,19 @@ fn full_spool_and_refused_accept_store_nothing() {
     let mut c = cfg(&dir.0, SEGMENT_BYTES);
     c.max_bytes = 10;
     let (s, _) = Spool::open(c.clone()).expect("open");
-    s.append(1, &[], b"123456", |_| Ok(())).unwrap();
-    let e = s.append(2, &[], b"12345", |_| Ok(())).unwrap_err();
+    let ok = || Ok(());
+    s.append(1, &[], b"123456", ok, |_| Ok(())).unwrap();
+    let e = s.append(2, &[], b"12345", ok, |_| Ok(())).unwrap_err();
     assert_eq!(e.kind, ErrorKind::BufferFull);
     assert!(e.message.contains("spool_max_bytes 10"), "{}", e.message);
-    let e = s
-        .append(3, &[], b"1", |_| {
-            Err(Error::new(ErrorKind::BufferFull, "buffer"))
-        })
-        .unwrap_err();
+    let buffer_full = |_| Err(Error::new(ErrorKind::BufferFull, "buffer"));
+    let e = s.append(3, &[], b"1", ok, buffer_full).unwrap_err();
     assert_eq!(e.message, "buffer");
+    // Refused before writing: not a byte on disk.
+    let before = s.place();
+    let no_room = || Err(Error::new(ErrorKind::BufferFull, "room"));
+    let e = s.append(4, &[], b"1", no_room, |_| Ok(())).unwrap_err();
+    assert_eq!((e.message.as_str(), s.place()), ("room", before));
     drop(s);
     let (s, got) = Spool::open(c).expect("reopen");
     assert_eq!(got.iter().map(|r| r.tag).collect::<Vec<_>>(), vec![1]);
