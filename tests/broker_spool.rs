@@ -307,6 +307,11 @@ fn a_second_user_of_the_directory_is_refused() {
         last_error()
     );
     conn.close_ok();
+    // Closed: the directory is free again for this process.
+    let conn = ConnGuard::connect(&uri(), None);
+    let (r, _) = try_queue_open(conn.h(), &queue, None, None, Some(&opts));
+    assert_eq!(r, amqp_result::AMQP_OK, "after close: {}", last_error());
+    conn.close_ok();
     Reader::new().delete(&queue);
     let _ = std::fs::remove_dir_all(&dir);
 }
