@@ -329,3 +329,62 @@ fn bad_spool_options_are_refused() {
         assert!(last_error().contains(key), "{opts}: {}", last_error());
     }
 }
+
+/// Messages published while the broker cannot be reached, with every
+/// property and header type, a routing key of their own and tags, and
+/// unsent when the connection closes, stay in the spool; the next process
+/// (here: the next connection) sends them first, in order, byte for byte.
+#[test]
+fn properties_and_order_survive_a_restart() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let queue = unique_name("spool-props");
+    let dir = temp_dir(&queue);
+    let opts = format!(
+        "{}&durable=false&persistent=false",
+        spool_options(&dir, "always")
+    );
+    let want = every_property("guest");
+    let cm = CMessage::from_lapin(&want, None);
+    let dead = ConnGuard::connect(DEAD_URI, Some("reconnect_delay_ms=50"));
+    let q = queue_open(dead.h(), &queue, None, None, Some(&opts));
+    for i in 0..50u64 {
+        if i.is_multiple_of(2) {
+            let b = seq_body(i);
+            let r = unsafe { amqp_publish_message(q, b.as_ptr().cast(), b.len(), &cm.m) };
+            assert_eq!(r, amqp_result::AMQP_OK, "{}", last_error());
+        } else {
+            publish_tagged_ok(q, &seq_body(i), 1000 + i);
+        }
+    }
+    assert_eq!(qstats(q).spooled, 50);
+    let (_, unsent) = dead.close(0);
+    assert_eq!(unsent, 50);
+    let conn = ConnGuard::connect_ok(None);
+    let q = queue_open(conn.h(), &queue, None, None, Some(&opts));
+    assert_eq!(qstats(q).spool_restored, 50);
+    publish_ok(q, &seq_body(50));
+    wait_drained(q, Duration::from_secs(20));
+    assert_eq!(qstats(q).spooled, 0);
+    let got = Reader::new().drain_at_least(&queue, 51, Duration::from_secs(20));
+    let order: Vec<u64> = got.iter().map(|g| parse_seq(&g.body).unwrap()).collect();
+    assert_eq!(
+        order,
+        (0..=50).collect::<Vec<_>>(),
+        "restored first, in order"
+    );
+    for g in &got[..50] {
+        let i = parse_seq(&g.body).unwrap();
+        if i.is_multiple_of(2) {
+            assert_eq!(g.properties, want, "message {i}: every property and header");
+        } else {
+            assert_eq!(
+                g.properties,
+                lapin::BasicProperties::default(),
+                "message {i}"
+            );
+        }
+    }
+    conn.close_ok();
+    Reader::new().delete(&queue);
+    let _ = std::fs::remove_dir_all(&dir);
+}
