@@ -6,7 +6,7 @@
  * or exits the process, and writes its out-parameters only when it returns
  * AMQP_OK. Nothing is printed unless logging is asked for.
  *
- * ABI rules (contract v2; AMQP_ABI_VERSION 3 adds message properties, 4 pull-mode delivery reports): structs the library allocates
+ * ABI rules (contract v2; AMQP_ABI_VERSION 3 adds message properties, 4 pull-mode delivery reports, 5 the spool statistics): structs the library allocates
  * and hands out (amqp_delivery) only grow at the end; fields are never
  * reordered or removed, and a field added in version N exists iff
  * amqp_abi_version() >= N. Structs the application allocates (the stats)
@@ -55,7 +55,7 @@
 
 /* The C contract version this header describes (amqp_abi_version() returns
    the loaded library's). */
-#define AMQP_ABI_VERSION 4
+#define AMQP_ABI_VERSION 5
 
 /* amqp_message.present: which properties a delivery carried (the AMQP
    property flags); when publishing, AMQP_PROP_PRIORITY and
@@ -721,19 +721,19 @@ typedef struct amqp_queue_stats {
   /*
    Messages in the queue's spool (queue option spool_dir) not confirmed
    or failed yet, those from an earlier process included; 0 without a
-   spool. (ABI 4)
+   spool. (ABI 5)
    */
   uint64_t spooled;
   /*
    Messages an earlier process left unconfirmed in the spool, found when
-   the queue was opened and sent before any new publish. (ABI 4)
+   the queue was opened and sent before any new publish. (ABI 5)
    */
   uint64_t spool_restored;
   /*
    Bytes of damaged or torn record tails dropped from the spool when the
    queue was opened (checksum mismatch, truncated last record; logged
    at WARN with the file and offset; the records before them are
-   sent). (ABI 4)
+   sent). (ABI 5)
    */
   uint64_t spool_dropped_bytes;
 } amqp_queue_stats;

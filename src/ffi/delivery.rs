@@ -138,6 +138,6 @@ pub unsafe extern "C" fn amqp_delivery_free_many(
         // SAFETY: the caller passes NULL or an array of `count` pointers,
         // each NULL or from amqp_poll / amqp_delivery_dup (boxed
         // OwnedDelivery) and not freed before (the header).
-        unsafe { super::pull::free_batch::<_, OwnedDelivery>(deliveries, count) }
+        unsafe { super::free_batch::<_, OwnedDelivery>(deliveries, count) }
     })
 }

@@ -268,3 +268,24 @@ pub(crate) fn lookup_queue(handle: amqp_queue_handle) -> Result<Arc<QueueEntry>>
         )
     })
 }
+
+/// Frees the `count` objects a batch poll handed out (`amqp_delivery_free_many`,
+/// `amqp_reports_free`): each non-NULL entry is a `Box<O>` the library made
+/// and gave out as a `*const P`. `ptrs` NULL frees nothing.
+///
+/// # Safety
+/// `ptrs` is NULL or an array of `count` pointers, each NULL or made by
+/// `Box::<O>::into_raw` and not freed before.
+pub(crate) unsafe fn free_batch<P, O>(ptrs: *const *const P, count: usize) {
+    if ptrs.is_null() {
+        return;
+    }
+    for i in 0..count {
+        // SAFETY: within the caller's array of `count` pointers.
+        let p = unsafe { ptrs.add(i).read() };
+        if !p.is_null() {
+            // SAFETY: made by Box::<O>::into_raw, freed once (the caller).
+            drop(unsafe { Box::from_raw(p as *mut O) });
+        }
+    }
+}

@@ -77,15 +77,15 @@ pub struct amqp_queue_stats {
     pub deduplicated: u64,
     /// Messages in the queue's spool (queue option spool_dir) not confirmed
     /// or failed yet, those from an earlier process included; 0 without a
-    /// spool. (ABI 4)
+    /// spool. (ABI 5)
     pub spooled: u64,
     /// Messages an earlier process left unconfirmed in the spool, found when
-    /// the queue was opened and sent before any new publish. (ABI 4)
+    /// the queue was opened and sent before any new publish. (ABI 5)
     pub spool_restored: u64,
     /// Bytes of damaged or torn record tails dropped from the spool when the
     /// queue was opened (checksum mismatch, truncated last record; logged
     /// at WARN with the file and offset; the records before them are
-    /// sent). (ABI 4)
+    /// sent). (ABI 5)
     pub spool_dropped_bytes: u64,
 }
 

@@ -241,6 +241,6 @@ pub unsafe extern "C" fn amqp_reports_free(
         // SAFETY: the caller passes NULL or an array of `count` pointers,
         // each NULL or from amqp_poll_reports (boxed OwnedReport) and not
         // freed before (the header).
-        unsafe { super::pull::free_batch::<_, OwnedReport>(reports, count) }
+        unsafe { super::free_batch::<_, OwnedReport>(reports, count) }
     })
 }
