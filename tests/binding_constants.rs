@@ -196,3 +196,60 @@ fn node_constants_and_lists_match_the_header() {
         enum_names(&header, "AMQP_STATE_")
     );
 }
+
+/// The `uint64_t` fields of the header's `typedef struct NAME { ... } NAME;`, in order.
+fn struct_counters(name: &str) -> Vec<String> {
+    let h = read("include/resilient_amqp.h");
+    let start = h
+        .find(&format!("typedef struct {name} {{"))
+        .unwrap_or_else(|| panic!("struct {name} in the header"));
+    let end = start + h[start..].find(&format!("}} {name};")).expect("its end");
+    h[start..end]
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("uint64_t "))
+        .map(|f| f.trim_end_matches(';').to_string())
+        .collect()
+}
+
+/// The words of the string (or Ruby %i list) that follows `marker` up to `end`.
+fn words_after(src: &str, marker: &str, end: &str) -> Vec<String> {
+    let start = src.find(marker).unwrap_or_else(|| panic!("{marker}")) + marker.len();
+    let stop = start + src[start..].find(end).expect("the list's end");
+    src[start..stop]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty() && !["split"].contains(w))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The bindings' `amqp_queue_stats` layouts list the header's counters, all, in order (a
+/// missing one at the end only hides a counter; one out of order reads the wrong value).
+#[test]
+fn stats_layouts_match_the_header() {
+    let queue = struct_counters("amqp_queue_stats");
+    assert!(queue.len() >= 25 && queue[0] == "buffered", "{queue:?}");
+    let py = read("bindings/python/resilient_amqp/_ffi.py");
+    assert_eq!(
+        words_after(&py, "_QUEUE_STAT_NAMES = (", ").split()"),
+        queue,
+        "Python"
+    );
+    let rb = read("bindings/ruby/lib/resilient_amqp/native.rb");
+    assert_eq!(
+        words_after(&rb, "QUEUE_STATS_FIELDS = %i[", "]"),
+        queue,
+        "Ruby"
+    );
+    let js = read("bindings/node/lib/native.js");
+    assert_eq!(
+        words_after(&js, "const QUEUE_STATS = (", ").split"),
+        queue,
+        "Node"
+    );
+    let conn = struct_counters("amqp_connection_stats");
+    assert_eq!(
+        words_after(&py, "(n, U64) for n in (", ").split()"),
+        conn,
+        "Python's connection stats"
+    );
+}

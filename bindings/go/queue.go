@@ -361,6 +361,8 @@ type QueueStats struct {
 	Delivered, Acked, Rejected, Requeued, Released, Unsettled               uint64
 	InvalidDispositions, ReturnsIgnored, Failed, Expired, Refused           uint64
 	QueueFailed, ConsumeRefusals, Unroutable, Deduplicated                  uint64
+	// The queue's on-disk spool (queue option spool_dir; library ABI 5).
+	Spooled, SpoolRestored, SpoolDroppedBytes uint64
 	// Consume handlers that panicked (their deliveries requeued or rejected).
 	HandlerPanics uint64
 }
@@ -380,8 +382,10 @@ func (q *Queue) Stats() (QueueStats, error) {
 		InvalidDispositions: uint64(s.invalid_dispositions), ReturnsIgnored: uint64(s.returns_ignored),
 		Failed: uint64(s.failed), Expired: uint64(s.expired), Refused: uint64(s.refused),
 		QueueFailed: uint64(s.queue_failed), ConsumeRefusals: uint64(s.consume_refusals),
-		Unroutable:    uint64(s.unroutable),
-		Deduplicated:  uint64(s.deduplicated),
-		HandlerPanics: q.panics.Load(),
+		Unroutable:   uint64(s.unroutable),
+		Deduplicated: uint64(s.deduplicated),
+		Spooled:      uint64(s.spooled), SpoolRestored: uint64(s.spool_restored),
+		SpoolDroppedBytes: uint64(s.spool_dropped_bytes),
+		HandlerPanics:     q.panics.Load(),
 	}, nil
 }

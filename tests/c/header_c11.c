@@ -87,7 +87,10 @@ _Static_assert(IS_TYPE(cs0.consume_failed_attempts, uint64_t), "consume_failed_a
 
 static const amqp_queue_stats qs0;
 _Static_assert(offsetof(amqp_queue_stats, size) == 0, "size first");
-_Static_assert(sizeof qs0 == sizeof(size_t) + 22 * sizeof(uint64_t), "size + 22 counters");
+_Static_assert(sizeof qs0 == sizeof(size_t) + 25 * sizeof(uint64_t), "size + 25 counters");
+_Static_assert(IS_TYPE(qs0.spooled, uint64_t) && IS_TYPE(qs0.spool_restored, uint64_t) &&
+                   IS_TYPE(qs0.spool_dropped_bytes, uint64_t),
+               "ABI 5: the spool counters");
 _Static_assert(IS_TYPE(qs0.buffered, uint64_t) && IS_TYPE(qs0.buffered_bytes, uint64_t) &&
                    IS_TYPE(qs0.in_flight, uint64_t) && IS_TYPE(qs0.published, uint64_t) &&
                    IS_TYPE(qs0.confirmed, uint64_t) && IS_TYPE(qs0.resent, uint64_t) &&

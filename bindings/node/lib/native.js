@@ -56,7 +56,8 @@ const FieldOut = koffi.struct('amqp_field_out', { key: 'const char *', value: Va
 
 const QUEUE_STATS = ('buffered buffered_bytes in_flight published confirmed resent nacked ' +
   'delivered acked rejected requeued released unsettled invalid_dispositions returns_ignored ' +
-  'failed expired refused queue_failed consume_refusals unroutable deduplicated').split(' ');
+  'failed expired refused queue_failed consume_refusals unroutable deduplicated spooled ' +
+  'spool_restored spool_dropped_bytes').split(' ');
 const qs = { size: 'size_t' };
 for (const f of QUEUE_STATS) qs[f] = 'uint64_t';
 const QueueStats = koffi.struct('amqp_queue_stats', qs);

@@ -118,7 +118,8 @@ class Delivery(ctypes.Structure):
 _QUEUE_STAT_NAMES = (
     "buffered buffered_bytes in_flight published confirmed resent nacked delivered acked "
     "rejected requeued released unsettled invalid_dispositions returns_ignored failed "
-    "expired refused queue_failed consume_refusals unroutable deduplicated"
+    "expired refused queue_failed consume_refusals unroutable deduplicated spooled spool_restored "
+    "spool_dropped_bytes"
 ).split()
 
 

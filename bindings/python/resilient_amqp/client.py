@@ -109,6 +109,9 @@ class QueueStats:
     consume_refusals: int = 0
     unroutable: int = 0
     deduplicated: int = 0
+    spooled: int = 0
+    spool_restored: int = 0
+    spool_dropped_bytes: int = 0
     handler_errors: int = 0   # the binding's: handlers that raised
 
     def as_dict(self):

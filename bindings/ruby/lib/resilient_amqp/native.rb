@@ -109,7 +109,8 @@ module ResilientAmqp
     QUEUE_STATS_FIELDS = %i[
       buffered buffered_bytes in_flight published confirmed resent nacked delivered acked
       rejected requeued released unsettled invalid_dispositions returns_ignored failed expired
-      refused queue_failed consume_refusals unroutable deduplicated
+      refused queue_failed consume_refusals unroutable deduplicated spooled spool_restored
+      spool_dropped_bytes
     ].freeze
 
     class QueueStats < FFI::Struct
