@@ -77,8 +77,10 @@ struct Shared {
 }
 
 pub(crate) struct Connection {
-    pub address: BrokerAddress,
-    wire: WireConfig,
+    /// The brokers (several for a cluster: `address_list.rs`), in order.
+    addresses: Vec<BrokerAddress>,
+    /// What the engine needs to connect to each, by index.
+    wires: Vec<WireConfig>,
     pub options: ConnectionOptions,
     shared: Mutex<Shared>,
     state_changed: Condvar,
@@ -98,15 +100,25 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// Starts connecting in the background and returns at once.
-    pub fn connect(address: BrokerAddress, options: ConnectionOptions) -> Result<Arc<Connection>> {
+    /// `addresses`: at least one (`parse_addresses` never returns none).
+    pub fn connect(
+        addresses: Vec<BrokerAddress>,
+        options: ConnectionOptions,
+    ) -> Result<Arc<Connection>> {
         // The runtime must start, or connecting is an error now.
         runtime::handle()?;
+        if addresses.is_empty() {
+            return Err(Error::invalid("no broker address"));
+        }
         let (delay, delay_max) = (options.reconnect_delay, options.reconnect_delay_max);
-        let wire = address.wire_config(options.max_message_bytes);
-        let channels = ChannelLimit::new(wire.proposed_channel_max());
+        let wires: Vec<WireConfig> = (addresses.iter())
+            .map(|a| a.wire_config(options.max_message_bytes))
+            .collect();
+        // Every address shares the query, so channel_max too.
+        let channels = ChannelLimit::new(wires[0].proposed_channel_max());
         let conn = Arc::new(Connection {
-            wire,
-            address,
+            wires,
+            addresses,
             options,
             shared: Mutex::new(Shared {
                 state: ConnectionState::Connecting,
@@ -126,6 +138,13 @@ impl Connection {
         });
         conn.spawn_supervisor(LinkKind::Publish);
         Ok(conn)
+    }
+
+    /// How errors name the brokers: the address (without the password),
+    /// or the list of them.
+    fn shown(&self) -> String {
+        let shown: Vec<&str> = self.addresses.iter().map(|a| a.display.as_str()).collect();
+        shown.join(", ")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -177,7 +196,7 @@ impl Connection {
                     let why = self.env().last_error().unwrap_or_default();
                     return Err(Error::closed(format!(
                         "the connection to {} failed for good: {why}",
-                        self.address.display
+                        self.shown()
                     )));
                 }
                 ConnectionState::Closed => return Err(Error::closed("the connection is closed")),
@@ -192,10 +211,7 @@ impl Connection {
                     .unwrap_or_default();
                 return Err(Error::new(
                     ErrorKind::Timeout,
-                    format!(
-                        "not connected to {} after {timeout:?}{why}",
-                        self.address.display
-                    ),
+                    format!("not connected to {} after {timeout:?}{why}", self.shown()),
                 ));
             }
             s = self

@@ -4,6 +4,7 @@
 //! topology, attaches its consumers and runs its publisher.
 
 pub(crate) mod address;
+pub(crate) mod address_list;
 mod connection;
 pub(crate) mod options;
 mod queue;

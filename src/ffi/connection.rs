@@ -2,7 +2,7 @@
 
 use super::{amqp_connection_handle, amqp_result, ConnectionEntry, CONNECTIONS, QUEUES};
 use super::{check_sized, lookup_connection, optional_str, out_param, out_sized, required_str};
-use crate::client::address::parse_uri;
+use crate::client::address_list::parse_addresses;
 use crate::client::options::parse_connection_options;
 use crate::client::{CloseReport, Connection, ConnectionState, ConnectionStatsSnapshot};
 use crate::error::{Error, ErrorKind};
@@ -145,8 +145,17 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
 /// `key=value&...`: reconnect_delay_ms (100), reconnect_delay_max_ms (5000),
 /// max_reconnects (0 = never give up), max_buffered (100000 per queue),
 /// max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB).
-/// Errors: AMQP_ERR_INVALID_ARGUMENT (NULL, bad URI or option, a TLS file that
-/// cannot be read; amqp_last_error names it; the password is never repeated).
+/// Several brokers (a cluster): list them in the authority,
+/// `amqp://user:pass@h1:5672,h2:5673,h3/vhost`, and/or in the query,
+/// `?addresses=h2:5673,h3` (added after the authority's); all share the
+/// credentials, vhost and query, each is verified (amqps) as its own host
+/// name. The first that answers is used; after a loss, the next one in the
+/// list (wrapping around, the lost one last); the backoff runs between full
+/// rounds, and max_reconnects counts rounds. The log names the address in
+/// use ("connected to ... (generation 3, address 2 of 3)").
+/// Errors: AMQP_ERR_INVALID_ARGUMENT (NULL, bad URI or option, an empty or
+/// bad entry in a host list, a TLS file that cannot be read; amqp_last_error
+/// names it; the password is never repeated).
 /// Blocks: never on the network (an amqps:// URI reads its certificate files,
 /// or the system's roots, in this call).
 #[no_mangle]
@@ -162,10 +171,10 @@ pub unsafe extern "C" fn amqp_connect(
         // SAFETY: `out` as the contract says; written only on success.
         let out = unsafe { out_param(out, "out") }?;
         // SAFETY: `uri` as the contract says; parsed into owned values.
-        let address = parse_uri(unsafe { required_str(uri, "uri") }?)?;
+        let addresses = parse_addresses(unsafe { required_str(uri, "uri") }?)?;
         // SAFETY: `options` as the contract says; parsed into owned values.
         let options = parse_connection_options(unsafe { optional_str(options, "options") }?)?;
-        let conn = Connection::connect(address, options)?;
+        let conn = Connection::connect(addresses, options)?;
         let entry = Arc::new(ConnectionEntry::new(conn.clone()));
         let Some(handle) = CONNECTIONS.insert(entry) else {
             conn.close(Duration::ZERO);

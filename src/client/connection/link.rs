@@ -12,10 +12,11 @@
 
 use super::super::session::{LinkState, SessionEnv};
 use super::{Connection, ConnectionState};
+use crate::client::address_list::Rotation;
 use crate::client::queue::Queue;
 use crate::runtime;
 use crate::wire::{Failure, WireConnection};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -53,6 +54,8 @@ pub(super) struct Link {
     pub losses: AtomicU64,
     /// The last generation started.
     generation: AtomicU64,
+    /// The index of the address in use or being tried (`Rotation`).
+    pub address: AtomicUsize,
 }
 
 impl Link {
@@ -64,6 +67,7 @@ impl Link {
             consecutive_failures: AtomicU64::new(0),
             losses: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            address: AtomicUsize::new(0),
         }
     }
 
@@ -110,17 +114,25 @@ impl Connection {
     }
 
     /// The supervisor task: connect, serve the generation until it is lost,
-    /// back off, again; until closed or given up.
+    /// back off, again; until closed or given up. With several addresses,
+    /// each failed attempt moves on to the next at once, and the backoff
+    /// runs between full rounds (`Rotation`).
     async fn supervise(self: Arc<Self>, kind: LinkKind) {
         let link = self.link(kind);
         let mut shutdown = self.shutdown.subscribe();
-        // Consecutive failed attempts (for max_reconnects), and the backoff
+        // The consume link starts where the publish link is.
+        let start = self.link(LinkKind::Publish).address.load(Ordering::Relaxed);
+        let mut rotation = Rotation::new(self.wires.len(), start);
+        // Consecutive failed rounds (for max_reconnects), and the backoff
         // step, which short-lived connections keep climbing too.
         let mut failures: u32 = 0;
         let mut step: u32 = 0;
         while !self.closing() {
-            match WireConnection::connect(&self.wire).await {
+            let at = rotation.current();
+            link.address.store(at, Ordering::Relaxed);
+            match WireConnection::connect(&self.wires[at]).await {
                 Ok(conn) => {
+                    rotation.connected();
                     failures = 0;
                     let generation = link.generation.fetch_add(1, Ordering::SeqCst) + 1;
                     let opened = Instant::now();
@@ -130,15 +142,22 @@ impl Connection {
                     {
                         break;
                     }
+                    rotation.lost();
                     let stable = opened.elapsed() >= STABLE_AFTER && !conn.broke_protocol();
                     step = if stable { 0 } else { step.saturating_add(1) };
                 }
                 Err(failure) => {
-                    failures = failures.saturating_add(1);
-                    step = step.saturating_add(1);
-                    if self.attempt_failed(kind, failure, failures) {
+                    let round = rotation.failed();
+                    if round {
+                        failures = failures.saturating_add(1);
+                        step = step.saturating_add(1);
+                    }
+                    if self.attempt_failed(kind, at, failure, failures, round) {
                         self.fail();
                         return;
+                    }
+                    if !round {
+                        continue; // the next address, at once
                     }
                 }
             }
@@ -164,9 +183,11 @@ impl Connection {
         link.connects.fetch_add(1, Ordering::Relaxed);
         self.install(kind, generation, conn.clone());
         let what = kind.label();
+        let at = link.address.load(Ordering::Relaxed);
         info!(
-            "connected to {}{what} (generation {generation})",
-            self.address.display
+            "connected to {}{what} (generation {generation}{})",
+            self.addresses[at].display,
+            self.which(at)
         );
         let why = tokio::select! {
             why = conn.lost() => Some(why),
@@ -181,9 +202,15 @@ impl Connection {
         link.losses.fetch_add(1, Ordering::SeqCst);
         if conn.broke_protocol() {
             self.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            error!("connection to {}{what} closed: {why}", self.address.display);
+            error!(
+                "connection to {}{what} closed: {why}",
+                self.addresses[at].display
+            );
         } else {
-            warn!("connection to {}{what} lost: {why}", self.address.display);
+            warn!(
+                "connection to {}{what} lost: {why}",
+                self.addresses[at].display
+            );
         }
         link.env.set_last_error(why);
         if kind == LinkKind::Publish {
@@ -194,9 +221,25 @@ impl Connection {
         true
     }
 
-    /// Counts and reports a failed connect attempt; true when it is time
-    /// to give up for good.
-    fn attempt_failed(&self, kind: LinkKind, failure: Failure, failures: u32) -> bool {
+    /// ", address 2 of 3" with several addresses, "" with one.
+    fn which(&self, at: usize) -> String {
+        match self.addresses.len() {
+            1 => String::new(),
+            n => format!(", address {} of {n}", at + 1),
+        }
+    }
+
+    /// Counts and reports a failed connect attempt on address `at`; true
+    /// when it is time to give up for good. `failures`: failed rounds in a
+    /// row; `round`: this attempt ended one (every address failed).
+    fn attempt_failed(
+        &self,
+        kind: LinkKind,
+        at: usize,
+        failure: Failure,
+        failures: u32,
+        round: bool,
+    ) -> bool {
         let link = self.link(kind);
         link.failed_attempts.fetch_add(1, Ordering::SeqCst);
         link.consecutive_failures.fetch_add(1, Ordering::Relaxed);
@@ -214,16 +257,32 @@ impl Connection {
             }
         };
         let what = kind.label();
-        let msg = format!("connect to {}{what} failed: {text}", self.address.display);
+        let msg = format!(
+            "connect to {}{what} failed: {text}",
+            self.addresses[at].display
+        );
         link.env.set_last_error(msg.clone());
-        let exhausted = self.options.max_reconnects > 0 && failures >= self.options.max_reconnects;
+        let exhausted =
+            round && self.options.max_reconnects > 0 && failures >= self.options.max_reconnects;
         if permanent || exhausted {
             // The connection's last error says why it failed for good.
             self.env().set_last_error(msg.clone());
-            error!("{msg}; giving up after {failures} attempt(s)");
+            let n = self.addresses.len();
+            if n > 1 {
+                error!(
+                    "{msg}; giving up after {} round(s) of {n} addresses",
+                    failures.max(1)
+                );
+            } else {
+                error!("{msg}; giving up after {failures} attempt(s)");
+            }
             return true;
         }
-        warn!("{msg} (attempt {failures})");
+        if round {
+            warn!("{msg} (attempt {failures})");
+        } else {
+            warn!("{msg}; trying the next address");
+        }
         if kind == LinkKind::Publish && self.lock().state == ConnectionState::Connected {
             self.set_state(ConnectionState::Reconnecting);
         }
