@@ -44,6 +44,15 @@
 #                            rabbitmq_auth_mechanism_ssl plugin. Unset: no TLS (the default).
 #                            scripts/tls-certs.sh makes such a directory.
 #   RA_BROKER_TLS_PORT       the TLS port (default RA_BROKER_PORT+3)
+# For a cluster of private nodes (scripts/cluster.sh sets these):
+#   RA_BROKER_NODENAME       the node name (default resilient-amqp-test@localhost)
+#   RA_BROKER_EPMD_PORT      a SHARED epmd's port (Erlang nodes find each other through one
+#                            epmd): it must be running already; this script neither starts
+#                            nor stops it (default: its own epmd on RA_BROKER_PORT+2)
+#   RA_BROKER_COOKIE         the Erlang cookie (all nodes of a cluster share it; default: a
+#                            random one per node, kept in its HOME)
+#   RA_BROKER_EXTRA_CONF     lines appended to rabbitmq.conf (e.g.
+#                            "cluster_partition_handling = pause_minority")
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -55,7 +64,9 @@ if ! [[ $PORT =~ ^[0-9]+$ ]] || ((PORT < 1024 || PORT > 65000)); then
     exit 2
 fi
 DIST_PORT=$((PORT + 1))
-EPMD_PORT=$((PORT + 2))
+EPMD_PORT=${RA_BROKER_EPMD_PORT:-$((PORT + 2))}
+EPMD_SHARED=0
+[[ -z ${RA_BROKER_EPMD_PORT:-} ]] || EPMD_SHARED=1
 TLS_DIR=${RA_BROKER_TLS_DIR:-}
 TLS_PORT=${RA_BROKER_TLS_PORT:-$((PORT + 3))}
 if [[ -n $TLS_DIR ]]; then
@@ -70,7 +81,7 @@ if [[ -n $TLS_DIR ]]; then
 fi
 CTL_PORT_MIN=0 # 0..0: rabbitmqctl listens on an ephemeral port (no fixed range to collide)
 CTL_PORT_MAX=0
-NODENAME=resilient-amqp-test@localhost
+NODENAME=${RA_BROKER_NODENAME:-resilient-amqp-test@localhost}
 START_TIMEOUT=${RA_BROKER_START_TIMEOUT:-60}
 STOP_TIMEOUT=${RA_BROKER_STOP_TIMEOUT:-30}
 RMQ_BIN=${RA_RABBITMQ_BIN:-/usr/lib/rabbitmq/bin}
@@ -240,7 +251,13 @@ prepare_files() {
     fi
     mkdir -p "$BASE/mnesia"
     local cookie=$BASE/home/.erlang.cookie
-    if [[ ! -s $cookie ]]; then
+    if [[ -n ${RA_BROKER_COOKIE:-} ]]; then
+        rm -f "$cookie"
+        (
+            umask 077
+            printf '%s' "$RA_BROKER_COOKIE" >"$cookie"
+        )
+    elif [[ ! -s $cookie ]]; then
         (
             umask 077
             # random alphanumerics; Erlang wants the file readable by its owner only
@@ -263,6 +280,9 @@ log.file.level = info
 log.console = false
 EOF
     [[ -z $TLS_DIR ]] || tls_config
+    if [[ -n ${RA_BROKER_EXTRA_CONF:-} ]]; then
+        printf '# RA_BROKER_EXTRA_CONF\n%s\n' "$RA_BROKER_EXTRA_CONF" >>"$BASE/rabbitmq.conf"
+    fi
 }
 
 # The TLS listener (RA_BROKER_TLS_DIR set) in rabbitmq.conf, and the EXTERNAL
@@ -321,7 +341,7 @@ cmd_ctl() {
     setup_env
     # Without our epmd, rabbitmqctl would start an epmd daemon of its own
     # (rabbit_nodes_common:ensure_epmd) that nobody stops; refuse instead.
-    if ! epmd_alive; then
+    if ! { epmd_alive || { ((EPMD_SHARED)) && port_open "$EPMD_PORT"; }; }; then
         die "the private node is not running (start it with: scripts/broker.sh start)"
     fi
     # rabbitmqctl requires an <explanation> for close_all_connections; add one
@@ -376,8 +396,10 @@ cmd_start() {
     prepare_files
     rm -f "$BEAM_PID_FILE" "$SERVER_PID_FILE" "$EPMD_PID_FILE"
 
-    # Our own epmd, on our own port, loopback only.
-    if port_open "$EPMD_PORT"; then
+    # Our own epmd, on our own port, loopback only (or the cluster's shared one).
+    if ((EPMD_SHARED)); then
+        port_open "$EPMD_PORT" || die "the shared epmd (RA_BROKER_EPMD_PORT=$EPMD_PORT) is not running"
+    elif port_open "$EPMD_PORT"; then
         if epmd -port "$EPMD_PORT" -names >/dev/null 2>&1; then
             log "reusing an epmd already listening on port $EPMD_PORT (not started by this script)"
         else
@@ -478,8 +500,9 @@ stop_all() {
     fi
     rm -f "$BEAM_PID_FILE" "$SERVER_PID_FILE" "$EPMD_PID_FILE"
     # 3. the ports should be free now
-    local deadline=$((SECONDS + 10)) p
-    for p in "$PORT" "$DIST_PORT" "$EPMD_PORT"; do
+    local deadline=$((SECONDS + 10)) p ports=("$PORT" "$DIST_PORT")
+    ((EPMD_SHARED)) || ports+=("$EPMD_PORT")
+    for p in "${ports[@]}"; do
         while port_open "$p"; do
             if ((SECONDS >= deadline)); then
                 log "WARNING: port $p is still in use"
