@@ -36,6 +36,8 @@ pub(crate) struct PubQueue {
     pub(crate) durable: bool,
     pub(crate) persistent: bool,
     pub(crate) quorum: bool,
+    /// the queue option publish_retries (None: the library's default)
+    pub(crate) publish_retries: Option<u16>,
 }
 
 /// A durable classic queue with persistent messages (the library's defaults): zero loss must
@@ -44,13 +46,17 @@ pub(crate) const DURABLE_PERSISTENT: PubQueue = PubQueue {
     durable: true,
     persistent: true,
     quorum: false,
+    publish_retries: None,
 };
 
 impl PubQueue {
     /// The amqp_queue_open options.
     pub(crate) fn options(&self) -> String {
+        let retries = self
+            .publish_retries
+            .map_or(String::new(), |n| format!("&publish_retries={n}"));
         format!(
-            "durable={}&persistent={}&queue_type={}",
+            "durable={}&persistent={}&queue_type={}{retries}",
             self.durable,
             self.persistent,
             if self.quorum { "quorum" } else { "classic" }
@@ -162,7 +168,11 @@ pub(crate) fn pub_finish(cfg: &Cfg, mut side: PubSide, fault: Fault, row: &mut R
         )
     });
     row.check(st.confirmed == accepted, || {
-        format!("library counted {} confirmed of {accepted}", st.confirmed)
+        format!(
+            "library counted {} confirmed of {accepted}: {}",
+            st.confirmed,
+            fmt_qstats(&st)
+        )
     });
 
     // figures from the timeline
