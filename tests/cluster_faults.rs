@@ -194,9 +194,8 @@ fn cfg_for(cl: &Cluster) -> Cfg {
 
 /// The consuming side on a pre-seeded quorum queue, connected through the host list.
 fn con_prepare_quorum(cfg: &Cfg, cl: &Cluster, tag: &str, conns: &mut ConnGuards) -> ConSide {
-    let conn = conns.push(
-        lib_connect(&with_query(&cl.uri, "heartbeat=2")).unwrap_or_else(|e| panic!("{e}")),
-    );
+    let conn = conns
+        .push(lib_connect(&with_query(&cl.uri, "heartbeat=2")).unwrap_or_else(|e| panic!("{e}")));
     let name = unique_name(&format!("cl-{tag}-con"));
     let n = cfg.consume_n;
     let q = queue_open(conn, &name, None, None, Some("queue_type=quorum"));
@@ -308,31 +307,37 @@ fn s_rolling(cfg: &Cfg, cl: &Cluster) -> Vec<Row> {
 
 /// c: the client's node cut off from the other two (pause_minority pauses it), then healed.
 fn s_partition(cfg: &Cfg, cl: &Cluster) -> Vec<Row> {
-    scenario(cfg, cl, "c. partition of the client's node", "partition", || {
-        let n = cl.busiest_node();
-        let first = Instant::now();
-        cl.run(&["partition", &n.to_string()]);
-        std::thread::sleep(cfg.blackhole_for);
-        cl.run(&["heal", &n.to_string()]);
-        let back = poll(Duration::from_secs(60), Duration::from_millis(100), || {
-            cl.port_up(n)
-        });
-        assert!(back, "node {n} did not resume within 60 s of the heal");
-        let end = Instant::now();
-        let note = format!(
-            "node {n} cut off for {:.1} s, serving again {:.1} s after the heal",
-            secs(cfg.blackhole_for),
-            secs(end - first - cfg.blackhole_for)
-        );
-        say(&note);
-        let fault = Fault {
-            first,
-            last: first,
-            end,
-            instant: true,
-        };
-        (fault, vec![note])
-    })
+    scenario(
+        cfg,
+        cl,
+        "c. partition of the client's node",
+        "partition",
+        || {
+            let n = cl.busiest_node();
+            let first = Instant::now();
+            cl.run(&["partition", &n.to_string()]);
+            std::thread::sleep(cfg.blackhole_for);
+            cl.run(&["heal", &n.to_string()]);
+            let back = poll(Duration::from_secs(60), Duration::from_millis(100), || {
+                cl.port_up(n)
+            });
+            assert!(back, "node {n} did not resume within 60 s of the heal");
+            let end = Instant::now();
+            let note = format!(
+                "node {n} cut off for {:.1} s, serving again {:.1} s after the heal",
+                secs(cfg.blackhole_for),
+                secs(end - first - cfg.blackhole_for)
+            );
+            say(&note);
+            let fault = Fault {
+                first,
+                last: first,
+                end,
+                instant: true,
+            };
+            (fault, vec![note])
+        },
+    )
 }
 
 #[test]
