@@ -361,6 +361,24 @@ fn connect_rows(t: &mut Table, n: &Names) -> u64 {
         || connect_str("amqp:///%2f", None),
     );
     t.row_out(
+        "connect(h1,,h2) empty entry in a host list",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "address 2 of the host list is empty",
+        || connect_str("amqp://guest:guest@127.0.0.1:1,,127.0.0.1:2/%2f", None),
+    );
+    t.row_out(
+        "connect(h1,h2:x) bad port in a host list",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "address 2 ('127.0.0.1:x')",
+        || connect_str("amqp://guest:guest@127.0.0.1:1,127.0.0.1:x/%2f", None),
+    );
+    t.row_out(
+        "connect(?addresses=) empty addresses",
+        AMQP_ERR_INVALID_ARGUMENT,
+        "address 2 of the host list is empty",
+        || connect_str("amqp://guest:guest@127.0.0.1:1/%2f?addresses=", None),
+    );
+    t.row_out(
         "connect(?colour=1) unknown URI parameter",
         AMQP_ERR_INVALID_ARGUMENT,
         "unknown query parameter 'colour'",

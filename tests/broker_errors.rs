@@ -64,6 +64,46 @@ fn wait_connected_times_out_on_dead_port() {
     assert_eq!(unsent, 0);
 }
 
+/// A host list (issue 15): dead addresses first, the live broker last. The first connect goes
+/// through the list at once (no backoff inside a round) and takes the one that answers.
+#[test]
+fn host_list_skips_dead_addresses() {
+    let live = uri();
+    let hostport = live.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let list = live.replacen(hostport, &format!("127.0.0.1:1,127.0.0.1:2,{hostport}"), 1);
+    // a slow backoff: connecting quickly proves the round had none
+    let c_guard = ConnGuard::connect(&list, Some("reconnect_delay_ms=3000"));
+    let c = c_guard.h();
+    let t = Instant::now();
+    let r = unsafe { amqp_wait_connected(c, 10_000) };
+    assert_eq!(r, amqp_result::AMQP_OK, "{}", last_error());
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    let s = cstats(c);
+    assert_eq!(s.connects, 1);
+    assert_eq!(s.failed_attempts, 2, "the two dead addresses, tried once each");
+    let q = open_simple(c, &unique_name("host-list"));
+    publish_ok(q, b"through the third address");
+    wait_drained(q, Duration::from_secs(10));
+    c_guard.close_ok();
+}
+
+/// With several addresses, max_reconnects counts full rounds, and the error names an address.
+#[test]
+fn host_list_max_reconnects_counts_rounds() {
+    let c_guard = ConnGuard::connect(
+        "amqp://guest:guest@127.0.0.1:1,127.0.0.1:2/%2f",
+        Some("max_reconnects=2&reconnect_delay_ms=10&reconnect_delay_max_ms=20"),
+    );
+    let c = c_guard.h();
+    let r = unsafe { amqp_wait_connected(c, 10_000) };
+    assert_eq!(r, amqp_result::AMQP_ERR_CLOSED, "{}", last_error());
+    assert!(last_error().contains("127.0.0.1:"), "{}", last_error());
+    let s = cstats(c);
+    assert_eq!(s.state, amqp_connection_state::AMQP_STATE_FAILED);
+    assert_eq!(s.failed_attempts, 4, "2 rounds of 2 addresses");
+    let _ = close(c, 100);
+}
+
 #[test]
 fn max_reconnects_gives_up_and_reports_unsent() {
     // slow backoff so that the publishes below surely happen before giving up
