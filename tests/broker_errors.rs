@@ -77,10 +77,17 @@ fn host_list_skips_dead_addresses() {
     let t = Instant::now();
     let r = unsafe { amqp_wait_connected(c, 10_000) };
     assert_eq!(r, amqp_result::AMQP_OK, "{}", last_error());
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
     let s = cstats(c);
     assert_eq!(s.connects, 1);
-    assert_eq!(s.failed_attempts, 2, "the two dead addresses, tried once each");
+    assert_eq!(
+        s.failed_attempts, 2,
+        "the two dead addresses, tried once each"
+    );
     let q = open_simple(c, &unique_name("host-list"));
     publish_ok(q, b"through the third address");
     wait_drained(q, Duration::from_secs(10));

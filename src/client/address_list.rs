@@ -211,6 +211,21 @@ mod tests {
     }
 
     #[test]
+    fn tls_host_lists_verify_each_host_by_its_own_name() {
+        let all = parse_addresses(
+            "amqps://u:p@node-a.example:5671,node-b.example/v?tls_insecure_skip_verify=false",
+        )
+        .unwrap();
+        let names: Vec<String> = all
+            .iter()
+            .map(|a| format!("{:?}", a.tls.as_ref().unwrap()))
+            .collect();
+        assert!(names[0].contains("node-a.example"), "{}", names[0]);
+        assert!(names[1].contains("node-b.example"), "{}", names[1]);
+        assert_eq!(all[1].uri.authority.port, 5671);
+    }
+
+    #[test]
     fn bad_host_lists_are_clear_errors() {
         for (bad, says) in [
             (
