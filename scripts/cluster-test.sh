@@ -10,8 +10,8 @@
 # node is partitioned from the others; zero loss required). Prints the table and writes
 # target/cluster-faults.md.
 #
-#   short (default)  ~5,000 messages each way per scenario; ~3 minutes on a busy 2-core machine
-#   full             50,000 messages each way per scenario; ~6 minutes
+#   short (default)  500 msg/s published per scenario (8-17k), 5,000 consumed; ~2-3 minutes
+#   full             2,000 msg/s (46-107k), 50,000 consumed; ~3.5 minutes
 #
 # Settings (environment):
 #   RA_CLUSTER_PORT       base port (default 31800; the cluster uses BASE+10..BASE+39)
