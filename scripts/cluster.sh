@@ -216,7 +216,13 @@ case ${1:-} in
             kill) node "$2" kill ;;
             start-node)
                 start_epmd
-                RA_BROKER_KEEP_DATA=1 node "$2" start >/dev/null
+                # Once (of ~10 restarts after a SIGKILL) a restarted node got a SIGTERM from
+                # an unknown sender seconds into its boot ("SIGTERM received" in
+                # server.out): start it again once, loudly.
+                if ! RA_BROKER_KEEP_DATA=1 node "$2" start >/dev/null; then
+                    log "WARNING: node $2 did not start (server.out: $(tail -c 300 "$REPO_ROOT/target/rabbitmq/node-$(node_port "$2")/log/server.out" 2>/dev/null | tr '\n' ' ')); trying once more"
+                    RA_BROKER_KEEP_DATA=1 node "$2" start >/dev/null
+                fi
                 ;;
             stop-node) node "$2" stop ;;
             partition) cmd_partition "$2" ;;
