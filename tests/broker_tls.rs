@@ -169,6 +169,29 @@ fn wrong_host_name_fails_clearly_with_backoff() {
     assert!(err.contains("127.0.0.1"), "{err}");
 }
 
+/// A host list over TLS (issue 15): each address is verified by its own name. The same TLS
+/// listener twice, first as 127.0.0.1 (not in the certificate: refused), then as localhost.
+#[test]
+fn host_list_over_tls_verifies_each_host_by_its_own_name() {
+    good_node();
+    let _g = broker_shared();
+    let base = tls_uri();
+    let hostport = base.split('@').nth(1).unwrap().split('/').next().unwrap();
+    let port = hostport.rsplit(':').next().unwrap();
+    let list = base.replacen(hostport, &format!("127.0.0.1:{port},localhost:{port}"), 1);
+    let uri = format!("{list}?cacertfile={}", cert("ca.pem"));
+    let c = ConnGuard::connect(&uri, Some("reconnect_delay_ms=3000"));
+    let r = unsafe { amqp_wait_connected(c.h(), 10_000) };
+    assert_eq!(r, amqp_result::AMQP_OK, "{}", last_error());
+    let s = cstats(c.h());
+    assert_eq!(s.connects, 1);
+    assert_eq!(
+        s.failed_attempts, 1,
+        "127.0.0.1 refused by name, localhost taken"
+    );
+    c.close_ok();
+}
+
 #[test]
 fn plain_port_with_amqps_fails_clearly() {
     good_node();
