@@ -4,6 +4,7 @@
 pub use crate::client::address::{
     parse_uri, BrokerAddress, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_S,
 };
+pub use crate::client::address_list::parse_addresses;
 pub use crate::client::options::{
     parse_connection_options, parse_queue_options, ConnectionOptions, QueueOptions, QueueType,
     MAX_NAME_BYTES,

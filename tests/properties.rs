@@ -23,8 +23,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use resilient_amqp::testing::Registry;
 use resilient_amqp::testing::{
-    parse_connection_options, parse_queue_options, parse_uri, ConnectionOptions, QueueType,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_S, MAX_NAME_BYTES,
+    parse_addresses, parse_connection_options, parse_queue_options, parse_uri, ConnectionOptions,
+    QueueType, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT_S, MAX_NAME_BYTES,
 };
 use resilient_amqp::*;
 use std::collections::{HashMap, HashSet};
@@ -245,6 +245,19 @@ proptest! {
         prop_assert!(!shown.contains(&pct(&pw)), "password shown for {:?}: {:?}", s, shown);
         // the distinctive prefix is enough to catch a partial leak (e.g. cut at a special char)
         prop_assert!(!shown.contains("ZQ"), "password prefix shown for {:?}: {:?}", s, shown);
+        // the same as a host list (what amqp_connect parses): no password either
+        let at = format!("@{host}{port}");
+        let list = s.replacen(&at, &format!("{at},{host}:5673"), 1);
+        let broken = s.replacen(&at, &format!("{at},,{host}:5673"), 1);
+        for u in [&s, &list, &broken] {
+            let shown = match parse_addresses(u) {
+                Ok(all) => all.iter().map(|a| a.display.clone()).collect::<Vec<_>>().join(" "),
+                Err(e) => { check_invalid(&e, u)?; e.message }
+            };
+            prop_assert!(!shown.contains(&pw), "password shown for {:?}: {:?}", u, shown);
+            prop_assert!(!shown.contains(&pw_in_uri), "password shown for {:?}: {:?}", u, shown);
+            prop_assert!(!shown.contains("ZQ"), "password prefix shown for {:?}: {:?}", u, shown);
+        }
     }
 }
 
@@ -987,7 +1000,7 @@ fn c_connect_arbitrary_bytes() {
             // the oracle: the pure-Rust parsers on what C sees (up to the first NUL)
             let uri_ok = std::str::from_utf8(c_view(&uri))
                 .ok()
-                .is_some_and(|s| parse_uri(s).is_ok());
+                .is_some_and(|s| parse_addresses(s).is_ok());
             let opts_ok = match &opts {
                 None => true,
                 Some(b) => std::str::from_utf8(c_view(b))

@@ -44,6 +44,11 @@ pub(crate) fn split_uri(s: &str) -> Result<Vec<(String, String)>> {
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
+    if !authority.contains('@') && tail.contains('@') {
+        // An unencoded '/', '?' or '#' in the password cut the authority
+        // short: never split (or echo) a piece of it; parse_uri refuses it.
+        return Ok(vec![(s.to_string(), String::new())]);
+    }
     let (userinfo, hosts) = match authority.rfind('@') {
         Some(at) => authority.split_at(at + 1),
         None => ("", authority),
@@ -246,6 +251,11 @@ mod tests {
             let e = parse_addresses(bad).unwrap_err();
             assert!(e.message.contains(says), "{bad}: {}", e.message);
             assert!(!e.message.contains(":pw"), "{}", e.message);
+        }
+        // An unencoded '/' in the password: no piece of it is taken for a host.
+        for bad in ["amqp://u:ZQa,b/c@h1,h2/v", "amqp://u:ZQa,b?c@h1,h2/v"] {
+            let e = parse_addresses(bad).unwrap_err();
+            assert!(!e.message.contains("ZQ"), "{bad}: {}", e.message);
         }
     }
 
