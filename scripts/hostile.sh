@@ -12,7 +12,7 @@
 # Prints one line per scenario and a summary; the logs are in target/hostile/.
 #
 # Settings (environment):
-#   RA_BROKER_PORT          AMQP port of the private node (default 31810; the node also uses
+#   RA_BROKER_PORT          AMQP port of the private node (default 31780; the node also uses
 #                           PORT+1 and PORT+2). It must not be running already: this script
 #                           stops the node it started.
 #   RA_HOSTILE_ITERATIONS   random mutations (default 2000)
@@ -30,7 +30,7 @@ SCRIPT=hostile.sh
 
 use_cargo_env
 
-export_test_broker 31810
+export_test_broker 31780
 export RA_HOSTILE_ITERATIONS=${RA_HOSTILE_ITERATIONS:-2000}
 TIMEOUT=${RA_HOSTILE_TIMEOUT:-300}
 unset RA_BROKER_KEEP_DATA

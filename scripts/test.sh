@@ -28,6 +28,10 @@
 #   bindings every bindings/<lang>/test.sh (C++, Go, Node, Python, Ruby: each
 #            binding's own tests against the same broker, through the C ABI
 #            of target/release; scripts/bindings.sh, a few minutes)
+#   cluster  bash scripts/cluster-test.sh short: a private 3-node RabbitMQ
+#            cluster (scripts/cluster.sh, ports 31810-31839) with quorum queues;
+#            the client's node SIGKILLed, a rolling restart, a partition; 0
+#            missing (about 2.5 minutes; `full` in docs/cluster.md)
 #   fuzz     bash scripts/fuzz.sh with RA_FUZZ_SECONDS=30: the cargo-fuzz
 #            targets frames and reader, 30 s each on the committed corpus
 #            (about 2.5 minutes with the build; docs/FUZZING.md)
@@ -198,4 +202,5 @@ step bench bench_smoke
 step memcheck limited 900 bash scripts/memcheck.sh asan
 step install limited 600 bash scripts/install-test.sh
 step bindings limited 1500 bash scripts/bindings.sh
+step cluster limited 900 bash scripts/cluster-test.sh short
 step fuzz limited 1200 env RA_FUZZ_SECONDS="${RA_FUZZ_SECONDS:-30}" bash scripts/fuzz.sh

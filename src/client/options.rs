@@ -344,8 +344,20 @@ pub fn parse_queue_options(s: Option<&str>, conn: &ConnectionOptions) -> Result<
     let mut o = QueueOptions::defaults_for(conn);
     parse_with(&mut o, s, QUEUE_OPTIONS, args::parse_generic)?;
     args::check(&o)?;
+    let retries_given = pairs(s.unwrap_or(""))?
+        .iter()
+        .any(|(k, _)| *k == "publish_retries");
+    if o.queue_type == QueueType::Quorum && !retries_given {
+        o.publish_retries = QUORUM_PUBLISH_RETRIES;
+    }
     Ok(o)
 }
+
+/// A quorum queue nacks publishes while its members elect a new leader
+/// (seconds, when the leader's node dies or is cut off: docs/cluster.md), so
+/// it gets enough retries by default to outlast one: about 75 s with the
+/// default backoff (reconnect_delay_ms 100 .. reconnect_delay_max_ms 5000).
+pub const QUORUM_PUBLISH_RETRIES: u16 = 20;
 
 /// Checks a queue, exchange or routing key name: at most 255 bytes, and no
 /// control characters (RabbitMQ accepts "orders\r\n", but no tool, policy
@@ -381,6 +393,17 @@ mod tests {
         assert_eq!(o.max_buffered_bytes, 64 << 20);
         assert_eq!(o.max_message_bytes, 128 << 20);
         assert_eq!(parse_connection_options(Some("")).unwrap(), o);
+    }
+
+    #[test]
+    fn a_quorum_queue_retries_nacks_longer_unless_told() {
+        let conn = parse_connection_options(None).unwrap();
+        let q = |s: &str| parse_queue_options(Some(s), &conn).unwrap().publish_retries;
+        assert_eq!(q(""), 3);
+        assert_eq!(q("queue_type=classic"), 3);
+        assert_eq!(q("queue_type=quorum"), QUORUM_PUBLISH_RETRIES);
+        assert_eq!(q("queue_type=quorum&publish_retries=3"), 3);
+        assert_eq!(q("publish_retries=0&queue_type=quorum"), 0);
     }
 
     #[test]

@@ -391,7 +391,8 @@ pub(crate) const QUEUE_OPTIONS: &[OptionSpec<QueueOptions>] = &[
         default: OptionDefault::Text("3"),
         doc: "times a message nacked by the broker is sent again (after a backoff from \
               reconnect_delay_ms to reconnect_delay_max_ms); one more nack fails it \
-              (report AMQP_REPORT_NACKED)",
+              (report AMQP_REPORT_NACKED). A quorum queue's default is 20 (about 75 s with \
+              the default backoff): it nacks while electing a new leader",
         value: Value::Int {
             min: 0,
             max: 1000,
