@@ -7,7 +7,10 @@
 # (tests/fault_suite.rs: close_all_connections every 0.5 s, stop_app 3 s, SIGKILL
 # of the broker + restart with its data, a silent network blackhole, a memory
 # alarm; publishers and consumers; zero loss required). It prints the table and
-# writes target/fault-suite.md and target/fault-suite.json. Under ~10 minutes.
+# writes target/fault-suite.md and target/fault-suite.json. Then the cluster
+# scenarios: bash scripts/cluster-test.sh (a private 3-node cluster, quorum
+# queues: a node SIGKILLed, a rolling restart, a partition; target/cluster-faults.md).
+# Under ~15 minutes.
 #
 # The SHORT suite runs as part of `bash scripts/test.sh` (cargo test).
 #
@@ -22,6 +25,8 @@
 #   FAULT_SUITE         full (default) or short
 #   FAULT_SUITE_ONLY    e.g. "2,5": only those scenarios
 #   FAULT_SUITE_TRACE=1 the library's timeline (100 ms steps) on stderr
+#   FAULT_SUITE_CLUSTER=0  skip the cluster scenarios (scripts/cluster-test.sh, run after
+#                       the single-node suite unless FAULT_SUITE_ONLY is set)
 #   RA_FAULTS_TIMEOUT   seconds for build + suite (default 1200)
 set -euo pipefail
 
@@ -73,5 +78,13 @@ wait "$CHILD" || rc=$?
 CHILD=""
 if ((rc == 124)); then
     echo "faults.sh: the suite timed out after $TIMEOUT s" >&2
+fi
+# The cluster scenarios (quorum queues on a private 3-node cluster) complete the suite; they
+# start and stop their own nodes (ports 31810-31839).
+if [[ ${FAULT_SUITE_CLUSTER:-1} == 1 && -z ${FAULT_SUITE_ONLY:-} ]]; then
+    say "the cluster scenarios: bash scripts/cluster-test.sh $FAULT_SUITE"
+    crc=0
+    bash scripts/cluster-test.sh "$FAULT_SUITE" || crc=$?
+    ((rc == 0)) && rc=$crc
 fi
 exit "$rc"
