@@ -15,6 +15,7 @@ use super::address::BrokerAddress;
 use super::options::{ConnectionOptions, QueueOptions};
 use super::queue::Queue;
 use super::session::{session, SessionEnv};
+use crate::consume::CallbackPool;
 use crate::error::{Error, ErrorKind, Result};
 use crate::publish::ReportThread;
 use crate::runtime;
@@ -96,6 +97,8 @@ pub(crate) struct Connection {
     reports: Mutex<Option<Arc<ReportThread>>>,
     /// One channel per queue, at most channel_max.
     channels: ChannelLimit,
+    /// The threads that call every consume callback of the connection.
+    pool: Arc<CallbackPool>,
 }
 
 impl Connection {
@@ -135,6 +138,7 @@ impl Connection {
             failed: AtomicBool::new(false),
             reports: Mutex::new(None),
             channels,
+            pool: Arc::default(),
         });
         conn.spawn_supervisor(LinkKind::Publish);
         Ok(conn)
@@ -279,6 +283,7 @@ impl Connection {
             routing_key,
             options,
             &self.options,
+            &self.pool,
         )?);
         let current = {
             let s = self.lock();

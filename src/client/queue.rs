@@ -2,7 +2,7 @@
 //! every channel), its outbox (publish side) and its consumers.
 
 use super::options::{ArgValue, Arguments, ConnectionOptions, QueueOptions, QueueType};
-use crate::consume::{ConsumerSet, ConsumerSettings};
+use crate::consume::{CallbackPool, ConsumerSet, ConsumerSettings};
 use crate::error::{Error, ErrorKind};
 use crate::publish::{window_limits, Outbox, PublishSettings};
 use crate::spool::{Spool, SpoolConfig, SEGMENT_BYTES};
@@ -110,6 +110,7 @@ impl Queue {
         routing_key: &str,
         options: QueueOptions,
         conn: &ConnectionOptions,
+        pool: &Arc<CallbackPool>,
     ) -> crate::error::Result<Self> {
         // Default exchange: route by queue name. Otherwise by the routing key.
         let publish_routing_key = if exchange.is_empty() {
@@ -143,6 +144,7 @@ impl Queue {
             exchange: exchange.to_string(),
             routing_key: routing_key.to_string(),
             consumers: ConsumerSet::new(
+                pool,
                 id,
                 name,
                 options.prefetch,

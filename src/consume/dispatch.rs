@@ -1,12 +1,13 @@
-//! A worker thread: its loop, one delivery's callback, what its return
+//! A pool thread's turn on a mailbox, one delivery's callback, what its return
 //! value means, settling by id (`amqp_settle`) during or after it, and what
 //! happens when the application's runtime ends the thread in a callback.
 
 use super::deferred::{self, Running, Ticket, Unparked};
 use super::group::{SetShared, IN_SET};
+use super::pool::{Mailbox, SLICE};
 use super::settle_book::Settle;
-use super::worker::{Job, WorkQueue};
-use super::{Callback, ConsumerSet, DeliveryView, Disposition, IN_CALLBACK};
+use super::worker::{Job, Take, WorkQueue};
+use super::{Callback, CallbackPool, ConsumerSet, DeliveryView, Disposition, Runner, IN_CALLBACK};
 use crate::error::Result;
 use crate::wire::Delivery;
 use std::collections::VecDeque;
@@ -20,34 +21,66 @@ use std::time::{Duration, Instant};
 /// not flooded).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-impl ConsumerSet {
-    /// The body of a worker thread: its jobs, until the queue is closed and
-    /// drained.
-    ///
-    /// The application's callback runs outside `catch_unwind`: a runtime
-    /// that ends the thread inside the callback (a forced unwind:
-    /// `pthread_exit` during Python's finalization, thread cancellation) must
-    /// pass through, and a `catch_unwind` would abort the process instead
-    /// (`os_thread`). The unwind drops `Worker` and `Gone`, which leave the
-    /// queue consistent; everything of ours runs inside `catch_unwind`.
-    /// The callback (with the application's userdata) is dropped before this
-    /// returns, so the set's release can follow.
-    pub(super) fn run_worker(self: Arc<Self>, work: Arc<WorkQueue>, set: &SetShared, cb: Callback) {
-        let mut worker = Worker {
-            cs: self,
-            work,
-            batch: VecDeque::new(),
-            ended: false,
-        };
-        while worker.work.take(&mut worker.batch) {
-            while let Some(job) = worker.batch.pop_front() {
-                worker.cs.handle_job(&worker.work, set, &cb, job);
-            }
-        }
-        worker.ended = true;
-        drop(cb);
+/// One turn of a pool thread on a mailbox (`pool.rs`): up to `SLICE` of its
+/// deliveries, in order; or, closed and drained, its end.
+///
+/// The application's callback runs outside `catch_unwind`: a runtime that
+/// ends the thread inside the callback (a forced unwind: `pthread_exit`
+/// during Python's finalization, thread cancellation) must pass through, and
+/// a `catch_unwind` would abort the process instead (`os_thread`). The
+/// unwind drops `Worker` and `Gone`, which leave the mailbox and the pool
+/// consistent; everything of ours runs inside `catch_unwind`.
+impl Mailbox for WorkQueue {
+    fn run(self: &Arc<Self>, pool: &Arc<CallbackPool>) {
+        run_slice(self, pool);
     }
+}
 
+fn run_slice(work: &Arc<WorkQueue>, pool: &CallbackPool) {
+    let mut batch = VecDeque::new();
+    let took = work.take(&mut batch, SLICE);
+    if let Take::Idle = took {
+        return;
+    }
+    // Ours alone while the mailbox is scheduled: put back before it is
+    // unscheduled (`after_slice`).
+    let Some(runner) = work.runner().take() else {
+        error!("internal error: a consumer's mailbox has no callback");
+        batch
+            .into_iter()
+            .for_each(|j| j.ticket.decide(Settle::Release));
+        return;
+    };
+    if let Take::Ended = took {
+        end(work, pool, runner);
+        return;
+    }
+    let mut worker = Worker {
+        cs: runner.cs.clone(),
+        work: work.clone(),
+        batch,
+        ended: false,
+    };
+    while let Some(job) = worker.batch.pop_front() {
+        (runner.cs).handle_job(work, &runner.set, &runner.cb, job);
+    }
+    worker.ended = true;
+    *work.runner() = Some(runner);
+    work.after_slice();
+}
+
+/// A mailbox closed and drained: no callback of it runs or can start. The
+/// callback (with the application's userdata) is dropped first, so the
+/// set's release (on its last mailbox) can follow.
+fn end(work: &Arc<WorkQueue>, pool: &CallbackPool, runner: Runner) {
+    let Runner { cs, set, cb } = runner;
+    drop(cb);
+    (cs.workers.lock().unwrap_or_else(|p| p.into_inner())).retain(|w| !Arc::ptr_eq(w, work));
+    pool.consumer_ended();
+    set.worker_ended();
+}
+
+impl ConsumerSet {
     /// Runs the callback on one delivery (or gives the delivery back when
     /// paused or stale) and applies what it returned.
     fn handle_job(&self, work: &WorkQueue, set: &SetShared, cb: &Callback, job: Job) {
@@ -120,7 +153,7 @@ impl ConsumerSet {
     }
 
     /// The application's callback; not inside `catch_unwind` (see
-    /// `run_worker`).
+    /// `run_slice`).
     fn call(&self, set: &SetShared, cb: &Callback, d: &Delivery, id: u64) -> Disposition {
         let view = DeliveryView {
             body: d.body(),
@@ -251,7 +284,7 @@ impl ConsumerSet {
 /// Dropped only when the thread unwinds out of a callback (a forced unwind:
 /// the application's runtime ended the thread). The callback no longer
 /// runs, so stop and close must not wait for it. Its delivery stays in the
-/// worker's running slot, unsettled: never acked by a return value (a
+/// mailbox's running slot, unsettled: never acked by a return value (a
 /// later `amqp_settle` by id still applies); the broker redelivers it when
 /// the channel closes, at the latest when the process exits.
 struct Gone<'a> {
@@ -269,11 +302,13 @@ impl Drop for Gone<'_> {
     }
 }
 
-/// A worker thread's jobs. Dropped without `ended` when the thread unwinds
-/// out of a callback: no callback will run on it again, so its queue is
-/// closed (the broker consumer's later deliveries are given back as they
-/// arrive) and what waits in it goes back to the broker now, so that
-/// nothing (`queued`, stop, close) waits for it.
+/// A mailbox's slice on a pool thread. Dropped without `ended` when the
+/// thread unwinds out of a callback: no callback of this consumer will run
+/// again (its callback went with the unwind), so its mailbox is closed (the
+/// broker consumer's later deliveries are given back as they arrive) and
+/// what waits in it goes back to the broker now, so that nothing (`queued`,
+/// stop, close) waits for it. The pool counts the consumer out (and the
+/// thread: `pool::Alive`). The set's release does not run.
 struct Worker {
     cs: Arc<ConsumerSet>,
     work: Arc<WorkQueue>,
@@ -291,6 +326,7 @@ impl Drop for Worker {
             self.cs.queued.fetch_sub(1, Ordering::SeqCst);
             job.ticket.decide(Settle::Release);
         }
+        self.work.pool().consumer_ended();
         self.cs.notify();
     }
 }

@@ -1,13 +1,13 @@
-//! Consumer sets: the broker consumers and worker threads of one
+//! Consumer sets: the broker consumers and mailboxes of one
 //! `amqp_consume_ex` call, their `release`, and cancelling one set.
 //!
-//! A set's `release` runs on the last of its worker threads to end: a worker
-//! ends once its queue is closed (cancel, close) and drained, so by then no
-//! callback of the set runs and none can start; the callback (which holds
-//! the application's userdata) is dropped with the threads.
+//! A set's `release` runs on the pool thread that ends the last of its
+//! mailboxes: a mailbox ends once closed (cancel, close) and drained, so by
+//! then no callback of the set runs and none can start; the callback (which
+//! holds the application's userdata) is dropped with the mailboxes.
 
 use super::worker::WorkQueue;
-use super::{in_callback_of, Callback, ConsumerSet, Group, STOP_WAIT};
+use super::{in_callback_of, Callback, ConsumerSet, Group, Runner, STOP_WAIT};
 use crate::error::{Error, ErrorKind, Result};
 use crate::runtime;
 use std::cell::Cell;
@@ -26,7 +26,7 @@ thread_local! {
     pub(super) static IN_SET: Cell<u64> = const { Cell::new(0) };
 }
 
-/// What a consumer set's worker threads share.
+/// What a consumer set's mailboxes share.
 pub(super) struct SetShared {
     pub id: u64,
     pub workers: Vec<Arc<WorkQueue>>,
@@ -35,7 +35,7 @@ pub(super) struct SetShared {
     pub cancelled: AtomicBool,
     /// Callbacks of the set running now.
     pub running: AtomicUsize,
-    /// Worker threads not ended yet.
+    /// Mailboxes not ended yet.
     live: AtomicUsize,
     release: Mutex<Option<Release>>,
 }
@@ -67,7 +67,7 @@ impl SetShared {
             .take()
     }
 
-    /// A worker thread ended; the last one calls `release`.
+    /// A mailbox ended; the last one calls `release`.
     pub(super) fn worker_ended(&self) {
         if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
             if let Some(release) = self.take_release() {
@@ -94,7 +94,7 @@ impl ConsumerSet {
     ) -> Result<u64> {
         let repeat = repeat.max(1) as usize;
         let workers: Vec<Arc<WorkQueue>> = (0..repeat)
-            .map(|_| Arc::new(WorkQueue::default()))
+            .map(|_| Arc::new(WorkQueue::new(&self.pool)))
             .collect();
         let shared = Arc::new(SetShared {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
@@ -104,12 +104,18 @@ impl ConsumerSet {
             live: AtomicUsize::new(0),
             release: Mutex::new(None),
         });
-        let spawned = self.spawn_workers(&shared, &cb);
-        drop(cb);
-        if let Err(e) = spawned {
-            shared.close_workers();
-            return Err(e);
+        // Threads for the new consumers (up to the pool's bound); nothing
+        // to undo when this fails.
+        self.pool.add_consumers(repeat)?;
+        for work in &shared.workers {
+            shared.live.fetch_add(1, Ordering::SeqCst);
+            *work.runner() = Some(Runner {
+                cs: self.clone(),
+                set: shared.clone(),
+                cb: cb.clone(),
+            });
         }
+        drop(cb);
         (self.workers.lock().unwrap_or_else(|p| p.into_inner()))
             .extend(shared.workers.iter().cloned());
         // Before any reconcile can see the group, so its start is not missed.
@@ -144,29 +150,6 @@ impl ConsumerSet {
             let _ = cs.reconcile().await;
         });
         Ok(shared.id)
-    }
-
-    fn spawn_workers(self: &Arc<Self>, shared: &Arc<SetShared>, cb: &Callback) -> Result<()> {
-        for work in &shared.workers {
-            let (cs, cb, work, set) = (self.clone(), cb.clone(), work.clone(), shared.clone());
-            set.live.fetch_add(1, Ordering::SeqCst);
-            // Not a std thread: see `ConsumerSet::run_worker`.
-            let spawned = crate::os_thread::spawn(c"ramqp-consumer", move || {
-                cs.clone().run_worker(work.clone(), &set, cb);
-                // Nothing can call back any more (the callback, and with it
-                // the userdata, went with the worker).
-                (cs.workers.lock().unwrap_or_else(|p| p.into_inner()))
-                    .retain(|w| !Arc::ptr_eq(w, &work));
-                set.worker_ended();
-            });
-            if let Err(e) = spawned {
-                shared.live.fetch_sub(1, Ordering::SeqCst);
-                return Err(Error::internal(format!(
-                    "cannot start a consumer thread: {e}"
-                )));
-            }
-        }
-        Ok(())
     }
 
     /// `amqp_consume_cancel`: ends the consumer set `id` (basic.cancel, its
@@ -217,7 +200,7 @@ impl ConsumerSet {
         Some(list.remove(i))
     }
 
-    /// For close: no set starts any more and every worker ends once drained
+    /// For close: no set starts any more and every mailbox ends once drained
     /// (each set's release follows its last callback).
     pub(super) fn close_sets(&self) {
         let sets = self

@@ -1,9 +1,11 @@
 //! Consumer dispatch: `repeat` broker consumers per `amqp_consume` call, each
-//! feeding its own library-owned OS thread ("ramqp-consumer") that
-//! runs the callback and applies its disposition on the channel the delivery
-//! came from. Callbacks never run on the runtime thread.
+//! feeding its own mailbox, which the connection's bounded pool of
+//! library-owned OS threads ("ramqp-consumer", `pool.rs`: at most
+//! min(64, consumers)) runs: the callback, one delivery at a time in order,
+//! never on two threads at once, and its disposition applied on the channel
+//! the delivery came from. Callbacks never run on the runtime thread.
 //!
-//! Stop/start: a queue-wide `paused` flag is checked by every worker right
+//! Stop/start: a queue-wide `paused` flag is checked by every mailbox right
 //! before it would call back, so once `stop` has seen `running == 0` no
 //! callback can start; deliveries that arrive paused are given back with
 //! basic.reject(requeue=true).
@@ -13,6 +15,7 @@ mod deferred;
 mod dispatch;
 mod forwarder;
 mod group;
+mod pool;
 mod pull;
 mod settle_book;
 mod settler;
@@ -25,9 +28,11 @@ use dedupe::Dedupe;
 pub(crate) use dedupe::MAX_DEDUPE;
 pub(crate) use group::Release;
 use group::SetShared;
+/// The connection's callback threads (`pool.rs`).
+pub(crate) type CallbackPool = pool::Pool<WorkQueue>;
 pub(crate) use pull::Polled;
 use pull::PullQueue;
-use settler::Settler;
+use settler::{ConsumeStats, Settler};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
@@ -63,7 +68,7 @@ pub(crate) struct DeliveryView<'a> {
 }
 
 /// A consume callback. It runs outside `catch_unwind` (see
-/// `ConsumerSet::run_worker`), so it must catch its own Rust panics.
+/// `dispatch::run_slice`), so it must catch its own Rust panics.
 pub(crate) type Callback = Arc<dyn Fn(&DeliveryView<'_>) -> Disposition + Send + Sync>;
 
 /// How long `stop` waits for broker cancels and in-progress callbacks.
@@ -79,24 +84,13 @@ fn in_callback_of(queue_id: u64) -> bool {
     IN_CALLBACK.with(|c| c.get() == queue_id)
 }
 
-/// Consume counters, all monotonic.
-#[derive(Default)]
-pub(crate) struct ConsumeStats {
-    pub delivered: AtomicU64,
-    pub acked: AtomicU64,
-    pub rejected: AtomicU64,
-    pub requeued: AtomicU64,
-    pub released: AtomicU64,
-    /// Deferred deliveries not settled yet (a gauge).
-    pub unsettled: AtomicU64,
-    /// Callback return values that were no disposition.
-    pub invalid_dispositions: AtomicU64,
-    /// Callback return values ignored: amqp_settle came first.
-    pub returns_ignored: AtomicU64,
-    /// basic.consume (or the consume channel's declares) refused.
-    pub consume_refusals: AtomicU64,
-    /// Deliveries acked unseen as duplicates (queue option dedupe).
-    pub deduplicated: AtomicU64,
+/// What runs a mailbox's deliveries: the consumer's set and callback
+/// (taken by the pool thread that runs the mailbox; dropped, with the
+/// application's userdata, when the mailbox ends).
+struct Runner {
+    cs: Arc<ConsumerSet>,
+    set: Arc<SetShared>,
+    cb: Callback,
 }
 
 /// One consumer set as the broker sees it.
@@ -165,8 +159,10 @@ pub(crate) struct ConsumerSet {
     /// When the last invalid disposition was logged (ms since a process
     /// start; 0 never).
     invalid_warned_at: AtomicU64,
-    /// Every worker of the queue, for settles by id while a callback runs.
+    /// Every mailbox of the queue, for settles by id while a callback runs.
     workers: Mutex<Vec<Arc<WorkQueue>>>,
+    /// The connection's callback threads.
+    pool: Arc<CallbackPool>,
     /// The consumer sets not cancelled; None once closing (no set is added).
     sets: Mutex<Option<Vec<Arc<SetShared>>>>,
     pub stats: Arc<ConsumeStats>,
@@ -194,6 +190,7 @@ pub(crate) struct ConsumerSet {
 
 impl ConsumerSet {
     pub fn new(
+        pool: &Arc<CallbackPool>,
         queue_id: u64,
         queue_name: &str,
         prefetch: u16,
@@ -211,6 +208,7 @@ impl ConsumerSet {
             },
             invalid_warned_at: AtomicU64::new(0),
             workers: Mutex::new(Vec::new()),
+            pool: pool.clone(),
             sets: Mutex::new(Some(Vec::new())),
             stats: Arc::default(),
             state: tokio::sync::Mutex::default(),
@@ -438,7 +436,7 @@ impl ConsumerSet {
     }
 
     /// For close: stop (waiting for running callbacks only until
-    /// `deadline`), then let the worker threads end once drained (each
+    /// `deadline`), then let the mailboxes end once drained (each
     /// set's release follows its last callback).
     pub fn shutdown(self: &Arc<Self>, deadline: Instant) {
         self.end();

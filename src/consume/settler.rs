@@ -1,9 +1,8 @@
 //! Settling deliveries on their channel with few frames.
 
 use super::settle_book::{Due, Frame, Settle, SettleBook};
-use super::ConsumeStats;
 use crate::wire::WireChannel;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,4 +107,24 @@ impl Settler {
         let counter = if sent { counter } else { &stats.released };
         counter.fetch_add(count, Ordering::Relaxed);
     }
+}
+
+/// Consume counters, all monotonic.
+#[derive(Default)]
+pub(crate) struct ConsumeStats {
+    pub delivered: AtomicU64,
+    pub acked: AtomicU64,
+    pub rejected: AtomicU64,
+    pub requeued: AtomicU64,
+    pub released: AtomicU64,
+    /// Deferred deliveries not settled yet (a gauge).
+    pub unsettled: AtomicU64,
+    /// Callback return values that were no disposition.
+    pub invalid_dispositions: AtomicU64,
+    /// Callback return values ignored: amqp_settle came first.
+    pub returns_ignored: AtomicU64,
+    /// basic.consume (or the consume channel's declares) refused.
+    pub consume_refusals: AtomicU64,
+    /// Deliveries acked unseen as duplicates (queue option dedupe).
+    pub deduplicated: AtomicU64,
 }
