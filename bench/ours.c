@@ -22,6 +22,10 @@
  *   threads  uri queue n size threads queues  `threads` threads publish n in all over one
  *                                           connection, thread i to queue QUEUE.(i % queues);
  *                                           rate to the last confirm, every call's duration
+ *   many     uri queue queues n size prefetch   QUEUE.0..QUEUE.K-1 on one connection: publish
+ *                                           n/K to each (timed until confirmed), then one
+ *                                           amqp_consume per queue (timed until n called
+ *                                           back); threads and RSS while consuming
  * Common keys: test=LABEL run=K (copied into the JSON line); auto_id=1 opens the queue with
  *   auto_message_id=true (every plain publish then gets a message_id).
  */
@@ -739,6 +743,122 @@ static int mode_threads(void) {
   return finish();
 }
 
+/* ---- many queues ------------------------------------------------------------------------ */
+
+/* many: `queues` queues (QUEUE.0 .. QUEUE.K-1, non-durable, prefetch `prefetch`) on one
+ * connection. Publish phase (timed): n/queues messages to each, round robin, until all are
+ * confirmed. Consume phase (timed): amqp_consume repeat 1 on every queue (one consumer each),
+ * callback returns AMQP_ACK, until n were called back. Threads and RSS while consuming. */
+static int mode_many(void) {
+  long long nq = arg_int("queues", 10), size = arg_int("size", 64);
+  long long prefetch = arg_int("prefetch", 100);
+  long long per = arg_int("n", 100000) / nq, n = per * nq;
+  const char *prefix = arg_str("queue", "bench");
+  json_begin(CLIENT, "many");
+  json_i("queues", nq);
+  json_i("n", n);
+  json_i("size", size);
+  json_i("prefetch", prefetch);
+  json_b("mandatory", (int)arg_int("mandatory", 1));
+  amqp_connection_handle conn = 0;
+  amqp_queue_handle *qs = calloc((size_t)nq, sizeof *qs);
+  static consume_state st;
+  st.n = (uint64_t)n;
+  st.size = (size_t)size;
+  char copts[256], qopts[256], name[256];
+  snprintf(copts, sizeof copts, "max_buffered=%lld&max_buffered_bytes=%lld", n + 1000,
+           (n + 1000) * (size + 64));
+  amqp_result rc = amqp_connect(arg_str("uri", ""), copts, &conn);
+  if (rc == AMQP_OK) rc = amqp_wait_connected(conn, 20000);
+  if (rc != AMQP_OK) set_err("amqp_connect", rc);
+  long threads_idle = proc_status_kb("Threads");
+  for (long long j = 0; j < nq && g_err[0] == '\0'; j++) {
+    snprintf(name, sizeof name, "%s.%lld", prefix, j);
+    rc = amqp_queue_open(conn, name, NULL, NULL, queue_options(0, prefetch, qopts, sizeof qopts),
+                         &qs[j]);
+    if (rc != AMQP_OK) set_err("amqp_queue_open", rc);
+  }
+  long threads_open = proc_status_kb("Threads");
+  if (g_err[0] == '\0') {
+    uint8_t *body = calloc(1, (size_t)size + 16);
+    double c0 = cpu_seconds();
+    uint64_t t0 = now_ns();
+    for (long long i = 0; i < per && g_err[0] == '\0'; i++) {
+      for (long long j = 0; j < nq && g_err[0] == '\0'; j++) {
+        fill_body(body, (size_t)size, (uint64_t)(i * nq + j), 0);
+        rc = amqp_publish_wait(qs[j], body, (size_t)size, 60000);
+        if (rc != AMQP_OK) set_err("amqp_publish_wait", rc);
+      }
+    }
+    amqp_queue_stats s;
+    uint64_t confirmed = 0, t1 = t0;
+    for (long long j = 0; j < nq && g_err[0] == '\0'; j++) {
+      memset(&s, 0, sizeof s);
+      s.size = sizeof s;
+      t1 = wait_confirmed(qs[j], 300ull * 1000000000ull, &s);
+      confirmed += s.confirmed;
+    }
+    double c1 = cpu_seconds();
+    json_f("pub_seconds", (t1 - t0) / 1e9);
+    json_f("pub_msgs_per_s", n / ((t1 - t0) / 1e9));
+    json_f("pub_cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_u("confirmed", confirmed);
+    if (g_err[0] == '\0' && confirmed != (uint64_t)n)
+      set_errf("confirmed %" PRIu64 " of %lld", confirmed, n);
+    free(body);
+  }
+  if (g_err[0] == '\0') {
+    double c0 = cpu_seconds();
+    uint64_t t0 = now_ns();
+    for (long long j = 0; j < nq && g_err[0] == '\0'; j++) {
+      rc = amqp_consume(qs[j], on_consume, &st, 1);
+      if (rc != AMQP_OK) set_err("amqp_consume", rc);
+    }
+    uint64_t deadline = t0 + 300ull * 1000000000ull;
+    long threads_max = 0;
+    while (g_err[0] == '\0' && atomic_load(&st.count) < (uint64_t)n) {
+      if (now_ns() > deadline) {
+        set_errf("consumed %" PRIu64 " of %lld after 300 s", (uint64_t)atomic_load(&st.count), n);
+        break;
+      }
+      long t = proc_status_kb("Threads");
+      if (t > threads_max) threads_max = t;
+      sleep_us(1000);
+    }
+    double c1 = cpu_seconds();
+    uint64_t t1 = atomic_load(&st.t_last);
+    if (t1 == 0) t1 = now_ns();
+    long t = proc_status_kb("Threads");
+    if (t > threads_max) threads_max = t;
+    uint64_t acked = 0, ack_deadline = now_ns() + 10000000000ull;
+    for (long long j = 0; j < nq; j++) {
+      amqp_queue_stats s;
+      memset(&s, 0, sizeof s);
+      s.size = sizeof s;
+      while (amqp_queue_get_stats(qs[j], &s) == AMQP_OK && s.acked < (uint64_t)per &&
+             now_ns() < ack_deadline)
+        sleep_us(1000);
+      acked += s.acked;
+    }
+    json_f("seconds", (t1 - t0) / 1e9);
+    json_f("msgs_per_s", n / ((t1 - t0) / 1e9));
+    json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_u("consumed", atomic_load(&st.count));
+    json_u("acked", acked);
+    json_i("threads_before_queues", threads_idle);
+    json_i("threads_queues_open", threads_open);
+    json_i("threads_consuming", threads_max);
+    json_i("rss_kb", proc_status_kb("VmRSS"));
+    json_i("rss_peak_kb", proc_status_kb("VmHWM"));
+    if (g_err[0] == '\0' && (atomic_load(&st.count) != (uint64_t)n || acked != (uint64_t)n))
+      set_errf("consumed %" PRIu64 ", acked %" PRIu64 " of %lld", (uint64_t)atomic_load(&st.count),
+               acked, n);
+  }
+  if (conn != 0) close_conn(conn);
+  free(qs);
+  return finish();
+}
+
 int main(int argc, char **argv) {
   g_argc = argc;
   g_argv = argv;
@@ -750,6 +870,7 @@ int main(int argc, char **argv) {
   if (strcmp(mode, "e2e") == 0) return mode_e2e();
   if (strcmp(mode, "memory") == 0) return mode_memory();
   if (strcmp(mode, "threads") == 0) return mode_threads();
-  fprintf(stderr, "usage: ours publish|consume|consume_pull|latency|e2e|memory|threads key=value...\n");
+  if (strcmp(mode, "many") == 0) return mode_many();
+  fprintf(stderr, "usage: ours publish|consume|consume_pull|latency|e2e|memory|threads|many key=value...\n");
   return 2;
 }

@@ -24,6 +24,9 @@
  *                                             QUEUE.(i % queues) on channel (i % queues)+1;
  *                                             confirms streamed (window per channel) under the
  *                                             same lock; a call = lock + publish + unlock
+ *   many     uri queue queues n size prefetch  ours' `many` on one connection, a channel per
+ *                                             queue (see mode_many)
+ *   delete_many uri queue queues              (untimed) delete QUEUE.0..K-1, print messages
  * Common keys: test=LABEL run=K (copied into the JSON line).
  * An amqps:// uri connects with TLS (amqp_ssl_socket, OpenSSL; peer and host name verified);
  * its query's cacertfile=PATH is the CA to trust (the same uri as ours takes).
@@ -843,6 +846,213 @@ static int mode_threads(void) {
   return finish();
 }
 
+/* ---- many queues -------------------------------------------------------------------------- */
+
+/* many: the work of ours' `many` with rabbitmq-c as its users write it: one connection (one
+ * thread), channel j+1 for QUEUE.j (confirm mode), publishes round robin streaming confirms
+ * (read without blocking every 64 publishes; at most `window` in flight per channel), then
+ * basic.qos(prefetch) + basic.consume on every channel and one amqp_consume_message loop that
+ * acks each delivery on its channel. */
+typedef struct {
+  uint64_t published, acked, low; /* every tag below `low` is settled */
+  uint8_t *done;
+} many_ch;
+
+static int many_frame(many_ch *chs, long long nq, uint64_t per, amqp_frame_t *f, uint64_t *acked) {
+  if (f->frame_type != AMQP_FRAME_METHOD) return 0;
+  if (f->payload.method.id != AMQP_BASIC_ACK_METHOD) {
+    if (f->payload.method.id == AMQP_BASIC_NACK_METHOD ||
+        f->payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
+        f->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD) {
+      set_errf("method 0x%08X on channel %u", f->payload.method.id, f->channel);
+      return -1;
+    }
+    return 0;
+  }
+  if (f->channel < 1 || f->channel > nq) return 0;
+  many_ch *ch = &chs[f->channel - 1];
+  amqp_basic_ack_t *a = f->payload.method.decoded;
+  uint64_t from = a->multiple ? ch->low : a->delivery_tag;
+  for (uint64_t t = from; t <= a->delivery_tag && t <= per; t++) {
+    if (!ch->done[t]) {
+      ch->done[t] = 1;
+      ch->acked++;
+      (*acked)++;
+    }
+  }
+  while (ch->low <= per && ch->done[ch->low]) ch->low++;
+  return 0;
+}
+
+static int many_drain(amqp_connection_state_t c, many_ch *chs, long long nq, uint64_t per,
+                      uint64_t *acked, int block) {
+  struct timeval tv0 = {0, 0}, tv1 = {1, 0};
+  for (;;) {
+    amqp_frame_t f;
+    int r = amqp_simple_wait_frame_noblock(c, &f, block ? &tv1 : &tv0);
+    if (r == AMQP_STATUS_TIMEOUT) return block ? 1 : 0;
+    if (r != AMQP_STATUS_OK) {
+      set_errf("reading confirms: %s", amqp_error_string2(r));
+      return -1;
+    }
+    if (many_frame(chs, nq, per, &f, acked) != 0) return -1;
+    block = 0;
+    if (!amqp_frames_enqueued(c) && !amqp_data_in_buffer(c)) {
+      amqp_maybe_release_buffers(c);
+      return 0;
+    }
+  }
+}
+
+static int mode_many(void) {
+  long long nq = arg_int("queues", 10), size = arg_int("size", 64);
+  long long prefetch = arg_int("prefetch", 100), window = arg_int("window", 1000000000);
+  long long per = arg_int("n", 100000) / nq, n = per * nq;
+  int mandatory = (int)arg_int("mandatory", 0);
+  const char *prefix = arg_str("queue", "bench");
+  json_begin(CLIENT, "many");
+  json_i("queues", nq);
+  json_i("n", n);
+  json_i("size", size);
+  json_i("prefetch", prefetch);
+  json_b("mandatory", mandatory);
+  json_i("window", window);
+  amqp_connection_state_t c = rconnect();
+  many_ch *chs = calloc((size_t)nq, sizeof *chs);
+  char name[256];
+  long threads_idle = proc_status_kb("Threads");
+  for (long long j = 0; c != NULL && j < nq && g_err[0] == '\0'; j++) {
+    amqp_channel_t ch = (amqp_channel_t)(j + 1);
+    if (ch != 1) {
+      amqp_channel_open(c, ch);
+      if (rpc_ok(c, "channel.open") != 0) break;
+    }
+    snprintf(name, sizeof name, "%s.%lld", prefix, j);
+    amqp_queue_declare(c, ch, amqp_cstring_bytes(name), 0, 0, 0, 0, amqp_empty_table);
+    if (rpc_ok(c, "queue.declare") != 0) break;
+    amqp_confirm_select(c, ch);
+    if (rpc_ok(c, "confirm.select") != 0) break;
+    chs[j].done = calloc((size_t)per + 2, 1);
+    chs[j].low = 1;
+  }
+  if (c != NULL && g_err[0] == '\0') {
+    uint8_t *body = calloc(1, (size_t)size + 16);
+    amqp_basic_properties_t props;
+    memset(&props, 0, sizeof props);
+    uint64_t acked = 0, sent = 0;
+    double c0 = cpu_seconds();
+    uint64_t t0 = now_ns();
+    for (long long i = 0; i < per && g_err[0] == '\0'; i++) {
+      for (long long j = 0; j < nq && g_err[0] == '\0'; j++) {
+        while (chs[j].published - chs[j].acked >= (uint64_t)window && g_err[0] == '\0')
+          if (many_drain(c, chs, nq, (uint64_t)per, &acked, 1) < 0) break;
+        snprintf(name, sizeof name, "%s.%lld", prefix, j);
+        fill_body(body, (size_t)size, (uint64_t)(i * nq + j), 0);
+        amqp_bytes_t b = {(size_t)size, body};
+        int r = amqp_basic_publish(c, (amqp_channel_t)(j + 1), amqp_empty_bytes,
+                                   amqp_cstring_bytes(name), mandatory, 0, &props, b);
+        if (r != AMQP_STATUS_OK) {
+          set_errf("amqp_basic_publish: %s", amqp_error_string2(r));
+          break;
+        }
+        chs[j].published++;
+        if ((++sent & 63) == 0 && many_drain(c, chs, nq, (uint64_t)per, &acked, 0) < 0) break;
+      }
+    }
+    uint64_t deadline = now_ns() + 300ull * 1000000000ull;
+    while (g_err[0] == '\0' && acked < (uint64_t)n && now_ns() < deadline)
+      if (many_drain(c, chs, nq, (uint64_t)per, &acked, 1) < 0) break;
+    uint64_t t1 = now_ns();
+    double c1 = cpu_seconds();
+    json_f("pub_seconds", (t1 - t0) / 1e9);
+    json_f("pub_msgs_per_s", n / ((t1 - t0) / 1e9));
+    json_f("pub_cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_u("confirmed", acked);
+    if (g_err[0] == '\0' && acked != (uint64_t)n) set_errf("confirmed %" PRIu64 " of %lld", acked, n);
+    free(body);
+  }
+  if (c != NULL && g_err[0] == '\0') {
+    double c0 = cpu_seconds();
+    uint64_t t0 = now_ns(), got = 0;
+    /* every basic.qos first (no delivery yet), then basic.consume with no-wait: RPCs
+     * issued while other channels' deliveries flow stalled librabbitmq 0.11 at 100 channels */
+    for (long long j = 0; j < nq && g_err[0] == '\0'; j++) {
+      amqp_basic_qos(c, (amqp_channel_t)(j + 1), 0, (uint16_t)prefetch, 0);
+      if (rpc_ok(c, "basic.qos") != 0) break;
+    }
+    for (long long j = 0; j < nq && g_err[0] == '\0'; j++) {
+      snprintf(name, sizeof name, "%s.%lld", prefix, j);
+      amqp_basic_consume_t req;
+      memset(&req, 0, sizeof req);
+      req.queue = amqp_cstring_bytes(name);
+      req.nowait = 1;
+      req.arguments = amqp_empty_table;
+      int r = amqp_send_method(c, (amqp_channel_t)(j + 1), AMQP_BASIC_CONSUME_METHOD, &req);
+      if (r != AMQP_STATUS_OK) set_errf("basic.consume: %s", amqp_error_string2(r));
+    }
+    struct timeval tv = {30, 0};
+    while (g_err[0] == '\0' && got < (uint64_t)n) {
+      amqp_envelope_t env;
+      amqp_maybe_release_buffers(c);
+      amqp_rpc_reply_t r = amqp_consume_message(c, &env, &tv, 0);
+      if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        set_errf("amqp_consume_message after %" PRIu64 " messages: reply type %d, %s", got,
+                 (int)r.reply_type, amqp_error_string2(r.library_error));
+        break;
+      }
+      int a = amqp_basic_ack(c, env.channel, env.delivery_tag, 0);
+      amqp_destroy_envelope(&env);
+      if (a != AMQP_STATUS_OK) {
+        set_errf("amqp_basic_ack: %s", amqp_error_string2(a));
+        break;
+      }
+      got++;
+    }
+    uint64_t t1 = now_ns();
+    double c1 = cpu_seconds();
+    json_f("seconds", (t1 - t0) / 1e9);
+    json_f("msgs_per_s", n / ((t1 - t0) / 1e9));
+    json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_u("consumed", got);
+    json_i("threads_before_queues", threads_idle);
+    json_i("threads_consuming", proc_status_kb("Threads"));
+    json_i("rss_kb", proc_status_kb("VmRSS"));
+    json_i("rss_peak_kb", proc_status_kb("VmHWM"));
+  }
+  if (c != NULL) {
+    amqp_connection_close(c, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(c);
+  }
+  for (long long j = 0; j < nq; j++) free(chs[j].done);
+  free(chs);
+  return finish();
+}
+
+/* delete_many: (untimed) deletes QUEUE.0 .. QUEUE.K-1; prints how many messages they held */
+static int mode_delete_many(void) {
+  long long nq = arg_int("queues", 10);
+  const char *prefix = arg_str("queue", "bench");
+  json_begin(CLIENT, "delete_many");
+  amqp_connection_state_t c = rconnect();
+  uint64_t messages = 0;
+  long long deleted = 0;
+  char name[256];
+  for (long long j = 0; c != NULL && j < nq; j++) {
+    snprintf(name, sizeof name, "%s.%lld", prefix, j);
+    amqp_queue_delete_ok_t *ok = amqp_queue_delete(c, 1, amqp_cstring_bytes(name), 0, 0);
+    if (ok == NULL) {
+      rpc_ok(c, "queue.delete");
+      break;
+    }
+    messages += ok->message_count;
+    deleted++;
+  }
+  json_i("deleted", deleted);
+  json_u("messages", messages);
+  rclose(c);
+  return finish();
+}
+
 int main(int argc, char **argv) {
   g_argc = argc;
   g_argv = argv;
@@ -854,10 +1064,12 @@ int main(int argc, char **argv) {
   if (strcmp(mode, "delete") == 0) return mode_delete();
   if (strcmp(mode, "count") == 0) return mode_count();
   if (strcmp(mode, "threads") == 0) return mode_threads();
+  if (strcmp(mode, "many") == 0) return mode_many();
+  if (strcmp(mode, "delete_many") == 0) return mode_delete_many();
   if (strcmp(mode, "version") == 0) {
     printf("%s\n", amqp_version());
     return 0;
   }
-  fprintf(stderr, "usage: rmqc publish|consume|latency|e2e|threads|fill|delete|count|version key=value...\n");
+  fprintf(stderr, "usage: rmqc publish|consume|latency|e2e|threads|fill|delete|count|many|delete_many|version key=value...\n");
   return 2;
 }

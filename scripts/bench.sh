@@ -21,6 +21,12 @@
 #        pub_props_64       the first with 5 string properties (content_type, correlation_id,
 #                           message_id per message, type, app_id) and 3 headers (traceparent,
 #                           tenant, attempt) per message (ours: amqp_publish_message)
+#        pub_transient_64_vs_stream   pub_transient_64 (ours: defaults, mandatory on) against
+#                           rabbitmq-c's best streaming usage: no in-flight limit, confirms
+#                           drained without blocking, mandatory off
+#        pub_transient_64_nomandatory_vs_stream  the same with ours' mandatory off too
+#                           (every publish case also logs the broker's CPU per message:
+#                           utime+stime of its beam process, a "broker_cpu" line)
 #        pub_transient_4k   the same as the first with 4 KiB bodies
 #        pub_tls_64         the first over TLS (amqps://, the node's TLS listener on PORT+3;
 #                           ours: rustls, rabbitmq-c: amqp_ssl_socket, OpenSSL; both verify
@@ -38,6 +44,9 @@
 #                           queues: rate and call p99/p99.9 (rabbitmq-c: the connection
 #                           shared under a mutex, a confirm channel per queue)
 #        e2e_10k            publish -> consume latency at 10,000 msg/s, same process
+#        many_q10/_q100/_q1000  10, 100, 1,000 queues on one connection, one consumer each:
+#                           aggregate publish (until confirmed) and consume rates, threads and
+#                           RSS while consuming (RA_BENCH_ONLY=many_queues runs all three)
 #        memory_1m          (ours only) RSS growth with 1,000,000 buffered 64 B messages
 #                           while the broker is unreachable
 #        bindings           every language binding's publish and consume against the C
@@ -56,6 +65,7 @@
 #   RA_BENCH_N            messages for the publish/consume/latency cases (default 200000)
 #   RA_BENCH_N_4K         messages for the 4 KiB case (default 200000 = 800 MiB of bodies)
 #   RA_BENCH_N_ALWAYS     messages for pub_spool_64's spool_sync=always runs (default N/20)
+#   RA_BENCH_N_MANY       messages for the many-queues cases, over all queues (default 100000)
 #   RA_BENCH_E2E_SECONDS  length of the end-to-end run (default 5)
 #   RA_BENCH_SETTLE       seconds of pause between runs (default 1; --quick: 0)
 #   RA_BENCH_ONLY         space-separated case names to run (default: all)
@@ -103,6 +113,8 @@ else
 fi
 N_MEM=1000000
 N_ALWAYS=${RA_BENCH_N_ALWAYS:-$((N / 20))}
+N_MANY=${RA_BENCH_N_MANY:-100000}
+((QUICK)) && N_MANY=${RA_BENCH_N_MANY:-10000}
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || {
     echo "bench.sh: runs must be a positive number (got '$RUNS')" >&2
     exit 2
@@ -271,18 +283,50 @@ order() {
 
 qname() { echo "bench.$1.$2.r$3"; } # qname TEST CLIENT RUN
 
-# publish_case TEST N SIZE DURABLE MANDATORY [PROPS] (both clients publish with the same flags)
+# The broker's CPU time so far (utime + stime of its beam process) in clock ticks; empty when
+# its pid file is not there (a node started some other way).
+BEAM_PID_FILE=$ROOT/target/rabbitmq/node-$RA_BROKER_PORT/rabbitmq.pid
+CLK_TCK=$(getconf CLK_TCK)
+beam_ticks() {
+    local pid
+    pid=$(cat "$BEAM_PID_FILE" 2>/dev/null) || return 0
+    [[ -r /proc/$pid/stat ]] || return 0
+    # fields 14 and 15 after the command name (which may hold spaces)
+    sed -e 's/^.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}'
+}
+
+# broker_cpu CLIENT TEST RUN N TICKS_BEFORE: the broker's CPU per message of the run just done
+broker_cpu() {
+    local client=$1 test=$2 run=$3 n=$4 before=$5 after us
+    after=$(beam_ticks)
+    [[ -n $before && -n $after ]] || return 0
+    us=$(awk -v a="$after" -v b="$before" -v t="$CLK_TCK" -v n="$n" 'BEGIN {printf "%.3f", (a - b) / t * 1e6 / n}')
+    echo "{\"kind\":\"broker_cpu\",\"client\":\"$client\",\"test\":\"$test\",\"run\":$run,\"n\":$n,\"ticks\":$((after - before)),\"clk_tck\":$CLK_TCK,\"broker_cpu_us_per_msg\":$us}" >>"$RAW"
+    printf '    broker CPU: %s µs/msg (%s ticks of 1/%s s for %s messages)\n' "$us" "$((after - before))" "$CLK_TCK" "$n"
+}
+
+# publish_case TEST N SIZE DURABLE MANDATORY [PROPS [RMQC_WINDOW [RMQC_MANDATORY]]]
+# (both clients publish with the same flags unless RMQC_MANDATORY is given; rabbitmq-c keeps at
+# most RMQC_WINDOW publishes in flight, default 512; 0: no limit, confirms drained without
+# blocking every 64 publishes)
 publish_case() {
-    local test=$1 n=$2 size=$3 durable=$4 mandatory=$5 props=${6:-0} r client q
+    local test=$1 n=$2 size=$3 durable=$4 mandatory=$5 props=${6:-0} window=${7:-512} r client q
+    local rmqc_mandatory=${8:-$5} m w ticks
     wanted "$test" || return 0
-    say "$test: confirmed publish, $n x $size B, durable=$durable mandatory=$mandatory ($RUNS runs each, alternating, ABBA)"
+    w=$window
+    ((w == 0)) && w=1000000000
+    say "$test: confirmed publish, $n x $size B, durable=$durable mandatory=$mandatory (rabbitmq-c: mandatory=$rmqc_mandatory window=${window/#0/unlimited}) ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
         for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
+            m=$mandatory
+            [[ $client == rabbitmq-c ]] && m=$rmqc_mandatory
+            ticks=$(beam_ticks)
             run "$client" "$test" "$r" publish "queue=$q" "n=$n" "size=$size" "durable=$durable" \
-                "mandatory=$mandatory" "props=$props"
+                "mandatory=$m" "props=$props" "window=$w"
+            broker_cpu "$client" "$test" "$r" "$n" "$ticks"
             verify "$client" "$test" "$r" "$q" "$n"
         done
     done
@@ -321,6 +365,33 @@ spool_case() {
             esac
             verify "$variant" "$test" "$r" "$q" "$n"
             rm -rf "$dir"
+        done
+    done
+}
+
+# many_case QUEUES: QUEUES queues on one connection, one consumer each, N_MANY x 64 B spread
+# over them: publish until confirmed, then consume + ack (prefetch 100 per consumer). Ours:
+# amqp_consume per queue (callbacks on the connection's bounded pool of threads); rabbitmq-c:
+# a channel per queue, one thread, streaming confirms, basic.consume no-wait. The broker's
+# count: queue.delete's message_count of every queue must be 0.
+many_case() {
+    local queues=$1 test=many_q$1 n=$N_MANY r client q out
+    wanted "$test" || wanted many_queues || return 0
+    say "$test: $queues queues on one connection, one consumer each, $n x 64 B ($RUNS runs each, alternating, ABBA)"
+    for ((r = 1; r <= RUNS; r++)); do
+        for client in $(order "$r"); do
+            q=$(qname "$test" "$client" "$r")
+            "$BIN/rmqc" delete_many "uri=$URI" "queue=$q" "queues=$queues" >/dev/null 2>>"$LOG" || true
+            settle
+            run "$client" "$test" "$r" many "queue=$q" "queues=$queues" "n=$n" size=64 prefetch=100
+            out=$("$BIN/rmqc" delete_many "uri=$URI" "queue=$q" "queues=$queues" 2>>"$LOG") || true
+            echo "$out" >>"$RAW"
+            if [[ $out == *"\"deleted\":$queues,\"messages\":0,"* ]]; then
+                echo "    broker check: $queues queues $q.* held 0 messages: ok"
+            else
+                echo "    broker check: FAILED: $out"
+                FAILS=$((FAILS + 1))
+            fi
         done
     done
 }
@@ -424,6 +495,9 @@ memory_case() {
 
 T0=$SECONDS
 publish_case pub_transient_64 "$N" 64 0 1
+# rabbitmq-c's best streaming usage: no in-flight limit, mandatory off; ours default, then off
+publish_case pub_transient_64_vs_stream "$N" 64 0 1 0 0 0
+publish_case pub_transient_64_nomandatory_vs_stream "$N" 64 0 0 0 0 0
 publish_case pub_durable_64 "$N" 64 1 1
 publish_case pub_durable_64_nomandatory "$N" 64 1 0
 publish_case pub_props_64 "$N" 64 0 1 1
@@ -446,6 +520,9 @@ threads_case threads_32x1 32 1
 threads_case threads_32x8 32 8
 e2e_case
 memory_case
+many_case 10
+many_case 100
+many_case 1000
 if wanted bindings; then
     say "bindings: every language binding against the C path (scripts/bench-bindings.sh)"
     RA_BENCH_BROKER=running RA_BENCH_RUNS=$RUNS RA_BENCH_N=$N bash scripts/bench-bindings.sh ||
