@@ -176,6 +176,9 @@ def cmd_line(args):
     elif mode == "consume":
         s = "%s msg/s, %s µs CPU/msg, consumed %s/%s" % (
             fmt_rate(r["msgs_per_s"]), fmt_g(r["cpu_us_per_msg"]), r["consumed"], n)
+        if "vol_ctx_switches_per_msg" in r:
+            s += ", context switches/msg %s voluntary + %s involuntary" % (
+                fmt_g(r["vol_ctx_switches_per_msg"]), fmt_g(r["invol_ctx_switches_per_msg"]))
     elif mode == "latency":
         s = "publish call p50 %s, p99 %s, p99.9 %s, max %s; confirmed %s/%s" % (
             fmt_ns(r["call_p50_ns"]), fmt_ns(r["call_p99_ns"]), fmt_ns(r["call_p999_ns"]),
@@ -192,6 +195,10 @@ def cmd_line(args):
         s = "RSS %s -> %s kB with %s buffered: +%.1f MB, %.0f B/msg; unsent at close %s" % (
             r["rss_before_kb"], r["rss_after_kb"], r["buffered"], r["growth_mb"], r["bytes_per_msg"],
             r["unsent"])
+    elif mode == "many":
+        s = "%s queues: publish %s msg/s, consume %s msg/s, %s µs CPU/msg consuming, %s threads, RSS %s kB" % (
+            r["queues"], fmt_rate(r["pub_msgs_per_s"]), fmt_rate(r["msgs_per_s"]),
+            fmt_g(r["cpu_us_per_msg"]), r["threads_consuming"], r["rss_kb"])
     else:
         s = json.dumps(r)
     print(head + s + "  ok")

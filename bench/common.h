@@ -74,6 +74,15 @@ static double cpu_seconds(void) {
          ru.ru_stime.tv_usec / 1e6;
 }
 
+/* context switches of the whole process (all threads) so far: voluntary (a thread waited)
+ * and involuntary (preempted) */
+static void ctx_switches(long long *vol, long long *invol) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  *vol = ru.ru_nvcsw;
+  *invol = ru.ru_nivcsw;
+}
+
 /* a field of /proc/self/status in kB (VmRSS, VmHWM), -1 if absent */
 static long proc_status_kb(const char *field) {
   FILE *f = fopen("/proc/self/status", "r");

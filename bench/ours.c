@@ -231,6 +231,8 @@ static int mode_consume(void) {
   st.size = (size_t)size;
   if (open_queue(100000, 64ll << 20, 0, prefetch, &conn, &q) == 0) {
     double c0 = cpu_seconds();
+    long long v0, i0, v1, i1;
+    ctx_switches(&v0, &i0);
     uint64_t t0 = now_ns();
     amqp_result rc = amqp_consume(q, on_consume, &st, 1);
     if (rc != AMQP_OK) set_err("amqp_consume", rc);
@@ -243,6 +245,7 @@ static int mode_consume(void) {
       sleep_us(1000);
     }
     double c1 = cpu_seconds();
+    ctx_switches(&v1, &i1);
     uint64_t t1 = atomic_load(&st.t_last);
     if (t1 == 0) t1 = now_ns();
     /* every ack handed to the channel (the broker shows 0 messages: checked by bench.sh) */
@@ -260,6 +263,8 @@ static int mode_consume(void) {
     json_f("msgs_per_s", n / secs);
     json_f("cpu_s", c1 - c0);
     json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_f("vol_ctx_switches_per_msg", (double)(v1 - v0) / (double)n);
+    json_f("invol_ctx_switches_per_msg", (double)(i1 - i0) / (double)n);
     json_u("consumed", atomic_load(&st.count));
     json_u("acked", s.acked);
     json_u("bad_bodies", atomic_load(&st.bad));
@@ -292,6 +297,8 @@ static int mode_consume_pull(void) {
   uint64_t *ids = calloc((size_t)batch, sizeof *ids);
   if (out != NULL && ids != NULL && open_queue(100000, 64ll << 20, 0, prefetch, &conn, &q) == 0) {
     double c0 = cpu_seconds();
+    long long v0, i0, v1, i1;
+    ctx_switches(&v0, &i0);
     uint64_t t0 = now_ns();
     amqp_result rc = amqp_consume_pull(q, NULL);
     if (rc != AMQP_OK) set_err("amqp_consume_pull", rc);
@@ -317,6 +324,7 @@ static int mode_consume_pull(void) {
     }
     uint64_t t1 = now_ns();
     double c1 = cpu_seconds();
+    ctx_switches(&v1, &i1);
     amqp_queue_stats s;
     memset(&s, 0, sizeof s);
     s.size = sizeof s;
@@ -336,6 +344,8 @@ static int mode_consume_pull(void) {
     json_f("msgs_per_s", n / secs);
     json_f("cpu_s", c1 - c0);
     json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_f("vol_ctx_switches_per_msg", (double)(v1 - v0) / (double)n);
+    json_f("invol_ctx_switches_per_msg", (double)(i1 - i0) / (double)n);
     json_u("consumed", count);
     json_u("acked", s.acked);
     json_u("bad_bodies", bad);

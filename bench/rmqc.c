@@ -374,6 +374,8 @@ static int mode_consume(void) {
   if (c != NULL && declare(c, 0) == 0) {
     uint64_t got = 0, bad = 0;
     double c0 = cpu_seconds();
+    long long v0, i0, v1, i1;
+    ctx_switches(&v0, &i0);
     uint64_t t0 = now_ns();
     amqp_basic_qos(c, 1, 0, (uint16_t)prefetch, 0);
     if (rpc_ok(c, "basic.qos") == 0) {
@@ -403,11 +405,14 @@ static int mode_consume(void) {
     }
     uint64_t t1 = now_ns();
     double c1 = cpu_seconds();
+    ctx_switches(&v1, &i1);
     double secs = (t1 - t0) / 1e9;
     json_f("seconds", secs);
     json_f("msgs_per_s", n / secs);
     json_f("cpu_s", c1 - c0);
     json_f("cpu_us_per_msg", (c1 - c0) * 1e6 / (double)n);
+    json_f("vol_ctx_switches_per_msg", (double)(v1 - v0) / (double)n);
+    json_f("invol_ctx_switches_per_msg", (double)(i1 - i0) / (double)n);
     json_u("consumed", got);
     json_u("bad_bodies", bad);
     if (g_err[0] == '\0' && bad != 0) set_errf("%" PRIu64 " bodies of the wrong size", bad);

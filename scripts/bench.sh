@@ -37,6 +37,7 @@
 #                           RA_BENCH_N_ALWAYS messages: fdatasync per publish), rotating
 #                           the order each run; the spool in target/bench/spool
 #        consume_64         consume + ack (prefetch 500) a queue pre-filled with N x 64 B
+#                           (also context switches per delivery, getrusage of the process)
 #        consume_pull_64    the same, ours in pull mode (amqp_poll batches, amqp_settle_many)
 #        consume_tls_64     consume_64 over TLS
 #        latency_1t/_8t     the time of each publish call from 1 and from 8 threads
@@ -44,6 +45,7 @@
 #                           queues: rate and call p99/p99.9 (rabbitmq-c: the connection
 #                           shared under a mutex, a confirm channel per queue)
 #        e2e_10k            publish -> consume latency at 10,000 msg/s, same process
+#        e2e_1k, e2e_100    the same at 1,000 and 100 msg/s (an idle service's latency)
 #        many_q10/_q100/_q1000  10, 100, 1,000 queues on one connection, one consumer each:
 #                           aggregate publish (until confirmed) and consume rates, threads and
 #                           RSS while consuming (RA_BENCH_ONLY=many_queues runs all three)
@@ -468,16 +470,17 @@ threads_case() {
     done
 }
 
+# e2e_case [TEST RATE]: publish -> delivery latency at RATE msg/s (default e2e_10k, 10000)
 e2e_case() {
-    local test=e2e_10k r client q
+    local test=${1:-e2e_10k} rate=${2:-10000} r client q
     wanted "$test" || return 0
-    say "$test: end-to-end latency at 10,000 msg/s for $E2E_SECONDS s ($RUNS runs each, alternating, ABBA)"
+    say "$test: end-to-end latency at $rate msg/s for $E2E_SECONDS s ($RUNS runs each, alternating, ABBA)"
     for ((r = 1; r <= RUNS; r++)); do
         for client in $(order "$r"); do
             q=$(qname "$test" "$client" "$r")
             "$BIN/rmqc" delete "uri=$URI" "queue=$q" >/dev/null 2>>"$LOG" || true
             settle
-            run "$client" "$test" "$r" e2e "queue=$q" rate=10000 "seconds=$E2E_SECONDS" size=64 prefetch=500
+            run "$client" "$test" "$r" e2e "queue=$q" "rate=$rate" "seconds=$E2E_SECONDS" size=64 prefetch=500
             verify "$client" "$test" "$r" "$q" 0
         done
     done
@@ -519,6 +522,8 @@ threads_case threads_8x8 8 8
 threads_case threads_32x1 32 1
 threads_case threads_32x8 32 8
 e2e_case
+e2e_case e2e_1k 1000
+e2e_case e2e_100 100
 memory_case
 many_case 10
 many_case 100

@@ -106,8 +106,17 @@ impl amqp_delivery {
 }
 
 /// The consume callback. Runs on a library-owned thread named
-/// "ramqp-consumer" (never the caller's, never the network thread);
-/// up to `repeat` run at once per amqp_consume call. It may call amqp_publish,
+/// "ramqp-consumer" (never the caller's, never the network thread): one of
+/// the connection's pool of callback threads, at most min(64, consumers)
+/// (consumers: the connection's broker consumers with callbacks, `repeat`
+/// per amqp_consume call). Each broker consumer's deliveries come in order,
+/// one at a time, never on two threads at once (a consumer may move between
+/// pool threads between deliveries); up to `repeat` run at once per
+/// amqp_consume call. Up to 64 consumers, each can have a thread; beyond,
+/// a callback that takes long holds one of the 64 threads, and 64 such
+/// callbacks at once hold up every other consumer of the connection until
+/// one returns (the pool takes up to 32 deliveries of a consumer per turn,
+/// then the next waiting consumer). It may call amqp_publish,
 /// amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
 /// that is no amqp_disposition is applied as the queue's
 /// `invalid_disposition` (requeue by default): nothing is lost.
@@ -121,8 +130,10 @@ impl amqp_delivery {
 /// ends that thread alone: the delivery in that callback stays unsettled
 /// (never acked; amqp_settle by its delivery_id still applies) and the
 /// broker redelivers it when the channel closes, at the latest at exit;
-/// deliveries queued for that thread go back to the broker; stop and close
-/// do not wait for it; other consumers go on.
+/// that broker consumer calls back no more (its queued and later deliveries
+/// go back to the broker; its set's release does not run); stop and close
+/// do not wait for it; other consumers go on (the pool starts a thread in
+/// its place).
 pub type amqp_consume_fn = Option<
     unsafe extern "C-unwind" fn(
         delivery: *const amqp_delivery,
@@ -153,8 +164,9 @@ pub unsafe extern "C" fn amqp_consume(
 }
 
 /// Starts a consumer set: `repeat` broker consumers (0 means 1) on the queue,
-/// each delivering to `cb` on its own library thread; callbacks may run
-/// concurrently up to `repeat`. The returned disposition is applied on the
+/// each delivering to `cb` in order on the connection's pool of library
+/// threads (see amqp_consume_fn: at most min(64, consumers) threads);
+/// callbacks may run concurrently up to `repeat`. The returned disposition is applied on the
 /// channel the delivery came from; a delivery whose channel died is never
 /// acked on a new one (the broker redelivers it). Consumers restart after
 /// every reconnect; while disconnected they start on connect. Calling it
