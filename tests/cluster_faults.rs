@@ -201,30 +201,7 @@ fn con_prepare_quorum(cfg: &Cfg, cl: &Cluster, tag: &str, conns: &mut ConnGuards
     let q = queue_open(conn, &name, None, None, Some("queue_type=quorum"));
     let bodies: Vec<Vec<u8>> = (0..n).map(seq_body).collect();
     Reader::new().publish(&name, &bodies);
-    let bad_log_before = bad_log_lines(cfg).map(|v| v.len()).unwrap_or(0);
-    let mon = Monitor::start(conn, q);
-    let done: DoneSet = Default::default();
-    let d2 = done.clone();
-    let rec = Recorder::new(
-        cfg.consume_sleep,
-        Box::new(move |d, _| {
-            let mut g = d2.lock().unwrap();
-            if g.0.insert(d.body.clone()) && g.0.len() as u64 == n {
-                g.1 = Some(Instant::now());
-            }
-            raw(amqp_disposition::AMQP_ACK)
-        }),
-    );
-    ConSide {
-        conn,
-        q,
-        name,
-        n,
-        rec,
-        done,
-        mon,
-        bad_log_before,
-    }
+    con_side(cfg, conn, q, name, n)
 }
 
 /// Runs one scenario: publish + consume through the host list, `fault` in the middle.

@@ -311,6 +311,12 @@ pub(crate) fn con_prepare(cfg: &Cfg, tag: &str, conns: &mut ConnGuards) -> ConSi
             q
         }
     };
+    con_side(cfg, conn, q, name, n)
+}
+
+/// The consuming side of queue `q` (named `name`, seeded with `n` messages) on `conn`: its
+/// monitor and its recorder, which acks every delivery and notes when all `n` bodies were seen.
+pub(crate) fn con_side(cfg: &Cfg, conn: u64, q: u64, name: String, n: u64) -> ConSide {
     let bad_log_before = bad_log_lines(cfg).map(|v| v.len()).unwrap_or(0);
     let mon = Monitor::start(conn, q);
     let done: DoneSet = Default::default();
