@@ -654,31 +654,6 @@ static int mode_memory(void) {
 
 /* ---- many producer threads: T threads on one connection, to Q queues ------------------------ */
 
-typedef struct {
-  amqp_queue_handle q;
-  size_t size;
-  long long calls;
-  uint64_t *lat;
-  uint64_t failed;
-  amqp_result first_rc;
-  pthread_barrier_t *barrier;
-} mt_thread;
-
-static void *mt_run(void *arg) {
-  mt_thread *t = arg;
-  uint8_t *body = calloc(1, t->size + 16);
-  pthread_barrier_wait(t->barrier);
-  for (long long i = 0; i < t->calls; i++) {
-    fill_body(body, t->size, (uint64_t)i, 0);
-    uint64_t a = now_ns();
-    amqp_result rc = amqp_publish(t->q, body, t->size);
-    t->lat[i] = now_ns() - a;
-    if (rc != AMQP_OK && t->failed++ == 0) t->first_rc = rc;
-  }
-  free(body);
-  return NULL;
-}
-
 /* threads uri queue n size threads queues: `threads` threads publish n messages in all, thread
  * i to queue `queue`.(i % queues), over one connection; the time from the first call to the
  * last confirm (rate) and every call's duration */
@@ -710,15 +685,17 @@ static int mode_threads(void) {
   if (rc != AMQP_OK) {
     set_err("connect / amqp_queue_open", rc);
   } else {
-    mt_thread *ts = calloc((size_t)threads, sizeof *ts);
+    lat_thread *ts = calloc((size_t)threads, sizeof *ts);
     pthread_t *tid = calloc((size_t)threads, sizeof *tid);
     uint64_t *all = calloc((size_t)n, sizeof *all);
     pthread_barrier_t barrier;
     pthread_barrier_init(&barrier, NULL, (unsigned)threads + 1);
     for (int i = 0; i < threads; i++) {
-      ts[i] = (mt_thread){qs[i % queues], (size_t)size, per, all + (size_t)i * per, 0, AMQP_OK, &barrier};
-      pthread_create(&tid[i], NULL, mt_run, &ts[i]);
+      ts[i] = (lat_thread){qs[i % queues], (size_t)size, per, 0, all + (size_t)i * per, 0, AMQP_OK,
+                           &barrier};
+      pthread_create(&tid[i], NULL, lat_run, &ts[i]);
     }
+    pthread_barrier_wait(&barrier); /* (no warm-up) */
     double c0 = cpu_seconds();
     pthread_barrier_wait(&barrier);
     uint64_t t0 = now_ns(), failed = 0;
