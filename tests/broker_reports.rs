@@ -183,3 +183,40 @@ fn close_reports_what_it_could_not_send() {
     let tags: Vec<u64> = all.iter().map(|r| r.tag).collect();
     assert_eq!(tags, (0..50).collect::<Vec<_>>());
 }
+
+/// The publish timeout counts from when a message goes out, not from the
+/// last confirm: a queue idle for longer than publish_timeout_ms must not
+/// take its next message for a stuck channel.
+#[test]
+fn an_idle_queue_is_not_stuck_when_it_publishes_again() {
+    let _broker = broker_shared();
+    let c = ConnGuard::connect_ok(None);
+    let q = queue_open(
+        c.h(),
+        &unique_name("idle_timeout"),
+        None,
+        None,
+        Some("durable=false&persistent=false&publish_timeout_ms=300"),
+    );
+    let reports = Reports::attach(q);
+    for i in 0..3u64 {
+        publish_tagged_ok(q, &seq_body(i), i + 1);
+        reports.wait_for(i as usize + 1, Duration::from_secs(10));
+        // Idle for twice the publish timeout before the next message.
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let all = reports.all();
+    assert!(
+        all.iter()
+            .all(|r| r.status == amqp_report_status::AMQP_REPORT_CONFIRMED && r.attempts == 1),
+        "{all:?}"
+    );
+    let s = qstats(q);
+    assert_eq!(
+        (s.confirmed, s.resent, s.failed),
+        (3, 0, 0),
+        "{}",
+        fmt_qstats(&s)
+    );
+    c.close_ok();
+}

@@ -135,6 +135,7 @@ impl Outbox {
             target,
             window,
             carry,
+            progress,
             ..
         } = run;
         if carry.backing_off(Instant::now())
@@ -148,6 +149,11 @@ impl Outbox {
         let broker_max = self.broker_max.load(Ordering::Relaxed);
         let mut ends = self.ends();
         let mut resent = 0u64;
+        // The publish timeout of a message sent into an empty window counts
+        // from now, not from the last confirm before an idle spell.
+        if window.is_empty() {
+            *progress = Instant::now();
+        }
         let sent = ch.start_publish(*target).map(|mut batch| {
             let limits = (broker_max, batch.property_room());
             while carry.may_send(window) {
