@@ -292,6 +292,51 @@ fn lost_ack_without_publish_timeout() {
     ));
 }
 
+/// A lone message into an idle queue (sent by the publishing thread itself, the publisher
+/// asleep) whose ack is lost: the publish timeout still ends it, reported EXPIRED.
+#[test]
+fn lone_message_with_a_lost_ack_expires() {
+    let _g = harness::serial();
+    let proxy = proxy::HostileProxy::start(
+        harness::upstream(),
+        once(|f, _| f.is(frames::BASIC_ACK).then(|| Act::Replace(Vec::new()))),
+    );
+    let conn = ConnGuard::connect(&harness::uri_via(proxy.port, ""), Some(harness::FAST));
+    let q = queue_open(
+        conn.h(),
+        &unique_name("lone-lost-ack"),
+        None,
+        None,
+        Some("durable=false&persistent=false&publish_timeout_ms=800"),
+    );
+    let reports = Reports::attach(q);
+    // Idle first: the publisher is asleep when the message comes.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let t0 = std::time::Instant::now();
+    publish_tagged_ok(q, b"lone", 1);
+    let all = reports.wait_for(1, std::time::Duration::from_secs(10));
+    let took = t0.elapsed();
+    assert_eq!(proxy.acts(), 1, "the ack was not dropped");
+    assert_eq!(
+        all[0].status,
+        amqp_report_status::AMQP_REPORT_EXPIRED,
+        "{all:?}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(800) && took < std::time::Duration::from_secs(5),
+        "reported after {took:?}"
+    );
+    // The queue goes on: the next message is confirmed.
+    publish_tagged_ok(q, b"next", 2);
+    let all = reports.wait_for(2, std::time::Duration::from_secs(10));
+    assert_eq!(
+        all[1].status,
+        amqp_report_status::AMQP_REPORT_CONFIRMED,
+        "{all:?}"
+    );
+    conn.close_ok();
+}
+
 // --- methods out of place --------------------------------------------------------------------
 
 /// channel.close for channel 999, which was never opened.

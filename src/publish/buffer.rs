@@ -85,10 +85,13 @@ impl PublishBuffer {
         }
         self.queue
             .push(Body::with_meta(tag, born_ms, seq, meta, body));
-        if self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst) {
-            self.wake.notify_one();
-        }
         Ok(())
+    }
+
+    /// After a push: whether the publisher was idle (the flag is taken, so
+    /// one pusher alone sends now and wakes it).
+    pub fn take_idle(&self) -> bool {
+        self.idle.load(Ordering::SeqCst) && self.idle.swap(false, Ordering::SeqCst)
     }
 
     fn full_count(&self) -> Error {

@@ -13,6 +13,7 @@ mod bodies;
 mod buffer;
 mod carry;
 mod ends;
+mod expiry;
 mod message;
 mod publisher;
 mod report;
@@ -28,7 +29,7 @@ pub(crate) use report_pull::{Polled, ReportPull};
 
 use crate::error::{Error, ErrorKind, Result};
 use carry::Carry;
-use message::Message;
+use expiry::expired;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -104,6 +105,8 @@ pub(crate) struct Outbox {
     pub buffer: Arc<PublishBuffer>,
     pub stats: PublishStats,
     carry: Mutex<Carry>,
+    /// The running publisher's state (None between runs).
+    live: Mutex<Option<publisher::Live>>,
     /// Held by the one running publisher: a new session's publisher waits
     /// until the previous one has put its unconfirmed messages back.
     running: tokio::sync::Mutex<()>,
@@ -140,6 +143,7 @@ impl Outbox {
             settings,
             stats: PublishStats::default(),
             carry: Mutex::new(Carry::default()),
+            live: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
             state: AtomicU8::new(OPEN),
             failure: Mutex::new(String::new()),
@@ -173,6 +177,12 @@ impl Outbox {
     /// `publish_tagged` with metadata (`message::encode_meta`: a routing key
     /// of its own, encoded properties), stored in front of the body.
     pub fn publish_message(&self, body: &[u8], tag: u64, meta: &[u8]) -> Result<()> {
+        let stored = self.store_stamped(body, tag, meta);
+        self.hand_over();
+        stored
+    }
+
+    fn store_stamped(&self, body: &[u8], tag: u64, meta: &[u8]) -> Result<()> {
         match &self.auto_ids {
             Some(ids) => ids.stamp(meta, self.settings.persistent, |meta| {
                 self.store(body, tag, meta)
@@ -181,6 +191,8 @@ impl Outbox {
         }
     }
 
+    /// Copies the message in (and onto the spool); the caller then calls
+    /// `hand_over`, holding no lock of the buffer's.
     fn store(&self, body: &[u8], tag: u64, meta: &[u8]) -> Result<()> {
         match self.state.load(Ordering::Acquire) {
             OPEN => {}
@@ -208,6 +220,20 @@ impl Outbox {
         }
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// After a push (also a failed one: a spool's sync can fail with the
+    /// message stored, and a wake-up taken must not be lost): with the
+    /// publisher idle or few messages in flight, this thread sends
+    /// (`send_now`); an idle publisher it could not send for is woken.
+    fn hand_over(&self) {
+        let idle = self.buffer.take_idle();
+        let sent = (idle
+            || self.stats.in_flight.load(Ordering::Relaxed) < publisher::SEND_NOW_BELOW)
+            && self.send_now();
+        if idle && !sent {
+            self.buffer.wake.notify_one();
+        }
     }
 
     /// A body that can never be sent is an error now, not a full buffer
@@ -249,12 +275,15 @@ impl Outbox {
             return Err(first);
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let outcome = self
-            .buffer
-            .wait_for_room(deadline, || match self.publish(body) {
-                Err(e) if e.kind == ErrorKind::BufferFull => None,
-                done => Some(done),
-            });
+        let outcome =
+            self.buffer
+                .wait_for_room(deadline, || match self.store_stamped(body, 0, &[]) {
+                    Err(e) if e.kind == ErrorKind::BufferFull => None,
+                    done => Some(done),
+                });
+        // Not under the room lock: sending can end messages (expired, too
+        // large), and their release wakes room waiters under that lock.
+        self.hand_over();
         outcome.unwrap_or_else(|| {
             let ms = timeout.map_or(0, |t| t.as_millis());
             Err(Error::new(
@@ -389,55 +418,6 @@ impl Outbox {
         n
     }
 
-    /// Without a publisher running (no channel), fails the messages whose
-    /// publish timeout passed, oldest first.
-    pub fn sweep_expired(&self) {
-        let Some(timeout) = self.settings.publish_timeout else {
-            return;
-        };
-        let Ok(_running) = self.running.try_lock() else {
-            return; // a publisher runs: it checks as it sends
-        };
-        let now = self.now_ms();
-        let f = self.expiry(timeout);
-        let mut ends = self.ends();
-        let mut carry = lock(&self.carry);
-        while carry
-            .retry
-            .front()
-            .is_some_and(|m| expired(m, now, timeout))
-        {
-            if let Some(m) = carry.retry.pop_front() {
-                carry.suspects = carry.suspects.saturating_sub(1);
-                ends.failed(m, &f);
-            }
-        }
-        if carry.retry.is_empty() {
-            while let Some(m) = self.buffer.pop() {
-                if expired(&m, now, timeout) {
-                    ends.failed(m, &f);
-                } else {
-                    // Next in line either way: sent before the buffer.
-                    carry.retry.push_back(m);
-                    break;
-                }
-            }
-        }
-        drop(carry);
-        self.finish(ends);
-    }
-
-    fn expiry(&self, timeout: Duration) -> Failure {
-        Failure::new(
-            Outcome::Expired,
-            0,
-            format!(
-                "not confirmed within publish_timeout_ms {}",
-                timeout.as_millis()
-            ),
-        )
-    }
-
     /// Counts, reports and releases messages that ended.
     fn finish(&self, mut ends: ends::Ends) {
         if let Some(spool) = &self.spool {
@@ -475,9 +455,4 @@ impl Outbox {
         let bit = 1u8 << (outcome as u8);
         self.logged.fetch_or(bit, Ordering::Relaxed) & bit == 0
     }
-}
-
-/// Whether `m` was published `timeout` or longer before `now_ms`.
-fn expired(m: &Message, now_ms: u32, timeout: Duration) -> bool {
-    u128::from(now_ms.wrapping_sub(m.born_ms())) >= timeout.as_millis()
 }

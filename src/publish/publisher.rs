@@ -1,11 +1,12 @@
 //! The publisher: drains a queue's buffer over its channel, keeping a
 //! window of messages ahead of their confirms.
 
-use super::carry::{Carry, Verdict};
+mod confirms;
+
+use super::carry::Carry;
 use super::message::{self, Message, Outcome};
 use super::window::ConfirmWindow;
 use super::{lock, Outbox};
-use crate::backoff;
 use crate::wire::{Confirm, Failure, Outgoing, PublishTarget, WireChannel};
 use std::future::Future;
 use std::pin::Pin;
@@ -62,22 +63,50 @@ pub(crate) enum PublisherEnd {
 /// confirm comes, it looks at the buffer again after this long.
 const NUDGE: Duration = Duration::from_millis(5);
 
+/// With fewer messages than this in flight, the publishing thread sends a
+/// message itself (`Outbox::send_now`) instead of leaving it to the
+/// publisher's next confirm: at low and moderate rates a message goes out
+/// at once, one write per message; under load the window is fuller than
+/// this and the publisher sends in batches as confirms arrive.
+pub(super) const SEND_NOW_BELOW: u64 = 4;
+
 /// RabbitMQ confirms a queue's messages in order: a message still waiting
 /// this long while a later one was confirmed lost its confirm (the channel
 /// is replaced and the message sent again). Without a publish timeout, a
 /// lost confirm would otherwise hold the window forever.
 const HOLE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One run's state besides the outbox: what it sends on and what it holds.
-struct Run<'a> {
-    ch: &'a WireChannel,
-    target: PublishTarget<'a>,
+/// A run's state. It lives in the outbox (`Outbox::live`) while the run
+/// lasts, so that the publisher task and a publishing thread that finds the
+/// publisher idle (`Outbox::send_now`) can take turns on it.
+pub(super) struct Live {
+    ch: WireChannel,
     window: ConfirmWindow<Message>,
     carry: Carry,
     confirms: Vec<Confirm>,
-    /// When the window's front last moved (or the run began): a channel
-    /// whose front does not move for the publish timeout is stuck.
+    /// When the window's front last moved (or a message went into an empty
+    /// window): a channel whose front does not move for the publish
+    /// timeout is stuck.
     progress: Instant,
+}
+
+/// What one step of the publisher found.
+enum Step {
+    /// Confirms were applied (or a push slipped in): step again.
+    Again,
+    End(PublisherEnd),
+    /// Nothing to do until something happens.
+    Wait(Wait),
+}
+
+/// What the publisher sleeps until.
+struct Wait {
+    /// Nothing in flight: only a push, a confirm or the link's end wake it.
+    idle: bool,
+    /// The window has room: a push may wake it.
+    may_send: bool,
+    /// The end of a nack backoff, the front's deadline or the nudge.
+    wake_at: Option<Instant>,
 }
 
 impl Outbox {
@@ -95,44 +124,81 @@ impl Outbox {
         let _running = self.running.lock().await;
         let mut stop = std::pin::pin!(stop);
         let (max_count, max_bytes) = self.settings.window;
-        let mut run = Run {
-            ch,
-            target: PublishTarget {
-                exchange: self.settings.exchange.as_bytes(),
-                routing_key: self.settings.routing_key.as_bytes(),
-                persistent: self.settings.persistent,
-                mandatory: self.settings.mandatory,
-            },
+        *lock(&self.live) = Some(Live {
+            ch: ch.clone(),
             window: ConfirmWindow::new(max_count, max_bytes),
             carry: std::mem::take(&mut *lock(&self.carry)),
             confirms: Vec::new(),
             progress: Instant::now(),
-        };
+        });
         let end = loop {
-            if let Err(why) = self.fill(&mut run) {
-                break PublisherEnd::ChannelLost(why);
-            }
-            ch.take_confirms(&mut run.confirms);
-            if run.confirms.is_empty() {
-                if let Some(end) = self.wait(&run, stop.as_mut()).await {
-                    break end;
-                }
-                continue;
-            }
-            if let Some(why) = self.apply_confirms(&mut run) {
-                break PublisherEnd::TopologyLost(why);
+            let wait = match self.step() {
+                Step::Again => continue,
+                Step::End(end) => break end,
+                Step::Wait(wait) => wait,
+            };
+            if let Some(end) = self.sleep(ch, wait, stop.as_mut()).await {
+                break end;
             }
         };
-        self.put_back(run, end)
+        match lock(&self.live).take() {
+            Some(run) => self.put_back(run, end),
+            None => end,
+        }
+    }
+
+    /// This thread pushed while the publisher was idle, or had few
+    /// messages in flight: it sends what the buffer holds itself, so that a
+    /// message reaches the socket without waiting for the runtime (a
+    /// wake-up, or the next confirm). Nothing when the publisher runs a
+    /// step now or no channel is open. True: messages are in flight, so
+    /// the publisher needs no wake-up (their confirms, or the channel's
+    /// close, wake it; an idle one also wakes after publish_timeout_ms).
+    pub(super) fn send_now(&self) -> bool {
+        let Ok(mut live) = self.live.try_lock() else {
+            return false;
+        };
+        let Some(run) = live.as_mut() else {
+            return false;
+        };
+        // A closed channel: the publisher sees it when woken.
+        self.fill(run).is_ok() && !run.window.is_empty()
+    }
+
+    /// Sends, takes the confirms and applies them, under the run's lock.
+    fn step(&self) -> Step {
+        let mut live = lock(&self.live);
+        let Some(run) = live.as_mut() else {
+            return Step::End(PublisherEnd::LinkDown);
+        };
+        if let Err(why) = self.fill(run) {
+            return Step::End(PublisherEnd::ChannelLost(why));
+        }
+        run.ch.take_confirms(&mut run.confirms);
+        if run.confirms.is_empty() {
+            return self.plan(run);
+        }
+        match self.apply_confirms(run) {
+            Some(why) => Step::End(PublisherEnd::TopologyLost(why)),
+            None => Step::Again,
+        }
+    }
+
+    fn target(&self) -> PublishTarget<'_> {
+        PublishTarget {
+            exchange: self.settings.exchange.as_bytes(),
+            routing_key: self.settings.routing_key.as_bytes(),
+            persistent: self.settings.persistent,
+            mandatory: self.settings.mandatory,
+        }
     }
 
     /// Sends what the window has room for, resends first, in one batch;
     /// nothing while a nack backoff runs, one at a time while isolating.
     /// Err: the channel is closed.
-    fn fill(&self, run: &mut Run<'_>) -> Result<(), Failure> {
-        let Run {
+    fn fill(&self, run: &mut Live) -> Result<(), Failure> {
+        let Live {
             ch,
-            target,
             window,
             carry,
             progress,
@@ -154,7 +220,7 @@ impl Outbox {
         if window.is_empty() {
             *progress = Instant::now();
         }
-        let sent = ch.start_publish(*target).map(|mut batch| {
+        let sent = ch.start_publish(self.target()).map(|mut batch| {
             let limits = (broker_max, batch.property_room());
             while carry.may_send(window) {
                 let Some(mut msg) = carry.next(|| self.buffer.pop()) else {
@@ -228,25 +294,21 @@ impl Outbox {
         None
     }
 
-    /// No confirms arrived: sleeps until a push, a confirm, the end of a
-    /// nack backoff, the oldest message's publish timeout or `stop`.
-    /// Some: the run is over.
-    async fn wait(
-        &self,
-        run: &Run<'_>,
-        mut stop: Pin<&mut impl Future<Output = ()>>,
-    ) -> Option<PublisherEnd> {
-        let ch = run.ch;
-        if !ch.is_open() {
-            let why = ch
+    /// No confirms arrived: what to sleep until (a push, a confirm, the
+    /// end of a nack backoff, the oldest message's publish timeout or
+    /// `stop`), or the run's end when the channel closed or is stuck.
+    fn plan(&self, run: &Live) -> Step {
+        if !run.ch.is_open() {
+            let why = run
+                .ch
                 .close_reason()
                 .unwrap_or_else(|| Failure::Link("channel closed".into()));
-            return Some(PublisherEnd::ChannelLost(why));
+            return Step::End(PublisherEnd::ChannelLost(why));
         }
         let overdue = self.front_deadline(run);
         if let Some((at, why)) = &overdue {
             if *at <= Instant::now() {
-                return Some(PublisherEnd::Stuck(why.clone()));
+                return Step::End(PublisherEnd::Stuck(why.clone()));
             }
         }
         let overdue = overdue.map(|(at, _)| at);
@@ -259,27 +321,50 @@ impl Outbox {
             .into_iter()
             .flatten()
             .min();
+        let idle = run.window.is_empty() && run.carry.resume_at.is_none();
+        // Nothing in flight: the next push wakes it, or sends itself and
+        // leaves it asleep (the confirm wakes it). A message sent so has a
+        // publish timeout that no deadline here covers: with one set, an
+        // idle publisher looks again after that long.
+        if idle && !self.buffer.set_idle_if_empty() {
+            return Step::Again;
+        }
+        let wake_at = match self.settings.publish_timeout {
+            Some(t) if idle => Some(Instant::now() + t),
+            _ => wake_at,
+        };
+        Step::Wait(Wait {
+            idle,
+            may_send,
+            wake_at,
+        })
+    }
+
+    /// Sleeps as `wait` says. Some: the run is over.
+    async fn sleep(
+        &self,
+        ch: &WireChannel,
+        wait: Wait,
+        mut stop: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<PublisherEnd> {
         let sleep = async {
-            match wake_at {
+            match wait.wake_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
-        if run.window.is_empty() && run.carry.resume_at.is_none() {
-            // Nothing in flight: sleep until a push or a link change.
-            if !self.buffer.set_idle_if_empty() {
-                return None;
-            }
+        if wait.idle {
             tokio::select! {
                 _ = self.buffer.wake.notified() => {}
                 _ = ch.confirms_changed() => {}
+                _ = sleep => {}
                 _ = &mut stop => return Some(PublisherEnd::LinkDown),
             }
         } else {
             tokio::select! {
                 biased;
                 _ = ch.confirms_changed() => {}
-                _ = self.buffer.wake.notified(), if may_send => {}
+                _ = self.buffer.wake.notified(), if wait.may_send => {}
                 _ = sleep => {}
                 _ = &mut stop => return Some(PublisherEnd::LinkDown),
             }
@@ -290,7 +375,7 @@ impl Outbox {
     /// When the channel counts as stuck, and why: messages in flight and no
     /// confirm moved the window's front for the publish timeout, or for
     /// `HOLE_TIMEOUT` while a later message was confirmed.
-    fn front_deadline(&self, run: &Run<'_>) -> Option<(Instant, String)> {
+    fn front_deadline(&self, run: &Live) -> Option<(Instant, String)> {
         run.window.front()?;
         let timeout = self.settings.publish_timeout.map(|t| {
             let why = format!("no confirm within publish_timeout_ms {}", t.as_millis());
@@ -308,90 +393,12 @@ impl Outbox {
         }
     }
 
-    /// Applies the confirms taken, in arrival order, then releases the
-    /// settled ones from the front of the window: acked ones are confirmed;
-    /// nacked ones go to the front of the retry queue, in order, after a
-    /// backoff, or fail once nacked more than `publish_retries` times.
-    /// Some: a `TopologyLost`, with nothing after it applied.
-    fn apply_confirms(&self, run: &mut Run<'_>) -> Option<String> {
-        let (nacked, lost) = take_confirms(run);
-        if nacked > 0 {
-            self.stats.nacked.fetch_add(nacked, Ordering::Relaxed);
-        }
-        let mut ends = self.ends();
-        let retries = self.settings.publish_retries;
-        let too_often = || {
-            message::Failure::new(
-                Outcome::Nacked,
-                0,
-                format!("nacked by the broker {} times", u32::from(retries) + 1),
-            )
-        };
-        let (mut resend, mut failed, mut acked) = (Vec::new(), None, false);
-        let carry = &mut run.carry;
-        let before = run.window.len();
-        run.window.release_settled_with(|mut msg, ack| {
-            match carry.released(&mut msg, ack, retries) {
-                Verdict::Confirmed if msg.returned.is_some() => {
-                    acked = true;
-                    let f = unroutable(&msg);
-                    ends.failed(msg, &f);
-                }
-                Verdict::Confirmed => {
-                    acked = true;
-                    ends.confirmed(msg);
-                }
-                Verdict::Failed => ends.failed(msg, failed.get_or_insert_with(too_often)),
-                Verdict::Resend => resend.push(msg),
-            }
-        });
-        if run.window.len() < before {
-            run.progress = Instant::now();
-        }
-        if ends.tally().unroutable > 0 && self.first_of_incident(Outcome::Unroutable) {
-            warn!(
-                "queue '{}': {} message(s) published with a routing key of their own came back unroutable (reported, counted in unroutable)",
-                self.settings.queue,
-                ends.tally().unroutable
-            );
-        }
-        if let Some(f) = failed
-            .as_ref()
-            .filter(|_| self.first_of_incident(Outcome::Nacked))
-        {
-            warn!(
-                "queue '{}': {} message(s) {}: failed (publish_retries {})",
-                self.settings.queue,
-                ends.tally().failed,
-                f.reason,
-                retries
-            );
-        }
-        let (base, max) = (self.settings.retry_delay, self.settings.retry_delay_max);
-        let streak = carry.nack_streak;
-        let nacked = resend.len();
-        let began = carry.resend(resend, acked, Instant::now(), |step| {
-            backoff::delay(base, max, step)
-        });
-        if let (Some(delay), 0) = (began, streak) {
-            warn!(
-                "queue '{}': the broker nacked {nacked} message(s); resending after {delay:?} (up to publish_retries {retries} times each)",
-                self.settings.queue
-            );
-        }
-        self.finish(ends);
-        self.stats
-            .in_flight
-            .store(run.window.len() as u64, Ordering::Relaxed);
-        lost
-    }
-
     /// The run is over: confirmed ones behind an unconfirmed one are done;
     /// the rest go back in order, ahead of what was never sent. When the
     /// broker closed the channel on a publish, the messages in flight are
     /// suspects: alone in flight, the message is the culprit and fails;
     /// with several, they are sent one at a time next time.
-    fn put_back(&self, mut run: Run<'_>, end: PublisherEnd) -> PublisherEnd {
+    fn put_back(&self, mut run: Live, end: PublisherEnd) -> PublisherEnd {
         let mut ends = self.ends();
         let mut kept = Vec::new();
         run.window.take_all_with(|msg, acked| {
@@ -440,61 +447,4 @@ impl Outbox {
             None => message::Failure::new(Outcome::Refused, code, text),
         }
     }
-}
-
-/// The failure of a message the broker returned for its own routing key.
-fn unroutable(m: &Message) -> message::Failure {
-    let key = String::from_utf8_lossy(m.meta().0.unwrap_or_default()).into_owned();
-    let code = m.returned.unwrap_or(312);
-    message::Failure::new(
-        Outcome::Unroutable,
-        code,
-        format!("returned by the broker ({code}): no queue is bound to routing key '{key}'"),
-    )
-}
-
-/// A return for a message's own key: the first pending message sent with
-/// that key and not returned yet is the one (the broker returns in publish
-/// order, before the message's ack). Its ack then ends it as unroutable.
-fn mark_returned(window: &mut ConfirmWindow<Message>, code: u16, routing_key: &[u8]) {
-    let returned = window
-        .pending_mut()
-        .find(|m| m.returned.is_none() && m.meta().0 == Some(routing_key));
-    if let Some(m) = returned {
-        m.returned = Some(code);
-    }
-}
-
-/// Marks the window by the confirms taken, in arrival order: (messages
-/// nacked, the reason if the queue is gone, with nothing after it applied).
-fn take_confirms(run: &mut Run<'_>) -> (u64, Option<String>) {
-    let mut lost = None;
-    let mut nacked = 0;
-    for c in run.confirms.drain(..) {
-        match c {
-            Confirm::Settled {
-                tag,
-                multiple,
-                nack,
-            } => nacked += run.window.settle(tag, multiple, nack),
-            Confirm::Returned {
-                routing_key, code, ..
-            } if routing_key != run.target.routing_key => {
-                mark_returned(&mut run.window, code, &routing_key)
-            }
-            Confirm::Returned { text, .. } => {
-                // The queue's own key: the queue is gone. Nothing after
-                // this may be applied: the message's ack follows.
-                lost = Some(format!(
-                    "the broker returned a message: {text} (its queue was deleted?)"
-                ));
-                break;
-            }
-            Confirm::TopologyLost(why) => {
-                lost = Some(why);
-                break;
-            }
-        }
-    }
-    (nacked, lost)
 }
