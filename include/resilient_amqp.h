@@ -1165,7 +1165,10 @@ enum amqp_result amqp_publish_message(amqp_queue_handle queue,
  broker's max_message_size once a refusal named it), AMQP_ERR_BUFFER_FULL
  (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good),
  AMQP_ERR_BROKER (the broker refuses the queue: see amqp_last_error).
- Callable from any thread, including a consume callback. Blocks: never.
+ Callable from any thread, including a consume callback. Blocks: never
+ (with few messages in flight it writes the message to the socket itself,
+ a non-blocking write of a few microseconds, instead of waking the
+ library's thread for it).
  */
 enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t len);
 

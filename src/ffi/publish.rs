@@ -1,6 +1,7 @@
 //! Publishing: a copy into the queue's buffer, never a network wait
 //! (`amqp_publish_wait` may wait for buffer room, never for the network
-//! itself).
+//! itself). At low rates the calling thread also writes the message to the
+//! socket itself, without waiting: the socket is non-blocking.
 
 use super::{amqp_queue_handle, amqp_result, lookup_queue};
 use crate::error::Error;
@@ -17,7 +18,10 @@ use std::time::Duration;
 /// broker's max_message_size once a refusal named it), AMQP_ERR_BUFFER_FULL
 /// (nothing stored), AMQP_ERR_CLOSED (closing, or failed for good),
 /// AMQP_ERR_BROKER (the broker refuses the queue: see amqp_last_error).
-/// Callable from any thread, including a consume callback. Blocks: never.
+/// Callable from any thread, including a consume callback. Blocks: never
+/// (with few messages in flight it writes the message to the socket itself,
+/// a non-blocking write of a few microseconds, instead of waking the
+/// library's thread for it).
 #[no_mangle]
 pub unsafe extern "C" fn amqp_publish(
     queue: amqp_queue_handle,
