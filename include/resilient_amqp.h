@@ -6,7 +6,7 @@
  * or exits the process, and writes its out-parameters only when it returns
  * AMQP_OK. Nothing is printed unless logging is asked for.
  *
- * ABI rules (contract v2; AMQP_ABI_VERSION 3 adds message properties, 4 pull-mode delivery reports, 5 the spool statistics): structs the library allocates
+ * ABI rules (contract v2; AMQP_ABI_VERSION 3 adds message properties, 4 pull-mode delivery reports, 5 the spool statistics, 6 amqp_consume_pull_cancel): structs the library allocates
  * and hands out (amqp_delivery) only grow at the end; fields are never
  * reordered or removed, and a field added in version N exists iff
  * amqp_abi_version() >= N. Structs the application allocates (the stats)
@@ -55,7 +55,7 @@
 
 /* The C contract version this header describes (amqp_abi_version() returns
    the loaded library's). */
-#define AMQP_ABI_VERSION 5
+#define AMQP_ABI_VERSION 6
 
 /* amqp_message.present: which properties a delivery carried (the AMQP
    property flags); when publishing, AMQP_PROP_PRIORITY and
@@ -1262,6 +1262,23 @@ enum amqp_result amqp_consume_pull_e(amqp_queue_handle queue,
                                      int *notify_fd,
                                      char *errbuf,
                                      size_t errcap);
+
+/*
+ (ABI 6) Ends the queue's pull consumer (amqp_consume_pull): its broker
+ consumer is cancelled, and the deliveries still waiting to be polled go
+ back to the broker once it confirmed the cancel. Polled deliveries stay
+ valid and must still be settled and freed. The queue's callback
+ consumers go on (amqp_consume_stop pauses them all). Descriptors from
+ amqp_consume_pull stay open and usable; amqp_poll finds nothing new
+ (AMQP_ERR_TIMEOUT) until a later amqp_consume_pull starts a new pull
+ consumer. `timeout_ms` 0 begins and returns; otherwise it waits up to
+ `timeout_ms` for the broker's cancel-ok: AMQP_ERR_TIMEOUT when none came
+ (the cancel goes on). AMQP_ERR_INVALID_ARGUMENT when the queue has no
+ pull consumer (a second cancel included); AMQP_ERR_CLOSED after a close
+ began or the connection failed for good. Any thread.
+ Blocks: up to timeout_ms (while disconnected, briefly).
+ */
+enum amqp_result amqp_consume_pull_cancel(amqp_queue_handle queue, uint32_t timeout_ms);
 
 /*
  Takes up to `max` waiting deliveries of the queue's pull consumer: fills

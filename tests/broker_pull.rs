@@ -384,6 +384,86 @@ fn stop_and_start_apply_to_the_pull_consumer() {
     c_guard.close_ok();
 }
 
+/// amqp_consume_pull_cancel ends the pull consumer alone: what waits goes back to the broker,
+/// a polled delivery stays settleable, a second cancel is refused, the queue's callback
+/// consumer goes on, and a later amqp_consume_pull starts a new pull consumer.
+#[test]
+fn cancel_ends_the_pull_consumer_alone() {
+    let _s = serial();
+    let c_guard = ConnGuard::connect_ok(None);
+    let name = unique_name("pull-cancel");
+    let q = queue_open(c_guard.h(), &name, None, None, Some("prefetch=10"));
+    let fd = pull(q);
+    seed(&name, 0..6);
+    wait_for("6 unacked at the broker", T, || {
+        queue_counts(&name).is_some_and(|c| c.unacked == 6)
+    });
+    let (r, kept) = poll_batch(q, 1, 0);
+    assert_eq!((r, kept.len()), (amqp_result::AMQP_OK, 1));
+    assert_eq!(
+        amqp_consume_pull_cancel(q, 10_000),
+        amqp_result::AMQP_OK,
+        "{}",
+        last_error()
+    );
+    wait_for("5 ready again, no consumer", T, || {
+        queue_counts(&name).is_some_and(|c| c.ready == 5 && c.unacked == 1 && c.consumers == 0)
+    });
+    assert_eq!(poll_batch(q, 8, 300).0, amqp_result::AMQP_ERR_TIMEOUT);
+    assert!(!readable(fd, 0), "nothing waits after the cancel");
+    assert_eq!(
+        settle_all(q, &kept, amqp_disposition::AMQP_ACK),
+        [amqp_result::AMQP_OK],
+        "a polled delivery stays settleable after the cancel"
+    );
+    assert_eq!(
+        amqp_consume_pull_cancel(q, 0),
+        amqp_result::AMQP_ERR_INVALID_ARGUMENT,
+        "a second cancel"
+    );
+
+    // A callback consumer beside a new pull consumer: cancelling the pull one leaves it.
+    let rec = Recorder::acking(Duration::ZERO);
+    consume(q, &rec, 1);
+    let fd2 = pull(q);
+    wait_for("two consumers", T, || {
+        queue_counts(&name).is_some_and(|c| c.consumers == 2)
+    });
+    assert_eq!(amqp_consume_pull_cancel(q, 10_000), amqp_result::AMQP_OK);
+    wait_for("one consumer", T, || {
+        queue_counts(&name).is_some_and(|c| c.consumers == 1)
+    });
+    seed(&name, 6..10);
+    wait_queue_messages(&name, 0, T);
+    wait_for("the callback took the rest", T, || rec.bodies().len() >= 9);
+    assert_eq!(poll_batch(q, 8, 0).0, amqp_result::AMQP_ERR_TIMEOUT);
+    close_fd(fd);
+    close_fd(fd2);
+    c_guard.close_ok();
+}
+
+/// No pull consumer: amqp_consume_pull_cancel is refused; a bad handle too.
+#[test]
+fn cancel_without_a_pull_consumer_is_refused() {
+    let _s = serial();
+    let c_guard = ConnGuard::connect_ok(None);
+    let q = open_simple(c_guard.h(), &unique_name("pull-cancel-none"));
+    assert_eq!(
+        amqp_consume_pull_cancel(q, 1000),
+        amqp_result::AMQP_ERR_INVALID_ARGUMENT
+    );
+    assert!(
+        last_error().contains("no pull consumer"),
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        amqp_consume_pull_cancel(0, 0),
+        amqp_result::AMQP_ERR_INVALID_HANDLE
+    );
+    c_guard.close_ok();
+}
+
 /// A close wakes a blocked poll with AMQP_ERR_CLOSED; the descriptor stays readable.
 #[test]
 fn close_wakes_a_blocked_poll_and_the_descriptor_stays_readable() {

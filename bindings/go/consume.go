@@ -113,16 +113,6 @@ func (q *Queue) startPull(ctx context.Context) (*poller, error) {
 		q.consuming.Store(false)
 		return nil, err
 	}
-	q.rmu.Lock()
-	restart := q.pausedByConsume
-	q.pausedByConsume = false
-	q.rmu.Unlock()
-	if restart {
-		if err := q.Start(); err != nil {
-			q.consuming.Store(false)
-			return nil, err
-		}
-	}
 	p := &poller{q: q, done: make(chan struct{})}
 	p.out = (**C.amqp_delivery)(C.calloc(batchMax, C.size_t(unsafe.Sizeof(uintptr(0)))))
 	p.count = (*C.size_t)(C.calloc(1, C.size_t(unsafe.Sizeof(C.size_t(0)))))
@@ -139,15 +129,13 @@ func (q *Queue) startPull(ctx context.Context) (*poller, error) {
 	return p, nil
 }
 
-// finish pauses the pull consumer (its prefetched deliveries go back to the
-// broker; a later Consume resumes it) and frees the poller.
+// finish cancels the pull consumer alone (amqp_consume_pull_cancel: its
+// prefetched deliveries go back to the broker, the queue's other consumers
+// go on; a later Consume starts a new one) and frees the poller.
 func (p *poller) finish() {
 	close(p.done)
 	q := p.q
-	q.rmu.Lock()
-	q.pausedByConsume = true
-	q.rmu.Unlock()
-	_ = check(C.ra_stop(q.h, 0))
+	_ = check(C.ra_consume_pull_cancel(q.h, 0))
 	C.free(unsafe.Pointer(p.out))
 	C.free(unsafe.Pointer(p.count))
 	q.consuming.Store(false)

@@ -46,12 +46,11 @@ type Queue struct {
 	panics           atomic.Uint64
 	consuming        atomic.Bool
 
-	rmu             sync.Mutex
-	reporting       bool
-	pausedByConsume bool          // Consume ended and paused the pull consumer
-	reportsDone     chan struct{} // closed when reportLoop ended
-	nextTag         uint64
-	pending         map[uint64]chan Report
+	rmu         sync.Mutex
+	reporting   bool
+	reportsDone chan struct{} // closed when reportLoop ended
+	nextTag     uint64
+	pending     map[uint64]chan Report
 }
 
 // Queue opens (declares) the queue `name` on its own channel; while

@@ -64,6 +64,10 @@ ra_ret ra_consume_pull(amqp_queue_handle q) {
     return last(amqp_consume_pull(q, NULL));
 }
 
+ra_ret ra_consume_pull_cancel(amqp_queue_handle q, uint32_t ms) {
+    return last(amqp_consume_pull_cancel(q, ms));
+}
+
 ra_ret ra_consume_start(amqp_queue_handle q) {
     return last(amqp_consume_start(q));
 }

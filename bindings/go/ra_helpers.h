@@ -27,6 +27,8 @@ ra_ret ra_publish_tagged(amqp_queue_handle q, const void *body, size_t len,
 ra_ret ra_publish_message(amqp_queue_handle q, const void *body, size_t len,
                                const amqp_message *m);
 ra_ret ra_consume_pull(amqp_queue_handle q);
+/* Ends the queue's pull consumer alone (ABI 6). */
+ra_ret ra_consume_pull_cancel(amqp_queue_handle q, uint32_t ms);
 ra_ret ra_consume_start(amqp_queue_handle q);
 ra_ret ra_settle(amqp_queue_handle q, uint64_t id, int disposition);
 ra_ret ra_settle_many(amqp_queue_handle q, const uint64_t *ids, size_t n,

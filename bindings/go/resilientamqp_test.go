@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -706,5 +707,66 @@ func TestCloseUnsentStatsLogs(t *testing.T) {
 	if !logged("WARN") || !logged("127.0.0.1:1") {
 		logs.Lock()
 		t.Fatalf("library log lines did not reach the handler: %q", logs.lines)
+	}
+}
+
+// A Consume that ends cancels its pull consumer at the broker
+// (amqp_consume_pull_cancel) instead of pausing the queue: a Start after it
+// revives no consumer that nobody polls; the next Consume gets what was
+// published meanwhile.
+func TestConsumeEndsItsBrokerConsumer(t *testing.T) {
+	if testCtl == "" {
+		t.Skip("RESILIENT_AMQP_TEST_CTL is not set")
+	}
+	c := connect(t)
+	defer closeConn(t, c)
+	q := openQueue(t, c, QueueOptions{})
+	consumers := func() int {
+		out, err := exec.Command("sh", "-c", testCtl+" -q list_queues --no-table-headers name consumers 2>/dev/null").Output()
+		if err != nil {
+			return -1
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && f[0] == q.name {
+				n, _ := strconv.Atoi(f[1])
+				return n
+			}
+		}
+		return -1
+	}
+	waitConsumers := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for consumers() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("the broker shows %d consumers, want %d", consumers(), want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for i, body := range []string{"one", "two"} {
+		if err := q.PublishString(body); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		var got string
+		err := q.Consume(ctx, func(_ context.Context, d Delivery) Disposition {
+			got = string(d.Body)
+			cancel()
+			return Ack
+		}, 1)
+		cancel()
+		if !errors.Is(err, context.Canceled) || got != body {
+			t.Fatalf("Consume %d: %v, got %q", i, err, got)
+		}
+		waitConsumers(0)
+		// Start resumes the queue's consumers: no pull consumer is left
+		// to take messages that nobody polls.
+		if err := q.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		waitConsumers(0)
 	}
 }

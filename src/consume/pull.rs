@@ -206,6 +206,59 @@ impl ConsumerSet {
         Ok(())
     }
 
+    /// `amqp_consume_pull_cancel`: ends the queue's pull consumer, not its
+    /// callback sets. Its broker consumer is cancelled; what still waits to
+    /// be polled goes back to the broker when the broker consumer ends
+    /// (`PullSink`'s drop); polled deliveries stay settleable. A later
+    /// `consume_pull` adds a new one. `timeout` None: begins and returns;
+    /// else waits that long for the broker's cancel-ok. InvalidArgument
+    /// when no pull consumer runs. Blocks the caller briefly (a lock on the
+    /// runtime), then up to `timeout`.
+    pub fn cancel_pull(self: &Arc<Self>, timeout: Option<Duration>) -> Result<()> {
+        if self.ended.load(Ordering::SeqCst) {
+            return Err(ended());
+        }
+        if crate::runtime::inside_a_runtime() {
+            return Err(Error::internal(
+                "amqp_consume_pull_cancel was called on an async runtime's thread",
+            ));
+        }
+        let (found_tx, found) = std::sync::mpsc::sync_channel(1);
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        let cs = self.clone();
+        crate::runtime::spawn("pull consumer cancel", async move {
+            let mut st = cs.state.lock().await;
+            let Some(i) = st.groups.iter().position(|g| g.pull.is_some()) else {
+                let _ = found_tx.send(false);
+                return;
+            };
+            let group = st.groups.remove(i);
+            let _ = found_tx.send(true);
+            if let Some((_, ch, _)) = st.channel.clone() {
+                for tag in &group.tags {
+                    if let Err(e) = ch.basic_cancel(tag).await {
+                        debug!("queue '{}': pull consumer cancel: {e}", cs.queue_name);
+                    }
+                }
+            }
+            let _ = done_tx.send(());
+        });
+        match found.recv_timeout(super::STOP_WAIT) {
+            Ok(true) => {}
+            Ok(false) => return Err(no_pull_consumer()),
+            Err(_) => return Err(Error::new(ErrorKind::Timeout, "timed out")),
+        }
+        let Some(timeout) = timeout else {
+            return Ok(());
+        };
+        done.recv_timeout(timeout).map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                "consume_pull_cancel: no cancel-ok from the broker yet (the cancel goes on)",
+            )
+        })
+    }
+
     /// `amqp_poll`: hands up to `max` deliveries to `emit`, waiting up to
     /// `timeout` for the first; the number handed out (>= 1), or
     /// Timeout / Closed / InvalidArgument. Blocks the caller up to

@@ -156,7 +156,7 @@ pub(crate) fn run_boundary(body: impl FnOnce() -> Result<()>) -> amqp_result {
 /// field added in version N exists iff `amqp_abi_version() >= N`; structs the
 /// application allocates start with `size_t size` (set it to `sizeof`), and
 /// the library reads and writes only what fits.
-pub const AMQP_ABI_VERSION: u32 = 5;
+pub const AMQP_ABI_VERSION: u32 = 6;
 
 /// The contract version of the loaded library (AMQP_ABI_VERSION it was built
 /// with): compare at run time, e.g. before reading a field added later.

@@ -66,6 +66,30 @@ pub unsafe extern "C" fn amqp_consume_pull_e(
     })
 }
 
+/// (ABI 6) Ends the queue's pull consumer (amqp_consume_pull): its broker
+/// consumer is cancelled, and the deliveries still waiting to be polled go
+/// back to the broker once it confirmed the cancel. Polled deliveries stay
+/// valid and must still be settled and freed. The queue's callback
+/// consumers go on (amqp_consume_stop pauses them all). Descriptors from
+/// amqp_consume_pull stay open and usable; amqp_poll finds nothing new
+/// (AMQP_ERR_TIMEOUT) until a later amqp_consume_pull starts a new pull
+/// consumer. `timeout_ms` 0 begins and returns; otherwise it waits up to
+/// `timeout_ms` for the broker's cancel-ok: AMQP_ERR_TIMEOUT when none came
+/// (the cancel goes on). AMQP_ERR_INVALID_ARGUMENT when the queue has no
+/// pull consumer (a second cancel included); AMQP_ERR_CLOSED after a close
+/// began or the connection failed for good. Any thread.
+/// Blocks: up to timeout_ms (while disconnected, briefly).
+#[no_mangle]
+pub extern "C" fn amqp_consume_pull_cancel(
+    queue: amqp_queue_handle,
+    timeout_ms: u32,
+) -> amqp_result {
+    ffi_boundary!({
+        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
+        lookup_queue(queue)?.queue.consumers.cancel_pull(timeout)
+    })
+}
+
 /// amqp_consume_pull's body.
 ///
 /// # Safety

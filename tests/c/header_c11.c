@@ -25,7 +25,7 @@ _Static_assert(AMQP_ERR_BROKER == 8, "");
 _Static_assert(AMQP_ERR_INTERNAL == 9, "");
 _Static_assert(AMQP_ERR_STALE_DELIVERY == 10, "");
 _Static_assert(AMQP_ERR_ALREADY_SETTLED == 11, "");
-_Static_assert(AMQP_ABI_VERSION == 5, "");
+_Static_assert(AMQP_ABI_VERSION == 6, "");
 _Static_assert(AMQP_ACK == 0x5A01, "");
 _Static_assert(AMQP_REJECT == 0x5A02, "");
 _Static_assert(AMQP_REQUEUE == 0x5A03, "");

@@ -708,6 +708,14 @@ class Queue {
   }
   // Makes a poll blocked in another thread return (empty) at once.
   void poll_wake() { detail::check(amqp_poll_wake(h_), "amqp_poll_wake"); }
+  // Ends the pull consumer alone (ABI 6): deliveries waiting to be polled go
+  // back to the broker; polled ones stay settleable; callback consumers go
+  // on; a later consume_pull starts a new one. Waits up to timeout_ms for the
+  // broker's cancel-ok (0: does not wait). Throws Error (AMQP_ERR_TIMEOUT,
+  // AMQP_ERR_INVALID_ARGUMENT without a pull consumer).
+  void consume_pull_cancel(std::uint32_t timeout_ms = 5000) {
+    detail::check(amqp_consume_pull_cancel(h_, timeout_ms), "amqp_consume_pull_cancel");
+  }
 
   QueueStats stats() const {
     QueueStats s;

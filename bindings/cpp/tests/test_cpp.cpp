@@ -552,6 +552,23 @@ void test_pull_mode() {
   CHECK(q.poll(8, 20000).empty());
   waker.join();
   CHECK(Clock::now() - t0 < 10s);
+  // consume_pull_cancel ends the pull consumer; a second one is refused
+  q.consume_pull_cancel(5000);
+  q.publish("after-cancel");
+  CHECK(wait_for([&] { return q.stats().confirmed == 21; }, 5s));
+  CHECK(q.poll(8, 300).empty());  // nothing reaches a cancelled pull consumer
+  try {
+    q.consume_pull_cancel(0);
+    CHECK(false);
+  } catch (const ra::Error& e) {
+    CHECK(e.code() == AMQP_ERR_INVALID_ARGUMENT);
+  }
+  int fd2 = q.consume_pull();  // a new one gets what waited at the broker
+  auto later = q.poll(8, 10000);
+  CHECK_EQ(later.size(), std::size_t(1));
+  CHECK_EQ(later[0].body(), std::string("after-cancel"));
+  q.settle(later[0].delivery_id(), ra::Disposition::Ack);
+  ::close(fd2);
   CHECK_EQ(conn.close(5000), std::uint64_t(0));
   try {
     q.poll(8, 0);

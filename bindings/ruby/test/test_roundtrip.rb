@@ -100,4 +100,30 @@ class TestRoundtrip < Minitest::Test
       assert wait_for(10) { m.synchronize { n } == 2 }
     end
   end
+
+  # Consumer#cancel ends the queue's pull consumer at the broker too
+  # (amqp_consume_pull_cancel): its consumer count drops to 0, and a new
+  # consumer afterwards gets what is published next.
+  def test_cancel_ends_the_broker_consumer
+    flunk "RESILIENT_AMQP_TEST_CTL is not set" if CTL.empty?
+    ResilientAmqp.connect(URI) do |conn|
+      assert conn.wait_connected(10_000)
+      name = qname("cancel")
+      q = conn.queue(name, options: QUEUE_OPTS)
+      consumers = lambda do
+        `#{CTL} -q list_queues --no-table-headers name consumers 2>/dev/null`
+          .lines.map(&:split).find { |row| row[0] == name }&.fetch(1)&.to_i
+      end
+      got = Thread::Queue.new
+      c = q.consume { |d| got << d.body }
+      q.publish("one")
+      assert_equal "one", Timeout.timeout(10) { got.pop }
+      assert wait_for(10) { consumers.call == 1 }
+      c.cancel(10)
+      assert wait_for(10) { consumers.call == 0 }, "the broker consumer was not cancelled"
+      q.consume { |d| got << d.body }
+      q.publish("two")
+      assert_equal "two", Timeout.timeout(10) { got.pop }
+    end
+  end
 end

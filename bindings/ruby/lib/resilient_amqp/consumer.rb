@@ -47,13 +47,16 @@ module ResilientAmqp
     end
 
     # Stops polling: the threads finish their current batch (settled) and
-    # end. Deliveries already prefetched by the library wait there until the
-    # queue is stopped or the connection closes (then they go back to the
-    # broker). `timeout` seconds to wait for the threads (nil: forever).
+    # end; then the queue's pull consumer is cancelled
+    # (amqp_consume_pull_cancel), so deliveries the library prefetched go
+    # back to the broker at once. `timeout` seconds to wait for the threads
+    # (nil: forever).
     def cancel(timeout = nil)
       @stopping = true
       wake
       join(timeout)
+      Native.amqp_consume_pull_cancel(@queue.handle, 0) unless running?
+      self
     end
 
     def join(timeout = nil)

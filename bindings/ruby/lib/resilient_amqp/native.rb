@@ -160,6 +160,7 @@ module ResilientAmqp
     attach_function :amqp_publish_message, %i[uint64 buffer_in size_t pointer], :int
     attach_function :amqp_publish_wait_e, %i[uint64 buffer_in size_t uint32 pointer size_t], :int, blocking: true
     attach_function :amqp_consume_pull, %i[uint64 pointer], :int, blocking: true
+    attach_function :amqp_consume_pull_cancel, %i[uint64 uint32], :int, blocking: true
     attach_function :amqp_poll_e, %i[uint64 pointer size_t uint32 pointer pointer size_t], :int, blocking: true
     attach_function :amqp_poll_wake, [:uint64], :int
     attach_function :amqp_settle, %i[uint64 uint64 int], :int
