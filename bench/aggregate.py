@@ -824,6 +824,18 @@ def svg_chart(res):
 # ---------------------------------------------------------------------------- main
 
 
+def every_metric_md(lines):
+    """Every case and metric with its pair noise (pairs.py): the rows the tables above leave out
+    (streaming publish, many queues, e2e at 1k and 100 msg/s, context switches, broker CPU)."""
+    sys.path.insert(0, HERE)
+    import pairs  # noqa: E402 (bench/pairs.py, next to this file)
+    out = ["", "## Every metric of every case, with its noise", "",
+           "Medians per client; the ratio is ours / rabbitmq-c where more is better and rabbitmq-c / "
+           "ours where less is better (CPU, latency, context switches, RSS, threads), so above 1 "
+           "favours ours; pairs min - max is the spread of the per-run-pair ratios.", ""]
+    return "\n".join(out + pairs.table(lines)) + "\n"
+
+
 def cmd_report(args):
     lines = load(args.raw)
     res = aggregate(lines)
@@ -834,6 +846,7 @@ def cmd_report(args):
     with open(os.path.join(args.outdir, "results.md"), "w") as f:
         f.write(markdown(res))
         f.write("\n")
+        f.write(every_metric_md(lines))
     with open(os.path.join(args.outdir, "results.svg"), "w") as f:
         f.write(svg_chart(res))
     return 0  # bench.sh decides the exit status

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """pairs.py RAW.jsonl... -- medians, ratios and pair min-max noise for every case in
-bench.sh raw files, including the cases aggregate.py has no table for (the streaming
-publish rows, many_q*, e2e_1k/e2e_100, context switches, broker CPU per message).
+bench.sh raw files (the streaming publish rows, many_q*, e2e_1k/e2e_100, context switches,
+broker CPU per message included); aggregate.py appends the same table to results.md.
 
 For a metric M of a case: the median over runs of each client, the ratio of the medians
 (ours / rabbitmq-c, or the inverse for "lower is better" metrics, so > 1 favours ours), and
@@ -17,22 +17,18 @@ LOWER = ["cpu_us_per_msg", "pub_cpu_us_per_msg", "broker_cpu_us_per_msg",
          "e2e_p50_ns", "e2e_p99_ns", "threads_consuming", "rss_kb", "rss_peak_kb"]
 
 
-def main(paths):
+def table(lines):
+    """The markdown table (a list of lines) for parsed raw lines (dicts)."""
     rows = {}
-    for p in paths:
-        for line in open(p):
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue
-            if r.get("kind") not in ("run", "broker_cpu") or not r.get("test"):
-                continue
-            if r.get("kind") == "run" and (r.get("mode") in ("fill", "delete_many") or not r.get("ok")):
-                continue
-            d = rows.setdefault(r["test"], {}).setdefault(r.get("client"), {}).setdefault(r["run"], {})
-            d.update({k: v for k, v in r.items() if isinstance(v, (int, float))})
-    print("| case | metric | ours (median) | rabbitmq-c (median) | better-is-1+ ratio | pairs min - max | runs |")
-    print("|---|---|---|---|---|---|---|")
+    for r in lines:
+        if r.get("kind") not in ("run", "broker_cpu") or not r.get("test"):
+            continue
+        if r.get("kind") == "run" and (r.get("mode") in ("fill", "delete_many") or not r.get("ok")):
+            continue
+        d = rows.setdefault(r["test"], {}).setdefault(r.get("client"), {}).setdefault(r["run"], {})
+        d.update({k: v for k, v in r.items() if isinstance(v, (int, float))})
+    out = ["| case | metric | ours (median) | rabbitmq-c (median) | better-is-1+ ratio | pairs min - max | runs |",
+           "|---|---|---|---|---|---|---|"]
     for test in sorted(rows):
         o, t = rows[test].get("ours", {}), rows[test].get("rabbitmq-c", {})
         for m in HIGHER + LOWER:
@@ -48,8 +44,20 @@ def main(paths):
                     return float("nan")
                 return a / b if hi else b / a
             pairs = [ratio(ov[k], tv[k]) for k in ov if k in tv]
-            print("| %s | %s | %.4g | %.4g | %.2f | %.2f - %.2f | %d |" % (
+            out.append("| %s | %s | %.4g | %.4g | %.2f | %.2f - %.2f | %d |" % (
                 test, m, mo, mt, ratio(mo, mt), min(pairs), max(pairs), len(pairs)))
+    return out
+
+
+def main(paths):
+    lines = []
+    for p in paths:
+        for line in open(p):
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+    print("\n".join(table(lines)))
 
 
 if __name__ == "__main__":
