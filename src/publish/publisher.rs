@@ -123,6 +123,12 @@ impl Outbox {
     pub async fn run(&self, ch: &WireChannel, stop: impl Future<Output = ()>) -> PublisherEnd {
         let _running = self.running.lock().await;
         let mut stop = std::pin::pin!(stop);
+        // A run whose future was dropped before its end left its state:
+        // its unconfirmed messages go back first, as at any end.
+        let left = lock(&self.live).take();
+        if let Some(left) = left {
+            self.put_back(left, PublisherEnd::LinkDown);
+        }
         let (max_count, max_bytes) = self.settings.window;
         *lock(&self.live) = Some(Live {
             ch: ch.clone(),

@@ -65,7 +65,7 @@ static_assert(std::is_same<decltype(&amqp_connection_state_str),
 
 static_assert(AMQP_OK == 0 && AMQP_ERR_INTERNAL == 9 && AMQP_ERR_ALREADY_SETTLED == 11 &&
                   AMQP_REQUEUE == 0x5A03 && AMQP_DEFER == 0x5A04 && AMQP_STATE_CLOSED == 4 &&
-                  AMQP_LOG_DEBUG == 4 && AMQP_ABI_VERSION == 5 && AMQP_VALUE_ARRAY == 8,
+                  AMQP_LOG_DEBUG == 4 && AMQP_ABI_VERSION == 6 && AMQP_VALUE_ARRAY == 8,
               "enum values");
 static_assert(std::is_same<decltype(&amqp_publish_message),
                            amqp_result (*)(amqp_queue_handle, const void *, size_t,
