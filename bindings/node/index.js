@@ -612,6 +612,7 @@ class Consumer {
     this.inflight = 0;
     this.running = true;
     this.done = false;
+    this.cancelled = false;
     this.fd = -1;
     this.handled = 0;
     this.handlerErrors = 0;
@@ -730,6 +731,7 @@ class Consumer {
   }
 
   _setRunning(on) {
+    if (this.cancelled) return;
     this.running = on;
     getReactor().update();
   }
@@ -737,6 +739,28 @@ class Consumer {
   /** Pauses consuming (the queue's stop). */
   stop(timeoutMs) {
     return this.queue.stop(timeoutMs);
+  }
+
+  /**
+   * Ends this consumer (amqp_consume_pull_cancel): no handler starts any
+   * more, the deliveries the library prefetched go back to the broker, async
+   * handlers in flight still settle theirs. The queue can consume() again.
+   * Waits for the broker's cancel-ok (up to timeoutMs) off the event loop.
+   */
+  async cancel(timeoutMs = 5000) {
+    if (this.done || this.cancelled) return;
+    this.cancelled = true;
+    this.running = false; // no more polls; settles of handlers in flight still go out
+    const r = getReactor();
+    r.remove(this);
+    if (this.fd >= 0) r.closeFd(this.fd);
+    this.fd = -1;
+    if (this.queue.consumer === this) this.queue.consumer = null;
+    const rc = await callAsync(native().consume_pull_cancel, this.queue.handle, timeoutMs);
+    if (rc !== OK && rc !== ERR_CLOSED && rc !== ERR_INVALID_HANDLE) {
+      throw new AmqpError(codeName(rc), rc, `amqp_consume_pull_cancel failed (${codeName(rc)})`,
+        'amqp_consume_pull_cancel');
+    }
   }
 
   /** Resumes consuming. */

@@ -109,6 +109,7 @@ function native() {
     publish_message: f('int amqp_publish_message(uint64_t queue, const void *body, size_t len, const amqp_message *m)'),
     publish_message_str: f('int amqp_publish_message(uint64_t queue, const char *body, size_t len, const amqp_message *m)'),
     consume_pull_e: f('int amqp_consume_pull_e(uint64_t queue, _Out_ int *fd, _Out_ uint8_t *errbuf, size_t errcap)'),
+    consume_pull_cancel: f('int amqp_consume_pull_cancel(uint64_t queue, uint32_t timeout_ms)'),
     poll: f('int amqp_poll(uint64_t queue, void *out, size_t max, uint32_t timeout_ms, _Out_ size_t *count)'),
     settle: f('int amqp_settle(uint64_t queue, uint64_t delivery_id, int disposition)'),
     settle_many: f('int amqp_settle_many(uint64_t queue, const uint64_t *ids, size_t n, int disposition, void *results)'),

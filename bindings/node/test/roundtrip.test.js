@@ -2,7 +2,7 @@
 const test = require('node:test');
 const assert = require('node:assert');
 const amqp = require('..');
-const { URI, qname, QOPTS, until } = require('./helpers');
+const { URI, CTL, qname, QOPTS, ctl, until } = require('./helpers');
 
 test('publish + consume round trip: Buffer, string, properties and typed headers', async () => {
   const conn = await amqp.connect(URI);
@@ -117,3 +117,38 @@ test('stop and start pause and resume the consumer', async () => {
     await conn.close(5000);
   }
 });
+
+test('consumer.cancel() ends the broker consumer; consume() again gets what follows', async (t) => {
+  if (!CTL) {
+    t.skip('RESILIENT_AMQP_TEST_CTL is not set');
+    return;
+  }
+  const conn = await amqp.connect(URI);
+  try {
+    const name = qname('cancel');
+    const q = await conn.queue(name, QOPTS);
+    const consumers = async () => {
+      const out = await ctl('-q list_queues --no-table-headers name consumers');
+      const row = out.split('\n').map((l) => l.trim().split(/\s+/)).find((f) => f[0] === name);
+      return row ? Number(row[1]) : -1;
+    };
+    const got = [];
+    const c = await q.consume((m) => { got.push(m.body.toString()); });
+    q.publish('one');
+    await until(() => got.length === 1, 10000, 'the first message');
+    await c.cancel(5000);
+    let n = -1;
+    for (let i = 0; i < 200 && n !== 0; i++) {
+      n = await consumers();
+      if (n !== 0) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.strictEqual(n, 0, 'the broker consumer was not cancelled');
+    await q.consume((m) => { got.push(m.body.toString()); });
+    q.publish('two');
+    await until(() => got.length === 2, 10000, 'the second message');
+    assert.deepStrictEqual(got, ['one', 'two']);
+  } finally {
+    await conn.close(5000);
+  }
+});
+

@@ -202,6 +202,7 @@ _SIGS = {
     "amqp_consume_stop_timeout_e": (INT, [U64, U32, CHARP, SIZE]),
     "amqp_consume_start": (INT, [U64]),
     "amqp_consume_pull": (INT, [U64, _P(INT)]),
+    "amqp_consume_pull_cancel": (INT, [U64, U32]),
     "amqp_poll_e": (INT, [U64, VOIDP, SIZE, U32, _P(SIZE), CHARP, SIZE]),
     "amqp_poll_wake": (INT, [U64]),
     "amqp_settle": (INT, [U64, U64, INT]),
@@ -212,6 +213,7 @@ _SIGS = {
     "amqp_result_str": (CHARP, [INT]),
     "amqp_last_error": (SIZE, [CHARP, SIZE]),
     "amqp_set_log_callback": (INT, [LOG_FN, INT, VOIDP]),
+    "amqp_set_log_callback_ex": (INT, [LOG_FN, INT, VOIDP, VOIDP]),
     # pull-mode delivery reports (newer libraries)
     "amqp_reports_pull": (INT, [U64, _P(INT)]),
     "amqp_poll_reports": (INT, [U64, VOIDP, SIZE, U32, _P(SIZE)]),

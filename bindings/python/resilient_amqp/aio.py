@@ -319,6 +319,19 @@ class AsyncQueue:
 
     # ---- control -----------------------------------------------------------------
 
+    async def cancel_pull(self, timeout=5.0):
+        """Ends the queue's pull consumer (what messages() and consume_async
+        read): the messages the library prefetched go back to the broker;
+        the next get_batch starts a new one. Call it after those loops ended
+        (a task cancelled). Waits off the loop."""
+        pull, self._pull, self._pull_starting = self._pull, None, None
+        try:
+            await self._loop.run_in_executor(
+                None, functools.partial(self.queue.consume_pull_cancel, timeout))
+        finally:
+            if pull is not None:
+                pull.close()
+
     async def stop(self, timeout=30.0):
         """Pauses the queue's consumers (pull and callbacks); waits off the loop."""
         await self._loop.run_in_executor(None, functools.partial(self.queue.stop, timeout))

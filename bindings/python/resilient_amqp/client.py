@@ -1,4 +1,5 @@
 """The synchronous API: Connection, Queue, Message, stats, logging."""
+import atexit
 import ctypes
 import dataclasses
 import enum
@@ -31,6 +32,34 @@ _LEVEL_TO_PY = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO, 4: loggin
 _log_lock = threading.Lock()
 _log_cb = None      # the installed ctypes callback, kept alive for the process
 _log_level = None
+_log_released = None  # the semaphore the library posts after the installed callback's last call
+_log_sems = []        # every one handed out, kept alive: the library posts each one later
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.sem_post.restype = ctypes.c_int
+_SEM_POST = ctypes.cast(_libc.sem_post, ctypes.c_void_p)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _stop_logging_at_exit():
+    """At interpreter exit (atexit, before finalization): the log thread must
+    not call into Python once the interpreter is gone (CPython crashes in
+    PyGILState_Ensure then). Turn the callback off and wait, bounded, for the
+    library's release: its call in progress, if any, has returned."""
+    global _log_released, _log_level
+    with _log_lock:
+        sem, _log_released = _log_released, None
+        if _log_level:
+            lib.amqp_set_log_callback(_ffi.LOG_FN(), 0, None)
+            _log_level = 0
+    if sem is None:
+        return
+    import time
+    deadline = time.time() + 1.0
+    ts = _Timespec(int(deadline), int((deadline % 1) * 1e9))
+    _libc.sem_timedwait(sem, ctypes.byref(ts))   # ctypes releases the GIL meanwhile
 
 
 def _on_log(level, message, _userdata):
@@ -68,10 +97,24 @@ def set_log_level(level=None):
             _log_cb = _ffi.LOG_FN(_on_log)
         if c == _log_level:
             return
-        rc = lib.amqp_set_log_callback(_log_cb, c, None)
+        global _log_released
+        if c == 0:
+            rc = lib.amqp_set_log_callback(_ffi.LOG_FN(), 0, None)
+            sem = None
+        else:
+            # A semaphore per installation, posted by the library (sem_post
+            # as the release) once this callback's last call returned.
+            sem = ctypes.create_string_buffer(64)
+            _libc.sem_init(sem, 0, 0)
+            _log_sems.append(sem)
+            rc = lib.amqp_set_log_callback_ex(_log_cb, c, sem, _SEM_POST)
         if rc != _ffi.OK:
             raise_last(rc)
+        _log_released = sem
         _log_level = c
+
+
+atexit.register(_stop_logging_at_exit)
 
 
 def _ensure_logging():
@@ -368,6 +411,17 @@ class Queue:
             raise_last(rc)
         self._pull_started = True
         return fd.value
+
+    def consume_pull_cancel(self, timeout=5.0):
+        """Ends the pull consumer alone (amqp_consume_pull_cancel): what
+        still waits goes back to the broker, polled messages stay
+        settleable, callback consumers go on; the next poll() or
+        consume_pull() starts a new one. Waits up to `timeout` seconds for
+        the broker's cancel-ok (0: does not wait). Blocking."""
+        rc = lib.amqp_consume_pull_cancel(self.handle, int(timeout * 1000))
+        self._pull_started = False
+        if rc != _ffi.OK:
+            raise_last(rc)
 
     def poll(self, max=256, timeout=1.0):
         """Pull mode: up to `max` waiting messages, waiting up to `timeout`

@@ -8,7 +8,7 @@ import logging
 import threading
 import unittest
 
-from helpers import FAST, URI, qname
+from helpers import CTL, FAST, URI, ctl, qname
 
 import resilient_amqp as ra
 from resilient_amqp import _ffi, aio
@@ -132,6 +132,45 @@ class Async(unittest.TestCase):
         run(main())
 
     @unittest.skipUnless(_ffi.HAS_REPORTS_PULL, "library without amqp_reports_pull (ABI 4)")
+    def test_cancel_pull_gives_prefetched_messages_back(self):
+        if not CTL:
+            self.skipTest("RESILIENT_AMQP_TEST_CTL is not set")
+        name = qname("acancel")
+
+        def consumers():
+            out = ctl("-q", "list_queues", "--no-table-headers", "name", "consumers").stdout
+            for line in out.splitlines():
+                f = line.split()
+                if len(f) == 2 and f[0] == name:
+                    return int(f[1])
+            return -1
+
+        async def main():
+            async with aio.AsyncConnection(URI, FAST, wait=15) as conn:
+                q = await conn.queue(name, durable=False, expires_ms=60000, prefetch=10)
+                for i in range(5):
+                    q.publish(b"c%d" % i)
+                first = (await q.get_batch(1))[0]
+                first.ack()
+                await q.cancel_pull(5.0)
+                for _ in range(500):
+                    if consumers() == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                self.assertEqual(consumers(), 0)
+                got = []
+                while len(got) < 4:          # a new pull consumer gets the rest
+                    msgs = await q.get_batch(8)
+                    for m in msgs:
+                        m.ack()
+                    got += [m.body for m in msgs]
+                self.assertEqual(sorted(got), [b"c1", b"c2", b"c3", b"c4"])
+                with self.assertRaises(ra.InvalidArgument):
+                    q.queue.consume_pull_cancel(0)
+                    q.queue.consume_pull_cancel(0)
+
+        run(main())
+
     def test_publish_confirmed(self):
         async def main():
             async with aio.AsyncConnection(URI, FAST, wait=15) as conn:
