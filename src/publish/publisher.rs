@@ -105,7 +105,8 @@ struct Wait {
     idle: bool,
     /// The window has room: a push may wake it.
     may_send: bool,
-    /// The end of a nack backoff, the front's deadline or the nudge.
+    /// The end of a nack backoff, the front's deadline or the nudge; idle:
+    /// the publish timeout, if any.
     wake_at: Option<Instant>,
 }
 
@@ -319,25 +320,25 @@ impl Outbox {
         }
         let overdue = overdue.map(|(at, _)| at);
         let may_send = run.carry.resume_at.is_none() && run.carry.may_send(&run.window);
-        // Pushes do not wake a publisher with messages in flight: a timer
-        // does, if no confirm came first (a lost one, or one the broker
-        // sends late), so new messages never wait for a confirm.
-        let nudge = may_send.then(|| Instant::now() + NUDGE);
-        let wake_at = [run.carry.resume_at, overdue, nudge]
-            .into_iter()
-            .flatten()
-            .min();
         let idle = run.window.is_empty() && run.carry.resume_at.is_none();
-        // Nothing in flight: the next push wakes it, or sends itself and
-        // leaves it asleep (the confirm wakes it). A message sent so has a
-        // publish timeout that no deadline here covers: with one set, an
-        // idle publisher looks again after that long.
-        if idle && !self.buffer.set_idle_if_empty() {
-            return Step::Again;
-        }
-        let wake_at = match self.settings.publish_timeout {
-            Some(t) if idle => Some(Instant::now() + t),
-            _ => wake_at,
+        let wake_at = if idle {
+            // Nothing in flight: the next push wakes it, or sends itself and
+            // leaves it asleep (the confirm wakes it). A message sent so has
+            // a publish timeout that no deadline here covers: with one set,
+            // an idle publisher looks again after that long; else never.
+            if !self.buffer.set_idle_if_empty() {
+                return Step::Again;
+            }
+            self.settings.publish_timeout.map(|t| Instant::now() + t)
+        } else {
+            // Pushes do not wake a publisher with messages in flight: a
+            // timer does, if no confirm came first (a lost one, or one the
+            // broker sends late), so new messages never wait for a confirm.
+            let nudge = may_send.then(|| Instant::now() + NUDGE);
+            [run.carry.resume_at, overdue, nudge]
+                .into_iter()
+                .flatten()
+                .min()
         };
         Step::Wait(Wait {
             idle,
