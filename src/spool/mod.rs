@@ -100,6 +100,9 @@ struct Inner {
     segments: Vec<Segment>,
     live_bytes: u64,
     scratch: Vec<u8>,
+    /// `close` ran: nothing is written any more (another process may own
+    /// the directory now).
+    closed: bool,
 }
 
 pub(crate) struct Spool {
@@ -110,8 +113,8 @@ pub(crate) struct Spool {
     /// Held by the one thread syncing (taken before `inner`).
     syncing: Mutex<()>,
     pub stats: SpoolStats,
-    /// Held for the spool's life: the flock is released when it closes.
-    _lock: File,
+    /// The directory's lock, held until `close` (or the drop).
+    lock_file: Mutex<Option<File>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,12 +160,13 @@ impl Spool {
                 segments,
                 live_bytes,
                 scratch: Vec::new(),
+                closed: false,
             }),
             cfg,
             synced: AtomicU64::new(0),
             syncing: Mutex::new(()),
             stats,
-            _lock: lock_file,
+            lock_file: Mutex::new(Some(lock_file)),
         });
         spool.reclaim(&mut lock(&spool.inner));
         if spool.cfg.sync == SyncMode::Batch {
@@ -192,6 +196,12 @@ impl Spool {
     ) -> Result<()> {
         let len = (meta.len() + body.len()) as u64;
         let mut g = lock(&self.inner);
+        if g.closed {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                format!("spool {} is closed", self.cfg.dir.display()),
+            ));
+        }
         room()?;
         if g.live_bytes + len > self.cfg.max_bytes {
             return Err(Error::new(
@@ -244,6 +254,10 @@ impl Spool {
         seqs.sort_unstable();
         let ranges = record::ranges(seqs);
         let mut g = lock(&self.inner);
+        if g.closed {
+            // They stay in the spool: the next process sends them again.
+            return;
+        }
         self.forget_locked(&mut g, &ranges);
         g.live_bytes = g.live_bytes.saturating_sub(bytes);
         drop(g);
@@ -359,13 +373,29 @@ impl Spool {
         let at = lock(&self.inner).written;
         self.sync_to(at)
     }
+
+    /// Syncs (unless `None`), stops writing and releases the directory's
+    /// lock now, whoever still holds this `Arc` (a publisher that has not
+    /// ended yet, the batch syncer): once a connection's close returns,
+    /// another handle or process may open the directory.
+    pub fn close(&self) {
+        let mut g = lock(&self.inner);
+        if g.closed {
+            return;
+        }
+        g.closed = true;
+        if self.cfg.sync != SyncMode::None {
+            if let Err(e) = g.file.sync_data() {
+                warn!("{}", io_error("cannot sync", &self.cfg.dir, e));
+            }
+        }
+        drop(lock(&self.lock_file).take());
+    }
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        if self.cfg.sync != SyncMode::None {
-            let _ = lock(&self.inner).file.sync_data();
-        }
+        self.close();
     }
 }
 

@@ -347,6 +347,28 @@ fn a_second_opener_is_refused_until_the_first_closes() {
 }
 
 #[test]
+fn close_frees_the_directory_while_the_spool_is_still_held() {
+    let dir = TempDir::new();
+    let (first, _) = Spool::open(cfg(&dir.0, SEGMENT_BYTES)).expect("open");
+    let (kept, _) = append(&first, 1, 10);
+    let (ended, _) = append(&first, 2, 10);
+    let holder = Arc::clone(&first); // a publisher that has not ended yet
+    first.close();
+    // Nothing written after close: the ended message stays, a new one is
+    // refused.
+    first.forget(&mut [ended.seq], 10);
+    let err = holder.append(3, &[], b"x", || Ok(()), |_| Ok(())).err();
+    assert_eq!(err.map(|e| e.kind), Some(ErrorKind::Closed));
+    let (second, restored) = Spool::open(cfg(&dir.0, SEGMENT_BYTES)).expect("free after close");
+    assert_eq!(restored, vec![kept, ended]);
+    drop((first, holder)); // the old drop does not touch the new owner's files
+    append(&second, 4, 10);
+    drop(second);
+    let (_, restored) = Spool::open(cfg(&dir.0, SEGMENT_BYTES)).expect("reopen");
+    assert_eq!(restored.len(), 3);
+}
+
+#[test]
 fn full_spool_and_refused_accept_store_nothing() {
     let dir = TempDir::new();
     let mut c = cfg(&dir.0, SEGMENT_BYTES);

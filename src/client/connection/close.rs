@@ -77,6 +77,11 @@ impl Connection {
         for q in &queues {
             q.outbox.abandon(Duration::from_millis(500));
             q.outbox.end_reports();
+            // Free for the next user when this returns, whoever still holds
+            // the outbox; what was unsent stays in it.
+            if let Some(spool) = q.outbox.spool() {
+                spool.close();
+            }
         }
         let thread = self
             .reports
