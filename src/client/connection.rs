@@ -102,6 +102,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// What reads the consume link: the callback threads.
+    pub(super) fn read_host(&self) -> Arc<dyn crate::wire::ReadHost> {
+        self.pool.clone()
+    }
+
     /// Starts connecting in the background and returns at once.
     /// `addresses`: at least one (`parse_addresses` never returns none).
     pub fn connect(

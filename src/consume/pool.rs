@@ -21,8 +21,13 @@
 //! end (idle) once the connection has fewer consumers than threads.
 
 use crate::error::{Error, Result};
+use crate::wire::{LinkReader, ReadHost, Turn};
+use events::{Event, Events};
+use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+mod events;
 
 /// At most this many callback threads per connection.
 pub(crate) const MAX_THREADS: usize = 64;
@@ -40,7 +45,10 @@ pub(crate) trait Mailbox: Send + Sync + Sized + 'static {
 /// The callback threads of one connection.
 pub(crate) struct Pool<M> {
     st: Mutex<PoolState<M>>,
-    work: Condvar,
+    /// What idle threads wait on (made with the first thread).
+    events: OnceLock<Events>,
+    /// The consume link, read by these threads (`ReadHost`).
+    link: Mutex<Option<Arc<LinkReader>>>,
 }
 
 impl<M> Default for Pool<M> {
@@ -50,11 +58,20 @@ impl<M> Default for Pool<M> {
                 ready: VecDeque::new(),
                 threads: 0,
                 idle: 0,
+                running: 0,
                 consumers: 0,
+                hosting: false,
             }),
-            work: Condvar::new(),
+            events: OnceLock::new(),
+            link: Mutex::new(None),
         }
     }
+}
+
+thread_local! {
+    /// On a pool thread reading the link: mailboxes it scheduled and did
+    /// not wake anyone for (it runs one itself).
+    static DEFERRED: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 struct PoolState<M> {
@@ -64,13 +81,24 @@ struct PoolState<M> {
     threads: usize,
     /// Threads waiting for a mailbox.
     idle: usize,
+    /// Threads running a mailbox.
+    running: usize,
     /// Mailboxes not ended (the bound's `consumers`).
     consumers: usize,
+    /// A link is attached: one thread more, which always stays free to
+    /// read it.
+    hosting: bool,
 }
 
 impl<M> PoolState<M> {
     fn target(&self) -> usize {
-        self.consumers.min(MAX_THREADS)
+        self.consumers.min(MAX_THREADS) + usize::from(self.hosting)
+    }
+
+    /// Whether a thread may take a mailbox: while a link is hosted, one
+    /// thread is left to read it (unless only one could be started).
+    fn may_run(&self) -> bool {
+        !self.hosting || self.running + 1 < self.threads || self.threads == 1
     }
 }
 
@@ -84,6 +112,20 @@ impl<M: Mailbox> Pool<M> {
     pub(super) fn add_consumers(self: &Arc<Self>, n: usize) -> Result<()> {
         let mut st = self.lock();
         st.consumers += n;
+        drop(st);
+        if let Err(e) = self.grow() {
+            self.lock().consumers -= n;
+            return Err(Error::internal(format!(
+                "cannot start a consumer thread: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts threads up to the bound. Err when none could be started and
+    /// none runs.
+    fn grow(self: &Arc<Self>) -> std::io::Result<()> {
+        let mut st = self.lock();
         while st.threads < st.target() {
             st.threads += 1;
             drop(st);
@@ -92,10 +134,7 @@ impl<M: Mailbox> Pool<M> {
             if let Err(e) = spawned {
                 st.threads -= 1;
                 if st.threads == 0 {
-                    st.consumers -= n;
-                    return Err(Error::internal(format!(
-                        "cannot start a consumer thread: {e}"
-                    )));
+                    return Err(e);
                 }
                 warn!(
                     "cannot start more consumer threads ({} run): {e}",
@@ -107,13 +146,30 @@ impl<M: Mailbox> Pool<M> {
         Ok(())
     }
 
+    /// What idle threads wait on, made once.
+    fn events(&self) -> std::io::Result<&Events> {
+        if self.events.get().is_none() {
+            let _ = self.events.set(Events::new()?);
+        }
+        self.events
+            .get()
+            .ok_or_else(|| std::io::Error::other("internal error: no pool events"))
+    }
+
+    /// Wakes one idle thread (or the next to wait).
+    fn notify(&self) {
+        if let Some(events) = self.events.get() {
+            events.notify();
+        }
+    }
+
     /// A mailbox ended (closed and drained, or its thread ended inside a
     /// callback): idle threads over the bound end.
     pub(super) fn consumer_ended(&self) {
         let mut st = self.lock();
         st.consumers = st.consumers.saturating_sub(1);
         drop(st);
-        self.work.notify_all();
+        self.notify();
     }
 
     /// Puts a mailbox (just marked scheduled) on the ready list.
@@ -127,7 +183,12 @@ impl<M: Mailbox> Pool<M> {
             st.threads += 1;
         }
         drop(st);
-        self.work.notify_one();
+        // The thread that read the delivery runs it; others are woken
+        // after its read, for what it leaves.
+        let deferred = DEFERRED.with(|d| d.get().map(|n| d.set(Some(n + 1))).is_some());
+        if !deferred {
+            self.notify();
+        }
         if short {
             if let Err(e) = self.spawn() {
                 self.lock().threads -= 1;
@@ -137,45 +198,101 @@ impl<M: Mailbox> Pool<M> {
     }
 
     fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+        self.events()?;
         let pool = self.clone();
         crate::os_thread::spawn(c"ramqp-consumer", move || pool.serve())
     }
 
-    /// A pool thread: mailboxes until the pool has more threads than its
-    /// bound.
+    /// A pool thread: mailboxes (and the link's reads) until the pool has
+    /// more threads than its bound.
     fn serve(self: Arc<Self>) {
         let mut alive = Alive {
             pool: &self,
             armed: true,
         };
-        while let Some(w) = self.next() {
+        let mut ran = false;
+        while let Some(w) = self.next(ran) {
             w.run(&self);
+            ran = true;
         }
         alive.armed = false;
     }
 
-    /// The next ready mailbox; None: this thread ends (counted out here,
-    /// under the lock, so a schedule never counts on it).
-    fn next(&self) -> Option<Arc<M>> {
+    /// The next ready mailbox, reading the link while none is; None: this
+    /// thread ends (counted out here, under the lock, so a schedule never
+    /// counts on it). `ran`: the thread ran a mailbox since it last asked.
+    fn next(&self, ran: bool) -> Option<Arc<M>> {
+        let events = self.events.get()?;
         let mut st = self.lock();
+        if ran {
+            st.running -= 1;
+        }
         loop {
-            if let Some(w) = st.ready.pop_front() {
-                return Some(w);
+            if st.may_run() {
+                if let Some(w) = st.ready.pop_front() {
+                    st.running += 1;
+                    // Two schedules can make one wake-up: pass it on.
+                    let more = !st.ready.is_empty() && st.idle > 0;
+                    drop(st);
+                    if more {
+                        events.notify();
+                    }
+                    return Some(w);
+                }
             }
             if st.threads > st.target() {
                 st.threads -= 1;
+                // The others over the bound end too.
+                let more = st.threads > st.target() && st.idle > 0;
+                drop(st);
+                if more {
+                    events.notify();
+                }
                 return None;
             }
             st.idle += 1;
-            st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            drop(st);
+            if events.wait() == Event::Readable {
+                self.read_link(events);
+            }
+            st = self.lock();
             st.idle -= 1;
+        }
+    }
+
+    /// The link is readable: one turn of reading it on this thread; what
+    /// it delivers is run here (one mailbox) or by threads woken for more.
+    fn read_link(&self, events: &Events) {
+        let Some(reader) = lock(&self.link).clone() else {
+            return;
+        };
+        DEFERRED.with(|d| d.set(Some(0)));
+        let turn = reader.read_turn();
+        let scheduled = DEFERRED.with(|d| d.take()).unwrap_or(0);
+        let mut link = lock(&self.link);
+        // Not after a new generation took its place.
+        if link.as_ref().is_some_and(|l| Arc::ptr_eq(l, &reader)) {
+            if turn == Turn::Ended {
+                *link = None;
+                events.unwatch(reader.fd());
+                drop(link);
+                self.lock().hosting = false;
+                // The spare reading thread may end.
+                events.notify();
+            } else {
+                events.rearm(reader.fd());
+            }
+        }
+        // This thread takes one (if it may); the rest need others.
+        for _ in 1..scheduled.min(self.lock().idle + 1) {
+            events.notify();
         }
     }
 
     /// Back of the ready list (more of its deliveries wait).
     pub(super) fn requeue(&self, w: Arc<M>) {
         self.lock().ready.push_back(w);
-        self.work.notify_one();
+        self.notify();
     }
 
     /// (threads, consumers) now: for tests.
@@ -184,6 +301,29 @@ impl<M: Mailbox> Pool<M> {
         let st = self.lock();
         (st.threads, st.consumers)
     }
+}
+
+/// The connection's consume link is read by the pool's threads: the thread
+/// woken by its bytes reads them and runs (one of) the mailboxes they
+/// filled, so a delivery reaches its callback with no hand-off.
+impl<M: Mailbox> ReadHost for Pool<M> {
+    fn attach(self: Arc<Self>, reader: Arc<LinkReader>) -> std::io::Result<()> {
+        let events = self.events()?;
+        let mut link = lock(&self.link);
+        if let Some(old) = link.take() {
+            // A generation whose end no thread saw yet.
+            events.unwatch(old.fd());
+        }
+        events.watch(reader.fd())?;
+        *link = Some(reader);
+        drop(link);
+        self.lock().hosting = true;
+        self.grow()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Dropped armed only when the application's runtime ends a pool thread
@@ -201,6 +341,7 @@ impl<M: Mailbox> Drop for Alive<'_, M> {
         }
         let mut st = self.pool.lock();
         st.threads -= 1;
+        st.running = st.running.saturating_sub(1);
         let short = !st.ready.is_empty() && st.idle == 0 && st.threads < st.target();
         if short {
             st.threads += 1;

@@ -14,12 +14,15 @@ use super::handshake::Stream;
 use super::output::write_loop;
 use super::reader::read_loop;
 use super::shared::{ConnShared, CLOSE_WAIT};
-use super::socket::{Sink, Source};
+use super::link_reader::{LinkReader, ReadHost};
+use super::socket::{HostedTcp, Sink, Source};
 use super::{handshake, wrong_reply, Failure, WireConfig};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 /// A live connection; clones share it.
 #[derive(Clone)]
@@ -30,7 +33,12 @@ pub struct WireConnection {
 impl WireConnection {
     /// TCP connect (and TLS), handshake (SASL), tune, open the vhost; then
     /// the connection runs on its own task. Bounded by the connect timeout.
-    pub async fn connect(config: &WireConfig) -> Result<WireConnection, Failure> {
+    /// With `host`, a plain TCP link is read by the host's threads
+    /// (`link_reader`); TLS is read by the runtime either way.
+    pub async fn connect(
+        config: &WireConfig,
+        host: Option<&Arc<dyn ReadHost>>,
+    ) -> Result<WireConnection, Failure> {
         let timeout = config.connect_timeout;
         let opened = match tokio::time::timeout(timeout, handshake::open(config)).await {
             Ok(r) => r?,
@@ -43,6 +51,23 @@ impl WireConnection {
         let (leftover, heartbeat) = (opened.leftover, opened.heartbeat);
         let (channel_max, frame_max) = (opened.channel_max, opened.frame_max);
         let shared = match opened.stream {
+            Stream::Tcp(tcp) if host.is_some() => {
+                let host = host.expect("checked");
+                let (read, write) = hosted(tcp)?;
+                let shared = Arc::new(ConnShared::new(
+                    Some(write.clone()),
+                    channel_max,
+                    frame_max,
+                    config.max_body,
+                ));
+                let reader = LinkReader::new(shared.clone(), read, &leftover);
+                host.clone()
+                    .attach(reader.clone())
+                    .map_err(|e| Failure::Link(format!("cannot read the link: {e}")))?;
+                let reading = Reading::<Arc<tokio::net::TcpStream>>::Hosted(reader);
+                tokio::spawn(drive(shared.clone(), reading, write, heartbeat));
+                shared
+            }
             Stream::Tcp(tcp) => {
                 let stream = Arc::new(tcp);
                 let shared = Arc::new(ConnShared::new(
@@ -51,8 +76,8 @@ impl WireConnection {
                     frame_max,
                     config.max_body,
                 ));
-                let io = (stream.clone(), stream);
-                tokio::spawn(drive(shared.clone(), io, leftover, heartbeat));
+                let reading = Reading::Loop(stream.clone(), leftover);
+                tokio::spawn(drive(shared.clone(), reading, stream, heartbeat));
                 shared
             }
             Stream::Tls(tls) => {
@@ -64,8 +89,9 @@ impl WireConnection {
                     frame_max,
                     config.max_body,
                 ));
-                let io = tokio::io::split(*tls);
-                tokio::spawn(drive(shared.clone(), io, leftover, heartbeat));
+                let (source, sink) = tokio::io::split(*tls);
+                let reading = Reading::Loop(source, leftover);
+                tokio::spawn(drive(shared.clone(), reading, sink, heartbeat));
                 shared
             }
         };
@@ -138,11 +164,51 @@ impl WireConnection {
     }
 }
 
+/// The socket taken from the runtime for a host: the reader's descriptor,
+/// and the writer's, which the runtime watches for writability alone.
+fn hosted(tcp: tokio::net::TcpStream) -> Result<(std::net::TcpStream, Arc<HostedTcp>), Failure> {
+    let fail = |e: std::io::Error| Failure::Link(format!("cannot hand the link over: {e}"));
+    let std = tcp.into_std().map_err(fail)?;
+    let read = std.try_clone().map_err(fail)?;
+    // SAFETY: the std stream owns its descriptor, which the AsyncFd owns
+    // with it until dropped.
+    let write = unsafe { AsyncFd::register_with_interest(std, Interest::WRITABLE) }
+        .map_err(|e| Failure::Link(format!("cannot hand the link over: {e}")))?;
+    Ok((read, Arc::new(write)))
+}
+
+/// Who reads the link: the connection's task (`read_loop`), or a host.
+enum Reading<S> {
+    Loop(S, Vec<u8>),
+    Hosted(Arc<LinkReader>),
+}
+
+impl<S: Source> Reading<S> {
+    async fn run(self, shared: &ConnShared) -> String {
+        match self {
+            Reading::Loop(source, leftover) => read_loop(shared, source, leftover).await,
+            Reading::Hosted(reader) => {
+                // Stops the host's reading however this future ends.
+                let _stop = StopOnDrop(&reader);
+                reader.ended().await
+            }
+        }
+    }
+}
+
+struct StopOnDrop<'a>(&'a LinkReader);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// The connection's task: reader, writer and heartbeats until one ends.
 async fn drive(
     shared: Arc<ConnShared>,
-    (source, sink): (impl Source, impl Sink),
-    leftover: Vec<u8>,
+    reading: Reading<impl Source>,
+    sink: impl Sink,
     heartbeat: Option<Duration>,
 ) {
     // However this task ends, a panic included, the connection is marked
@@ -151,7 +217,7 @@ async fn drive(
     let mut writer = std::pin::pin!(write_loop(&shared.output, sink));
     let mut writer_done = false;
     let why = tokio::select! {
-        why = read_loop(&shared, source, leftover) => why,
+        why = reading.run(&shared) => why,
         why = &mut writer => {
             writer_done = true;
             why
@@ -236,8 +302,8 @@ mod tests {
         let (ours, _peer) = socket_pair().await;
         let stream = Arc::new(ours);
         let shared = Arc::new(ConnShared::new(Some(stream.clone()), 16, 4096, 1 << 20));
-        let io = (stream.clone(), stream);
-        let task = tokio::spawn(drive(shared.clone(), io, Vec::new(), None));
+        let reading = Reading::Loop(stream.clone(), Vec::new());
+        let task = tokio::spawn(drive(shared.clone(), reading, stream, None));
         shared.output.close();
         let ended = tokio::time::timeout(Duration::from_secs(5), task).await;
         let joined = ended.expect("the connection task ends");

@@ -10,7 +10,7 @@ use super::lock;
 use super::socket::Sink;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::net::TcpStream;
+use super::socket::TryWrite;
 use tokio::sync::Notify;
 
 /// A write buffer that grew past this (a burst of large bodies) is not kept.
@@ -35,7 +35,7 @@ struct OutputBuffer {
     writing: bool,
     /// For writes straight from the appending thread (None once closed,
     /// and on TLS: the writer loop alone writes there).
-    stream: Option<Arc<TcpStream>>,
+    stream: Option<Arc<dyn TryWrite>>,
 }
 
 impl OutputBuffer {
@@ -100,7 +100,7 @@ impl Drop for Appending<'_> {
 
 impl Output {
     /// `stream` None: frames only pile up (the reader probe has no socket).
-    pub(super) fn new(stream: Option<Arc<TcpStream>>) -> Output {
+    pub(super) fn new(stream: Option<Arc<dyn TryWrite>>) -> Output {
         Output {
             buffer: Mutex::new(OutputBuffer {
                 frames: Vec::with_capacity(WRITE_BUFFER),

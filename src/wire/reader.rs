@@ -25,10 +25,88 @@ const READ_BUFFER: usize = 256 * 1024;
 /// (reads that succeed do not wait): after this many bytes read without a
 /// wait, the reader yields, so the publishers drain their confirms and the
 /// writer and heartbeats run while a broker floods us.
-const YIELD_AFTER_BYTES: usize = 4 * READ_BUFFER;
+pub(super) const YIELD_AFTER_BYTES: usize = 4 * READ_BUFFER;
 /// Output waiting for the socket beyond the largest message: the broker
 /// stopped reading.
 const OUTPUT_BACKLOG: u64 = 64 << 20;
+
+/// The read buffer and the demux: what the async loop (`read_loop`) and a
+/// host thread's reads (`link_reader`) share. Bytes are read into
+/// `space()`, counted with `filled`, and handled with `handle`.
+pub(super) struct ReadBuf {
+    buf: Vec<u8>,
+    base: usize,
+    start: usize,
+    end: usize,
+    demux: Demux,
+    /// Bytes read since the last output backlog check.
+    unchecked: usize,
+}
+
+impl ReadBuf {
+    pub(super) fn new(conn: &ConnShared, leftover: &[u8]) -> ReadBuf {
+        let base = READ_BUFFER.max(conn.frame_max + codec::FRAME_OVERHEAD);
+        let mut buf = vec![0u8; base.max(leftover.len())];
+        buf[..leftover.len()].copy_from_slice(leftover);
+        ReadBuf {
+            buf,
+            base,
+            start: 0,
+            end: leftover.len(),
+            demux: Demux::default(),
+            unchecked: 0,
+        }
+    }
+
+    /// Where the next read goes (never empty after `handle`).
+    pub(super) fn space(&mut self) -> &mut [u8] {
+        &mut self.buf[self.end..]
+    }
+
+    pub(super) fn filled(&mut self, n: usize) {
+        self.end += n;
+        self.unchecked += n;
+    }
+
+    /// Handles the whole frames read so far. Err ends the connection (why).
+    pub(super) fn handle(&mut self, conn: &ConnShared) -> Result<(), String> {
+        match self.demux.feed(conn, &self.buf[self.start..self.end]) {
+            Ok(fed) => {
+                if fed.alive {
+                    // Whole frames, not bytes, tell that the broker lives: a
+                    // frame whose size was garbled would otherwise swallow
+                    // the heartbeats behind it and never end.
+                    conn.read_recently.store(true, Ordering::Relaxed);
+                }
+                self.start += fed.used;
+                if self.start + fed.need > self.buf.len() {
+                    (self.start, self.end) =
+                        make_room(&mut self.buf, self.start..self.end, fed.need);
+                }
+            }
+            Err(End::Closed(why)) => return Err(why),
+            Err(End::Broken(v)) => return Err(conn.broke_protocol(&v)),
+        }
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if self.buf.len() > self.base {
+                // Grown for a large content header: give it back.
+                self.buf.truncate(self.base);
+                self.buf.shrink_to_fit();
+            }
+        }
+        if self.unchecked >= YIELD_AFTER_BYTES {
+            self.unchecked = 0;
+            // What the reader makes us send (acks, rejects, close-oks) must
+            // not pile up without end from a broker that sends but does
+            // not read.
+            if conn.output.backlog() as u64 > conn.max_body.saturating_add(OUTPUT_BACKLOG) {
+                return Err("the broker does not read what we send (output backlog)".into());
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Reads and dispatches frames until the link fails or a frame ends it;
 /// returns why.
@@ -37,63 +115,27 @@ pub(super) async fn read_loop(
     mut stream: impl Source,
     leftover: Vec<u8>,
 ) -> String {
-    let frame_max = conn.frame_max;
-    let base = READ_BUFFER.max(frame_max + codec::FRAME_OVERHEAD);
-    let mut buf = vec![0u8; base];
-    buf[..leftover.len()].copy_from_slice(&leftover);
-    let (mut start, mut end) = (0usize, leftover.len());
-    let mut demux = Demux::default();
-    // Bytes read since the last yield, and since the last backlog check.
-    let (mut unyielded, mut unchecked) = (0usize, 0usize);
+    let mut rb = ReadBuf::new(conn, &leftover);
+    // Bytes read since the last yield.
+    let mut unyielded = 0usize;
     loop {
-        match demux.feed(conn, &buf[start..end]) {
-            Ok(fed) => {
-                if fed.alive {
-                    // Whole frames, not bytes, tell that the broker lives: a
-                    // frame whose size was garbled would otherwise swallow
-                    // the heartbeats behind it and never end.
-                    conn.read_recently.store(true, Ordering::Relaxed);
-                }
-                start += fed.used;
-                if start + fed.need > buf.len() {
-                    (start, end) = make_room(&mut buf, start..end, fed.need);
-                }
-            }
-            Err(End::Closed(why)) => return why,
-            Err(End::Broken(v)) => return conn.broke_protocol(&v),
-        }
-        if start == end {
-            (start, end) = (0, 0);
-            if buf.len() > base {
-                // Grown for a large content header: give it back.
-                buf.truncate(base);
-                buf.shrink_to_fit();
-            }
-        }
-        if unchecked >= YIELD_AFTER_BYTES {
-            unchecked = 0;
-            // What the reader makes us send (acks, rejects, close-oks) must
-            // not pile up without end from a broker that sends but does
-            // not read.
-            if conn.output.backlog() as u64 > conn.max_body.saturating_add(OUTPUT_BACKLOG) {
-                return "the broker does not read what we send (output backlog)".into();
-            }
+        if let Err(why) = rb.handle(conn) {
+            return why;
         }
         if unyielded >= YIELD_AFTER_BYTES {
             unyielded = 0;
             tokio::task::yield_now().await;
         }
         let mut waited = false;
-        let got = stream.read_some(&mut buf[end..], &mut waited).await;
+        let got = stream.read_some(rb.space(), &mut waited).await;
         if waited {
             unyielded = 0;
         }
         match got {
             Ok(0) => return "the broker closed the connection (EOF)".into(),
             Ok(n) => {
-                end += n;
+                rb.filled(n);
                 unyielded += n;
-                unchecked += n;
             }
             Err(e) => return format!("I/O error: {e}"),
         }

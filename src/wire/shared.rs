@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use super::socket::TryWrite;
 use tokio::sync::{watch, Notify};
 
 /// How long we wait for close-ok / to flush the last frames.
@@ -60,7 +60,7 @@ pub(super) struct ChannelTable {
 
 impl ConnShared {
     pub(super) fn new(
-        stream: Option<Arc<TcpStream>>,
+        stream: Option<Arc<dyn TryWrite>>,
         channel_max: u16,
         frame_max: usize,
         max_body: u64,

@@ -6,8 +6,9 @@
 //! writing (appending threads leave the bytes to it). The loops are generic
 //! over these, so the TCP path compiles to what it was.
 
-use std::io;
+use std::io::{self, Write};
 use std::sync::Arc;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -50,6 +51,53 @@ impl Sink for Arc<TcpStream> {
             match self.try_write(&chunk[at..]) {
                 Ok(n) => at += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A write from the thread that appends frames, without waiting: what the
+/// socket takes now (`WouldBlock`: nothing; the writer loop goes on).
+pub(super) trait TryWrite: Send + Sync {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl TryWrite for TcpStream {
+    #[inline]
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+}
+
+/// A link whose reading a host's threads do (`link_reader`): the runtime
+/// watches it for writability alone, so bytes arriving do not wake it.
+pub(super) type HostedTcp = AsyncFd<std::net::TcpStream>;
+
+impl TryWrite for HostedTcp {
+    #[inline]
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.get_ref()).write(buf)
+    }
+}
+
+impl Sink for Arc<HostedTcp> {
+    async fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < chunk.len() {
+            match (&*self.get_ref()).write(&chunk[at..]) {
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut ready = self.writable().await?;
+                    // Writable again only once the kernel says so.
+                    match ready.try_io(|fd| (&*fd.get_ref()).write(&chunk[at..])) {
+                        Ok(Ok(n)) => at += n,
+                        Ok(Err(e)) => return Err(e),
+                        Err(_would_block) => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }

@@ -130,7 +130,9 @@ impl Connection {
         while !self.closing() {
             let at = rotation.current();
             link.address.store(at, Ordering::Relaxed);
-            match WireConnection::connect(&self.wires[at]).await {
+            // The consume link is read by the callback threads.
+            let host = (kind == LinkKind::Consume).then(|| self.read_host());
+            match WireConnection::connect(&self.wires[at], host.as_ref()).await {
                 Ok(conn) => {
                     rotation.connected();
                     failures = 0;
