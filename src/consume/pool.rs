@@ -25,7 +25,9 @@ use crate::wire::{LinkReader, ReadHost, Turn};
 use events::{Event, Events};
 use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 mod events;
 
@@ -48,8 +50,25 @@ pub(crate) struct Pool<M> {
     /// What idle threads wait on (made with the first thread).
     events: OnceLock<Events>,
     /// The consume link, read by these threads (`ReadHost`).
-    link: Mutex<Option<Arc<LinkReader>>>,
+    link: Mutex<Hosted>,
 }
+
+/// The hosted link and who reads it. The thread its bytes woke *holds* it:
+/// it reads, runs what it read, and reads again, as a single-threaded
+/// client does, until the socket is empty (then the link is watched again
+/// by every idle thread). Should the holder not read for `STEAL_AFTER` (a
+/// callback that takes long), an idle thread takes the link back, so the
+/// other consumers' deliveries and the broker's heartbeats are read.
+#[derive(Default)]
+struct Hosted {
+    reader: Option<Arc<LinkReader>>,
+    /// The holding thread (`THREAD_ID`), and when it last read. While
+    /// there is one, the stall timer is set `STEAL_AFTER` past that read.
+    holder: Option<(u64, Instant)>,
+}
+
+/// How long a holder may not read before an idle thread takes the link.
+const STEAL_AFTER: Duration = Duration::from_millis(5);
 
 impl<M> Default for Pool<M> {
     fn default() -> Self {
@@ -63,7 +82,7 @@ impl<M> Default for Pool<M> {
                 hosting: false,
             }),
             events: OnceLock::new(),
-            link: Mutex::new(None),
+            link: Mutex::default(),
         }
     }
 }
@@ -72,7 +91,11 @@ thread_local! {
     /// On a pool thread reading the link: mailboxes it scheduled and did
     /// not wake anyone for (it runs one itself).
     static DEFERRED: Cell<Option<usize>> = const { Cell::new(None) };
+    /// This thread, for `Hosted::holder`.
+    static THREAD_ID: u64 = NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed);
 }
+
+static NEXT_THREAD_ID: AtomicU64 = AtomicU64::new(1);
 
 struct PoolState<M> {
     /// Scheduled mailboxes no thread runs yet, oldest first.
@@ -245,48 +268,109 @@ impl<M: Mailbox> Pool<M> {
                 // The others over the bound end too.
                 let more = st.threads > st.target() && st.idle > 0;
                 drop(st);
+                self.let_go(events);
                 if more {
                     events.notify();
                 }
                 return None;
             }
+            drop(st);
+            // Holding the link: read on before waiting.
+            if self.read_link(events, false) {
+                st = self.lock();
+                continue;
+            }
+            st = self.lock();
             st.idle += 1;
             drop(st);
-            if events.wait() == Event::Readable {
-                self.read_link(events);
+            match events.wait() {
+                Event::Readable => {
+                    self.read_link(events, true);
+                }
+                Event::Stall => self.take_back_if_stalled(events),
+                Event::Notified => {}
             }
             st = self.lock();
             st.idle -= 1;
         }
     }
 
-    /// The link is readable: one turn of reading it on this thread; what
-    /// it delivers is run here (one mailbox) or by threads woken for more.
-    fn read_link(&self, events: &Events) {
-        let Some(reader) = lock(&self.link).clone() else {
-            return;
+    fn take_back_if_stalled(&self, events: &Events) {
+        let mut h = lock(&self.link);
+        let fd = h.reader.as_ref().map(|r| r.fd());
+        if let (Some((_, since)), Some(fd)) = (h.holder, fd) {
+            let idle = since.elapsed();
+            if idle >= STEAL_AFTER {
+                h.holder = None;
+                events.arm_stall(None);
+                events.rearm(fd);
+            } else {
+                events.arm_stall(Some(STEAL_AFTER - idle));
+            }
+        }
+    }
+
+    /// This thread ends: a link it holds is watched again.
+    fn let_go(&self, events: &Events) {
+        let me = THREAD_ID.with(|t| *t);
+        let mut h = lock(&self.link);
+        let fd = h.reader.as_ref().map(|r| r.fd());
+        if let (Some((id, _)), Some(fd)) = (h.holder, fd) {
+            if id == me {
+                h.holder = None;
+                events.arm_stall(None);
+                events.rearm(fd);
+            }
+        }
+    }
+
+    /// One turn of reading the link on this thread: `woken` by its bytes
+    /// (it takes the link), or as its holder. What it delivers is run here
+    /// (one mailbox) or by threads woken for the rest. Returns whether it
+    /// read anything; when the socket had nothing, the holder lets go.
+    fn read_link(&self, events: &Events, woken: bool) -> bool {
+        let me = THREAD_ID.with(|t| *t);
+        let reader = {
+            let mut h = lock(&self.link);
+            let Some(reader) = h.reader.clone() else {
+                return false;
+            };
+            if !woken && h.holder.map(|(id, _)| id) != Some(me) {
+                return false;
+            }
+            h.holder = Some((me, Instant::now()));
+            events.arm_stall(Some(STEAL_AFTER));
+            reader
         };
         DEFERRED.with(|d| d.set(Some(0)));
         let turn = reader.read_turn();
         let scheduled = DEFERRED.with(|d| d.take()).unwrap_or(0);
-        let mut link = lock(&self.link);
-        // Not after a new generation took its place.
-        if link.as_ref().is_some_and(|l| Arc::ptr_eq(l, &reader)) {
-            if turn == Turn::Ended {
-                *link = None;
-                events.unwatch(reader.fd());
-                drop(link);
-                self.lock().hosting = false;
-                // The spare reading thread may end.
-                events.notify();
-            } else {
-                events.rearm(reader.fd());
-            }
+        let mut h = lock(&self.link);
+        // Not after a new generation took its place, or an idle thread
+        // took the link back.
+        let current = h.reader.as_ref().is_some_and(|l| Arc::ptr_eq(l, &reader));
+        let holding = h.holder.map(|(id, _)| id) == Some(me);
+        if current && turn == Turn::Ended {
+            h.reader = None;
+            h.holder = None;
+            events.arm_stall(None);
+            events.unwatch(reader.fd());
+            drop(h);
+            self.lock().hosting = false;
+            // The spare reading thread may end.
+            events.notify();
+        } else if current && holding && turn == Turn::Nothing {
+            h.holder = None;
+            events.arm_stall(None);
+            events.rearm(reader.fd());
+        } else if !current && holding {
+            h.holder = None;
         }
         // This thread takes one (if it may); the rest need others.
         for _ in 1..scheduled.min(self.lock().idle + 1) {
             events.notify();
         }
+        matches!(turn, Turn::Drained | Turn::More)
     }
 
     /// Back of the ready list (more of its deliveries wait).
@@ -309,14 +393,15 @@ impl<M: Mailbox> Pool<M> {
 impl<M: Mailbox> ReadHost for Pool<M> {
     fn attach(self: Arc<Self>, reader: Arc<LinkReader>) -> std::io::Result<()> {
         let events = self.events()?;
-        let mut link = lock(&self.link);
-        if let Some(old) = link.take() {
+        let mut h = lock(&self.link);
+        if let Some(old) = h.reader.take() {
             // A generation whose end no thread saw yet.
             events.unwatch(old.fd());
         }
+        h.holder = None;
         events.watch(reader.fd())?;
-        *link = Some(reader);
-        drop(link);
+        h.reader = Some(reader);
+        drop(h);
         self.lock().hosting = true;
         self.grow()
     }

@@ -11,10 +11,10 @@
 use super::channel::WireChannel;
 use super::codec;
 use super::handshake::Stream;
+use super::link_reader::{LinkReader, ReadHost};
 use super::output::write_loop;
 use super::reader::read_loop;
 use super::shared::{ConnShared, CLOSE_WAIT};
-use super::link_reader::{LinkReader, ReadHost};
 use super::socket::{HostedTcp, Sink, Source};
 use super::{handshake, wrong_reply, Failure, WireConfig};
 use amq_protocol::protocol::{channel, connection, AMQPClass};

@@ -28,6 +28,8 @@ pub(crate) trait ReadHost: Send + Sync {
 /// What a turn left.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Turn {
+    /// The socket had nothing at all.
+    Nothing,
     /// The socket has nothing more: watch it again.
     Drained,
     /// It stopped early (a fair share read) and more may wait.
@@ -105,6 +107,7 @@ impl LinkReader {
                         return Turn::More;
                     }
                 }
+                Err(e) if e.kind() == ErrorKind::WouldBlock && read == 0 => return Turn::Nothing,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Turn::Drained,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return self.end(format!("I/O error: {e}")),

@@ -8,9 +8,9 @@
 
 use super::lock;
 use super::socket::Sink;
+use super::socket::TryWrite;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use super::socket::TryWrite;
 use tokio::sync::Notify;
 
 /// A write buffer that grew past this (a burst of large bodies) is not kept.

@@ -4,13 +4,13 @@
 use super::channel_state::ChannelState;
 use super::codec;
 use super::output::Output;
+use super::socket::TryWrite;
 use super::{lock, Failure, Violation};
 use amq_protocol::protocol::{connection, AMQPClass};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use super::socket::TryWrite;
 use tokio::sync::{watch, Notify};
 
 /// How long we wait for close-ok / to flush the last frames.

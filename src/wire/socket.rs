@@ -78,7 +78,7 @@ pub(super) type HostedTcp = AsyncFd<std::net::TcpStream>;
 impl TryWrite for HostedTcp {
     #[inline]
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.get_ref()).write(buf)
+        self.get_ref().write(buf)
     }
 }
 
@@ -86,12 +86,12 @@ impl Sink for Arc<HostedTcp> {
     async fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
         let mut at = 0;
         while at < chunk.len() {
-            match (&*self.get_ref()).write(&chunk[at..]) {
+            match self.get_ref().write(&chunk[at..]) {
                 Ok(n) => at += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let mut ready = self.writable().await?;
                     // Writable again only once the kernel says so.
-                    match ready.try_io(|fd| (&*fd.get_ref()).write(&chunk[at..])) {
+                    match ready.try_io(|fd| fd.get_ref().write(&chunk[at..])) {
                         Ok(Ok(n)) => at += n,
                         Ok(Err(e)) => return Err(e),
                         Err(_would_block) => {}

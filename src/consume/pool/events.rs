@@ -10,6 +10,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub(super) struct Events {
     epoll: OwnedFd,
     wake: OwnedFd,
+    /// Fires when the link's holder has not read for a while (`arm_stall`).
+    stall: OwnedFd,
 }
 
 /// What ended a wait.
@@ -19,9 +21,12 @@ pub(super) enum Event {
     Notified,
     /// The watched socket is readable (and not watched until `rearm`).
     Readable,
+    /// The stall timer fired (`arm_stall`).
+    Stall,
 }
 
 const WAKE: u64 = u64::MAX;
+const STALL: u64 = u64::MAX - 1;
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -34,13 +39,23 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
 impl Events {
     pub(super) fn new() -> io::Result<Events> {
         // SAFETY: plain syscalls; the descriptors returned are owned here.
-        let (epoll, wake) = unsafe {
+        let epoll = unsafe {
             let ep = check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?;
             let epoll = OwnedFd::from_raw_fd(ep);
             let ev = check(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
-            (epoll, OwnedFd::from_raw_fd(ev))
+            let wake = OwnedFd::from_raw_fd(ev);
+            let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
+            let tf = check(libc::timerfd_create(libc::CLOCK_MONOTONIC, flags))?;
+            (epoll, wake, OwnedFd::from_raw_fd(tf))
         };
-        let events = Events { epoll, wake };
+        let (epoll, wake, stall) = (epoll.0, epoll.1, epoll.2);
+        let events = Events { epoll, wake, stall };
+        events.ctl(
+            libc::EPOLL_CTL_ADD,
+            events.stall.as_raw_fd(),
+            libc::EPOLLIN | libc::EPOLLET,
+            STALL,
+        )?;
         // Edge-triggered: every `notify` is one new event, for one waiter.
         events.ctl(
             libc::EPOLL_CTL_ADD,
@@ -68,6 +83,24 @@ impl Events {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
+    /// The stall timer fires once after `after` (replacing an earlier
+    /// setting); `None` disarms it.
+    pub(super) fn arm_stall(&self, after: Option<std::time::Duration>) {
+        let d = after.unwrap_or_default();
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+            },
+        };
+        // SAFETY: our timerfd; `spec` lives across the call.
+        unsafe { libc::timerfd_settime(self.stall.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    }
+
     /// Watches `fd` for readability, for one waiter (until `rearm`).
     pub(super) fn watch(&self, fd: RawFd) -> io::Result<()> {
         self.ctl(libc::EPOLL_CTL_ADD, fd, READ_ONCE, fd as u64)
@@ -91,22 +124,19 @@ impl Events {
             // SAFETY: room for one event; the epoll descriptor is open.
             let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), &mut ev, 1, -1) };
             if n == 1 {
-                let data = ev.u64;
-                if data == WAKE {
-                    let mut count = 0u64;
-                    // SAFETY: an 8-byte read from our non-blocking eventfd.
-                    unsafe {
-                        libc::read(self.wake.as_raw_fd(), (&mut count as *mut u64).cast(), 8)
-                    };
-                    return Event::Notified;
-                }
-                return Event::Readable;
+                let (event, fd) = match ev.u64 {
+                    WAKE => (Event::Notified, self.wake.as_raw_fd()),
+                    STALL => (Event::Stall, self.stall.as_raw_fd()),
+                    _ => return Event::Readable,
+                };
+                let mut count = 0u64;
+                // SAFETY: an 8-byte read from our non-blocking eventfd or
+                // timerfd (resets its count).
+                unsafe { libc::read(fd, (&mut count as *mut u64).cast(), 8) };
+                return event;
             }
             if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-                error!(
-                    "internal error: epoll_wait: {}",
-                    io::Error::last_os_error()
-                );
+                error!("internal error: epoll_wait: {}", io::Error::last_os_error());
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
