@@ -576,7 +576,11 @@ typedef struct amqp_delivery {
  a callback that takes long holds one of the 64 threads, and 64 such
  callbacks at once hold up every other consumer of the connection until
  one returns (the pool takes up to 32 deliveries of a consumer per turn,
- then the next waiting consumer). It may call amqp_publish,
+ then the next waiting consumer). With the connection option
+ inline_delivery=true the pool has one thread more (at most 65), and
+ the pool's threads also read the consume link: the thread its bytes
+ wake runs the callback, then reads again; should a callback keep it
+ 5 ms without reading, another pool thread reads. It may call amqp_publish,
  amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
  that is no amqp_disposition is applied as the queue's
  `invalid_disposition` (requeue by default): nothing is lost.
@@ -811,7 +815,12 @@ extern "C" {
  handshake that fails) is not an error. `options` is NULL or
  `key=value&...`: reconnect_delay_ms (100), reconnect_delay_max_ms (5000),
  max_reconnects (0 = never give up), max_buffered (100000 per queue),
- max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB).
+ max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB),
+ inline_delivery (false; true: on a plain TCP link the callback threads
+ read the consume link themselves and a delivery's callback runs on the
+ thread its bytes woke, with no hand-off from the network thread: lower
+ latency and CPU per delivery; one "ramqp-consumer" thread more, which
+ stays free to read; see amqp_consume_fn).
  Several brokers (a cluster): list them in the authority,
  `amqp://user:pass@h1:5672,h2:5673,h3/vhost`, and/or in the query,
  `?addresses=h2:5673,h3` (added after the authority's); all share the

@@ -24,6 +24,9 @@ pub struct ConnectionOptions {
     pub max_buffered: u64,
     pub max_buffered_bytes: u64,
     pub max_message_bytes: u64,
+    /// The callback threads read the consume link themselves
+    /// (`consume::pool`, `wire::link_reader`).
+    pub inline_delivery: bool,
 }
 
 impl Default for ConnectionOptions {
@@ -35,6 +38,7 @@ impl Default for ConnectionOptions {
             max_buffered: 100_000,
             max_buffered_bytes: 64 * 1024 * 1024,
             max_message_bytes: 128 * 1024 * 1024,
+            inline_delivery: false,
         }
     }
 }

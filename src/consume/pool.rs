@@ -70,6 +70,11 @@ struct Hosted {
 /// How long a holder may not read before an idle thread takes the link.
 const STEAL_AFTER: Duration = Duration::from_millis(5);
 
+/// A turn that read this much is a busy link: the thread lets go before it
+/// runs what it read, so another thread reads the next bytes meanwhile
+/// (reading and callbacks in parallel, as the runtime's reader did).
+const BUSY_TURN: usize = 4096;
+
 impl<M> Default for Pool<M> {
     fn default() -> Self {
         Pool {
@@ -359,7 +364,7 @@ impl<M: Mailbox> Pool<M> {
             self.lock().hosting = false;
             // The spare reading thread may end.
             events.notify();
-        } else if current && holding && turn == Turn::Nothing {
+        } else if current && holding && lets_go(&turn) {
             h.holder = None;
             events.arm_stall(None);
             events.rearm(reader.fd());
@@ -370,7 +375,7 @@ impl<M: Mailbox> Pool<M> {
         for _ in 1..scheduled.min(self.lock().idle + 1) {
             events.notify();
         }
-        matches!(turn, Turn::Drained | Turn::More)
+        matches!(turn, Turn::Drained(_) | Turn::More)
     }
 
     /// Back of the ready list (more of its deliveries wait).
@@ -390,6 +395,16 @@ impl<M: Mailbox> Pool<M> {
 /// The connection's consume link is read by the pool's threads: the thread
 /// woken by its bytes reads them and runs (one of) the mailboxes they
 /// filled, so a delivery reaches its callback with no hand-off.
+/// Whether the holder lets go of the link after a turn: the socket had
+/// nothing, or the link is busy (`BUSY_TURN`).
+fn lets_go(turn: &Turn) -> bool {
+    match turn {
+        Turn::Nothing | Turn::More => true,
+        Turn::Drained(n) => *n >= BUSY_TURN,
+        Turn::Ended => false,
+    }
+}
+
 impl<M: Mailbox> ReadHost for Pool<M> {
     fn attach(self: Arc<Self>, reader: Arc<LinkReader>) -> std::io::Result<()> {
         let events = self.events()?;

@@ -144,7 +144,12 @@ impl From<ConnectionStatsSnapshot> for amqp_connection_stats {
 /// handshake that fails) is not an error. `options` is NULL or
 /// `key=value&...`: reconnect_delay_ms (100), reconnect_delay_max_ms (5000),
 /// max_reconnects (0 = never give up), max_buffered (100000 per queue),
-/// max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB).
+/// max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB),
+/// inline_delivery (false; true: on a plain TCP link the callback threads
+/// read the consume link themselves and a delivery's callback runs on the
+/// thread its bytes woke, with no hand-off from the network thread: lower
+/// latency and CPU per delivery; one "ramqp-consumer" thread more, which
+/// stays free to read; see amqp_consume_fn).
 /// Several brokers (a cluster): list them in the authority,
 /// `amqp://user:pass@h1:5672,h2:5673,h3/vhost`, and/or in the query,
 /// `?addresses=h2:5673,h3` (added after the authority's); all share the

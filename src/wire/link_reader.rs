@@ -30,8 +30,8 @@ pub(crate) trait ReadHost: Send + Sync {
 pub(crate) enum Turn {
     /// The socket had nothing at all.
     Nothing,
-    /// The socket has nothing more: watch it again.
-    Drained,
+    /// The socket has nothing more, after this many bytes.
+    Drained(usize),
     /// It stopped early (a fair share read) and more may wait.
     More,
     /// The link is over: stop watching it.
@@ -108,7 +108,7 @@ impl LinkReader {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock && read == 0 => return Turn::Nothing,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Turn::Drained,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Turn::Drained(read),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return self.end(format!("I/O error: {e}")),
             }

@@ -41,9 +41,30 @@ pub fn raw_result_str(r: i32) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// Connection options every test connection gets on top of its own
+/// (`RA_TEST_CONNECTION_OPTIONS`, e.g. `inline_delivery=true`: scripts/test.sh
+/// runs the consume suites again that way), unless it sets the key itself.
+fn with_test_options(options: Option<&str>) -> Option<String> {
+    let extra = std::env::var("RA_TEST_CONNECTION_OPTIONS").unwrap_or_default();
+    let mut all: Vec<String> = options
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    for kv in extra.split('&').filter(|kv| !kv.is_empty()) {
+        let key = kv.split('=').next().unwrap_or(kv);
+        let set = options.is_some_and(|o| o.split('&').any(|p| p.split('=').next() == Some(key)));
+        if !set {
+            all.push(kv.to_owned());
+        }
+    }
+    (!all.is_empty()).then(|| all.join("&"))
+}
+
 pub fn try_connect(uri: &str, options: Option<&str>) -> (amqp_result, u64) {
     let u = cs(uri);
-    let o = options.map(cs);
+    let options = with_test_options(options);
+    let o = options.as_deref().map(cs);
     let mut out: u64 = 0;
     let r = unsafe { amqp_connect(u.as_ptr(), opt_ptr(&o), &mut out) };
     (r, out)

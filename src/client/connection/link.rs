@@ -130,8 +130,9 @@ impl Connection {
         while !self.closing() {
             let at = rotation.current();
             link.address.store(at, Ordering::Relaxed);
-            // The consume link is read by the callback threads.
-            let host = (kind == LinkKind::Consume).then(|| self.read_host());
+            // inline_delivery: the consume link is read by the callback threads.
+            let inline = kind == LinkKind::Consume && self.options.inline_delivery;
+            let host = inline.then(|| self.read_host());
             match WireConnection::connect(&self.wires[at], host.as_ref()).await {
                 Ok(conn) => {
                     rotation.connected();

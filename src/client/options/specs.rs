@@ -76,6 +76,16 @@ pub(crate) const CONNECTION_OPTIONS: &[OptionSpec<ConnectionOptions>] = &[
             set: |o, n| o.max_message_bytes = n,
         },
     },
+    OptionSpec {
+        key: "inline_delivery",
+        default: OptionDefault::Text("false"),
+        doc: "true: the callback threads read the consume link (plain TCP) and run each \
+              callback on the thread its bytes woke: lower latency, one thread more, \
+              less consume throughput on a loaded machine (docs/DESIGN.md)",
+        value: Value::Bool {
+            set: |o, b| o.inline_delivery = b,
+        },
+    },
 ];
 
 /// The options of `amqp_queue_open`.
