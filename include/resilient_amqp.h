@@ -1371,7 +1371,8 @@ enum amqp_result amqp_poll_wake(amqp_queue_handle queue);
  accepts is written before it returns and forgotten once confirmed or
  failed; the next amqp_queue_open with it sends the unconfirmed ones
  first, in order; a directory in use by another queue handle or process,
- or another queue's, is AMQP_ERR_INVALID_ARGUMENT; docs/SPOOL.md),
+ or another queue's, is AMQP_ERR_INVALID_ARGUMENT; amqp_close releases
+ it before it returns; docs/SPOOL.md),
  spool_sync (batch: fdatasync every 10 ms; always: before amqp_publish
  returns; none: page cache only, survives the process's death but not a
  power cut), spool_max_bytes (0: max_buffered_bytes; a full spool is

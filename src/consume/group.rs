@@ -172,11 +172,7 @@ impl ConsumerSet {
             };
             let group = st.groups.remove(i);
             if let Some((_, ch, _)) = st.channel.clone() {
-                for tag in &group.tags {
-                    if let Err(e) = ch.basic_cancel(tag).await {
-                        debug!("queue '{}': cancel failed: {e}", cs.queue_name);
-                    }
-                }
+                super::cancel_tags(&ch, &group.tags, &cs.queue_name).await;
             }
         });
         let Some(timeout) = timeout else {

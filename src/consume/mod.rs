@@ -294,11 +294,7 @@ impl ConsumerSet {
         };
         if self.paused.load(Ordering::SeqCst) {
             for g in &mut st.groups {
-                for tag in std::mem::take(&mut g.tags) {
-                    if let Err(e) = ch.basic_cancel(&tag).await {
-                        debug!("queue '{}': cancel failed: {e}", self.queue_name);
-                    }
-                }
+                cancel_tags(&ch, &std::mem::take(&mut g.tags), &self.queue_name).await;
                 g.stopped();
             }
             return Ok(());
@@ -469,6 +465,16 @@ impl ConsumerSet {
 
 /// Sends the decisions that waited longer than the settle delay; ends with
 /// the channel or the consumer set.
+/// basic.cancel for each of a set's broker consumers. A failure is only
+/// logged: the channel is going, and its consumers with it.
+async fn cancel_tags(ch: &WireChannel, tags: &[String], queue: &str) {
+    for tag in tags {
+        if let Err(e) = ch.basic_cancel(tag).await {
+            debug!("queue '{queue}': cancel of consumer {tag} failed: {e}");
+        }
+    }
+}
+
 fn spawn_flusher(settler: &Arc<Settler>, cs: Weak<ConsumerSet>) {
     let settler = settler.clone();
     runtime::spawn("settle flusher", async move {

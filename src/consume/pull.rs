@@ -235,11 +235,7 @@ impl ConsumerSet {
             let group = st.groups.remove(i);
             let _ = found_tx.send(true);
             if let Some((_, ch, _)) = st.channel.clone() {
-                for tag in &group.tags {
-                    if let Err(e) = ch.basic_cancel(tag).await {
-                        debug!("queue '{}': pull consumer cancel: {e}", cs.queue_name);
-                    }
-                }
+                super::cancel_tags(&ch, &group.tags, &cs.queue_name).await;
             }
             let _ = done_tx.send(());
         });
