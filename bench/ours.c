@@ -27,7 +27,8 @@
  *                                           amqp_consume per queue (timed until n called
  *                                           back); threads and RSS while consuming
  * Common keys: test=LABEL run=K (copied into the JSON line); auto_id=1 opens the queue with
- *   auto_message_id=true (every plain publish then gets a message_id).
+ *   auto_message_id=true (every plain publish then gets a message_id); copts=K=V&... more
+ *   connection options (e.g. copts=inline_delivery=true).
  */
 #define _GNU_SOURCE 1
 
@@ -71,9 +72,15 @@ static const char *queue_options(int durable, long long prefetch, char *buf, siz
  * is refused), or the library's defaults when max_msgs is 0 */
 static int open_queue(long long max_msgs, long long max_bytes, int durable, long long prefetch,
                       amqp_connection_handle *conn, amqp_queue_handle *q) {
-  char copts[256], qopts[1024];
-  snprintf(copts, sizeof copts, "max_buffered=%lld&max_buffered_bytes=%lld", max_msgs, max_bytes);
-  amqp_result rc = amqp_connect(arg_str("uri", ""), max_msgs > 0 ? copts : NULL, conn);
+  char copts[512], qopts[1024];
+  /* copts=...: more connection options (e.g. inline_delivery=true) */
+  const char *extra = arg_str("copts", "");
+  if (max_msgs > 0)
+    snprintf(copts, sizeof copts, "max_buffered=%lld&max_buffered_bytes=%lld%s%s", max_msgs,
+             max_bytes, *extra ? "&" : "", extra);
+  else
+    snprintf(copts, sizeof copts, "%s", extra);
+  amqp_result rc = amqp_connect(arg_str("uri", ""), copts[0] ? copts : NULL, conn);
   if (rc != AMQP_OK) {
     set_err("amqp_connect", rc);
     return -1;
