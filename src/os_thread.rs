@@ -43,7 +43,16 @@ extern "C-unwind" fn start(arg: *mut c_void) -> *mut c_void {
 
 /// Starts a detached thread named `name` (at most 15 bytes) running `f`.
 pub(crate) fn spawn(name: &'static CStr, f: impl FnOnce() + Send + 'static) -> io::Result<()> {
-    let main: Box<Main> = Box::new(Box::new(f));
+    // Named by the thread itself before it runs anything: named by its
+    // creator after pthread_create, it could run a callback under the
+    // creator's name first (a new thread starts with its creator's name).
+    let named = move || {
+        // SAFETY: our own thread; `name` is NUL-terminated and short enough
+        // (a longer one only fails with ERANGE).
+        unsafe { libc::pthread_setname_np(libc::pthread_self(), name.as_ptr()) };
+        f();
+    };
+    let main: Box<Main> = Box::new(Box::new(named));
     let arg = Box::into_raw(main) as *mut c_void;
     let mut thread: libc::pthread_t = 0;
     // SAFETY: a NULL attr means the defaults; `start` takes ownership of
@@ -54,13 +63,8 @@ pub(crate) fn spawn(name: &'static CStr, f: impl FnOnce() + Send + 'static) -> i
         drop(unsafe { Box::from_raw(arg as *mut Main) });
         return Err(io::Error::from_raw_os_error(rc));
     }
-    // SAFETY: `thread` was just created and is neither joined nor detached
-    // yet; `name` is NUL-terminated and short enough (a longer one only
-    // fails with ERANGE).
-    unsafe {
-        libc::pthread_setname_np(thread, name.as_ptr());
-        libc::pthread_detach(thread);
-    }
+    // SAFETY: `thread` was just created and is neither joined nor detached.
+    unsafe { libc::pthread_detach(thread) };
     Ok(())
 }
 
@@ -74,6 +78,27 @@ mod tests {
         /// Declared as a function that unwinds (libc's declaration says it
         /// does not, and a call site that cannot unwind aborts the unwind).
         fn pthread_exit(value: *mut c_void) -> !;
+    }
+
+    /// The thread has its name from its first instruction on (it ran
+    /// callbacks under its creator's name when the creator named it).
+    #[test]
+    fn a_thread_runs_under_its_own_name_from_the_start() {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..200 {
+            let tx = tx.clone();
+            spawn(c"ra-named", move || {
+                let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default();
+                let _ = tx.send(comm.trim_end().to_string());
+            })
+            .expect("spawn");
+        }
+        for _ in 0..200 {
+            let name = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a thread ran");
+            assert_eq!(name, "ra-named");
+        }
     }
 
     /// A forced unwind (here pthread_exit) passes through the closure's
