@@ -10,7 +10,8 @@
 //! consumer's deliveries keep their order and its callback never runs on two
 //! threads at once.
 //!
-//! The bound: `min(MAX_THREADS, consumers)` threads, consumers being the
+//! The bound: `min(MAX_THREADS, consumers)` threads (one more while the
+//! pool reads the consume link, `inline_delivery`), consumers being the
 //! connection's live broker consumers with callbacks (each set adds
 //! `repeat`). Up to 64 consumers every consumer can have a thread (the same
 //! concurrency as one thread per consumer); beyond that, a slow callback
@@ -55,8 +56,8 @@ pub(crate) struct Pool<M> {
 
 /// The hosted link and who reads it. The thread its bytes woke *holds* it:
 /// it reads, runs what it read, and reads again, as a single-threaded
-/// client does, until the socket is empty (then the link is watched again
-/// by every idle thread). Should the holder not read for `STEAL_AFTER` (a
+/// client does, until the socket is empty or a turn was busy (`BUSY_TURN`;
+/// then the link is watched again by every idle thread). Should the holder not read for `STEAL_AFTER` (a
 /// callback that takes long), an idle thread takes the link back, so the
 /// other consumers' deliveries and the broker's heartbeats are read.
 #[derive(Default)]
@@ -65,6 +66,18 @@ struct Hosted {
     /// The holding thread (`THREAD_ID`), and when it last read. While
     /// there is one, the stall timer is set `STEAL_AFTER` past that read.
     holder: Option<(u64, Instant)>,
+}
+
+impl Hosted {
+    /// No thread holds the link any more: the stall timer stops and the
+    /// socket is watched again by every idle thread.
+    fn release(&mut self, events: &Events) {
+        self.holder = None;
+        events.arm_stall(None);
+        if let Some(reader) = &self.reader {
+            events.rearm(reader.fd());
+        }
+    }
 }
 
 /// How long a holder may not read before an idle thread takes the link.
@@ -302,13 +315,10 @@ impl<M: Mailbox> Pool<M> {
 
     fn take_back_if_stalled(&self, events: &Events) {
         let mut h = lock(&self.link);
-        let fd = h.reader.as_ref().map(|r| r.fd());
-        if let (Some((_, since)), Some(fd)) = (h.holder, fd) {
+        if let (Some((_, since)), true) = (h.holder, h.reader.is_some()) {
             let idle = since.elapsed();
             if idle >= STEAL_AFTER {
-                h.holder = None;
-                events.arm_stall(None);
-                events.rearm(fd);
+                h.release(events);
             } else {
                 events.arm_stall(Some(STEAL_AFTER - idle));
             }
@@ -319,20 +329,16 @@ impl<M: Mailbox> Pool<M> {
     fn let_go(&self, events: &Events) {
         let me = THREAD_ID.with(|t| *t);
         let mut h = lock(&self.link);
-        let fd = h.reader.as_ref().map(|r| r.fd());
-        if let (Some((id, _)), Some(fd)) = (h.holder, fd) {
-            if id == me {
-                h.holder = None;
-                events.arm_stall(None);
-                events.rearm(fd);
-            }
+        if h.reader.is_some() && h.holder.map(|(id, _)| id) == Some(me) {
+            h.release(events);
         }
     }
 
     /// One turn of reading the link on this thread: `woken` by its bytes
     /// (it takes the link), or as its holder. What it delivers is run here
     /// (one mailbox) or by threads woken for the rest. Returns whether it
-    /// read anything; when the socket had nothing, the holder lets go.
+    /// read anything; when the socket had nothing or the turn was busy
+    /// (`lets_go`), the holder lets go.
     fn read_link(&self, events: &Events, woken: bool) -> bool {
         let me = THREAD_ID.with(|t| *t);
         let reader = {
@@ -365,9 +371,7 @@ impl<M: Mailbox> Pool<M> {
             // The spare reading thread may end.
             events.notify();
         } else if current && holding && lets_go(&turn) {
-            h.holder = None;
-            events.arm_stall(None);
-            events.rearm(reader.fd());
+            h.release(events);
         } else if !current && holding {
             h.holder = None;
         }
@@ -392,9 +396,6 @@ impl<M: Mailbox> Pool<M> {
     }
 }
 
-/// The connection's consume link is read by the pool's threads: the thread
-/// woken by its bytes reads them and runs (one of) the mailboxes they
-/// filled, so a delivery reaches its callback with no hand-off.
 /// Whether the holder lets go of the link after a turn: the socket had
 /// nothing, or the link is busy (`BUSY_TURN`).
 fn lets_go(turn: &Turn) -> bool {
@@ -405,6 +406,9 @@ fn lets_go(turn: &Turn) -> bool {
     }
 }
 
+/// The connection's consume link is read by the pool's threads: the thread
+/// woken by its bytes reads them and runs (one of) the mailboxes they
+/// filled, so a delivery reaches its callback with no hand-off.
 impl<M: Mailbox> ReadHost for Pool<M> {
     fn attach(self: Arc<Self>, reader: Arc<LinkReader>) -> std::io::Result<()> {
         let events = self.events()?;

@@ -50,9 +50,8 @@ impl WireConnection {
         };
         let (leftover, heartbeat) = (opened.leftover, opened.heartbeat);
         let (channel_max, frame_max) = (opened.channel_max, opened.frame_max);
-        let shared = match opened.stream {
-            Stream::Tcp(tcp) if host.is_some() => {
-                let host = host.expect("checked");
+        let shared = match (opened.stream, host) {
+            (Stream::Tcp(tcp), Some(host)) => {
                 let (read, write) = hosted(tcp)?;
                 let shared = Arc::new(ConnShared::new(
                     Some(write.clone()),
@@ -68,7 +67,7 @@ impl WireConnection {
                 tokio::spawn(drive(shared.clone(), reading, write, heartbeat));
                 shared
             }
-            Stream::Tcp(tcp) => {
+            (Stream::Tcp(tcp), None) => {
                 let stream = Arc::new(tcp);
                 let shared = Arc::new(ConnShared::new(
                     Some(stream.clone()),
@@ -80,7 +79,7 @@ impl WireConnection {
                 tokio::spawn(drive(shared.clone(), reading, stream, heartbeat));
                 shared
             }
-            Stream::Tls(tls) => {
+            (Stream::Tls(tls), _) => {
                 // The appending threads cannot write into a TLS session:
                 // the writer loop does it all.
                 let shared = Arc::new(ConnShared::new(

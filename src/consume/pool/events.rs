@@ -39,30 +39,24 @@ fn check(r: libc::c_int) -> io::Result<libc::c_int> {
 impl Events {
     pub(super) fn new() -> io::Result<Events> {
         // SAFETY: plain syscalls; the descriptors returned are owned here.
-        let epoll = unsafe {
-            let ep = check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?;
-            let epoll = OwnedFd::from_raw_fd(ep);
+        let events = unsafe {
+            let epoll = OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
             let ev = check(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
             let wake = OwnedFd::from_raw_fd(ev);
             let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
             let tf = check(libc::timerfd_create(libc::CLOCK_MONOTONIC, flags))?;
-            (epoll, wake, OwnedFd::from_raw_fd(tf))
+            Events {
+                epoll,
+                wake,
+                stall: OwnedFd::from_raw_fd(tf),
+            }
         };
-        let (epoll, wake, stall) = (epoll.0, epoll.1, epoll.2);
-        let events = Events { epoll, wake, stall };
-        events.ctl(
-            libc::EPOLL_CTL_ADD,
-            events.stall.as_raw_fd(),
-            libc::EPOLLIN | libc::EPOLLET,
-            STALL,
-        )?;
-        // Edge-triggered: every `notify` is one new event, for one waiter.
-        events.ctl(
-            libc::EPOLL_CTL_ADD,
-            events.wake.as_raw_fd(),
-            libc::EPOLLIN | libc::EPOLLET,
-            WAKE,
-        )?;
+        // Edge-triggered: every `notify` (every stall timer expiry) is one
+        // new event, for one waiter.
+        for (fd, data) in [(&events.wake, WAKE), (&events.stall, STALL)] {
+            let flags = libc::EPOLLIN | libc::EPOLLET;
+            events.ctl(libc::EPOLL_CTL_ADD, fd.as_raw_fd(), flags, data)?;
+        }
         Ok(events)
     }
 
