@@ -130,3 +130,49 @@ fn deliveries_flow_after_the_consume_link_is_lost() {
     });
     conn.close_ok();
 }
+
+/// A busy link wakes its reader once a few KiB wait (`wire::coalesce`); what
+/// comes short of that (the end of a burst, a lone message after it, the
+/// broker's heartbeats) is read after the linger timer. Without that timer a
+/// burst that ends with the link coalescing leaves the next message unread,
+/// and the heartbeats too: the link is dropped as silent (1 s heartbeat) and
+/// `consume_connects` counts the reconnect.
+#[test]
+fn the_end_of_a_busy_burst_is_delivered() {
+    let _one = serial();
+    let logs = LogLines::capture(amqp_log_level::AMQP_LOG_DEBUG);
+    let conn = ConnGuard::connect(&uri_heartbeat_1s(), Some("inline_delivery=true"));
+    let c = conn.h();
+    assert_eq!(amqp_wait_connected(c, 10_000), amqp_result::AMQP_OK);
+    let name = unique_name("inline-burst");
+    let q = queue_open(c, &name, None, None, Some("prefetch=500"));
+    let rec = Recorder::acking(Duration::ZERO);
+    consume(q, &rec, 1);
+    let (burst, rounds) = (4_000u64, 6u64);
+    let mut sent = 0u64;
+    for _ in 0..rounds {
+        seed(&name, sent..sent + burst);
+        sent += burst;
+        wait_for("a burst", T, || rec.finished() >= sent);
+        std::thread::sleep(Duration::from_millis(50));
+        publish_ok(q, &seq_body(sent));
+        sent += 1;
+        wait_for("a lone delivery after the burst", T, || {
+            rec.finished() >= sent
+        });
+    }
+    let busy = |l: &(i32, String)| l.1.contains("consume link busy");
+    assert!(
+        logs.lines().iter().any(busy),
+        "the bursts never made the link coalesce"
+    );
+    assert_eq!(
+        cstats(c).consume_connects,
+        1,
+        "the consume link was dropped (its heartbeats unread?)"
+    );
+    let seqs: Vec<u64> = rec.bodies().iter().filter_map(|b| parse_seq(b)).collect();
+    assert_eq!(seqs, (0..sent).collect::<Vec<_>>(), "in order, each once");
+    rec.assert_no_panic();
+    conn.close_ok();
+}

@@ -22,7 +22,7 @@
 //! end (idle) once the connection has fewer consumers than threads.
 
 use crate::error::{Error, Result};
-use crate::wire::{LinkReader, ReadHost, Turn};
+use crate::wire::{LinkReader, ReadHost, Turn, LINGER};
 use events::{Event, Events};
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -64,16 +64,18 @@ pub(crate) struct Pool<M> {
 struct Hosted {
     reader: Option<Arc<LinkReader>>,
     /// The holding thread (`THREAD_ID`), and when it last read. While
-    /// there is one, the stall timer is set `STEAL_AFTER` past that read.
+    /// there is one, the link's timer is set `STEAL_AFTER` past that read.
     holder: Option<(u64, Instant)>,
 }
 
 impl Hosted {
-    /// No thread holds the link any more: the stall timer stops and the
-    /// socket is watched again by every idle thread.
+    /// No thread holds the link any more: the socket is watched again by
+    /// every idle thread, and the timer is set for a coalescing link (its
+    /// bytes short of the low mark are read after `LINGER`), else stopped.
     fn release(&mut self, events: &Events) {
         self.holder = None;
-        events.arm_stall(None);
+        let linger = self.reader.as_ref().filter(|r| r.coalescing());
+        events.arm_timer(linger.map(|_| LINGER));
         if let Some(reader) = &self.reader {
             events.rearm(reader.fd());
         }
@@ -305,7 +307,7 @@ impl<M: Mailbox> Pool<M> {
                 Event::Readable => {
                     self.read_link(events, true);
                 }
-                Event::Stall => self.take_back_if_stalled(events),
+                Event::Timer => self.on_timer(events),
                 Event::Notified => {}
             }
             st = self.lock();
@@ -313,15 +315,24 @@ impl<M: Mailbox> Pool<M> {
         }
     }
 
-    fn take_back_if_stalled(&self, events: &Events) {
+    /// The link's timer: a holder that stalled loses the link; bytes of a
+    /// coalescing link that waited `LINGER` are read here.
+    fn on_timer(&self, events: &Events) {
         let mut h = lock(&self.link);
-        if let (Some((_, since)), true) = (h.holder, h.reader.is_some()) {
+        let Some(reader) = h.reader.clone() else {
+            return;
+        };
+        if let Some((_, since)) = h.holder {
             let idle = since.elapsed();
             if idle >= STEAL_AFTER {
                 h.release(events);
             } else {
-                events.arm_stall(Some(STEAL_AFTER - idle));
+                events.arm_timer(Some(STEAL_AFTER - idle));
             }
+        } else if reader.coalescing() {
+            drop(h);
+            reader.lingered();
+            self.read_link(events, true);
         }
     }
 
@@ -350,7 +361,7 @@ impl<M: Mailbox> Pool<M> {
                 return false;
             }
             h.holder = Some((me, Instant::now()));
-            events.arm_stall(Some(STEAL_AFTER));
+            events.arm_timer(Some(STEAL_AFTER));
             reader
         };
         DEFERRED.with(|d| d.set(Some(0)));
@@ -364,7 +375,7 @@ impl<M: Mailbox> Pool<M> {
         if current && turn == Turn::Ended {
             h.reader = None;
             h.holder = None;
-            events.arm_stall(None);
+            events.arm_timer(None);
             events.unwatch(reader.fd());
             drop(h);
             self.lock().hosting = false;
@@ -382,10 +393,17 @@ impl<M: Mailbox> Pool<M> {
         matches!(turn, Turn::Drained(_) | Turn::More)
     }
 
-    /// Back of the ready list (more of its deliveries wait).
+    /// Back of the ready list (more of its deliveries wait). Called by the
+    /// thread that ran it, which comes back for the front of the list: a
+    /// thread is woken only when another mailbox is ahead of it.
     pub(super) fn requeue(&self, w: Arc<M>) {
-        self.lock().ready.push_back(w);
-        self.notify();
+        let mut st = self.lock();
+        st.ready.push_back(w);
+        let others = st.ready.len() > 1;
+        drop(st);
+        if others {
+            self.notify();
+        }
     }
 
     /// (threads, consumers) now: for tests.

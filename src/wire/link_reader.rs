@@ -6,7 +6,13 @@
 //! is readable, from one thread at a time, until a turn says `Ended`. The
 //! runtime still writes (it watches the socket for writability alone, so
 //! bytes arriving wake none of its threads) and runs the heartbeats.
+//!
+//! A busy link wakes its host once a few KiB wait rather than at every
+//! write of the broker (`coalesce`): while `coalescing()`, a host that
+//! waits on the socket also sets a timer `LINGER` long, and calls
+//! `lingered` then `read_turn` when it fires.
 
+use super::coalesce::Coalescer;
 use super::lock;
 use super::reader::{ReadBuf, YIELD_AFTER_BYTES};
 use super::shared::ConnShared;
@@ -15,6 +21,7 @@ use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// What takes over the reading of a link (the consumer pool).
@@ -51,6 +58,7 @@ pub(crate) struct LinkReader {
 struct ReadState {
     stream: TcpStream,
     rb: ReadBuf,
+    coalescer: Coalescer,
 }
 
 impl LinkReader {
@@ -64,7 +72,11 @@ impl LinkReader {
         let rb = ReadBuf::new(&conn, leftover);
         let reader = Arc::new(LinkReader {
             fd: stream.as_raw_fd(),
-            st: Mutex::new(ReadState { stream, rb }),
+            st: Mutex::new(ReadState {
+                stream,
+                rb,
+                coalescer: Coalescer::new(),
+            }),
             stopped: AtomicBool::new(false),
             ended: watch::channel(None).0,
             conn,
@@ -81,6 +93,21 @@ impl LinkReader {
         self.fd
     }
 
+    /// The socket wakes its host only once `coalesce::LOWAT` bytes wait:
+    /// whoever waits on it sets the `coalesce::LINGER` timer too.
+    pub fn coalescing(&self) -> bool {
+        lock(&self.st).coalescer.on()
+    }
+
+    /// The `LINGER` timer fired (before the socket woke anyone): the link
+    /// is not that busy any more, and the next turn reads what came.
+    pub fn lingered(&self) {
+        let mut st = lock(&self.st);
+        if let Some(on) = st.coalescer.lingered(Instant::now()) {
+            self.set_low_mark(on);
+        }
+    }
+
     /// Reads what the socket has (at most a fair share) and dispatches it;
     /// deliveries go to their consumers' sinks on this thread.
     pub fn read_turn(&self) -> Turn {
@@ -88,7 +115,57 @@ impl LinkReader {
         if self.ended.borrow().is_some() {
             return Turn::Ended;
         }
-        let ReadState { stream, rb } = &mut *st;
+        let ReadState {
+            stream,
+            rb,
+            coalescer,
+        } = &mut *st;
+        let turn = self.read_available(stream, rb);
+        // A turn that found nothing (a holder looking again after its
+        // callbacks) tells nothing of the broker's pace.
+        let read = match turn {
+            Turn::Drained(n) => n,
+            Turn::More => YIELD_AFTER_BYTES,
+            Turn::Nothing | Turn::Ended => return turn,
+        };
+        if let Some(on) = coalescer.read(read, Instant::now()) {
+            self.set_low_mark(on);
+        }
+        turn
+    }
+
+    /// SO_RCVLOWAT: `coalesce::LOWAT` bytes (on) or one byte wake the
+    /// socket's watchers.
+    fn set_low_mark(&self, on: bool) {
+        let bytes: libc::c_int = if on {
+            super::coalesce::LOWAT as libc::c_int
+        } else {
+            1
+        };
+        // SAFETY: setsockopt on the descriptor this reader owns, with an
+        // int that lives across the call.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            warn!(
+                "cannot set the consume link's low mark: {}",
+                std::io::Error::last_os_error()
+            );
+        } else if on {
+            debug!("consume link busy: read once {bytes} bytes wait (or after the linger)");
+        } else {
+            debug!("consume link quiet: read at every write");
+        }
+    }
+
+    fn read_available(&self, stream: &mut TcpStream, rb: &mut ReadBuf) -> Turn {
         let mut read = 0usize;
         loop {
             if self.stopped.load(Ordering::Acquire) {

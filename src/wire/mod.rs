@@ -19,6 +19,7 @@
 mod assembly;
 mod channel;
 mod channel_state;
+mod coalesce;
 mod codec;
 mod connection;
 mod handshake;
@@ -38,6 +39,7 @@ pub(crate) use amq_protocol::types::{AMQPValue, FieldTable};
 pub(crate) use assembly::Delivery;
 pub(crate) use channel::{QueueFlags, WireChannel};
 pub(crate) use channel_state::{Confirm, DeliverySink};
+pub(crate) use coalesce::LINGER;
 pub(crate) use codec::{Outgoing, PublishTarget};
 pub(crate) use connection::WireConnection;
 pub(crate) use link_reader::{LinkReader, ReadHost, Turn};

@@ -1,8 +1,8 @@
 //! What idle pool threads wait on: one epoll instance holding an eventfd
-//! (work for a thread: `notify`) and the hosted link's socket (readable,
-//! one-shot: one thread reads it at a time). Threads waiting on one epoll
-//! instance are woken one per event, so a burst of bytes wakes one thread,
-//! not all of them.
+//! (work for a thread: `notify`), the hosted link's socket (readable,
+//! one-shot: one thread reads it at a time) and the link's timer. Threads
+//! waiting on one epoll instance are woken one per event, so a burst of
+//! bytes wakes one thread, not all of them.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -10,8 +10,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub(super) struct Events {
     epoll: OwnedFd,
     wake: OwnedFd,
-    /// Fires when the link's holder has not read for a while (`arm_stall`).
-    stall: OwnedFd,
+    /// The link's timer (`arm_timer`): its holder has not read for a while,
+    /// or a coalescing link's bytes waited `LINGER`.
+    timer: OwnedFd,
 }
 
 /// What ended a wait.
@@ -21,12 +22,12 @@ pub(super) enum Event {
     Notified,
     /// The watched socket is readable (and not watched until `rearm`).
     Readable,
-    /// The stall timer fired (`arm_stall`).
-    Stall,
+    /// The link's timer fired (`arm_timer`).
+    Timer,
 }
 
 const WAKE: u64 = u64::MAX;
-const STALL: u64 = u64::MAX - 1;
+const TIMER: u64 = u64::MAX - 1;
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -48,12 +49,12 @@ impl Events {
             Events {
                 epoll,
                 wake,
-                stall: OwnedFd::from_raw_fd(tf),
+                timer: OwnedFd::from_raw_fd(tf),
             }
         };
-        // Edge-triggered: every `notify` (every stall timer expiry) is one
+        // Edge-triggered: every `notify` (every timer expiry) is one
         // new event, for one waiter.
-        for (fd, data) in [(&events.wake, WAKE), (&events.stall, STALL)] {
+        for (fd, data) in [(&events.wake, WAKE), (&events.timer, TIMER)] {
             let flags = libc::EPOLLIN | libc::EPOLLET;
             events.ctl(libc::EPOLL_CTL_ADD, fd.as_raw_fd(), flags, data)?;
         }
@@ -77,9 +78,9 @@ impl Events {
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    /// The stall timer fires once after `after` (replacing an earlier
+    /// The timer fires once after `after` (replacing an earlier
     /// setting); `None` disarms it.
-    pub(super) fn arm_stall(&self, after: Option<std::time::Duration>) {
+    pub(super) fn arm_timer(&self, after: Option<std::time::Duration>) {
         let d = after.unwrap_or_default();
         let spec = libc::itimerspec {
             it_interval: libc::timespec {
@@ -92,7 +93,7 @@ impl Events {
             },
         };
         // SAFETY: our timerfd; `spec` lives across the call.
-        unsafe { libc::timerfd_settime(self.stall.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
     }
 
     /// Watches `fd` for readability, for one waiter (until `rearm`).
@@ -120,7 +121,7 @@ impl Events {
             if n == 1 {
                 let (event, fd) = match ev.u64 {
                     WAKE => (Event::Notified, self.wake.as_raw_fd()),
-                    STALL => (Event::Stall, self.stall.as_raw_fd()),
+                    TIMER => (Event::Timer, self.timer.as_raw_fd()),
                     _ => return Event::Readable,
                 };
                 let mut count = 0u64;
