@@ -577,10 +577,10 @@ typedef struct amqp_delivery {
  callbacks at once hold up every other consumer of the connection until
  one returns (the pool takes up to 32 deliveries of a consumer per turn,
  then the next waiting consumer). With the connection option
- inline_delivery=true the pool has one thread more (at most 65), and
- the pool's threads also read the consume link: the thread its bytes
- wake runs the callback, then reads again; should a callback keep it
- 5 ms without reading, another pool thread reads. It may call amqp_publish,
+ inline_delivery=true (the default on plain TCP) the pool has one thread
+ more (at most 65), and the pool's threads also read the consume link:
+ the thread its bytes wake runs the callback, then reads again; should a
+ callback keep it 5 ms without reading, another pool thread reads. It may call amqp_publish,
  amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
  that is no amqp_disposition is applied as the queue's
  `invalid_disposition` (requeue by default): nothing is lost.
@@ -816,11 +816,13 @@ extern "C" {
  `key=value&...`: reconnect_delay_ms (100), reconnect_delay_max_ms (5000),
  max_reconnects (0 = never give up), max_buffered (100000 per queue),
  max_buffered_bytes (64 MiB per queue), max_message_bytes (128 MiB),
- inline_delivery (false; true: on a plain TCP link the callback threads
- read the consume link themselves and a delivery's callback runs on the
- thread its bytes woke, with no hand-off from the network thread: lower
- latency and CPU per delivery; one "ramqp-consumer" thread more, which
- stays free to read; see amqp_consume_fn).
+ inline_delivery (true: on a plain TCP link the callback threads read
+ the consume link themselves and a delivery's callback runs on the thread
+ its bytes woke, with no hand-off from the network thread: lower latency
+ and CPU per delivery; one "ramqp-consumer" thread more, which stays free
+ to read; a busy link wakes a reader once 2 KiB wait, or 200 µs after the
+ first byte that came short of that; see amqp_consume_fn. false: the
+ network thread reads it and hands each burst to a callback thread).
  Several brokers (a cluster): list them in the authority,
  `amqp://user:pass@h1:5672,h2:5673,h3/vhost`, and/or in the query,
  `?addresses=h2:5673,h3` (added after the authority's); all share the

@@ -14,10 +14,12 @@
 #            tests/broker_tls.rs on the node's TLS listener, PORT+3, with
 #            certificates by scripts/tls-certs.sh; its expired-certificate
 #            test needs a node restart and runs in scripts/tls-test.sh)
-#   inline   the consume suites again with every test connection on
-#            inline_delivery=true (the callback threads read the consume
-#            link): broker_consume, broker_consume_pool, broker_pull,
-#            broker_settle, broker_release, broker_faults, hostile_broker
+#   handoff  the consume suites again with every test connection on
+#            inline_delivery=false (the network thread reads the consume
+#            link and hands deliveries to the callback threads; the default
+#            is that the callback threads read it): broker_consume,
+#            broker_consume_pool, broker_pull, broker_settle, broker_release,
+#            broker_faults, hostile_broker
 #   bench    the benchmark drivers (bench/ours.c, bench/rmqc.c) build, and a
 #            2,000-message publish with each confirms everything (a smoke run
 #            that keeps them working; no speed is asserted anywhere)
@@ -156,9 +158,9 @@ run_cargo_tests() {
         --skip expired_certificate
 }
 
-run_inline_tests() {
+run_handoff_tests() {
     broker_app_up
-    RA_TEST_CONNECTION_OPTIONS=inline_delivery=true limited "$TEST_TIMEOUT" \
+    RA_TEST_CONNECTION_OPTIONS=inline_delivery=false limited "$TEST_TIMEOUT" \
         cargo test --release --no-fail-fast --test broker_consume --test broker_consume_pool \
         --test broker_pull --test broker_settle --test broker_release --test broker_faults \
         --test hostile_broker -- --test-threads=2
@@ -210,7 +212,7 @@ step clippy limited 1800 cargo clippy --all-targets -- -D warnings
 step build limited 1800 cargo build --release
 step header header_unchanged
 step test run_cargo_tests
-step inline run_inline_tests
+step handoff run_handoff_tests
 step bench bench_smoke
 step memcheck limited 900 bash scripts/memcheck.sh asan
 step install limited 600 bash scripts/install-test.sh

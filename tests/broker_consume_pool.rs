@@ -59,10 +59,11 @@ fn many_consumers_share_a_bounded_pool_in_order() {
         begun.elapsed()
     );
     let threads = consumer_threads();
-    // inline_delivery keeps one thread more, free to read the link.
-    let inline = std::env::var("RA_TEST_CONNECTION_OPTIONS")
+    // inline_delivery (the default) keeps one thread more, free to read
+    // the link.
+    let inline = !std::env::var("RA_TEST_CONNECTION_OPTIONS")
         .unwrap_or_default()
-        .contains("inline_delivery=true");
+        .contains("inline_delivery=false");
     assert!(
         (1..=64 + usize::from(inline)).contains(&threads),
         "{threads} ramqp-consumer threads for {QUEUES} consumers (bound: 64, +1 with inline_delivery)"

@@ -38,7 +38,7 @@ impl Default for ConnectionOptions {
             max_buffered: 100_000,
             max_buffered_bytes: 64 * 1024 * 1024,
             max_message_bytes: 128 * 1024 * 1024,
-            inline_delivery: false,
+            inline_delivery: true,
         }
     }
 }

@@ -117,10 +117,10 @@ impl amqp_delivery {
 /// callbacks at once hold up every other consumer of the connection until
 /// one returns (the pool takes up to 32 deliveries of a consumer per turn,
 /// then the next waiting consumer). With the connection option
-/// inline_delivery=true the pool has one thread more (at most 65), and
-/// the pool's threads also read the consume link: the thread its bytes
-/// wake runs the callback, then reads again; should a callback keep it
-/// 5 ms without reading, another pool thread reads. It may call amqp_publish,
+/// inline_delivery=true (the default on plain TCP) the pool has one thread
+/// more (at most 65), and the pool's threads also read the consume link:
+/// the thread its bytes wake runs the callback, then reads again; should a
+/// callback keep it 5 ms without reading, another pool thread reads. It may call amqp_publish,
 /// amqp_consume_stop, amqp_settle and amqp_close_graceful. A return value
 /// that is no amqp_disposition is applied as the queue's
 /// `invalid_disposition` (requeue by default): nothing is lost.

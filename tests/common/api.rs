@@ -42,7 +42,7 @@ pub fn raw_result_str(r: i32) -> String {
 }
 
 /// Connection options every test connection gets on top of its own
-/// (`RA_TEST_CONNECTION_OPTIONS`, e.g. `inline_delivery=true`: scripts/test.sh
+/// (`RA_TEST_CONNECTION_OPTIONS`, e.g. `inline_delivery=false`: scripts/test.sh
 /// runs the consume suites again that way), unless it sets the key itself.
 fn with_test_options(options: Option<&str>) -> Option<String> {
     let extra = std::env::var("RA_TEST_CONNECTION_OPTIONS").unwrap_or_default();

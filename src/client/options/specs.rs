@@ -78,10 +78,11 @@ pub(crate) const CONNECTION_OPTIONS: &[OptionSpec<ConnectionOptions>] = &[
     },
     OptionSpec {
         key: "inline_delivery",
-        default: OptionDefault::Text("false"),
+        default: OptionDefault::Text("true"),
         doc: "true: the callback threads read the consume link (plain TCP) and run each \
-              callback on the thread its bytes woke: lower latency, one thread more, \
-              less consume throughput on a loaded machine (docs/DESIGN.md)",
+              callback on the thread its bytes woke: lower latency and CPU per delivery, \
+              one thread more; false: the network thread reads it and hands deliveries \
+              over (docs/DESIGN.md)",
         value: Value::Bool {
             set: |o, b| o.inline_delivery = b,
         },
