@@ -27,6 +27,7 @@ mod publish;
 mod registry;
 mod runtime;
 mod spool;
+mod sync;
 mod wire;
 
 pub mod ffi;

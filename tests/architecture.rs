@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "client",
         &[
-            "publish", "consume", "wire", "error", "log", "runtime", "backoff", "spool",
+            "publish", "consume", "wire", "error", "log", "runtime", "backoff", "spool", "sync",
         ],
     ),
     (
@@ -33,14 +33,24 @@ const LAYERS: &[(&str, &[&str])] = &[
             "os_thread",
             "notifier",
             "spool",
+            "sync",
         ],
     ),
     (
         "consume",
-        &["wire", "error", "log", "runtime", "os_thread", "notifier"],
+        &[
+            "wire",
+            "error",
+            "log",
+            "runtime",
+            "os_thread",
+            "notifier",
+            "sync",
+        ],
     ),
-    ("wire", &["log"]),
-    ("spool", &["error", "log"]),
+    ("wire", &["log", "sync"]),
+    ("spool", &["error", "log", "sync"]),
+    ("sync", &[]),
     ("error", &[]),
     ("log", &["os_thread"]),
     ("os_thread", &[]),

@@ -157,7 +157,7 @@ impl Connection {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.shared)
     }
 
     /// The publish link's session environment (the connection's last error).

@@ -361,7 +361,7 @@ impl Queue {
         }
         let _one = self.naming.lock().await;
         let known = {
-            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            let live = crate::sync::lock(&self.live);
             (live.0 == generation && !live.1.is_empty()).then(|| live.1.clone())
         };
         // Within the generation, passively by its name (RabbitMQ refuses a
@@ -376,7 +376,7 @@ impl Queue {
                 match found.await {
                     Err(e @ Failure::Refused { code: 404, .. }) => {
                         // Deleted (by an operator): a new one next time.
-                        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = (0, String::new());
+                        *crate::sync::lock(&self.live) = (0, String::new());
                         return Err(e);
                     }
                     found => found?,
@@ -387,7 +387,7 @@ impl Queue {
         if known.is_none() {
             info!("server-named queue: the broker named it '{name}'");
         }
-        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = (generation, name.clone());
+        *crate::sync::lock(&self.live) = (generation, name.clone());
         Ok(name)
     }
 

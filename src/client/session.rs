@@ -48,7 +48,7 @@ impl SessionEnv {
     }
 
     pub fn set_last_error(&self, message: String) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        *crate::sync::lock(&self.last_error) = Some(message);
     }
 
     pub fn last_error(&self) -> Option<String> {

@@ -76,7 +76,7 @@ impl Dedupe {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, IdWindow> {
-        self.window.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.window)
     }
 
     pub fn seen(&self, id: &[u8]) -> bool {

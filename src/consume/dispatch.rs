@@ -75,7 +75,7 @@ fn run_slice(work: &Arc<WorkQueue>, pool: &CallbackPool) {
 fn end(work: &Arc<WorkQueue>, pool: &CallbackPool, runner: Runner) {
     let Runner { cs, set, cb } = runner;
     drop(cb);
-    (cs.workers.lock().unwrap_or_else(|p| p.into_inner())).retain(|w| !Arc::ptr_eq(w, work));
+    (crate::sync::lock(&cs.workers)).retain(|w| !Arc::ptr_eq(w, work));
     pool.consumer_ended();
     set.worker_ended();
 }

@@ -116,8 +116,7 @@ impl ConsumerSet {
             });
         }
         drop(cb);
-        (self.workers.lock().unwrap_or_else(|p| p.into_inner()))
-            .extend(shared.workers.iter().cloned());
+        (crate::sync::lock(&self.workers)).extend(shared.workers.iter().cloned());
         // Before any reconcile can see the group, so its start is not missed.
         self.expect_start(shared.id);
         // Through the runtime rather than tokio's blocking_lock, which needs
@@ -134,7 +133,7 @@ impl ConsumerSet {
             return Err(e);
         }
         {
-            let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sets = crate::sync::lock(&self.sets);
             if sets.is_none() {
                 // Closed meanwhile: the set never starts, release never runs.
                 self.forget_start(shared.id);
@@ -142,7 +141,7 @@ impl ConsumerSet {
                 shared.close_workers();
                 return Err(Error::closed("the connection is closing"));
             }
-            *shared.release.lock().unwrap_or_else(|p| p.into_inner()) = release;
+            *crate::sync::lock(&shared.release) = release;
             sets.get_or_insert_with(Vec::new).push(shared.clone());
         }
         let cs = self.clone();
@@ -190,7 +189,7 @@ impl ConsumerSet {
 
     /// Takes set `id` out of the live sets.
     pub(super) fn take_set(&self, id: u64) -> Option<Arc<SetShared>> {
-        let mut sets = self.sets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sets = crate::sync::lock(&self.sets);
         let list = sets.as_mut()?;
         let i = list.iter().position(|s| s.id == id)?;
         Some(list.remove(i))

@@ -22,6 +22,7 @@
 //! end (idle) once the connection has fewer consumers than threads.
 
 use crate::error::{Error, Result};
+use crate::sync::lock;
 use crate::wire::{LinkReader, ReadHost, Turn, LINGER};
 use events::{Event, Events};
 use std::cell::Cell;
@@ -147,7 +148,7 @@ impl<M> PoolState<M> {
 
 impl<M: Mailbox> Pool<M> {
     fn lock(&self) -> MutexGuard<'_, PoolState<M>> {
-        self.st.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.st)
     }
 
     /// `n` consumers more: starts threads up to the bound. Err (and
@@ -442,10 +443,6 @@ impl<M: Mailbox> ReadHost for Pool<M> {
         self.lock().hosting = true;
         self.grow()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Dropped armed only when the application's runtime ends a pool thread

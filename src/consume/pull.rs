@@ -97,7 +97,7 @@ impl PullState {
 
 impl PullQueue {
     fn lock(&self) -> MutexGuard<'_, PullState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Takes the waiting deliveries of broker consumer `sink` out.

@@ -54,7 +54,7 @@ impl Settler {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SettleState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Records a decision; sends now for a release or when a batch is full,

@@ -34,7 +34,7 @@ pub(super) struct Starts {
 
 impl ConsumerSet {
     fn starts(&self) -> std::sync::MutexGuard<'_, Starts> {
-        self.starts.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.starts)
     }
 
     /// A caller will wait for set `id` to start (`await_start`).

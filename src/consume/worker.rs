@@ -57,7 +57,7 @@ impl WorkQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, WorkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     pub(super) fn pool(&self) -> &Arc<CallbackPool> {
@@ -65,7 +65,7 @@ impl WorkQueue {
     }
 
     pub(super) fn runner(&self) -> MutexGuard<'_, Option<Runner>> {
-        self.runner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.runner)
     }
 
     /// Queues a job; gives it back when the mailbox is closed. (The job is
@@ -82,7 +82,7 @@ impl WorkQueue {
     }
 
     pub(super) fn running(&self) -> MutexGuard<'_, Option<Running>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.running)
     }
 
     /// Schedules the mailbox on the pool if it has work and is not

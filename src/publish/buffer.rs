@@ -183,7 +183,7 @@ impl PublishBuffer {
     /// Wakes every producer in `wait_for_room` (room was made, or the queue
     /// closed: each one tries again and sees which).
     pub fn wake_room_waiters(&self) {
-        let _held = self.room_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _held = crate::sync::lock(&self.room_lock);
         self.room.notify_all();
     }
 
@@ -198,7 +198,7 @@ impl PublishBuffer {
         mut attempt: impl FnMut() -> Option<T>,
     ) -> Option<T> {
         self.room_waiters.fetch_add(1, Ordering::SeqCst);
-        let mut held = self.room_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = crate::sync::lock(&self.room_lock);
         let outcome = loop {
             if let Some(t) = attempt() {
                 break Some(t);

@@ -28,10 +28,11 @@ pub(crate) use report::{ReportFn, ReportThread};
 pub(crate) use report_pull::{Polled, ReportPull};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::sync::lock;
 use carry::Carry;
 use expiry::expired;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Where and how a queue's messages are published.
@@ -126,10 +127,6 @@ pub(crate) struct Outbox {
     auto_ids: Option<auto_id::AutoIds>,
     /// The queue option spool_dir's log, if on (`spooled`).
     spool: Option<Arc<crate::spool::Spool>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Outbox {

@@ -53,7 +53,7 @@ impl ReportThread {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Queues a batch for the thread (or, with no thread, releases its

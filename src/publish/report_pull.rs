@@ -59,7 +59,7 @@ pub(crate) struct ReportPull {
 
 impl ReportPull {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// A new descriptor, readable while reports wait (the pipe is made by

@@ -27,6 +27,7 @@ mod tests;
 pub(crate) use record::Record;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::sync::lock;
 use record::{Entry, Tail};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -34,7 +35,7 @@ use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often `Batch` syncs what was written.
@@ -115,10 +116,6 @@ pub(crate) struct Spool {
     pub stats: SpoolStats,
     /// The directory's lock, held until `close` (or the drop).
     lock_file: Mutex<Option<File>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {

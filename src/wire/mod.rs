@@ -43,14 +43,10 @@ pub(crate) use coalesce::LINGER;
 pub(crate) use codec::{Outgoing, PublishTarget};
 pub(crate) use connection::WireConnection;
 pub(crate) use link_reader::{LinkReader, ReadHost, Turn};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 pub(crate) use tls::{Tls, TlsSettings};
 
-/// A lock that a panic elsewhere did not poison for us.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]

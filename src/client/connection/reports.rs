@@ -18,7 +18,7 @@ impl Connection {
             return Ok(());
         };
         let thread = {
-            let mut slot = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = crate::sync::lock(&self.reports);
             match &*slot {
                 Some(t) => t.clone(),
                 None => {
