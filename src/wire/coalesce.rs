@@ -57,8 +57,9 @@ impl Coalescer {
         self.on
     }
 
-    /// A turn read `n` bytes (it drained the socket, or found nothing) at
-    /// `now`. Returns the new setting when it changes.
+    /// A turn read `n` bytes (and drained the socket, or stopped at its
+    /// share) at `now`; turns that found nothing are not counted. Returns
+    /// the new setting when it changes.
     pub(crate) fn read(&mut self, n: usize, now: Instant) -> Option<bool> {
         let since = *self.since.get_or_insert(now);
         self.bytes = self.bytes.saturating_add(n);
