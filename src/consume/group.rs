@@ -116,7 +116,7 @@ impl ConsumerSet {
             });
         }
         drop(cb);
-        (crate::sync::lock(&self.workers)).extend(shared.workers.iter().cloned());
+        crate::sync::lock(&self.workers).extend(shared.workers.iter().cloned());
         // Before any reconcile can see the group, so its start is not missed.
         self.expect_start(shared.id);
         // Through the runtime rather than tokio's blocking_lock, which needs

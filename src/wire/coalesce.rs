@@ -27,7 +27,7 @@ const WINDOW: Duration = LINGER;
 
 /// Whether the socket should wait for `LOWAT` bytes, from what the link
 /// carried in the last window.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Coalescer {
     /// The socket waits for `LOWAT` bytes (and the reader for the timer).
     on: bool,
@@ -36,21 +36,7 @@ pub(crate) struct Coalescer {
     bytes: usize,
 }
 
-impl Default for Coalescer {
-    fn default() -> Self {
-        Coalescer::new()
-    }
-}
-
 impl Coalescer {
-    pub(crate) const fn new() -> Coalescer {
-        Coalescer {
-            on: false,
-            since: None,
-            bytes: 0,
-        }
-    }
-
     /// Whether the socket waits for `LOWAT` bytes now (so whoever waits on
     /// it must also set the `LINGER` timer).
     pub(crate) fn on(&self) -> bool {
@@ -113,7 +99,7 @@ mod tests {
     impl Sim {
         fn new() -> Sim {
             Sim {
-                c: Coalescer::new(),
+                c: Coalescer::default(),
                 t0: Instant::now(),
                 waiting: Vec::new(),
                 wakes: 0,

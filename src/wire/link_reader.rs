@@ -75,7 +75,7 @@ impl LinkReader {
             st: Mutex::new(ReadState {
                 stream,
                 rb,
-                coalescer: Coalescer::new(),
+                coalescer: Coalescer::default(),
             }),
             stopped: AtomicBool::new(false),
             ended: watch::channel(None).0,

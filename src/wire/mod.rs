@@ -43,10 +43,10 @@ pub(crate) use coalesce::LINGER;
 pub(crate) use codec::{Outgoing, PublishTarget};
 pub(crate) use connection::WireConnection;
 pub(crate) use link_reader::{LinkReader, ReadHost, Turn};
-use std::time::Duration;
 pub(crate) use tls::{Tls, TlsSettings};
 
 use crate::sync::lock;
+use std::time::Duration;
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
