@@ -56,7 +56,10 @@ impl Outbox {
     }
 }
 
-/// Whether `m` was published `timeout` or longer before `now_ms`.
+/// Whether `m` was published more than `timeout` before `now_ms`. Both
+/// times are whole milliseconds, rounded down: "more than" keeps a message
+/// from expiring before its full timeout passed (it may expire up to 1 ms
+/// after).
 pub(super) fn expired(m: &Message, now_ms: u32, timeout: Duration) -> bool {
-    u128::from(now_ms.wrapping_sub(m.born_ms())) >= timeout.as_millis()
+    u128::from(now_ms.wrapping_sub(m.born_ms())) > timeout.as_millis()
 }
