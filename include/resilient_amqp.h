@@ -1179,7 +1179,9 @@ enum amqp_result amqp_publish_message(amqp_queue_handle queue,
  Callable from any thread, including a consume callback. Blocks: never
  (with few messages in flight it writes the message to the socket itself,
  a non-blocking write of a few microseconds, instead of waking the
- library's thread for it).
+ library's thread for it; on plain TCP, with 4 or more in flight, it
+ first reads the confirms waiting on the socket, non-blocking, and
+ applies them: their reports go to the report thread as usual).
  */
 enum amqp_result amqp_publish(amqp_queue_handle queue, const void *body, size_t len);
 

@@ -129,7 +129,8 @@ pub fn wire_exchange_declare(
     let config = parse_uri(uri)?.wire_config(1 << 20);
     let (exchange, kind) = (exchange.to_string(), kind.to_string());
     let run = async move {
-        let conn = crate::wire::WireConnection::connect(&config, None).await?;
+        let conn = crate::wire::WireConnection::connect(&config, crate::wire::LinkReading::Runtime)
+            .await?;
         let ch = conn.create_channel().await?;
         let declared = ch.exchange_declare(&exchange, &kind, false).await;
         let reason = ch.close_reason();
@@ -149,7 +150,8 @@ pub fn wire_exchange_declare(
 pub fn wire_channel_max(uri: &str) -> Result<u16> {
     let config = parse_uri(uri)?.wire_config(1 << 20);
     let run = async move {
-        let conn = crate::wire::WireConnection::connect(&config, None).await?;
+        let conn = crate::wire::WireConnection::connect(&config, crate::wire::LinkReading::Runtime)
+            .await?;
         let n = conn.channel_max();
         conn.close(200, "test over").await;
         Ok::<_, crate::wire::Failure>(n)

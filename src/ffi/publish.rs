@@ -21,7 +21,9 @@ use std::time::Duration;
 /// Callable from any thread, including a consume callback. Blocks: never
 /// (with few messages in flight it writes the message to the socket itself,
 /// a non-blocking write of a few microseconds, instead of waking the
-/// library's thread for it).
+/// library's thread for it; on plain TCP, with 4 or more in flight, it
+/// first reads the confirms waiting on the socket, non-blocking, and
+/// applies them: their reports go to the report thread as usual).
 #[no_mangle]
 pub unsafe extern "C" fn amqp_publish(
     queue: amqp_queue_handle,

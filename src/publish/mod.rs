@@ -31,7 +31,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::sync::lock;
 use carry::Carry;
 use expiry::expired;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,9 @@ pub(crate) struct Outbox {
     carry: Mutex<Carry>,
     /// The running publisher's state (None between runs).
     live: Mutex<Option<publisher::Live>>,
+    /// The publishing threads send, and read the confirms of their link
+    /// themselves (`publisher::here`): they try to send at any depth.
+    reads_here: AtomicBool,
     /// Held by the one running publisher: a new session's publisher waits
     /// until the previous one has put its unconfirmed messages back.
     running: tokio::sync::Mutex<()>,
@@ -141,6 +144,7 @@ impl Outbox {
             stats: PublishStats::default(),
             carry: Mutex::new(Carry::default()),
             live: Mutex::new(None),
+            reads_here: AtomicBool::new(false),
             running: tokio::sync::Mutex::new(()),
             state: AtomicU8::new(OPEN),
             failure: Mutex::new(String::new()),
@@ -226,7 +230,8 @@ impl Outbox {
     fn hand_over(&self) {
         let idle = self.buffer.take_idle();
         let sent = (idle
-            || self.stats.in_flight.load(Ordering::Relaxed) < publisher::SEND_NOW_BELOW)
+            || self.stats.in_flight.load(Ordering::Relaxed) < publisher::SEND_NOW_BELOW
+            || self.reads_here.load(Ordering::Relaxed))
             && self.send_now();
         if idle && !sent {
             self.buffer.wake.notify_one();

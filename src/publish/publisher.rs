@@ -2,6 +2,7 @@
 //! window of messages ahead of their confirms.
 
 mod confirms;
+mod here;
 
 use super::carry::Carry;
 use super::message::{self, Message, Outcome};
@@ -84,6 +85,8 @@ pub(super) struct Live {
     window: ConfirmWindow<Message>,
     carry: Carry,
     confirms: Vec<Confirm>,
+    /// Confirms a publishing thread applied (`here`) ended the run: why.
+    lost: Option<String>,
     /// When the window's front last moved (or a message went into an empty
     /// window): a channel whose front does not move for the publish
     /// timeout is stuck.
@@ -136,6 +139,7 @@ impl Outbox {
             window: ConfirmWindow::new(max_count, max_bytes),
             carry: std::mem::take(&mut *lock(&self.carry)),
             confirms: Vec::new(),
+            lost: None,
             progress: Instant::now(),
         });
         let end = loop {
@@ -154,32 +158,23 @@ impl Outbox {
         }
     }
 
-    /// This thread pushed while the publisher was idle, or had few
-    /// messages in flight: it sends what the buffer holds itself, so that a
-    /// message reaches the socket without waiting for the runtime (a
-    /// wake-up, or the next confirm). Nothing when the publisher runs a
-    /// step now or no channel is open. True: messages are in flight, so
-    /// the publisher needs no wake-up (their confirms, or the channel's
-    /// close, wake it; an idle one also wakes after publish_timeout_ms).
-    pub(super) fn send_now(&self) -> bool {
-        let Ok(mut live) = self.live.try_lock() else {
-            return false;
-        };
-        let Some(run) = live.as_mut() else {
-            return false;
-        };
-        // A closed channel: the publisher sees it when woken.
-        self.fill(run).is_ok() && !run.window.is_empty()
-    }
-
     /// Sends, takes the confirms and applies them, under the run's lock.
     fn step(&self) -> Step {
         let mut live = lock(&self.live);
         let Some(run) = live.as_mut() else {
             return Step::End(PublisherEnd::LinkDown);
         };
+        if let Some(why) = run.lost.take() {
+            return Step::End(PublisherEnd::TopologyLost(why));
+        }
+        let before = run.window.len();
         if let Err(why) = self.fill(run) {
             return Step::End(PublisherEnd::ChannelLost(why));
+        }
+        if run.window.len() > before {
+            // This task sends: it waits for the confirms as they come.
+            self.reads_here.store(false, Ordering::Relaxed);
+            run.ch.read_eagerly();
         }
         run.ch.take_confirms(&mut run.confirms);
         if run.confirms.is_empty() {

@@ -62,6 +62,7 @@ impl WireChannel {
     /// One synchronous method and its reply; one at a time per channel.
     pub(super) async fn call(&self, method: AMQPClass) -> Result<AMQPClass, Failure> {
         let _one = self.ch.rpc.lock().await;
+        self.read_eagerly();
         let (tx, rx) = oneshot::channel();
         {
             let mut r = self.ch.receivers();
@@ -305,6 +306,35 @@ impl WireChannel {
     pub fn take_confirms(&self, into: &mut Vec<Confirm>) {
         let mut q = lock(&self.ch.confirms);
         std::mem::swap(&mut *q, into);
+    }
+
+    /// This thread sent publishes itself: the link may read their confirms
+    /// late (`lazy_read`). True: it does (plain TCP publish links), and
+    /// `read_here` reads them.
+    pub fn sent_here(&self) -> bool {
+        self.conn.lazy().map(|lazy| lazy.sent_here()).is_some()
+    }
+
+    /// Wakes the task waiting in `confirms_changed`.
+    pub fn wake_publisher(&self) {
+        self.ch.confirm_wake.notify_one();
+    }
+
+    /// Reads what waits on a link read late, on this thread, without
+    /// waking this channel's publisher for its confirms (the caller takes
+    /// them). False: the link is read eagerly, or by another thread now.
+    pub fn read_here(&self) -> bool {
+        self.conn
+            .lazy()
+            .is_some_and(|lazy| lazy.read_here(&self.ch.taking))
+    }
+
+    /// From now on the link is read as soon as bytes arrive (someone waits
+    /// for them).
+    pub fn read_eagerly(&self) {
+        if let Some(lazy) = self.conn.lazy() {
+            lazy.eager();
+        }
     }
 
     /// Resolves after new confirms arrive or the channel closes.

@@ -97,6 +97,9 @@ pub(super) struct ChannelState {
     /// name. Counted as each is appended, before the broker can see it.
     pub(super) published: AtomicU64,
     pub(super) confirm_wake: Notify,
+    /// The publishing thread reads the link itself (`lazy_read`) and takes
+    /// this channel's confirms after: its publisher need not be woken.
+    pub(super) taking: AtomicBool,
 }
 
 /// Where the reader hands what arrives on the channel.
@@ -118,6 +121,7 @@ impl ChannelState {
             confirms: Mutex::new(Vec::new()),
             published: AtomicU64::new(0),
             confirm_wake: Notify::new(),
+            taking: AtomicBool::new(false),
         }
     }
 
@@ -152,7 +156,7 @@ impl ChannelState {
         let was_empty = q.is_empty();
         q.push(c);
         drop(q);
-        if was_empty {
+        if was_empty && !self.taking.load(Ordering::Relaxed) {
             self.confirm_wake.notify_one();
         }
     }

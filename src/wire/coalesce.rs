@@ -38,7 +38,9 @@ pub(crate) struct Coalescer {
 
 impl Coalescer {
     /// Whether the socket waits for `LOWAT` bytes now (so whoever waits on
-    /// it must also set the `LINGER` timer).
+    /// it must also set the `LINGER` timer). The reader mirrors it in an
+    /// atomic (`LinkReader::coalescing`); the model tests look here.
+    #[cfg(test)]
     pub(crate) fn on(&self) -> bool {
         self.on
     }

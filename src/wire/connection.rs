@@ -11,10 +11,11 @@
 use super::channel::WireChannel;
 use super::codec;
 use super::handshake::Stream;
+use super::lazy_read::LazyReads;
 use super::link_reader::{LinkReader, ReadHost};
 use super::output::write_loop;
 use super::reader::read_loop;
-use super::shared::{ConnShared, CLOSE_WAIT};
+use super::shared::{ConnShared, LateReads, CLOSE_WAIT};
 use super::socket::{HostedTcp, Sink, Source};
 use super::{handshake, wrong_reply, Failure, WireConfig};
 use amq_protocol::protocol::{channel, connection, AMQPClass};
@@ -33,11 +34,11 @@ pub struct WireConnection {
 impl WireConnection {
     /// TCP connect (and TLS), handshake (SASL), tune, open the vhost; then
     /// the connection runs on its own task. Bounded by the connect timeout.
-    /// With `host`, a plain TCP link is read by the host's threads
-    /// (`link_reader`); TLS is read by the runtime either way.
+    /// `reading` says who reads a plain TCP link; TLS is read by the
+    /// runtime as bytes arrive, whatever it says.
     pub async fn connect(
         config: &WireConfig,
-        host: Option<&Arc<dyn ReadHost>>,
+        reading: LinkReading<'_>,
     ) -> Result<WireConnection, Failure> {
         let timeout = config.connect_timeout;
         let opened = match tokio::time::timeout(timeout, handshake::open(config)).await {
@@ -50,8 +51,8 @@ impl WireConnection {
         };
         let (leftover, heartbeat) = (opened.leftover, opened.heartbeat);
         let (channel_max, frame_max) = (opened.channel_max, opened.frame_max);
-        let shared = match (opened.stream, host) {
-            (Stream::Tcp(tcp), Some(host)) => {
+        let shared = match (opened.stream, reading) {
+            (Stream::Tcp(tcp), reading @ (LinkReading::Host(_) | LinkReading::Lazy)) => {
                 let (read, write) = hosted(tcp)?;
                 let shared = Arc::new(ConnShared::new(
                     Some(write.clone()),
@@ -59,15 +60,25 @@ impl WireConnection {
                     frame_max,
                     config.max_body,
                 ));
-                let reader = LinkReader::new(shared.clone(), read, &leftover);
-                host.clone()
-                    .attach(reader.clone())
-                    .map_err(|e| Failure::Link(format!("cannot read the link: {e}")))?;
+                let cannot =
+                    |e: std::io::Error| Failure::Link(format!("cannot read the link: {e}"));
+                let coalesce = matches!(reading, LinkReading::Host(_));
+                let reader = LinkReader::new(shared.clone(), read, &leftover, coalesce);
+                match reading {
+                    LinkReading::Host(host) => {
+                        host.clone().attach(reader.clone()).map_err(cannot)?
+                    }
+                    _ => {
+                        let lazy = LazyReads::start(reader.clone()).map_err(cannot)?;
+                        let lazy: Arc<dyn LateReads> = lazy;
+                        let _ = shared.lazy.set(Arc::downgrade(&lazy));
+                    }
+                }
                 let reading = Reading::<Arc<tokio::net::TcpStream>>::Hosted(reader);
                 tokio::spawn(drive(shared.clone(), reading, write, heartbeat));
                 shared
             }
-            (Stream::Tcp(tcp), None) => {
+            (Stream::Tcp(tcp), LinkReading::Runtime) => {
                 let stream = Arc::new(tcp);
                 let shared = Arc::new(ConnShared::new(
                     Some(stream.clone()),
@@ -174,6 +185,18 @@ fn hosted(tcp: tokio::net::TcpStream) -> Result<(std::net::TcpStream, Arc<Hosted
     let write = unsafe { AsyncFd::register_with_interest(std, Interest::WRITABLE) }
         .map_err(|e| Failure::Link(format!("cannot hand the link over: {e}")))?;
     Ok((read, Arc::new(write)))
+}
+
+/// Who reads a plain TCP link.
+#[derive(Clone, Copy)]
+pub(crate) enum LinkReading<'a> {
+    /// The runtime, as bytes arrive.
+    Runtime,
+    /// The runtime, and the publishing threads, confirms late
+    /// (`lazy_read`): the publish link.
+    Lazy,
+    /// A host's threads (`link_reader`): the consume link.
+    Host(&'a Arc<dyn ReadHost>),
 }
 
 /// Who reads the link: the connection's task (`read_loop`), or a host.

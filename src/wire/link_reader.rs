@@ -51,6 +51,8 @@ pub(crate) struct LinkReader {
     st: Mutex<ReadState>,
     /// The connection's task ended (`stop`): the next turn ends.
     stopped: AtomicBool,
+    /// The coalescer's state, for a look without the lock.
+    coalescing: AtomicBool,
     /// Why the reading ended, once it has (what the connection task awaits).
     ended: watch::Sender<Option<String>>,
 }
@@ -58,16 +60,19 @@ pub(crate) struct LinkReader {
 struct ReadState {
     stream: TcpStream,
     rb: ReadBuf,
-    coalescer: Coalescer,
+    /// The consume link's (a link read eagerly has none).
+    coalescer: Option<Coalescer>,
 }
 
 impl LinkReader {
     /// `stream`: the link's socket (non-blocking); `leftover`: bytes the
-    /// handshake read past its last frame, handled here.
+    /// handshake read past its last frame, handled here; `coalesce`: a
+    /// busy link wakes its host once a few KiB wait (the consume link).
     pub(super) fn new(
         conn: Arc<ConnShared>,
         stream: TcpStream,
         leftover: &[u8],
+        coalesce: bool,
     ) -> Arc<LinkReader> {
         let rb = ReadBuf::new(&conn, leftover);
         let reader = Arc::new(LinkReader {
@@ -75,9 +80,10 @@ impl LinkReader {
             st: Mutex::new(ReadState {
                 stream,
                 rb,
-                coalescer: Coalescer::default(),
+                coalescer: coalesce.then(Coalescer::default),
             }),
             stopped: AtomicBool::new(false),
+            coalescing: AtomicBool::new(false),
             ended: watch::channel(None).0,
             conn,
         });
@@ -96,22 +102,40 @@ impl LinkReader {
     /// The socket wakes its host only once `coalesce::LOWAT` bytes wait:
     /// whoever waits on it sets the `coalesce::LINGER` timer too.
     pub fn coalescing(&self) -> bool {
-        lock(&self.st).coalescer.on()
+        self.coalescing.load(Ordering::Relaxed)
     }
 
     /// The `LINGER` timer fired (before the socket woke anyone): the link
     /// is not that busy any more, and the next turn reads what came.
     pub fn lingered(&self) {
         let mut st = lock(&self.st);
-        if let Some(on) = st.coalescer.lingered(Instant::now()) {
-            self.set_low_mark(on);
+        let lingered = st.coalescer.as_mut().map(|c| c.lingered(Instant::now()));
+        if let Some(Some(on)) = lingered {
+            self.set_coalescing(on);
         }
     }
 
     /// Reads what the socket has (at most a fair share) and dispatches it;
     /// deliveries go to their consumers' sinks on this thread.
     pub fn read_turn(&self) -> Turn {
-        let mut st = lock(&self.st);
+        self.turn(&mut lock(&self.st))
+    }
+
+    /// A turn, unless another thread is taking one now (None); `during`
+    /// is set while it lasts (so the frames it dispatches can tell).
+    pub fn try_read_turn(&self, during: &AtomicBool) -> Option<Turn> {
+        let mut st = match self.st.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        during.store(true, Ordering::Relaxed);
+        let turn = self.turn(&mut st);
+        during.store(false, Ordering::Relaxed);
+        Some(turn)
+    }
+
+    fn turn(&self, st: &mut ReadState) -> Turn {
         if self.ended.borrow().is_some() {
             return Turn::Ended;
         }
@@ -119,7 +143,7 @@ impl LinkReader {
             stream,
             rb,
             coalescer,
-        } = &mut *st;
+        } = st;
         let turn = self.read_available(stream, rb);
         // A turn that found nothing (a holder looking again after its
         // callbacks) tells nothing of the broker's pace.
@@ -128,20 +152,30 @@ impl LinkReader {
             Turn::More => YIELD_AFTER_BYTES,
             Turn::Nothing | Turn::Ended => return turn,
         };
-        if let Some(on) = coalescer.read(read, Instant::now()) {
-            self.set_low_mark(on);
+        let now = Instant::now();
+        if let Some(Some(on)) = coalescer.as_mut().map(|c| c.read(read, now)) {
+            self.set_coalescing(on);
         }
         turn
     }
 
-    /// SO_RCVLOWAT: `coalesce::LOWAT` bytes (on) or one byte wake the
-    /// socket's watchers.
-    fn set_low_mark(&self, on: bool) {
-        let bytes: libc::c_int = if on {
-            super::coalesce::LOWAT as libc::c_int
+    /// Called under the state's lock, as the coalescer turns on or off.
+    fn set_coalescing(&self, on: bool) {
+        self.coalescing.store(on, Ordering::Relaxed);
+        let bytes = if on { super::coalesce::LOWAT } else { 1 };
+        if let Err(e) = self.set_low_mark(bytes) {
+            warn!("cannot set the consume link's low mark: {e}");
+        } else if on {
+            debug!("consume link busy: read once {bytes} bytes wait (or after the linger)");
         } else {
-            1
-        };
+            debug!("consume link quiet: read at every write");
+        }
+    }
+
+    /// SO_RCVLOWAT: the socket wakes its watchers once `bytes` wait (and
+    /// at once if they already do).
+    pub(super) fn set_low_mark(&self, bytes: usize) -> std::io::Result<()> {
+        let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         // SAFETY: setsockopt on the descriptor this reader owns, with an
         // int that lives across the call.
         let r = unsafe {
@@ -153,15 +187,10 @@ impl LinkReader {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
-        if r != 0 {
-            warn!(
-                "cannot set the consume link's low mark: {}",
-                std::io::Error::last_os_error()
-            );
-        } else if on {
-            debug!("consume link busy: read once {bytes} bytes wait (or after the linger)");
+        if r == 0 {
+            Ok(())
         } else {
-            debug!("consume link quiet: read at every write");
+            Err(std::io::Error::last_os_error())
         }
     }
 

@@ -24,6 +24,7 @@ mod codec;
 mod connection;
 mod handshake;
 mod inbound;
+mod lazy_read;
 mod link_reader;
 mod output;
 pub(crate) mod probe;
@@ -31,6 +32,7 @@ pub(crate) mod props;
 mod reader;
 mod shared;
 mod socket;
+mod timer_fd;
 mod tls;
 
 pub(crate) use amq_protocol::auth::{Credentials, SASLMechanism};
@@ -41,8 +43,9 @@ pub(crate) use channel::{QueueFlags, WireChannel};
 pub(crate) use channel_state::{Confirm, DeliverySink};
 pub(crate) use coalesce::LINGER;
 pub(crate) use codec::{Outgoing, PublishTarget};
-pub(crate) use connection::WireConnection;
+pub(crate) use connection::{LinkReading, WireConnection};
 pub(crate) use link_reader::{LinkReader, ReadHost, Turn};
+pub(crate) use timer_fd::TimerFd;
 pub(crate) use tls::{Tls, TlsSettings};
 
 use crate::sync::lock;

@@ -9,7 +9,7 @@ use super::{lock, Failure, Violation};
 use amq_protocol::protocol::{connection, AMQPClass};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
@@ -45,6 +45,21 @@ pub(super) struct ConnShared {
     /// The broker blocked publishing (connection.blocked until
     /// connection.unblocked): it may not read what we send meanwhile.
     pub(super) blocked: AtomicBool,
+    /// A publish link read late (`lazy_read`); weak: its task holds the
+    /// reader, which holds this.
+    pub(super) lazy: OnceLock<Weak<dyn LateReads>>,
+}
+
+/// A publish link read late (`lazy_read::LazyReads`), as its channels use
+/// it.
+pub(super) trait LateReads: Send + Sync {
+    /// A publishing thread sent on the link itself.
+    fn sent_here(&self);
+    /// Reads what waits, on this thread, with `taking` set meanwhile.
+    /// False: the link is read eagerly, or by another thread now.
+    fn read_here(&self, taking: &AtomicBool) -> bool;
+    /// Someone waits for what the broker sends.
+    fn eager(&self);
 }
 
 /// The open channels, by id, and where the search for a free id starts.
@@ -59,6 +74,11 @@ pub(super) struct ChannelTable {
 }
 
 impl ConnShared {
+    /// The publish link's late reading, if this link is read so.
+    pub(super) fn lazy(&self) -> Option<Arc<dyn LateReads>> {
+        self.lazy.get().and_then(Weak::upgrade)
+    }
+
     pub(super) fn new(
         stream: Option<Arc<dyn TryWrite>>,
         channel_max: u16,
@@ -82,6 +102,7 @@ impl ConnShared {
             refusal: Mutex::new(None),
             stop: Notify::new(),
             blocked: AtomicBool::new(false),
+            lazy: OnceLock::new(),
         }
     }
 

@@ -15,7 +15,7 @@ use super::{Connection, ConnectionState};
 use crate::client::address_list::Rotation;
 use crate::client::queue::Queue;
 use crate::runtime;
-use crate::wire::{Failure, WireConnection};
+use crate::wire::{Failure, LinkReading, WireConnection};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,10 +130,16 @@ impl Connection {
         while !self.closing() {
             let at = rotation.current();
             link.address.store(at, Ordering::Relaxed);
-            // inline_delivery: the consume link is read by the callback threads.
-            let inline = kind == LinkKind::Consume && self.options.inline_delivery;
-            let host = inline.then(|| self.read_host());
-            match WireConnection::connect(&self.wires[at], host.as_ref()).await {
+            // inline_delivery: the consume link is read by the callback
+            // threads; the publish link's confirms are read late.
+            let host = (kind == LinkKind::Consume && self.options.inline_delivery)
+                .then(|| self.read_host());
+            let reading = match (&host, kind) {
+                (Some(host), _) => LinkReading::Host(host),
+                (None, LinkKind::Publish) => LinkReading::Lazy,
+                (None, LinkKind::Consume) => LinkReading::Runtime,
+            };
+            match WireConnection::connect(&self.wires[at], reading).await {
                 Ok(conn) => {
                     rotation.connected();
                     failures = 0;

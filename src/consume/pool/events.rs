@@ -4,6 +4,7 @@
 //! waiting on one epoll instance are woken one per event, so a burst of
 //! bytes wakes one thread, not all of them.
 
+use crate::wire::TimerFd;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -12,7 +13,7 @@ pub(super) struct Events {
     wake: OwnedFd,
     /// The link's timer (`arm_timer`): its holder has not read for a while,
     /// or a coalescing link's bytes waited `LINGER`.
-    timer: OwnedFd,
+    timer: TimerFd,
 }
 
 /// What ended a wait.
@@ -44,19 +45,20 @@ impl Events {
             let epoll = OwnedFd::from_raw_fd(check(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
             let ev = check(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
             let wake = OwnedFd::from_raw_fd(ev);
-            let flags = libc::TFD_CLOEXEC | libc::TFD_NONBLOCK;
-            let tf = check(libc::timerfd_create(libc::CLOCK_MONOTONIC, flags))?;
             Events {
                 epoll,
                 wake,
-                timer: OwnedFd::from_raw_fd(tf),
+                timer: TimerFd::new()?,
             }
         };
         // Edge-triggered: every `notify` (every timer expiry) is one
         // new event, for one waiter.
-        for (fd, data) in [(&events.wake, WAKE), (&events.timer, TIMER)] {
+        for (fd, data) in [
+            (events.wake.as_raw_fd(), WAKE),
+            (events.timer.as_raw_fd(), TIMER),
+        ] {
             let flags = libc::EPOLLIN | libc::EPOLLET;
-            events.ctl(libc::EPOLL_CTL_ADD, fd.as_raw_fd(), flags, data)?;
+            events.ctl(libc::EPOLL_CTL_ADD, fd, flags, data)?;
         }
         Ok(events)
     }
@@ -81,19 +83,7 @@ impl Events {
     /// The timer fires once after `after` (replacing an earlier
     /// setting); `None` disarms it.
     pub(super) fn arm_timer(&self, after: Option<std::time::Duration>) {
-        let d = after.unwrap_or_default();
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: d.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
-            },
-        };
-        // SAFETY: our timerfd; `spec` lives across the call.
-        unsafe { libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        self.timer.arm(after);
     }
 
     /// Watches `fd` for readability, for one waiter (until `rearm`).

@@ -1,0 +1,155 @@
+//! The publish link's confirms, read late (plain TCP).
+//!
+//! RabbitMQ sends a message's confirm just before its delivery. A thread
+//! woken by the confirm takes a CPU from the broker right then, and the
+//! delivery goes out after it (docs/bench/2026-12-01-e2e-confirm-wake.md).
+//! So while publishing threads send their messages themselves (moderate
+//! rates), the link is *lazy*:
+//! - the socket wakes no one for a few bytes (`SO_RCVLOWAT`);
+//! - a publishing thread reads what waits before it sends again (as
+//!   rabbitmq-c's publisher does), taking its own channel's confirms;
+//! - the runtime reads `LINGER` after the last such send, and makes the
+//!   link eager again (a confirm is read late by at most that much).
+//!
+//! A call, or the publisher sending batches itself, makes the link eager
+//! at once. The runtime reads an eager link as soon as bytes arrive.
+
+use super::link_reader::{LinkReader, Turn};
+use super::lock;
+use super::shared::LateReads;
+use super::timer_fd::TimerFd;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// How long after a publishing thread's last send the runtime reads a lazy
+/// link (and makes it eager). Above the time between sends at the rates
+/// where the publishing thread sends itself (1,000 msg/s and more), so a
+/// steady stream never wakes the runtime.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// A lazy link still wakes the runtime once this much waits (returned
+/// messages, a burst of confirms).
+const LAZY_LOWAT: usize = 1024;
+
+pub(super) struct LazyReads {
+    reader: Arc<LinkReader>,
+    timer: Arc<TimerFd>,
+    /// The low mark is up. Set with the socket option under the lock, so
+    /// the two never disagree (a link lazy without a timer set after its
+    /// last send would leave the broker's heartbeats unread).
+    lazy: Mutex<bool>,
+    /// `lazy`, for a look without the lock.
+    lazy_hint: AtomicBool,
+}
+
+impl LazyReads {
+    /// Reads `reader`'s link on the runtime (a task that ends with the
+    /// reading), eagerly until a publishing thread sends.
+    pub(super) fn start(reader: Arc<LinkReader>) -> std::io::Result<Arc<LazyReads>> {
+        // SAFETY: dup(2) of the reader's open descriptor; the new one is
+        // owned here (the watch registered on it goes with it).
+        let watch = unsafe {
+            let fd = libc::dup(reader.fd());
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let timer = Arc::new(TimerFd::new()?);
+        // SAFETY: each AsyncFd owns what keeps its descriptor open (the
+        // dup, a reference to the timer) until it is dropped.
+        let (link, fired) = unsafe {
+            (
+                AsyncFd::register_with_interest(watch, Interest::READABLE)?,
+                AsyncFd::register_with_interest(timer.clone(), Interest::READABLE)?,
+            )
+        };
+        let lazy = Arc::new(LazyReads {
+            reader,
+            timer,
+            lazy: Mutex::new(false),
+            lazy_hint: AtomicBool::new(false),
+        });
+        tokio::spawn(lazy.clone().run(link, fired));
+        Ok(lazy)
+    }
+
+    fn set_lazy(&self, on: bool) {
+        let mut lazy = lock(&self.lazy);
+        if *lazy == on {
+            return;
+        }
+        let bytes = if on { LAZY_LOWAT } else { 1 };
+        match self.reader.set_low_mark(bytes) {
+            Ok(()) => {
+                *lazy = on;
+                self.lazy_hint.store(on, Ordering::Relaxed);
+            }
+            // The link stays eager (or lazy with its timer set).
+            Err(e) => warn!("cannot set the publish link's low mark: {e}"),
+        }
+    }
+
+    async fn run(self: Arc<Self>, link: AsyncFd<OwnedFd>, fired: AsyncFd<Arc<TimerFd>>) {
+        let reader = self.reader.clone();
+        let mut ended = std::pin::pin!(reader.ended());
+        loop {
+            tokio::select! {
+                _ = &mut ended => return,
+                ready = link.readable() => {
+                    let Ok(mut guard) = ready else { return };
+                    if self.read_all().await {
+                        guard.clear_ready();
+                    }
+                }
+                ready = fired.readable() => {
+                    let Ok(mut guard) = ready else { return };
+                    self.timer.clear();
+                    guard.clear_ready();
+                    self.eager();
+                    self.read_all().await;
+                }
+            }
+        }
+    }
+
+    /// Reads until the socket is drained (true) or the link ended.
+    async fn read_all(&self) -> bool {
+        loop {
+            match self.reader.read_turn() {
+                Turn::Nothing | Turn::Drained(_) => return true,
+                Turn::More => tokio::task::yield_now().await,
+                Turn::Ended => return false,
+            }
+        }
+    }
+}
+
+impl LateReads for LazyReads {
+    /// A publishing thread sent on the link itself: the link goes lazy, and
+    /// the runtime reads `LINGER` after the last such send.
+    fn sent_here(&self) {
+        if !self.lazy_hint.load(Ordering::Relaxed) {
+            self.set_lazy(true);
+        }
+        self.timer.arm(Some(LINGER));
+    }
+
+    /// Someone waits for what the broker sends: read it when it arrives.
+    fn eager(&self) {
+        if self.lazy_hint.load(Ordering::Relaxed) {
+            self.set_lazy(false);
+        }
+    }
+
+    /// A lazy link's waiting bytes, read on this thread; `taking` is set
+    /// while they are dispatched. False: the link is eager, or another
+    /// thread reads it now.
+    fn read_here(&self, taking: &AtomicBool) -> bool {
+        self.lazy_hint.load(Ordering::Relaxed) && self.reader.try_read_turn(taking).is_some()
+    }
+}
