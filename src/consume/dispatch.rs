@@ -6,6 +6,7 @@ use super::deferred::{self, Running, Ticket, Unparked};
 use super::group::{SetShared, IN_SET};
 use super::pool::{Mailbox, SLICE};
 use super::settle_book::Settle;
+use super::settler::SliceHolds;
 use super::worker::{Job, Take, WorkQueue};
 use super::{Callback, CallbackPool, ConsumerSet, DeliveryView, Disposition, Runner, IN_CALLBACK};
 use crate::error::Result;
@@ -61,9 +62,11 @@ fn run_slice(work: &Arc<WorkQueue>, pool: &CallbackPool) {
         batch,
         ended: false,
     };
+    let holds = SliceHolds::start();
     while let Some(job) = worker.batch.pop_front() {
         (runner.cs).handle_job(work, &runner.set, &runner.cb, job);
     }
+    holds.end(pool.link_quiet());
     worker.ended = true;
     *work.runner() = Some(runner);
     work.after_slice();

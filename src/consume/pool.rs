@@ -407,6 +407,13 @@ impl<M: Mailbox> Pool<M> {
         }
     }
 
+    /// These threads read a link that is not busy (not coalescing): what
+    /// they decide may be sent at once.
+    pub(super) fn link_quiet(&self) -> bool {
+        let reader = lock(&self.link).reader.clone();
+        reader.is_some_and(|r| !r.coalescing())
+    }
+
     /// (threads, consumers) now: for tests.
     #[cfg(test)]
     pub(super) fn counts(&self) -> (usize, usize) {

@@ -2,6 +2,7 @@
 
 use super::settle_book::{Due, Frame, Settle, SettleBook};
 use crate::wire::WireChannel;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,12 +59,19 @@ impl Settler {
     }
 
     /// Records a decision; sends now for a release or when a batch is full,
-    /// else within SETTLE_DELAY.
-    pub fn decide(&self, tag: u64, how: Settle) {
+    /// else within SETTLE_DELAY (or at the end of the slice it was made in,
+    /// `SliceHolds`).
+    pub fn decide(self: &Arc<Self>, tag: u64, how: Settle) {
         let mut st = self.lock();
         match st.book.decide(tag, how) {
             Due::Now => self.flush_locked(&mut st),
-            Due::Soon => self.wake.notify_one(),
+            Due::Soon => {
+                drop(st);
+                let held = HELD.with(|h| h.borrow_mut().as_mut().map(|v| v.push(self.clone())));
+                if held.is_none() {
+                    self.wake.notify_one();
+                }
+            }
             Due::Later => {}
         }
     }
@@ -106,6 +114,50 @@ impl Settler {
         };
         let counter = if sent { counter } else { &stats.released };
         counter.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    /// On a callback thread in a slice (`SliceHolds`): the settlers whose
+    /// first held decision came in it.
+    static HELD: RefCell<Option<Vec<Arc<Settler>>>> = const { RefCell::new(None) };
+}
+
+/// The decisions held back in a callback thread's slice of deliveries: at
+/// its end they are sent at once (a quiet link: the ack leaves right after
+/// the callback, as a single-threaded client's does, and no runtime thread
+/// is woken for it), or within SETTLE_DELAY as usual (a busy link: one
+/// frame acks many deliveries).
+pub(super) struct SliceHolds(());
+
+impl SliceHolds {
+    pub fn start() -> SliceHolds {
+        HELD.with(|h| *h.borrow_mut() = Some(Vec::new()));
+        SliceHolds(())
+    }
+
+    pub fn end(self, send_now: bool) {
+        for settler in Self::take() {
+            if send_now {
+                settler.flush();
+            } else {
+                settler.wake.notify_one();
+            }
+        }
+    }
+
+    fn take() -> Vec<Arc<Settler>> {
+        HELD.with(|h| h.borrow_mut().take()).unwrap_or_default()
+    }
+}
+
+impl Drop for SliceHolds {
+    /// Also when the thread ends inside a callback (an unwind): the
+    /// decisions held so far go out within SETTLE_DELAY.
+    fn drop(&mut self) {
+        for settler in Self::take() {
+            settler.wake.notify_one();
+        }
     }
 }
 
