@@ -44,6 +44,9 @@ pub(super) struct LazyReads {
     lazy: Mutex<bool>,
     /// `lazy`, for a look without the lock.
     lazy_hint: AtomicBool,
+    /// The link went lazy once (logged once per link: it may switch at
+    /// every message).
+    went_lazy: AtomicBool,
 }
 
 impl LazyReads {
@@ -73,6 +76,7 @@ impl LazyReads {
             timer,
             lazy: Mutex::new(false),
             lazy_hint: AtomicBool::new(false),
+            went_lazy: AtomicBool::new(false),
         });
         tokio::spawn(lazy.clone().run(link, fired));
         Ok(lazy)
@@ -88,6 +92,9 @@ impl LazyReads {
             Ok(()) => {
                 *lazy = on;
                 self.lazy_hint.store(on, Ordering::Relaxed);
+                if on && !self.went_lazy.swap(true, Ordering::Relaxed) {
+                    debug!("publish link: confirms read late while the publishing threads send");
+                }
             }
             // The link stays eager (or lazy with its timer set).
             Err(e) => warn!("cannot set the publish link's low mark: {e}"),
