@@ -8,8 +8,8 @@
 //! - the socket wakes no one for a few bytes (`SO_RCVLOWAT`);
 //! - a publishing thread reads what waits before it sends again (as
 //!   rabbitmq-c's publisher does), taking its own channel's confirms;
-//! - the runtime reads `LINGER` after the last such send, and makes the
-//!   link eager again (a confirm is read late by at most that much).
+//! - the runtime reads about `LINGER` after the last such send, and makes
+//!   the link eager again (a confirm is read late by at most that much).
 //!
 //! A call, or the publisher sending batches itself, makes the link eager
 //! at once. The runtime reads an eager link as soon as bytes arrive.
@@ -19,9 +19,9 @@ use super::lock;
 use super::shared::LateReads;
 use super::timer_fd::TimerFd;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -35,6 +35,11 @@ const LINGER: Duration = Duration::from_millis(2);
 /// messages, a burst of confirms).
 const LAZY_LOWAT: usize = 1024;
 
+/// A send re-sets the timer only when it was set longer ago than this: one
+/// syscall per this long instead of one per message. So the runtime reads
+/// between `LINGER - REARM_AFTER` and `LINGER` after the last send.
+const REARM_AFTER: Duration = Duration::from_micros(500);
+
 pub(super) struct LazyReads {
     reader: Arc<LinkReader>,
     timer: Arc<TimerFd>,
@@ -47,6 +52,9 @@ pub(super) struct LazyReads {
     /// The link went lazy once (logged once per link: it may switch at
     /// every message).
     went_lazy: AtomicBool,
+    /// When the timer was last set, in ns from `started`.
+    armed_at: AtomicU64,
+    started: Instant,
 }
 
 impl LazyReads {
@@ -77,6 +85,8 @@ impl LazyReads {
             lazy: Mutex::new(false),
             lazy_hint: AtomicBool::new(false),
             went_lazy: AtomicBool::new(false),
+            armed_at: AtomicU64::new(0),
+            started: Instant::now(),
         });
         tokio::spawn(lazy.clone().run(link, fired));
         Ok(lazy)
@@ -140,10 +150,17 @@ impl LateReads for LazyReads {
     /// A publishing thread sent on the link itself: the link goes lazy, and
     /// the runtime reads `LINGER` after the last such send.
     fn sent_here(&self) {
-        if !self.lazy_hint.load(Ordering::Relaxed) {
+        let was_lazy = self.lazy_hint.load(Ordering::Relaxed);
+        if !was_lazy {
             self.set_lazy(true);
         }
-        self.timer.arm(Some(LINGER));
+        let now = self.started.elapsed().as_nanos() as u64;
+        let since = now.saturating_sub(self.armed_at.load(Ordering::Relaxed));
+        // A link that just went lazy needs the timer whenever it was set.
+        if !was_lazy || since >= REARM_AFTER.as_nanos() as u64 {
+            self.armed_at.store(now, Ordering::Relaxed);
+            self.timer.arm(Some(LINGER));
+        }
     }
 
     /// Someone waits for what the broker sends: read it when it arrives.
