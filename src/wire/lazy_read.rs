@@ -148,7 +148,7 @@ impl LazyReads {
 
 impl LateReads for LazyReads {
     /// A publishing thread sent on the link itself: the link goes lazy, and
-    /// the runtime reads `LINGER` after the last such send.
+    /// the runtime reads about `LINGER` after the last such send.
     fn sent_here(&self) {
         let was_lazy = self.lazy_hint.load(Ordering::Relaxed);
         if !was_lazy {
