@@ -2,6 +2,10 @@
 // process goes on and koffi returns 0, which is no amqp_disposition: the
 // message is requeued, redelivered and counted in invalid_dispositions. Each
 // message throws on its first delivery and is acked when redelivered.
+// While a thrown exception is pending, koffi returns 0 without calling the
+// function at all (seen: 21 calls for 46 deliveries), so how many deliveries
+// come back invalid depends on timing: at least one per message, each one a
+// requeue, never an ack.
 'use strict';
 const ra = require('./ramqp.js');
 const { koffi, api } = ra;
@@ -38,6 +42,8 @@ const timer = setInterval(() => {
   clearInterval(timer);
   process.stderr.write(`acked ${acked.size} of ${N}, thrown ${thrown}; stats: delivered=${s.delivered} ` +
     `acked=${s.acked} requeued=${s.requeued} invalid_dispositions=${s.invalid_dispositions}\n`);
-  const ok = done && Number(s.invalid_dispositions) === N && Number(s.requeued) === N;
+  const invalid = Number(s.invalid_dispositions);
+  const ok = done && invalid >= N && Number(s.requeued) === invalid &&
+    Number(s.delivered) === N + invalid;
   process.exit(ok ? 0 : 1);
 }, 20);
