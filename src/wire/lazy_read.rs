@@ -43,12 +43,11 @@ const REARM_AFTER: Duration = Duration::from_micros(500);
 pub(super) struct LazyReads {
     reader: Arc<LinkReader>,
     timer: Arc<TimerFd>,
-    /// The low mark is up. Set with the socket option under the lock, so
-    /// the two never disagree (a link lazy without a timer set after its
-    /// last send would leave the broker's heartbeats unread).
-    lazy: Mutex<bool>,
-    /// `lazy`, for a look without the lock.
-    lazy_hint: AtomicBool,
+    /// The low mark is up: changed only under `switching`, with the socket
+    /// option, so the two never disagree (a link lazy without a timer set
+    /// after its last send would leave the broker's heartbeats unread).
+    lazy: AtomicBool,
+    switching: Mutex<()>,
     /// The link went lazy once (logged once per link: it may switch at
     /// every message).
     went_lazy: AtomicBool,
@@ -82,8 +81,8 @@ impl LazyReads {
         let lazy = Arc::new(LazyReads {
             reader,
             timer,
-            lazy: Mutex::new(false),
-            lazy_hint: AtomicBool::new(false),
+            lazy: AtomicBool::new(false),
+            switching: Mutex::new(()),
             went_lazy: AtomicBool::new(false),
             armed_at: AtomicU64::new(0),
             started: Instant::now(),
@@ -93,15 +92,14 @@ impl LazyReads {
     }
 
     fn set_lazy(&self, on: bool) {
-        let mut lazy = lock(&self.lazy);
-        if *lazy == on {
+        let _switching = lock(&self.switching);
+        if self.lazy.load(Ordering::Relaxed) == on {
             return;
         }
         let bytes = if on { LAZY_LOWAT } else { 1 };
         match self.reader.set_low_mark(bytes) {
             Ok(()) => {
-                *lazy = on;
-                self.lazy_hint.store(on, Ordering::Relaxed);
+                self.lazy.store(on, Ordering::Relaxed);
                 if on && !self.went_lazy.swap(true, Ordering::Relaxed) {
                     debug!("publish link: confirms read late while the publishing threads send");
                 }
@@ -150,7 +148,7 @@ impl LateReads for LazyReads {
     /// A publishing thread sent on the link itself: the link goes lazy, and
     /// the runtime reads about `LINGER` after the last such send.
     fn sent_here(&self) {
-        let was_lazy = self.lazy_hint.load(Ordering::Relaxed);
+        let was_lazy = self.lazy.load(Ordering::Relaxed);
         if !was_lazy {
             self.set_lazy(true);
         }
@@ -165,7 +163,7 @@ impl LateReads for LazyReads {
 
     /// Someone waits for what the broker sends: read it when it arrives.
     fn eager(&self) {
-        if self.lazy_hint.load(Ordering::Relaxed) {
+        if self.lazy.load(Ordering::Relaxed) {
             self.set_lazy(false);
         }
     }
@@ -174,6 +172,6 @@ impl LateReads for LazyReads {
     /// while they are dispatched. False: the link is eager, or another
     /// thread reads it now.
     fn read_here(&self, taking: &AtomicBool) -> bool {
-        self.lazy_hint.load(Ordering::Relaxed) && self.reader.try_read_turn(taking).is_some()
+        self.lazy.load(Ordering::Relaxed) && self.reader.try_read_turn(taking).is_some()
     }
 }
