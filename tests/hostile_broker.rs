@@ -337,6 +337,44 @@ fn lone_message_with_a_lost_ack_expires() {
     conn.close_ok();
 }
 
+/// A burst into an idle queue, without a publish timeout, whose first ack is lost. The
+/// publishing thread sends the first messages itself while the publisher task sleeps with
+/// nothing in flight. The lost ack may settle all of them (RabbitMQ acks with `multiple`), so
+/// no other ack comes until more is sent: once 4 are in flight the task must take over and
+/// send the rest (whose acks settle the first ones too), or the window and the buffer behind
+/// it wait forever. Failed before the task was woken at that hand-over: 0 of 50 confirmed.
+#[test]
+fn lost_first_ack_of_a_burst_into_an_idle_queue() {
+    let _g = harness::serial();
+    let proxy = proxy::HostileProxy::start(
+        harness::upstream(),
+        once(|f, _| f.is(frames::BASIC_ACK).then(|| Act::Replace(Vec::new()))),
+    );
+    let conn = ConnGuard::connect(&harness::uri_via(proxy.port, ""), Some(harness::FAST));
+    let q = queue_open(
+        conn.h(),
+        &unique_name("burst-lost-ack"),
+        None,
+        None,
+        Some("durable=false&persistent=false"),
+    );
+    let reports = Reports::attach(q);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    const N: u64 = 50;
+    for tag in 1..=N {
+        publish_tagged_ok(q, b"burst", tag);
+    }
+    // A lost ack that settles only the first message leaves a hole: 5 s (`HOLE_TIMEOUT`).
+    let all = reports.wait_for(N as usize, std::time::Duration::from_secs(15));
+    assert_eq!(proxy.acts(), 1, "the ack was not dropped");
+    assert!(
+        all.iter()
+            .all(|r| r.status == amqp_report_status::AMQP_REPORT_CONFIRMED),
+        "{all:?}"
+    );
+    conn.close_ok();
+}
+
 // --- methods out of place --------------------------------------------------------------------
 
 /// channel.close for channel 999, which was never opened.

@@ -358,6 +358,8 @@ pub(crate) fn check_memory(name: &str, r: &RunResult, dir: &Path) {
 
 pub(crate) struct RunResult {
     pub(crate) code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub(crate) signal: Option<i32>,
     pub(crate) timed_out: bool,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
@@ -411,8 +413,10 @@ pub(crate) fn run_with_timeout(mut cmd: Command, limit: Duration) -> RunResult {
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_else(|_| "<output not closed>".into())
     };
+    use std::os::unix::process::ExitStatusExt;
     RunResult {
         code: status.code(),
+        signal: status.signal(),
         timed_out,
         stdout: grab(out_rx),
         stderr: grab(err_rx),
@@ -428,7 +432,13 @@ pub(crate) fn describe(name: &str, r: &RunResult) -> String {
         } else {
             match r.code {
                 Some(c) => format!("exit status {c}"),
-                None => "killed by a signal".to_string(),
+                None => match r.signal {
+                    // SAFETY: strsignal's text is read before another call.
+                    Some(sig) => format!("killed by signal {sig} ({})", unsafe {
+                        std::ffi::CStr::from_ptr(libc::strsignal(sig)).to_string_lossy()
+                    }),
+                    None => "killed by a signal".to_string(),
+                },
             }
         },
         r.elapsed.as_secs_f64(),

@@ -46,10 +46,12 @@ unsafe extern "C-unwind" fn record_report(r: *const amqp_delivery_report, ud: *m
 }
 
 impl Reports {
-    /// Sets a recording report function on queue `q`. Keep the Arc alive
-    /// until the connection is closed.
+    /// Sets a recording report function on queue `q`. The callback's
+    /// reference is never released: a test that panics drops its Arc
+    /// before its connection guard closes the connection (which reports).
     pub fn attach(q: u64) -> Arc<Reports> {
         let reports = Arc::new(Reports::default());
+        std::mem::forget(reports.clone());
         let r = unsafe {
             amqp_set_report_callback(q, Some(record_report), Arc::as_ptr(&reports) as *mut c_void)
         };

@@ -24,10 +24,7 @@ impl Outbox {
             return false;
         };
         if run.window.len() as u64 >= SEND_NOW_BELOW && !self.read_here(run) {
-            // The publisher sends the rest in batches as confirms come: the
-            // link is read as soon as they do.
-            self.reads_here.store(false, Ordering::Relaxed);
-            run.ch.read_eagerly();
+            self.hand_to_publisher(run);
             return !run.window.is_empty();
         }
         let before = run.window.len();
@@ -38,8 +35,24 @@ impl Outbox {
         if run.window.len() > before {
             let lazy = run.ch.sent_here();
             self.reads_here.store(lazy, Ordering::Relaxed);
+            if !lazy && run.window.len() as u64 >= SEND_NOW_BELOW {
+                // The next pushes leave the sending to the publisher.
+                self.hand_to_publisher(run);
+            }
         }
         !run.window.is_empty()
+    }
+
+    /// The publisher task sends the rest in batches as confirms come, and
+    /// the link is read as soon as they do. The task is woken: it may be
+    /// asleep in its idle wait, planned before this thread filled the
+    /// window, with no deadline for a confirm that never comes (a hole
+    /// whose `HOLE_TIMEOUT` nobody watches would hold the window, and the
+    /// buffer behind it, forever).
+    fn hand_to_publisher(&self, run: &Live) {
+        self.reads_here.store(false, Ordering::Relaxed);
+        run.ch.read_eagerly();
+        run.ch.wake_publisher();
     }
 
     /// Reads the confirms waiting on a link read late and applies them.
