@@ -128,6 +128,7 @@ const C_PROGRAMS: &[&str] = &[
     "callback_consume_stop.c",
     "callback_close.c",
     "consume_release.c",
+    "consume_unwound.c",
     "exit_without_close.c",
     "login_refused.c",
     "fork_after_use.c",
@@ -330,6 +331,16 @@ fn c_consume_release() {
     run_c_test(
         "consume_release",
         Build::c("tests/c/consume_release.c"),
+        true,
+        90,
+    );
+}
+
+#[test]
+fn c_consume_unwound() {
+    run_c_test(
+        "consume_unwound",
+        Build::c("tests/c/consume_unwound.c"),
         true,
         90,
     );

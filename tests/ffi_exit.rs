@@ -4,7 +4,10 @@
 //!
 //! - `py_exit.py`: the interpreter exits (no close) while consumer callbacks
 //!   and the log callback run in Python; finalization ends those threads
-//!   with `pthread_exit`, a forced unwind through the library;
+//!   with `pthread_exit`, a forced unwind through the library. The log
+//!   callback is turned off at `atexit`, as the Python binding does: a ctypes
+//!   callback that starts after `Py_Finalize` crashes CPython (the ramqp-log
+//!   thread, about 1 exit in 300; the library cannot know when that is);
 //! - `node_exit.js`: `process.exit()` from the main thread (no close) while
 //!   deliveries arrive and the consumer and log threads call into koffi;
 //! - `node_pull_drain.js`: Node ends by draining its event loop while a pull

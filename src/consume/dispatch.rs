@@ -116,7 +116,7 @@ impl ConsumerSet {
             generation,
         } = job;
         if self.paused.load(Ordering::SeqCst)
-            || set.cancelled.load(Ordering::SeqCst)
+            || set.given_up()
             || generation != self.channel_generation.load(Ordering::SeqCst)
         {
             self.running.fetch_sub(1, Ordering::SeqCst);
@@ -289,7 +289,9 @@ impl ConsumerSet {
 /// runs, so stop and close must not wait for it. Its delivery stays in the
 /// mailbox's running slot, unsettled: never acked by a return value (a
 /// later `amqp_settle` by id still applies); the broker redelivers it when
-/// the channel closes, at the latest when the process exits.
+/// the channel closes, at the latest when the process exits. No callback
+/// of its set starts again, on any thread: the set's later deliveries are
+/// given back (`SetShared::unwound`).
 struct Gone<'a> {
     cs: &'a ConsumerSet,
     set: &'a SetShared,
@@ -297,6 +299,10 @@ struct Gone<'a> {
 
 impl Drop for Gone<'_> {
     fn drop(&mut self) {
+        // The runtime ends its threads (at Python's exit, one after another
+        // as each takes the GIL): a callback started on another pool thread
+        // now could find the interpreter gone, which is a crash.
+        self.set.unwound.store(true, Ordering::SeqCst);
         let _ = IN_CALLBACK.try_with(|c| c.set(0));
         let _ = IN_SET.try_with(|c| c.set(0));
         self.cs.running.fetch_sub(1, Ordering::SeqCst);

@@ -33,6 +33,10 @@ pub(super) struct SetShared {
     /// amqp_consume_cancel: no callback of the set starts any more; its
     /// queued deliveries are given back.
     pub cancelled: AtomicBool,
+    /// A callback of the set was ended by its runtime (a forced unwind:
+    /// Python's finalization, thread cancellation): no other starts, its
+    /// deliveries are given back (`dispatch::Gone`).
+    pub unwound: AtomicBool,
     /// Callbacks of the set running now.
     pub running: AtomicUsize,
     /// Mailboxes not ended yet.
@@ -41,12 +45,19 @@ pub(super) struct SetShared {
 }
 
 impl SetShared {
+    /// Cancelled, or its callback's runtime ends threads: not started again
+    /// after a reconnect.
+    pub fn given_up(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst) || self.unwound.load(Ordering::SeqCst)
+    }
+
     /// The set of the pull consumer: no workers, no release.
     pub fn without_workers() -> Arc<SetShared> {
         Arc::new(SetShared {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
             workers: Vec::new(),
             cancelled: AtomicBool::new(false),
+            unwound: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
             release: Mutex::new(None),
@@ -100,6 +111,7 @@ impl ConsumerSet {
             id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
             workers,
             cancelled: AtomicBool::new(false),
+            unwound: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
             release: Mutex::new(None),

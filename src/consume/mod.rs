@@ -303,7 +303,7 @@ impl ConsumerSet {
         let to_start = st
             .groups
             .iter_mut()
-            .filter(|g| g.started_on != generation && !g.shared.cancelled.load(Ordering::SeqCst));
+            .filter(|g| g.started_on != generation && !g.shared.given_up());
         for g in to_start {
             for (tag, sink) in self.sinks(g, generation, &settler) {
                 let (exclusive, args) = (self.settings.exclusive, &self.settings.arguments);

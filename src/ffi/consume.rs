@@ -134,10 +134,13 @@ impl amqp_delivery {
 /// ends that thread alone: the delivery in that callback stays unsettled
 /// (never acked; amqp_settle by its delivery_id still applies) and the
 /// broker redelivers it when the channel closes, at the latest at exit;
-/// that broker consumer calls back no more (its queued and later deliveries
-/// go back to the broker; its set's release does not run); stop and close
-/// do not wait for it; other consumers go on (the pool starts a thread in
-/// its place).
+/// no callback of that consumer set (that amqp_consume call) starts again,
+/// on any thread (its queued and later deliveries go back to the broker;
+/// its set's release does not run); stop and close do not wait for it;
+/// other sets go on (the pool starts a thread in its place). Python ctypes:
+/// keep the callback object alive past finalization (Py_IncRef it) if the
+/// process may exit with the connection open, or finalization frees its
+/// trampoline while a pool thread calls it.
 pub type amqp_consume_fn = Option<
     unsafe extern "C-unwind" fn(
         delivery: *const amqp_delivery,

@@ -3,7 +3,13 @@ consumer callbacks and the log callback are running in Python.
 
 Python's finalization ends every thread that tries to take the GIL with
 pthread_exit: a forced unwind through the library's callback frame. The
-process must exit with status 0 and print no FATAL."""
+process must exit with status 0 and print no FATAL.
+
+The log callback is turned off at atexit, before finalization: a ctypes
+callback that *starts* after Py_Finalize crashes CPython whatever the library
+does (see ramqp.set_log_callback_until_exit). The consumer callbacks are left
+running: those in Python when finalization starts are what this test is about
+(their ctypes trampoline is kept alive: ramqp.keep_for_process)."""
 import ctypes
 import os
 import sys
@@ -28,10 +34,12 @@ def on_log(level, message, userdata):
     time.sleep(0.001)
 
 
-consume_cb = ramqp.CONSUME_FN(on_delivery)
+# Called until the process ends (no close): kept past finalization.
+consume_cb = ramqp.keep_for_process(ramqp.CONSUME_FN(on_delivery))
 log_cb = ramqp.LOG_FN(on_log)
-ramqp.check("amqp_set_log_callback",
-            ramqp.lib.amqp_set_log_callback(log_cb, ramqp.AMQP_LOG_DEBUG, None))
+# Log lines keep coming through the exit; the callback is turned off at
+# atexit (see set_log_callback_until_exit), the consumer callbacks are not.
+ramqp.set_log_callback_until_exit(log_cb, ramqp.AMQP_LOG_DEBUG)
 
 conn = ramqp.connect()
 q = ramqp.open_queue(conn, queue_name)

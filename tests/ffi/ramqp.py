@@ -51,8 +51,50 @@ lib.amqp_queue_open.argtypes = [
 lib.amqp_publish.argtypes = [U64, ctypes.c_char_p, ctypes.c_size_t]
 lib.amqp_consume.argtypes = [U64, CONSUME_FN, ctypes.c_void_p, ctypes.c_uint32]
 lib.amqp_set_log_callback.argtypes = [LOG_FN, ctypes.c_int, ctypes.c_void_p]
+lib.amqp_set_log_callback_ex.argtypes = [LOG_FN, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 lib.amqp_queue_get_stats.argtypes = [U64, ctypes.POINTER(QueueStats)]
 lib.amqp_close_graceful.argtypes = [U64, ctypes.c_uint32, ctypes.POINTER(U64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def set_log_callback_until_exit(log_cb, level):
+    """Installs `log_cb`, and at interpreter exit (atexit, before
+    finalization) turns it off and waits, bounded, for the library's release
+    (its last call returned). Any ctypes user must: CPython crashes a ctypes
+    callback that starts after Py_Finalize (PyGILState_Ensure with no
+    interpreter: the ramqp-log thread, about 1 exit in 300 here). The Python
+    binding does the same."""
+    import atexit
+    import time
+    sem = ctypes.create_string_buffer(64)  # sem_t is 32 bytes on x86-64 glibc
+    _libc.sem_init(sem, 0, 0)
+    post = ctypes.cast(_libc.sem_post, ctypes.c_void_p)
+    check("amqp_set_log_callback_ex", lib.amqp_set_log_callback_ex(log_cb, level, sem, post))
+
+    def off():
+        lib.amqp_set_log_callback(LOG_FN(), 0, None)
+        deadline = time.time() + 1.0
+        ts = _Timespec(int(deadline), int((deadline % 1) * 1e9))
+        _libc.sem_timedwait(sem, ctypes.byref(ts))  # ctypes releases the GIL meanwhile
+
+    atexit.register(off)
+    set_log_callback_until_exit.keep = (log_cb, sem)
+
+
+def keep_for_process(callback):
+    """Leaks a reference to a ctypes callback the library may call until the
+    process ends (a consumer on a connection never closed): finalization
+    would otherwise free its trampoline while a library thread calls it
+    (a SIGSEGV at a freed address, about 1 exit in 400 here). The Python
+    binding does the same at exit for what is still open."""
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(callback))
+    return callback
 
 
 def check(what, rc):

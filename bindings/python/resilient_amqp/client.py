@@ -506,6 +506,20 @@ _alive = {}
 _graveyard = []
 
 
+def _keep_callbacks_at_exit():
+    """At interpreter exit (atexit, before finalization): the library may call
+    the callbacks of connections still open until the process ends, so
+    finalization must not free their ctypes trampolines (a library thread
+    would jump to freed memory: tests/ffi/py_exit.py saw it about 1 exit in
+    400). A reference to each is leaked on purpose."""
+    for kept in [*_alive.values(), _graveyard]:
+        for cb in kept:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(cb))
+
+
+atexit.register(_keep_callbacks_at_exit)
+
+
 @dataclasses.dataclass(frozen=True)
 class CloseReport:
     ok: bool
