@@ -65,18 +65,37 @@ pub(crate) struct Pool<M> {
 struct Hosted {
     reader: Option<Arc<LinkReader>>,
     /// The holding thread (`THREAD_ID`), and when it last read. While
-    /// there is one, the link's timer is set `STEAL_AFTER` past that read.
+    /// there is one, the link's timer is set (at most `STEAL_AFTER` past
+    /// that read: `on_timer` sets it again for what remains).
     holder: Option<(u64, Instant)>,
+    /// The link's timer is set (a syscall is saved per read that finds it
+    /// set, and per release that finds it stopped).
+    timer_set: bool,
 }
 
 impl Hosted {
+    fn set_timer(&mut self, events: &Events, after: Option<Duration>) {
+        self.timer_set = after.is_some();
+        events.arm_timer(after);
+    }
+
+    /// The holder runs what it read: an idle thread takes the link should
+    /// it not read again within `STEAL_AFTER`.
+    fn hold(&mut self, events: &Events) {
+        if !self.timer_set {
+            self.set_timer(events, Some(STEAL_AFTER));
+        }
+    }
+
     /// No thread holds the link any more: the socket is watched again by
     /// every idle thread, and the timer is set for a coalescing link (its
     /// bytes short of the low mark are read after `LINGER`), else stopped.
     fn release(&mut self, events: &Events) {
         self.holder = None;
         let linger = self.reader.as_ref().filter(|r| r.coalescing());
-        events.arm_timer(linger.map(|_| LINGER));
+        if linger.is_some() || self.timer_set {
+            self.set_timer(events, linger.map(|_| LINGER));
+        }
         if let Some(reader) = &self.reader {
             events.rearm(reader.fd());
         }
@@ -320,6 +339,7 @@ impl<M: Mailbox> Pool<M> {
     /// coalescing link that waited `LINGER` are read here.
     fn on_timer(&self, events: &Events) {
         let mut h = lock(&self.link);
+        h.timer_set = false;
         let Some(reader) = h.reader.clone() else {
             return;
         };
@@ -328,7 +348,7 @@ impl<M: Mailbox> Pool<M> {
             if idle >= STEAL_AFTER {
                 h.release(events);
             } else {
-                events.arm_timer(Some(STEAL_AFTER - idle));
+                h.set_timer(events, Some(STEAL_AFTER - idle));
             }
         } else if reader.coalescing() {
             drop(h);
@@ -361,8 +381,9 @@ impl<M: Mailbox> Pool<M> {
             if !woken && h.holder.map(|(id, _)| id) != Some(me) {
                 return false;
             }
+            // The timer is set after the read (off the delivery's path):
+            // nothing here blocks, what was read runs after.
             h.holder = Some((me, Instant::now()));
-            events.arm_timer(Some(STEAL_AFTER));
             reader
         };
         DEFERRED.with(|d| d.set(Some(0)));
@@ -376,7 +397,7 @@ impl<M: Mailbox> Pool<M> {
         if current && turn == Turn::Ended {
             h.reader = None;
             h.holder = None;
-            events.arm_timer(None);
+            h.set_timer(events, None);
             events.unwatch(reader.fd());
             drop(h);
             self.lock().hosting = false;
@@ -384,6 +405,8 @@ impl<M: Mailbox> Pool<M> {
             events.notify();
         } else if current && holding && lets_go(&turn) {
             h.release(events);
+        } else if current && holding {
+            h.hold(events);
         } else if !current && holding {
             h.holder = None;
         }
