@@ -93,6 +93,57 @@ fn nacked_messages_back_off_and_fail_after_publish_retries() {
     c.close_ok();
 }
 
+/// Nacks read by the publishing thread itself (the publish link's confirms are read late, and
+/// with 4 in flight `amqp_publish` reads them before it sends). The backoff and the resends
+/// they start belong to the publisher task, which sleeps with nothing planned: it must be
+/// woken, or the nacked messages (and the one pushed meanwhile) wait forever.
+#[test]
+fn nacks_read_by_the_publishing_thread_still_back_off_and_resend() {
+    let _broker = broker_shared();
+    let name = unique_name("nack-here");
+    let _policy = Policy::set(
+        &format!("{name}-p"),
+        &format!("^{name}$"),
+        r#"{"max-length":2,"overflow":"reject-publish"}"#,
+    );
+    let c = ConnGuard::connect_ok(None);
+    let q = queue_open(
+        c.h(),
+        &name,
+        None,
+        None,
+        Some("durable=false&persistent=false&publish_retries=1"),
+    );
+    wait_for("the policy to apply", Duration::from_secs(10), || {
+        queue_info(&name, &["policy"]).is_some_and(|p| p[0] == format!("{name}-p"))
+    });
+    let reports = Reports::attach(q);
+    for round in 0..3u64 {
+        // Idle first, so that the publishing thread sends the first 4 itself.
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 0..4 {
+            publish_tagged_ok(q, b"x", round * 10 + i);
+        }
+        // The confirms arrive (below the link's low mark) before the 5th,
+        // which reads them itself (the link stays lazy for ~2 ms).
+        std::thread::sleep(Duration::from_micros(900));
+        publish_tagged_ok(q, b"x", round * 10 + 4);
+        let want = (round as usize + 1) * 5;
+        let all = reports.wait_for(want, Duration::from_secs(10));
+        assert!(
+            all.iter()
+                .all(|r| r.status == amqp_report_status::AMQP_REPORT_NACKED
+                    || r.status == amqp_report_status::AMQP_REPORT_CONFIRMED),
+            "{all:?}"
+        );
+        // Room for the next round.
+        ctl(&format!("purge_queue {name}"));
+    }
+    let s = qstats(q);
+    assert_eq!(s.buffered, 0, "{}", fmt_qstats(&s));
+    c.close_ok();
+}
+
 /// Sets the broker's max_message_size, and restores the default when dropped.
 struct MaxMessageSize;
 

@@ -69,6 +69,12 @@ impl Outbox {
                 run.ch.wake_publisher();
                 return false;
             }
+            // Nacks start a backoff and resends, a lost confirm a hole:
+            // the task plans those, and may be asleep with nothing planned.
+            if !run.carry.retry.is_empty() || run.carry.resume_at.is_some() || run.window.has_hole()
+            {
+                run.ch.wake_publisher();
+            }
         }
         (run.window.len() as u64) < SEND_NOW_BELOW
     }
