@@ -23,15 +23,17 @@
 
 use crate::error::{Error, Result};
 use crate::sync::lock;
-use crate::wire::{LinkReader, ReadHost, Turn, LINGER};
+use crate::wire::{LinkReader, ReadHost, Turn};
 use events::{Event, Events};
+use hosted::{Hosted, STEAL_AFTER};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod events;
+mod hosted;
 
 /// At most this many callback threads per connection.
 pub(crate) const MAX_THREADS: usize = 64;
@@ -54,56 +56,6 @@ pub(crate) struct Pool<M> {
     /// The consume link, read by these threads (`ReadHost`).
     link: Mutex<Hosted>,
 }
-
-/// The hosted link and who reads it. The thread its bytes woke *holds* it:
-/// it reads, runs what it read, and reads again, as a single-threaded
-/// client does, until the socket is empty or a turn was busy (`BUSY_TURN`;
-/// then the link is watched again by every idle thread). Should the holder not read for `STEAL_AFTER` (a
-/// callback that takes long), an idle thread takes the link back, so the
-/// other consumers' deliveries and the broker's heartbeats are read.
-#[derive(Default)]
-struct Hosted {
-    reader: Option<Arc<LinkReader>>,
-    /// The holding thread (`THREAD_ID`), and when it last read. While
-    /// there is one, the link's timer is set (at most `STEAL_AFTER` past
-    /// that read: `on_timer` sets it again for what remains).
-    holder: Option<(u64, Instant)>,
-    /// The link's timer is set (a syscall is saved per read that finds it
-    /// set, and per release that finds it stopped).
-    timer_set: bool,
-}
-
-impl Hosted {
-    fn set_timer(&mut self, events: &Events, after: Option<Duration>) {
-        self.timer_set = after.is_some();
-        events.arm_timer(after);
-    }
-
-    /// The holder runs what it read: an idle thread takes the link should
-    /// it not read again within `STEAL_AFTER`.
-    fn hold(&mut self, events: &Events) {
-        if !self.timer_set {
-            self.set_timer(events, Some(STEAL_AFTER));
-        }
-    }
-
-    /// No thread holds the link any more: the socket is watched again by
-    /// every idle thread, and the timer is set for a coalescing link (its
-    /// bytes short of the low mark are read after `LINGER`), else stopped.
-    fn release(&mut self, events: &Events) {
-        self.holder = None;
-        let linger = self.reader.as_ref().filter(|r| r.coalescing());
-        if linger.is_some() || self.timer_set {
-            self.set_timer(events, linger.map(|_| LINGER));
-        }
-        if let Some(reader) = &self.reader {
-            events.rearm(reader.fd());
-        }
-    }
-}
-
-/// How long a holder may not read before an idle thread takes the link.
-const STEAL_AFTER: Duration = Duration::from_millis(5);
 
 /// A turn that read this much is a busy link: the thread lets go before it
 /// runs what it read, so another thread reads the next bytes meanwhile
