@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 /// it reads, runs what it read, and reads again, as a single-threaded
 /// client does, until the socket is empty or a turn was busy (`BUSY_TURN`;
 /// then the link is watched again by every idle thread). Should the holder
-/// not read for `STEAL_AFTER` (a
-/// callback that takes long), an idle thread takes the link back, so the
-/// other consumers' deliveries and the broker's heartbeats are read.
+/// not read for `STEAL_AFTER` (a callback that takes long), an idle thread
+/// takes the link back, so the other consumers' deliveries and the broker's
+/// heartbeats are read.
 #[derive(Default)]
 pub(super) struct Hosted {
     pub reader: Option<Arc<LinkReader>>,
