@@ -15,7 +15,7 @@
  *                                           from amqp_consume_pull until n were polled
  *   latency  uri queue n threads size       the time of each amqp_publish call, n calls in all
  *                                           spread over `threads` threads (one queue handle)
- *   e2e      uri queue rate seconds size    publish at a fixed rate, consume in the same
+ *   e2e      uri queue rate seconds size [durable]  publish at a fixed rate, consume in the same
  *                                           process; publish -> callback latency
  *   memory   n size                         RSS growth with n buffered messages while the
  *                                           broker is unreachable (a dead local port)
@@ -516,7 +516,9 @@ static int mode_e2e(void) {
   static e2e_state st;
   st.total = (uint64_t)(warm + n);
   st.lat = calloc(st.total, sizeof *st.lat);
-  if (open_queue(100000, 64ll << 20, 0, arg_int("prefetch", 500), &conn, &q) == 0) {
+  int durable = (int)arg_int("durable", 0);
+  json_b("durable", durable);
+  if (open_queue(100000, 64ll << 20, durable, arg_int("prefetch", 500), &conn, &q) == 0) {
     amqp_result rc = amqp_consume(q, on_e2e, &st, 1);
     if (rc != AMQP_OK) set_err("amqp_consume", rc);
     uint8_t *body = calloc(1, (size_t)size);

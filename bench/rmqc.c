@@ -12,7 +12,7 @@
  *                                             amqp_consume_message + amqp_basic_ack per message
  *   latency  uri queue n threads size window  the time of each amqp_basic_publish call (it
  *                                             writes to the socket); one connection per thread
- *   e2e      uri queue rate seconds size      one publisher (connection A, confirms streamed)
+ *   e2e      uri queue rate seconds size [durable]  one publisher (connection A, confirms streamed)
  *                                             and one consumer thread (connection B) in this
  *                                             process; publish -> delivery latency
  *   fill     uri queue n size durable         (untimed) declare + publish n confirmed messages
@@ -584,7 +584,9 @@ static int mode_e2e(void) {
   amqp_connection_state_t cc = pc ? rconnect() : NULL;
   pthread_t tid;
   int started = 0;
-  if (cc != NULL && declare(pc, 0) == 0 && confirm_select(pc) == 0) {
+  int durable = (int)arg_int("durable", 0);
+  json_b("durable", durable);
+  if (cc != NULL && declare(pc, durable) == 0 && confirm_select(pc) == 0) {
     amqp_basic_qos(cc, 1, 0, (uint16_t)prefetch, 0);
     if (rpc_ok(cc, "basic.qos") == 0) {
       amqp_basic_consume(cc, 1, amqp_cstring_bytes(arg_str("queue", "bench")), amqp_empty_bytes, 0,
@@ -598,7 +600,7 @@ static int mode_e2e(void) {
   }
   if (started) {
     publisher p;
-    pub_init(&p, pc, (uint64_t)(warm + n), 0);
+    pub_init(&p, pc, (uint64_t)(warm + n), durable);
     uint8_t *body = calloc(1, (size_t)size);
     uint64_t period = 1000000000ull / (uint64_t)rate, max_lag = 0;
     for (long long i = 0; i < warm && g_err[0] == '\0'; i++) {
