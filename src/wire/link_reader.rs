@@ -200,7 +200,9 @@ impl LinkReader {
             if self.stopped.load(Ordering::Acquire) {
                 return self.end("connection closed".into());
             }
-            match stream.read(rb.space()) {
+            let space = rb.space();
+            let room = space.len();
+            match stream.read(space) {
                 Ok(0) => return self.end("the broker closed the connection (EOF)".into()),
                 Ok(n) => {
                     rb.filled(n);
@@ -211,6 +213,14 @@ impl LinkReader {
                     if read >= YIELD_AFTER_BYTES {
                         // Others' turns: callbacks, and other links.
                         return Turn::More;
+                    }
+                    // Less than there was room for: the socket was empty
+                    // (a recv that says so would be one syscall per turn
+                    // more). Bytes that come after this read make it
+                    // readable again for its watchers (epoll re-armed by
+                    // the pool, a new edge for the runtime's).
+                    if n < room {
+                        return Turn::Drained(read);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock && read == 0 => return Turn::Nothing,
