@@ -29,30 +29,49 @@ impl Drop for Policy {
     }
 }
 
+/// A transient queue that holds `max_length` messages and nacks the rest (reject-publish),
+/// opened with `publish_retries` on a new connection; returned once the policy applies (it
+/// does once the queue exists).
+fn nacking_queue(
+    prefix: &str,
+    max_length: u32,
+    conn_options: Option<&str>,
+    publish_retries: u32,
+) -> (String, Policy, ConnGuard, u64) {
+    let name = unique_name(prefix);
+    let policy = Policy::set(
+        &format!("{name}-p"),
+        &format!("^{name}$"),
+        &format!(r#"{{"max-length":{max_length},"overflow":"reject-publish"}}"#),
+    );
+    let c = ConnGuard::connect_ok(conn_options);
+    let q = queue_open(
+        c.h(),
+        &name,
+        None,
+        None,
+        Some(&format!(
+            "durable=false&persistent=false&publish_retries={publish_retries}"
+        )),
+    );
+    wait_for("the policy to apply", Duration::from_secs(10), || {
+        queue_info(&name, &["policy"]).is_some_and(|p| p[0] == format!("{name}-p"))
+    });
+    (name, policy, c, q)
+}
+
 #[test]
 fn nacked_messages_back_off_and_fail_after_publish_retries() {
     let _broker = broker_shared();
     // A queue that holds 10 messages and nacks the rest (reject-publish):
     // the 90 others are resent publish_retries (2) times with a backoff,
     // then each fails with one NACKED report; nothing spins.
-    let name = unique_name("nack");
-    let _policy = Policy::set(
-        &format!("{name}-p"),
-        &format!("^{name}$"),
-        r#"{"max-length":10,"overflow":"reject-publish"}"#,
+    let (name, _policy, c, q) = nacking_queue(
+        "nack",
+        10,
+        Some("reconnect_delay_ms=100&reconnect_delay_max_ms=400"),
+        2,
     );
-    let c = ConnGuard::connect_ok(Some("reconnect_delay_ms=100&reconnect_delay_max_ms=400"));
-    let q = queue_open(
-        c.h(),
-        &name,
-        None,
-        None,
-        Some("durable=false&persistent=false&publish_retries=2"),
-    );
-    // The policy applies once the queue exists.
-    wait_for("the policy to apply", Duration::from_secs(10), || {
-        queue_info(&name, &["policy"]).is_some_and(|p| p[0] == format!("{name}-p"))
-    });
     let reports = Reports::attach(q);
     let t0 = Instant::now();
     for i in 0..100 {
@@ -100,23 +119,7 @@ fn nacked_messages_back_off_and_fail_after_publish_retries() {
 #[test]
 fn nacks_read_by_the_publishing_thread_still_back_off_and_resend() {
     let _broker = broker_shared();
-    let name = unique_name("nack-here");
-    let _policy = Policy::set(
-        &format!("{name}-p"),
-        &format!("^{name}$"),
-        r#"{"max-length":2,"overflow":"reject-publish"}"#,
-    );
-    let c = ConnGuard::connect_ok(None);
-    let q = queue_open(
-        c.h(),
-        &name,
-        None,
-        None,
-        Some("durable=false&persistent=false&publish_retries=1"),
-    );
-    wait_for("the policy to apply", Duration::from_secs(10), || {
-        queue_info(&name, &["policy"]).is_some_and(|p| p[0] == format!("{name}-p"))
-    });
+    let (name, _policy, c, q) = nacking_queue("nack-here", 2, None, 1);
     let reports = Reports::attach(q);
     for round in 0..3u64 {
         // Idle first, so that the publishing thread sends the first 4 itself.

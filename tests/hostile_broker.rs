@@ -292,11 +292,12 @@ fn lost_ack_without_publish_timeout() {
     ));
 }
 
-/// A lone message into an idle queue (sent by the publishing thread itself, the publisher
-/// asleep) whose ack is lost: the publish timeout still ends it, reported EXPIRED.
-#[test]
-fn lone_message_with_a_lost_ack_expires() {
-    let _g = harness::serial();
+/// A transient queue (`extra` appended to its options) reached through a proxy that drops
+/// the broker's first basic.ack, with its reports recorded.
+fn queue_losing_first_ack(
+    prefix: &str,
+    extra: &str,
+) -> (proxy::HostileProxy, ConnGuard, u64, std::sync::Arc<Reports>) {
     let proxy = proxy::HostileProxy::start(
         harness::upstream(),
         once(|f, _| f.is(frames::BASIC_ACK).then(|| Act::Replace(Vec::new()))),
@@ -304,12 +305,22 @@ fn lone_message_with_a_lost_ack_expires() {
     let conn = ConnGuard::connect(&harness::uri_via(proxy.port, ""), Some(harness::FAST));
     let q = queue_open(
         conn.h(),
-        &unique_name("lone-lost-ack"),
+        &unique_name(prefix),
         None,
         None,
-        Some("durable=false&persistent=false&publish_timeout_ms=800"),
+        Some(&format!("durable=false&persistent=false{extra}")),
     );
     let reports = Reports::attach(q);
+    (proxy, conn, q, reports)
+}
+
+/// A lone message into an idle queue (sent by the publishing thread itself, the publisher
+/// asleep) whose ack is lost: the publish timeout still ends it, reported EXPIRED.
+#[test]
+fn lone_message_with_a_lost_ack_expires() {
+    let _g = harness::serial();
+    let (proxy, conn, q, reports) =
+        queue_losing_first_ack("lone-lost-ack", "&publish_timeout_ms=800");
     // Idle first: the publisher is asleep when the message comes.
     std::thread::sleep(std::time::Duration::from_millis(200));
     let t0 = std::time::Instant::now();
@@ -346,19 +357,7 @@ fn lone_message_with_a_lost_ack_expires() {
 #[test]
 fn lost_first_ack_of_a_burst_into_an_idle_queue() {
     let _g = harness::serial();
-    let proxy = proxy::HostileProxy::start(
-        harness::upstream(),
-        once(|f, _| f.is(frames::BASIC_ACK).then(|| Act::Replace(Vec::new()))),
-    );
-    let conn = ConnGuard::connect(&harness::uri_via(proxy.port, ""), Some(harness::FAST));
-    let q = queue_open(
-        conn.h(),
-        &unique_name("burst-lost-ack"),
-        None,
-        None,
-        Some("durable=false&persistent=false"),
-    );
-    let reports = Reports::attach(q);
+    let (proxy, conn, q, reports) = queue_losing_first_ack("burst-lost-ack", "");
     std::thread::sleep(std::time::Duration::from_millis(200));
     const N: u64 = 50;
     for tag in 1..=N {
